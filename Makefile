@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create the virtual
+# environment in .venv when it is missing (idempotent: a stamp file records the requirements it holds).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+REQS := requirements/base.txt requirements/ros.txt requirements/constraints.txt pyproject.toml
+
+.PHONY: demo demo-quick test env bench clean-env
+
+env: $(STAMP)
+
+$(STAMP): $(REQS) scripts/install_env.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_env.sh
+	touch $(STAMP)
+
+test: $(STAMP)
+	bash scripts/run_tests.sh
+
+demo: $(STAMP)
+	$(BIN)/pai demo
+
+demo-quick: $(STAMP)
+	$(BIN)/pai demo --quick
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean-env:
+	rm -rf $(VENV)

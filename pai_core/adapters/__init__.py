@@ -1,0 +1,21 @@
+"""Policy adapters: the only code that knows where a policy keeps its attention and tokens.
+
+An adapter runs one forward pass and returns the normalised action chunk with a ``Capture`` of what the
+model computed on the way. Add Pi0 or SmolVLA here beside ACT; sources, sinks and the SAE stay as they are.
+"""
+
+from __future__ import annotations
+
+from .base import Capture, PolicyAdapter
+from .act import ACTAdapter
+
+
+def make_adapter(policy, token_layer: int = -1) -> PolicyAdapter:
+    """The adapter for ``policy`` (by its config type)."""
+    kind = getattr(policy.config, "type", None)
+    if kind == "act":
+        return ACTAdapter(policy, token_layer=token_layer)
+    raise NotImplementedError(f"Policy type {kind!r} is not supported yet; supported: ['act']")
+
+
+__all__ = ["ACTAdapter", "Capture", "PolicyAdapter", "make_adapter"]

@@ -1,0 +1,98 @@
+"""LeRobot ACT adapter: forward hooks on the modules ACT already runs; modeling_act.py stays untouched.
+
+ACT calls every ``nn.MultiheadAttention`` with ``need_weights=True`` (the default), so head-averaged
+attention weights are computed anyway; a hook only keeps a reference to them. The backbone hook records
+each camera's feature-map shape, so the token layout follows the real input sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layout import TokenLayout
+from .base import Capture
+
+OBS_IMAGES = "observation.images"
+
+
+class ACTAdapter:
+    """Hooks a LeRobot ``ACTPolicy`` and runs ``policy.model`` once per batch.
+
+    Args:
+        policy: a LeRobot ``ACTPolicy``.
+        token_layer: encoder layer whose output tokens are captured (negative counts from the end).
+    """
+
+    def __init__(self, policy: nn.Module, token_layer: int = -1):
+        self.policy = policy
+        self.model = policy.model
+        cfg = policy.config
+        layers = self.model.encoder.layers
+        if not -len(layers) <= token_layer < len(layers):
+            raise ValueError(f"token_layer={token_layer} but the ACT encoder has {len(layers)} layers")
+        self.token_layer = token_layer % len(layers)
+        self.camera_names = list(cfg.image_features)
+        self.has_state = cfg.robot_state_feature is not None
+        self.has_env_state = cfg.env_state_feature is not None
+        self._enc_attn: list[torch.Tensor | None] = [None] * len(layers)
+        self._cross: torch.Tensor | None = None
+        self._tokens: torch.Tensor | None = None
+        self._feature_shapes: list[tuple[int, int]] = []
+        self.backbone_calls = 0
+        self._handles = []
+        for i, layer in enumerate(layers):
+            self._handles.append(layer.self_attn.register_forward_hook(self._keep_encoder_attention(i)))
+        self._handles.append(
+            self.model.decoder.layers[-1].multihead_attn.register_forward_hook(self._keep_cross_attention)
+        )
+        self._handles.append(layers[self.token_layer].register_forward_hook(self._keep_tokens))
+        if cfg.image_features:
+            self._handles.append(self.model.backbone.register_forward_hook(self._keep_feature_shape))
+
+    def _keep_encoder_attention(self, index: int):
+        def hook(_module, _inputs, output):
+            self._enc_attn[index] = output[1]
+
+        return hook
+
+    def _keep_cross_attention(self, _module, _inputs, output) -> None:
+        self._cross = output[1]
+
+    def _keep_tokens(self, _module, _inputs, output) -> None:
+        self._tokens = output  # (S, B, D)
+
+    def _keep_feature_shape(self, _module, _inputs, output) -> None:
+        self.backbone_calls += 1
+        fmap = output["feature_map"]
+        self._feature_shapes.append((int(fmap.shape[-2]), int(fmap.shape[-1])))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Capture]:
+        """One forward of ``policy.model`` on a preprocessed batch, as ``predict_action_chunk`` does it.
+
+        Returns:
+            actions: (B, T, A) normalised action chunk, exactly what LeRobot's policy computes.
+            capture: attention weights, encoder tokens and layout of this very pass.
+        """
+        self._feature_shapes = []
+        if self.camera_names:
+            batch = dict(batch)
+            batch[OBS_IMAGES] = [batch[key] for key in self.camera_names]
+        actions = self.model(batch)[0]
+        if self._cross is None or any(a is None for a in self._enc_attn) or self._tokens is None:
+            raise RuntimeError("ACT forward ran but the attention hooks captured nothing; is need_weights off?")
+        layout = TokenLayout.build(self.has_state, self.has_env_state, self.camera_names, self._feature_shapes)
+        capture = Capture(
+            layout=layout,
+            encoder_attention=list(self._enc_attn),
+            cross_attention=self._cross,
+            tokens=self._tokens.transpose(0, 1),
+        )
+        self._enc_attn = [None] * len(self._enc_attn)
+        self._cross = self._tokens = None
+        return actions, capture
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

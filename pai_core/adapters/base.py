@@ -1,0 +1,35 @@
+"""What every policy adapter provides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..layout import TokenLayout
+
+
+@dataclass
+class Capture:
+    """What one forward pass computed, captured by hooks (tensors stay on the model's device).
+
+    Args:
+        layout: where each encoder token comes from.
+        encoder_attention: per encoder layer (B, S, S) self-attention, heads averaged, first layer first.
+        cross_attention: (B, T, S) attention of the T action queries over encoder tokens (last decoder layer).
+        tokens: (B, S, D) encoder output tokens of the configured layer.
+    """
+
+    layout: TokenLayout
+    encoder_attention: list[torch.Tensor]
+    cross_attention: torch.Tensor
+    tokens: torch.Tensor
+
+
+class PolicyAdapter(Protocol):
+    """Runs the policy's model once and returns ``(actions (B, T, A) normalised, Capture)``."""
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Capture]: ...
+
+    def remove_hooks(self) -> None: ...

@@ -1,0 +1,54 @@
+"""The ``pai`` command. Each subcommand lives in ``pai_core.commands.<name>`` with ``register`` and ``run``;
+heavy imports happen inside ``run`` so ``pai --help`` answers at once."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import PaiError
+
+# Subcommand modules, in the order ``pai --help`` lists them.
+COMMANDS = [
+    "info",
+]
+
+DESCRIPTION = """\
+pai: see what a LeRobot ACT policy looks at and thinks, and stop the robot when it sees something new.
+
+typical workflow:
+  pai info --policy-path DIR                  token layout, cameras and state of a policy
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pai", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"pai_core.commands.{name}")
+        sp = module.register(sub)
+        sp.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="[pai] %(message)s")
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except PaiError as exc:
+        print(f"pai {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``pai`` CLI (see ``pai_core.cli``)."""

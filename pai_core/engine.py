@@ -1,0 +1,238 @@
+"""The introspection engine: one policy forward per observation yields the action and everything we
+look at (attention maps, rollout, attention shares, encoder tokens)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .adapters import Capture, make_adapter
+from .attention import attention_rollout, decoder_relevance, split_by_camera
+from .errors import InputError
+from .layout import TokenLayout
+from .observation import Observation
+from .policy import LoadedPolicy, load_policy
+
+
+@dataclass
+class IntrospectionConfig:
+    """What the engine computes besides the action.
+
+    Args:
+        device: torch device of the policy and of every tensor the engine computes ("cpu", "cuda").
+        token_layer: encoder layer whose output tokens are returned for the SAE (-1: the last).
+        action_step: None for attention averaged over the action chunk, else that step of the chunk.
+        rollout: also compute attention rollout through the encoder layers.
+        keep_tokens: return the encoder tokens (needed by the SAE; a reference, no copy).
+        resize_images: resize camera images whose size differs from the policy's training size; when
+            False such an image is an error.
+    """
+
+    device: str = "cpu"
+    token_layer: int = -1
+    action_step: int | None = None
+    rollout: bool = True
+    keep_tokens: bool = True
+    resize_images: bool = True
+
+
+@dataclass
+class FrameResult:
+    """Everything one forward pass produced for one observation.
+
+    Attention maps hold attention mass per camera token: over all tokens (cameras, state, latent) it
+    sums to 1. ``normalize_maps`` scales them to [0, 1] for display.
+
+    Args:
+        timestamp: the observation's timestamp (seconds).
+        action: (A,) next action in real units with LeRobot's queueing (``step``) or the chunk's first
+            action (``step_batch``).
+        action_chunk: (T, A) predicted action chunk in real units.
+        attention: camera -> (h, w) decoder cross-attention mass.
+        rollout: camera -> (h, w) attention rollout mass (empty when rollout is off).
+        camera_share: camera -> share of the decoder's attention on that camera's tokens.
+        state_share: share on the robot-state token (0 when the policy has none).
+        latent_share: share on the latent token.
+        tokens: (S, D) encoder output tokens on the engine's device, or None.
+        layout: token layout of this pass.
+        latency_ms: wall time of the engine call that produced this frame.
+    """
+
+    timestamp: float
+    action: np.ndarray
+    action_chunk: np.ndarray
+    attention: dict[str, np.ndarray]
+    rollout: dict[str, np.ndarray]
+    camera_share: dict[str, float]
+    state_share: float
+    latent_share: float
+    tokens: torch.Tensor | None
+    layout: TokenLayout
+    latency_ms: float = 0.0
+    frame_index: int = -1
+    episode_index: int = -1
+    extra: dict = field(default_factory=dict)
+
+
+class Introspector:
+    """Runs a LeRobot policy with introspection, one forward pass per observation.
+
+    ``step`` is a drop-in for ``postprocessor(policy.select_action(preprocessor(obs)))``: same action,
+    bit for bit, from LeRobot's own action queue or temporal ensembler; introspection never resets or
+    advances that queue. ``step_batch`` runs many observations at once for replay and training.
+    """
+
+    def __init__(self, loaded: LoadedPolicy, config: IntrospectionConfig | None = None):
+        self.config = config or IntrospectionConfig()
+        self.loaded = loaded
+        self.policy = loaded.policy.eval()
+        self.device = torch.device(self.config.device)
+        self.adapter = make_adapter(self.policy, token_layer=self.config.token_layer)
+        pcfg = self.policy.config
+        self.camera_names: list[str] = list(pcfg.image_features)
+        self.image_shapes: dict[str, tuple[int, int]] = {
+            k: (int(f.shape[1]), int(f.shape[2])) for k, f in pcfg.image_features.items()
+        }
+        self.state_dim = int(pcfg.robot_state_feature.shape[0]) if pcfg.robot_state_feature else 0
+        self.env_state_dim = int(pcfg.env_state_feature.shape[0]) if pcfg.env_state_feature else 0
+        self.action_dim = int(pcfg.action_feature.shape[0])
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str, config: IntrospectionConfig | None = None) -> "Introspector":
+        """Load a LeRobot ``pretrained_model`` directory or hub id and wrap it."""
+        config = config or IntrospectionConfig()
+        return cls(load_policy(path_or_repo_id, device=config.device), config)
+
+    @classmethod
+    def wrap(cls, policy, preprocessor, postprocessor, config: IntrospectionConfig | None = None) -> "Introspector":
+        """Wrap a policy you already built in your own LeRobot control loop."""
+        return cls(LoadedPolicy(policy, preprocessor, postprocessor, source="<wrapped>"), config)
+
+    def reset(self) -> None:
+        """Start a new episode: clears LeRobot's action queue / temporal ensembler."""
+        self.policy.reset()
+
+    # ------------------------------------------------------------------ inputs
+    def _image_tensor(self, obs: Observation, key: str) -> torch.Tensor:
+        image = self._find_image(obs, key)
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            got = f"dtype {getattr(image, 'dtype', type(image).__name__)} shape {getattr(image, 'shape', '?')}"
+            raise InputError(f"Camera {key!r}: expected a uint8 RGB image of shape (H, W, 3), got {got}")
+        h, w = self.image_shapes[key]
+        if image.shape[:2] != (h, w):
+            if not self.config.resize_images:
+                raise InputError(
+                    f"Camera {key!r}: expected image size {h}x{w} (the policy's training size), got "
+                    f"{image.shape[0]}x{image.shape[1]}; enable resize_images to resize"
+                )
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        return tensor.permute(2, 0, 1).float().div_(255.0)
+
+    def _find_image(self, obs: Observation, key: str) -> np.ndarray:
+        if key in obs.images:
+            return obs.images[key]
+        short = key.rsplit(".", 1)[-1]
+        if short in obs.images:
+            return obs.images[short]
+        raise InputError(
+            f"Observation is missing camera {key!r}; the policy expects cameras {self.camera_names}, "
+            f"got {sorted(obs.images)}"
+        )
+
+    def _vector(self, value, name: str, size: int) -> torch.Tensor:
+        if value is None:
+            raise InputError(f"Observation is missing {name}: the policy expects {size} values")
+        arr = np.asarray(value, dtype=np.float32).reshape(-1) if np.ndim(value) <= 1 else np.asarray(value)
+        if arr.ndim != 1 or arr.shape[0] != size:
+            raise InputError(f"{name}: expected a vector of {size} values, got shape {np.shape(value)}")
+        if not np.all(np.isfinite(arr)):
+            raise InputError(f"{name}: values must be finite, got {arr.tolist()}")
+        return torch.from_numpy(arr.copy()).to(self.device)
+
+    def observation_to_dict(self, obs: Observation) -> dict[str, torch.Tensor]:
+        """The unbatched LeRobot observation dict (what ``preprocessor`` takes) for one observation."""
+        out = {key: self._image_tensor(obs, key) for key in self.camera_names}
+        if self.state_dim:
+            out["observation.state"] = self._vector(obs.state, "observation.state", self.state_dim)
+        if self.env_state_dim:
+            out["observation.environment_state"] = self._vector(
+                obs.env_state, "observation.environment_state", self.env_state_dim
+            )
+        return out
+
+    def _preprocess(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
+        items = [self.observation_to_dict(o) for o in observations]
+        if len(items) == 1:
+            return self.loaded.preprocessor(items[0])
+        return self.loaded.preprocessor({k: torch.stack([it[k] for it in items]) for k in items[0]})
+
+    # ------------------------------------------------------------------ forward
+    @torch.inference_mode()
+    def step(self, obs: Observation) -> FrameResult:
+        """Introspect one observation and return the next action to execute (LeRobot queueing)."""
+        start = time.perf_counter()
+        batch = self._preprocess([obs])
+        actions, capture = self.adapter.forward(batch)
+        action = self._next_action(actions)
+        real_action = self.loaded.postprocessor(action)
+        return self._results([obs], actions, capture, start, next_actions=real_action)[0]
+
+    @torch.inference_mode()
+    def step_batch(self, observations: Sequence[Observation]) -> list[FrameResult]:
+        """Introspect a batch of independent observations (replay, training); the action queue is
+        untouched and each result's ``action`` is the first action of its chunk."""
+        if not observations:
+            return []
+        start = time.perf_counter()
+        batch = self._preprocess(observations)
+        actions, capture = self.adapter.forward(batch)
+        return self._results(observations, actions, capture, start, next_actions=None)
+
+    def _next_action(self, actions: torch.Tensor) -> torch.Tensor:
+        """LeRobot's ``select_action`` semantics on a chunk that is already computed."""
+        cfg = self.policy.config
+        if cfg.temporal_ensemble_coeff is not None:
+            return self.policy.temporal_ensembler.update(actions)
+        queue = self.policy._action_queue
+        if len(queue) == 0:
+            queue.extend(actions[:, : cfg.n_action_steps].transpose(0, 1))
+        return queue.popleft()
+
+    def _results(self, observations, actions, capture: Capture, start: float, next_actions) -> list[FrameResult]:
+        chunk = self.loaded.postprocessor(actions).detach().cpu().numpy()
+        relevance = decoder_relevance(capture.cross_attention, self.config.action_step)
+        layout = capture.layout
+        attn = {k: v.float().cpu().numpy() for k, v in split_by_camera(relevance, layout).items()}
+        rollout = {}
+        if self.config.rollout:
+            rolled = attention_rollout(relevance, capture.encoder_attention)
+            rollout = {k: v.float().cpu().numpy() for k, v in split_by_camera(rolled, layout).items()}
+        rel = relevance.float().cpu().numpy()
+        first = next_actions.detach().cpu().numpy() if next_actions is not None else chunk[:, 0]
+        latency = (time.perf_counter() - start) * 1000.0
+        results = []
+        for i, obs in enumerate(observations):
+            results.append(
+                FrameResult(
+                    timestamp=float(obs.timestamp),
+                    action=first[i],
+                    action_chunk=chunk[i],
+                    attention={k: v[i] for k, v in attn.items()},
+                    rollout={k: v[i] for k, v in rollout.items()},
+                    camera_share={k: float(v[i].sum()) for k, v in attn.items()},
+                    state_share=float(rel[i, layout.state_index]) if layout.state_index is not None else 0.0,
+                    latent_share=float(rel[i, layout.latent_index]),
+                    tokens=capture.tokens[i] if self.config.keep_tokens else None,
+                    layout=layout,
+                    latency_ms=latency,
+                    frame_index=obs.frame_index,
+                    episode_index=obs.episode_index,
+                )
+            )
+        return results

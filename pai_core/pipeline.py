@@ -1,0 +1,156 @@
+"""Engine + SAE + OOD + alarm: the single implementation of a frame's processing.
+
+The ROS node, offline replay and the Python API all call ``Pipeline.step`` / ``step_batch``; that is
+why replay through the node and replay offline give identical numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .alarm import AlarmConfig, AlarmPolicy, AlarmState
+from .engine import FrameResult, IntrospectionConfig, Introspector
+from .features import FeatureExtractor, error_maps
+from .observation import Observation
+from .ood import OODParams, frame_scores
+from .sae import load_sae
+
+
+@dataclass
+class Frame:
+    """One observation's complete output (what every sink consumes).
+
+    Args:
+        observation: the input.
+        result: engine output (action, attention maps, rollout, shares, tokens).
+        features: (n_latents,) pooled SAE feature activations, or None without an SAE.
+        ood_score: OOD score, or None without an SAE.
+        ood_maps: camera -> (h, w) reconstruction error map.
+        threshold: OOD threshold in force.
+        alarm: alarm state after this frame.
+    """
+
+    observation: Observation
+    result: FrameResult
+    features: np.ndarray | None = None
+    ood_score: float | None = None
+    ood_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    threshold: float | None = None
+    alarm: AlarmState = field(default_factory=lambda: AlarmState(False, "", 0))
+
+
+class Pipeline:
+    """Runs every introspection stage for each observation. SAE and OOD parts are optional."""
+
+    def __init__(
+        self,
+        engine: Introspector,
+        extractor: FeatureExtractor | None = None,
+        ood: OODParams | None = None,
+        alarm: AlarmConfig | None = None,
+        feature_labels: dict[int, str] | None = None,
+    ):
+        self.engine = engine
+        self.extractor = extractor
+        self.ood = ood
+        self.alarm = AlarmPolicy(alarm)
+        self.threshold_override: float | None = None
+        self.feature_labels = feature_labels or {}
+        if extractor is not None:
+            extractor.check_width(int(engine.policy.config.dim_model), engine.loaded.source)
+
+    @classmethod
+    def load(
+        cls,
+        policy_path: str,
+        sae_path: str = "",
+        ood_params_path: str = "",
+        device: str = "cpu",
+        alarm: AlarmConfig | None = None,
+        labels_path: str = "",
+        engine_config: IntrospectionConfig | None = None,
+    ) -> "Pipeline":
+        """Load the policy and, when given, the SAE, its ``ood_params.json`` and ``labels.json``."""
+        extractor = ood = None
+        labels: dict[int, str] = {}
+        engine_config = engine_config or IntrospectionConfig(device=device)
+        if sae_path:
+            sae = load_sae(sae_path, device=device)
+            engine_config.token_layer = sae.config.layer
+            extractor = FeatureExtractor(sae)
+            ood_file = Path(ood_params_path) if ood_params_path else Path(sae_path) / "ood_params.json"
+            if ood_file.is_file():
+                ood = OODParams.load(ood_file)
+            elif ood_params_path:
+                ood = OODParams.load(ood_file)  # raises a clear ModelError
+            labels_file = Path(labels_path) if labels_path else Path(sae_path) / "labels.json"
+            if labels_file.is_file():
+                labels = load_labels(labels_file)
+        engine = Introspector.from_pretrained(policy_path, engine_config)
+        return cls(engine, extractor, ood, alarm, labels)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Pipeline":
+        pipe = cls.load(settings.policy_path, settings.sae_path, settings.ood_params_path, settings.device,
+                        settings.alarm, settings.feature_labels_path)
+        if settings.threshold > 0:
+            pipe.threshold_override = settings.threshold
+        return pipe
+
+    @property
+    def threshold(self) -> float | None:
+        if self.threshold_override is not None:
+            return self.threshold_override
+        return self.ood.threshold if self.ood else None
+
+    @property
+    def n_features(self) -> int:
+        return self.extractor.sae.config.n_latents if self.extractor else 0
+
+    def feature_names(self) -> list[str]:
+        """Names of the features: labels where given, else ``f<index>``."""
+        return [self.feature_labels.get(i, f"f{i}") for i in range(self.n_features)]
+
+    def reset(self) -> None:
+        """New episode: LeRobot's action queue and the alarm window start over (the latch too)."""
+        self.engine.reset()
+        self.alarm.reset()
+
+    def step(self, obs: Observation) -> Frame:
+        """Live: one observation, the next action with LeRobot's queueing."""
+        return self._finish([obs], [self.engine.step(obs)])[0]
+
+    def step_batch(self, observations: Sequence[Observation]) -> list[Frame]:
+        """Replay and training: a batch of observations in time order; the alarm advances frame by frame."""
+        return self._finish(observations, self.engine.step_batch(observations))
+
+    def _finish(self, observations: Sequence[Observation], results: list[FrameResult]) -> list[Frame]:
+        frames = [Frame(o, r) for o, r in zip(observations, results)]
+        if self.extractor is None or not frames:
+            return frames
+        import torch
+
+        out = self.extractor(torch.stack([r.tokens for r in results]))
+        scores = frame_scores(out.token_error)
+        maps = error_maps(out.token_error, results[0].layout)
+        threshold = self.threshold
+        for i, frame in enumerate(frames):
+            frame.features = out.features[i]
+            frame.ood_score = float(scores[i])
+            frame.ood_maps = maps[i]
+            frame.threshold = threshold
+            if threshold is not None:
+                frame.alarm = self.alarm.update(frame.ood_score, threshold)
+        return frames
+
+
+def load_labels(path: str | Path) -> dict[int, str]:
+    """labels.json of ``pai label-features``: {"features": {"12": {"name": ...}}} -> {12: name}."""
+    data = json.loads(Path(path).read_text())
+    items = data.get("features", data)
+    return {int(k): (v["name"] if isinstance(v, dict) else str(v)) for k, v in items.items() if v}

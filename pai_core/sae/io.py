@@ -1,0 +1,44 @@
+"""SAE directories: ``model.safetensors`` + ``config.json`` (+ ``metrics.json``, ``README.md``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ModelError
+from .model import SAEConfig, SparseAutoencoder
+
+
+def save_sae(sae: SparseAutoencoder, out_dir: str | Path, metrics: dict | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(sae.config.to_dict(), indent=2))
+    if metrics is not None:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out
+
+
+def load_sae(path: str | Path, device: str = "cpu") -> SparseAutoencoder:
+    """Load an SAE directory (or a hub id, fetched with ``huggingface_hub``)."""
+    path = Path(path)
+    if not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(path)))
+        except Exception as exc:
+            raise ModelError(f"SAE {path} is neither a directory nor a reachable hub repo: {exc}") from exc
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise ModelError(f"SAE directory {path} needs config.json and model.safetensors")
+    try:
+        config = SAEConfig(**json.loads(cfg_file.read_text()))
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"Could not read SAE config {cfg_file}: {exc}") from exc
+    sae = SparseAutoencoder(config)
+    sae.load_state_dict(load_file(str(weights)))
+    return sae.to(device).eval()

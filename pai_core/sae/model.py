@@ -1,0 +1,105 @@
+"""TopK sparse autoencoder over single encoder tokens (Gao et al., 2024; openai/sparse_autoencoder).
+
+One SAE is shared by every token position, so its size depends on ``dim_model`` only, never on the
+number of tokens (the seed's whole-frame SAE had 3.1 B parameters at dim_model 512).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SAEConfig:
+    """Architecture of a TopK SAE and where its inputs come from.
+
+    Args:
+        d_in: token width (the policy's ``dim_model``).
+        expansion_factor: number of latents = ``expansion_factor * d_in``.
+        k: active latents per token (TopK).
+        aux_k: latents used by the auxiliary dead-latent loss (AuxK).
+        dead_steps: a latent that has not fired for this many training tokens counts as dead.
+        layer: encoder layer the tokens come from (as ``IntrospectionConfig.token_layer``).
+        pooling: how a frame's feature vector pools token activations: "max" or "mean".
+        policy: path or hub id of the policy the SAE was trained on (for the model card).
+    """
+
+    d_in: int
+    expansion_factor: int = 16
+    k: int = 32
+    aux_k: int = 256
+    dead_steps: int = 1_000_000
+    layer: int = -1
+    pooling: Literal["max", "mean"] = "max"
+    policy: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0 or self.expansion_factor <= 0:
+            raise ValueError(f"d_in={self.d_in} and expansion_factor={self.expansion_factor} must be positive")
+        if not 0 < self.k <= self.n_latents:
+            raise ValueError(f"k={self.k} must be within 1..n_latents ({self.n_latents})")
+        if self.pooling not in ("max", "mean"):
+            raise ValueError(f"pooling={self.pooling!r} is not one of 'max', 'mean'")
+
+    @property
+    def n_latents(self) -> int:
+        return self.d_in * self.expansion_factor
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SparseAutoencoder(nn.Module):
+    """``z = TopK_k(ReLU(W_enc (x - b_pre) + b_enc))``, ``x̂ = W_dec z + b_pre``, decoder rows unit norm.
+
+    Parameters:
+        b_pre: (d_in,) pre-encoder bias, initialised to the mean token (centring).
+        W_enc: (d_in, n_latents) encoder.
+        b_enc: (n_latents,) encoder bias.
+        W_dec: (n_latents, d_in) decoder; each row (a feature's direction) has unit norm.
+    Buffers:
+        tokens_since_fired: (n_latents,) training tokens since each latent was last active; saved with
+            the weights so resumed training and the dead-latent metric stay correct.
+    """
+
+    def __init__(self, config: SAEConfig):
+        super().__init__()
+        self.config = config
+        d, n = config.d_in, config.n_latents
+        self.b_pre = nn.Parameter(torch.zeros(d))
+        self.W_enc = nn.Parameter(torch.empty(d, n))
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.W_dec = nn.Parameter(torch.empty(n, d))
+        self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long))
+        nn.init.kaiming_uniform_(self.W_dec)
+        self.unit_norm_decoder_()
+        with torch.no_grad():
+            self.W_enc.copy_(self.W_dec.t())
+
+    @torch.no_grad()
+    def unit_norm_decoder_(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) -> (..., n_latents) before TopK."""
+        return torch.relu((x - self.b_pre) @ self.W_enc + self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) -> (..., n_latents) sparse codes with at most k non-zeros per token."""
+        pre = self.pre_activation(x)
+        values, indices = pre.topk(self.config.k, dim=-1)
+        return torch.zeros_like(pre).scatter_(-1, indices, values)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., n_latents) -> (..., d_in)."""
+        return z @ self.W_dec + self.b_pre
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (reconstruction, codes)."""
+        z = self.encode(x)
+        return self.decode(z), z

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates the pai virtual environment. Everything pinned in requirements/constraints.txt.
+# lerobot 0.4.4 pins torch<2.11 in its metadata, so it goes in with --no-deps and its runtime
+# requirements come from requirements/base.txt (see ../shared/ENVIRONMENT.md and README "Install").
+# On a machine with a sourced ROS 2 (ROS_DISTRO set) the venv sees the system rclpy and the
+# PyPI ROS wheels are skipped.
+set -euo pipefail
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+cd "$(dirname "$0")/.."
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  if [[ -n "${ROS_DISTRO:-}" ]]; then
+    echo "[pai] ROS 2 $ROS_DISTRO is sourced: the venv uses its rclpy (--system-site-packages)"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c requirements/constraints.txt)
+reqs=(-r requirements/base.txt)
+if [[ -z "${ROS_DISTRO:-}" ]]; then
+  reqs+=(-r requirements/ros.txt)
+fi
+echo "[pai] installing requirements into $VENV (torch, lerobot runtime, ROS 2 wheels) ..."
+"${PIP[@]}" "${reqs[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory\|lerobot 0.4.4 requires\|dependency resolver does not\|dependency conflicts" >&2)
+"${PIP[@]}" --no-deps lerobot==0.4.4
+"${PIP[@]}" --no-deps -e .
+"$VENV/bin/python" -c "import torch, lerobot, pai_core; print('[pai] torch', torch.__version__, 'lerobot', lerobot.__version__)"
