@@ -83,3 +83,68 @@ def make_act_policy(
     pre.save_pretrained(out_dir)
     post.save_pretrained(out_dir)
     return out_dir
+
+
+def synthetic_frame(h: int, w: int, t: float, variant: str = "clean", seed: int = 0) -> np.ndarray:
+    """A table-top-like RGB image with a red block that moves with ``t`` in [0, 1].
+
+    ``variant`` makes named out-of-distribution versions: "dark" (lighting), "blue" (object colour),
+    "occluded" (a grey patch over the middle), "noise" (sensor noise).
+    """
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (150, 140, 120)
+    img[: h // 3] = (90, 110, 140)  # wall
+    img = np.clip(img.astype(np.int16) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+    size = max(4, h // 6)
+    cy = int(h * 0.6)
+    cx = int((0.15 + 0.7 * t) * (w - size))
+    color = (200, 30, 30) if variant != "blue" else (30, 60, 210)
+    img[cy : cy + size, cx : cx + size] = color
+    if variant == "dark":
+        img = (img * 0.35).astype(np.uint8)
+    elif variant == "occluded":
+        img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = (128, 128, 128)
+    elif variant == "noise":
+        img = np.clip(img.astype(np.int16) + rng.integers(-60, 61, img.shape), 0, 255).astype(np.uint8)
+    return img
+
+
+def make_lerobot_dataset(
+    root: str | Path,
+    repo_id: str = "pai/synthetic",
+    cameras: dict[str, tuple[int, int]] | None = None,
+    state_dim: int = 6,
+    action_dim: int = 6,
+    episodes: int = 2,
+    frames: int = 20,
+    fps: int = 10,
+    use_videos: bool = False,
+    variant: str = "clean",
+    seed: int = 0,
+):
+    """Create a real LeRobotDataset v3 on disk (``root`` must not exist) and return it finalised."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    cameras = {"observation.images.front": (96, 128)} if cameras is None else cameras
+    kind = "video" if use_videos else "image"
+    features = {k: {"dtype": kind, "shape": (h, w, 3), "names": ["height", "width", "channels"]}
+                for k, (h, w) in cameras.items()}
+    features["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": [f"j{i}" for i in range(state_dim)]}
+    features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": [f"j{i}" for i in range(action_dim)]}
+    ds = LeRobotDataset.create(repo_id, fps, features, root=root, use_videos=use_videos)
+    rng = np.random.default_rng(seed)
+    for ep in range(episodes):
+        phase = rng.random()
+        for i in range(frames):
+            t = (i / max(frames - 1, 1) + phase) % 1.0
+            state = np.sin(np.arange(state_dim) + 6.28 * t).astype(np.float32)
+            frame = {k: synthetic_frame(h, w, t, variant, seed=seed * 1000 + ep * 100 + i) for k, (h, w) in cameras.items()}
+            frame["observation.state"] = state
+            frame["action"] = np.roll(state, 1)[:action_dim].astype(np.float32) if action_dim <= state_dim else \
+                np.resize(state, action_dim).astype(np.float32)
+            frame["task"] = "push the red block"
+            ds.add_frame(frame)
+        ds.save_episode()
+    ds.finalize()
+    return LeRobotDataset(repo_id, root=root)

@@ -1,0 +1,74 @@
+"""LeRobot dataset episodes as observations (LeRobotDataset v3, image or video mode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..observation import Observation
+
+
+def open_dataset(repo_id: str, root: str | Path | None = None):
+    """Open a LeRobot dataset: a local copy under ``root`` or the hub id (downloaded when not local)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    try:
+        return LeRobotDataset(repo_id, root=root)
+    except Exception as exc:
+        where = f" at {root}" if root else ""
+        raise InputError(f"Could not open LeRobot dataset {repo_id!r}{where}: {exc}") from exc
+
+
+def episode_bounds(dataset, episode: int) -> tuple[int, int]:
+    """Absolute frame index range [start, stop) of one episode."""
+    if not 0 <= episode < dataset.meta.total_episodes:
+        raise InputError(f"Episode {episode} not found: dataset {dataset.repo_id!r} has "
+                         f"{dataset.meta.total_episodes} episodes")
+    ep = dataset.meta.episodes[episode]
+    return int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
+
+
+def select_episodes(dataset, episodes: Sequence[int] | None) -> list[int]:
+    """All episodes when ``episodes`` is None or empty, else the given ones (checked)."""
+    if not episodes:
+        return list(range(dataset.meta.total_episodes))
+    for ep in episodes:
+        episode_bounds(dataset, ep)
+    return list(episodes)
+
+
+def to_uint8_image(value) -> np.ndarray:
+    """LeRobot image tensor (C, H, W) float in [0, 1] -> (H, W, 3) uint8 RGB."""
+    arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(1, 2, 0)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+def item_to_observation(item: dict, camera_keys: Sequence[str]) -> Observation:
+    state = item.get("observation.state")
+    env = item.get("observation.environment_state")
+    return Observation(
+        images={k: to_uint8_image(item[k]) for k in camera_keys},
+        state=None if state is None else state.numpy().astype(np.float32),
+        env_state=None if env is None else env.numpy().astype(np.float32),
+        timestamp=float(item["timestamp"]),
+        frame_index=int(item["frame_index"]),
+        episode_index=int(item["episode_index"]),
+        extra={"action": item["action"].numpy()} if "action" in item else {},
+    )
+
+
+def iter_episode(dataset, episode: int) -> Iterator[Observation]:
+    """The frames of one episode in time order."""
+    start, stop = episode_bounds(dataset, episode)
+    keys = list(dataset.meta.camera_keys)
+    for idx in range(start, stop):
+        yield item_to_observation(dataset[idx], keys)
