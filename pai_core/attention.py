@@ -30,9 +30,10 @@ def decoder_relevance(cross_attention: torch.Tensor, action_step: int | None = N
 def attention_rollout(relevance: torch.Tensor, encoder_attention: Sequence[torch.Tensor]) -> torch.Tensor:
     """Attention rollout (Abnar and Zuidema, 2020) of ``relevance`` back through the encoder layers.
 
-    Rollout of layers 1..L is ``R = Â_L ... Â_1`` with ``Â = (A + I) / 2`` rows renormalised; the
-    relevance of the encoder's input tokens is ``relevance @ R``. Multiplying the vector from the left
-    costs O(L S^2) instead of the O(L S^3) of forming R.
+    Rollout of layers 1..L is ``R = Â_L ... Â_1`` with ``Â = (A + I) / 2``; the relevance of the
+    encoder's input tokens is ``relevance @ R``. Softmax rows of ``A`` sum to 1, so ``Â`` needs no
+    renormalisation and ``r @ Â = (r @ A + r) / 2``: one vector-matrix product per layer, O(L S^2)
+    instead of the O(L S^3) of forming R.
 
     Args:
         relevance: (B, S) attention mass on the encoder's output tokens (from ``decoder_relevance``).
@@ -42,10 +43,7 @@ def attention_rollout(relevance: torch.Tensor, encoder_attention: Sequence[torch
     """
     r = relevance.unsqueeze(1)
     for attn in reversed(encoder_attention):
-        eye = torch.eye(attn.shape[-1], device=attn.device, dtype=attn.dtype)
-        a_hat = 0.5 * attn + 0.5 * eye
-        a_hat = a_hat / a_hat.sum(dim=-1, keepdim=True)
-        r = torch.bmm(r, a_hat)
+        r = 0.5 * (torch.bmm(r, attn) + r)
     return r.squeeze(1)
 
 
