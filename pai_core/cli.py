@@ -13,13 +13,32 @@ from .errors import PaiError
 # Subcommand modules, in the order ``pai --help`` lists them.
 COMMANDS = [
     "info",
+    "record_activations",
+    "train_sae",
+    "calibrate_ood",
+    "evaluate_ood",
+    "replay",
+    "record_features",
+    "analyse_features",
+    "label_features",
+    "sim",
+    "demo",
 ]
 
 DESCRIPTION = """\
 pai: see what a LeRobot ACT policy looks at and thinks, and stop the robot when it sees something new.
 
 typical workflow:
+  pai demo [--quick]                          SO-101 simulation -> trained ACT -> SAE -> live OOD alarms
+  pai sim record|train-policy|evaluate-policy  simulated expert data, a small ACT, its success rate
   pai info --policy-path DIR                  token layout, cameras and state of a policy
+  pai train-sae --dataset-repo-id ID --policy-path DIR --output-dir SAE   record tokens, train the SAE
+  pai calibrate-ood --sae-path SAE --policy-path DIR --dataset-repo-id ID  conformal OOD threshold
+  pai evaluate-ood --sae-path SAE --policy-path DIR --id DS --ood DS      AUROC, false alarms, delay
+  pai replay --bag REC --config config/introspect.yaml --output-dir OUT   videos, Parquet, MCAP, report
+  pai record-features --dataset-repo-id ID --policy-path DIR --sae-path SAE --output-dir REC   activations
+  pai analyse-features --record-dir REC --output-dir ANA  rank features: top frames, maps, clips, index.html
+  pai label-features --analysis-dir ANA --sae-path SAE   name features in a Gradio app (labels.json)
 """
 
 

@@ -10,6 +10,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -24,6 +25,9 @@ class OODParams:
     score: name of the score ("sae_recon_mse").
     n_calibration: calibration frames used.
     calibration_quantiles: score quantiles of the calibration frames (for plots and drift checks).
+    histogram: calibration score histogram {"edges": [...], "counts": [...]}.
+    dataset: dataset the calibration frames came from.
+    episodes: calibration episodes.
     """
 
     threshold: float
@@ -31,6 +35,9 @@ class OODParams:
     score: str = "sae_recon_mse"
     n_calibration: int = 0
     calibration_quantiles: dict = field(default_factory=dict)
+    histogram: dict = field(default_factory=dict)
+    dataset: str = ""
+    episodes: list = field(default_factory=list)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -66,8 +73,120 @@ def conformal_threshold(scores: np.ndarray, alpha: float) -> float:
     return float(scores[rank - 1])
 
 
-def calibrate(scores: np.ndarray, alpha: float) -> OODParams:
-    scores = np.asarray(scores, dtype=np.float64)
+def calibrate(scores: np.ndarray, alpha: float, bins: int = 50) -> OODParams:
+    """Conformal threshold plus the calibration score distribution (quantiles and histogram)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    threshold = conformal_threshold(scores, alpha)
     qs = {f"q{int(q * 1000):03d}": float(np.quantile(scores, q)) for q in (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)}
-    return OODParams(threshold=conformal_threshold(scores, alpha), alpha=alpha, n_calibration=int(scores.size),
-                     calibration_quantiles=qs)
+    counts, edges = np.histogram(scores, bins=bins)
+    return OODParams(threshold=threshold, alpha=alpha, n_calibration=int(scores.size), calibration_quantiles=qs,
+                     histogram={"edges": edges.tolist(), "counts": counts.tolist()})
+
+
+# ------------------------------------------------------------------------------- scoring and evaluation
+@dataclass
+class EpisodeScores:
+    """Per-frame OOD output of one episode, as ``Pipeline`` produced it.
+
+    Args:
+        dataset: dataset name the episode belongs to.
+        episode: episode index.
+        scores: (T,) frame scores.
+        timestamps: (T,) seconds.
+        alarm: (T,) alarm state after each frame (all False without a threshold).
+    """
+
+    dataset: str
+    episode: int
+    scores: np.ndarray
+    timestamps: np.ndarray
+    alarm: np.ndarray
+
+
+def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_size: int = 16,
+                   progress: bool = True) -> list[EpisodeScores]:
+    """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
+    frame scores; the pipeline is the only place a score is computed."""
+    from tqdm.auto import tqdm
+
+    from .sources.dataset import episode_bounds, item_to_observation, select_episodes
+
+    if pipe.extractor is None:
+        raise ModelError("Scoring frames needs a pipeline with an SAE (pass --sae-path)")
+    episodes = select_episodes(dataset, episodes)
+    bounds = {ep: episode_bounds(dataset, ep) for ep in episodes}
+    keys = list(dataset.meta.camera_keys)
+    out = []
+    bar = tqdm(total=sum(b - a for a, b in bounds.values()), unit="frame", desc=f"score {dataset.repo_id}",
+               disable=not progress)
+    for ep in episodes:
+        start, stop = bounds[ep]
+        pipe.reset()
+        scores, stamps, alarm = [], [], []
+        for b in range(start, stop, batch_size):
+            obs = [item_to_observation(dataset[i], keys) for i in range(b, min(b + batch_size, stop))]
+            for frame in pipe.step_batch(obs):
+                scores.append(frame.ood_score)
+                stamps.append(frame.observation.timestamp)
+                alarm.append(frame.alarm.active)
+            bar.update(len(obs))
+        out.append(EpisodeScores(str(dataset.repo_id), ep, np.asarray(scores, np.float64),
+                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool)))
+    bar.close()
+    return out
+
+
+def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve = P(positive score > negative score), ties counting half
+    (Mann-Whitney U from average ranks)."""
+    import pandas as pd
+
+    neg, pos = np.asarray(negatives, np.float64).ravel(), np.asarray(positives, np.float64).ravel()
+    if neg.size == 0 or pos.size == 0:
+        raise ValueError(f"AUROC needs scores of both kinds, got {neg.size} in-distribution and {pos.size} OOD")
+    ranks = pd.Series(np.concatenate([neg, pos])).rank(method="average").to_numpy()
+    return float((ranks[neg.size :].sum() - pos.size * (pos.size + 1) / 2) / (neg.size * pos.size))
+
+
+def _first(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores], threshold: float) -> dict:
+    """Detection metrics: frame AUROC, TPR and false-positive rate at ``threshold``, per in-distribution
+    episode the false-alarm rate (frames above threshold) and whether the alarm rose, per OOD episode the
+    detection delay (frames and seconds from the episode start to the alarm, and to the first frame above
+    threshold)."""
+    id_s = np.concatenate([e.scores for e in id_eps]) if id_eps else np.empty(0)
+    ood_s = np.concatenate([e.scores for e in ood_eps]) if ood_eps else np.empty(0)
+    per_id, per_ood = [], []
+    for e in id_eps:
+        first = _first(e.alarm)
+        per_id.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
+                       "false_alarm_rate": float(np.mean(e.scores > threshold)), "alarm_raised": first is not None,
+                       "first_alarm_frame": first})
+    for e in ood_eps:
+        first, above = _first(e.alarm), _first(e.scores > threshold)
+        per_ood.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
+                        "tpr": float(np.mean(e.scores > threshold)), "detected": first is not None,
+                        "delay_frames": first, "delay_s": None if first is None else float(e.timestamps[first] - e.timestamps[0]),
+                        "first_above_frame": above})
+    delays = [r["delay_frames"] for r in per_ood if r["delay_frames"] is not None]
+    by_dataset = {}
+    for name in dict.fromkeys(e.dataset for e in ood_eps):
+        s = np.concatenate([e.scores for e in ood_eps if e.dataset == name])
+        by_dataset[name] = {"auroc": auroc(id_s, s), "tpr_at_threshold": float(np.mean(s > threshold)), "frames": int(s.size)}
+    return {
+        "threshold": threshold,
+        "frames": {"in_distribution": int(id_s.size), "ood": int(ood_s.size)},
+        "auroc": auroc(id_s, ood_s),
+        "tpr_at_threshold": float(np.mean(ood_s > threshold)),
+        "false_positive_rate_at_threshold": float(np.mean(id_s > threshold)),
+        "episodes_with_false_alarm": float(np.mean([r["alarm_raised"] for r in per_id])) if per_id else None,
+        "ood_episodes_detected": float(np.mean([r["detected"] for r in per_ood])) if per_ood else None,
+        "mean_detection_delay_frames": float(np.mean(delays)) if delays else None,
+        "ood_datasets": by_dataset,
+        "in_distribution_episodes": per_id,
+        "ood_episodes": per_ood,
+    }

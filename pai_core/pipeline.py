@@ -33,6 +33,8 @@ class Frame:
         ood_maps: camera -> (h, w) reconstruction error map.
         threshold: OOD threshold in force.
         alarm: alarm state after this frame.
+        codes: (S, n_latents) sparse SAE codes of every token (a torch view on the SAE's device), kept
+            only when ``Pipeline.keep_codes`` is set (for spatial feature maps: ``features.feature_maps``).
     """
 
     observation: Observation
@@ -42,6 +44,7 @@ class Frame:
     ood_maps: dict[str, np.ndarray] = field(default_factory=dict)
     threshold: float | None = None
     alarm: AlarmState = field(default_factory=lambda: AlarmState(False, "", 0))
+    codes: object | None = None
 
 
 class Pipeline:
@@ -61,6 +64,7 @@ class Pipeline:
         self.alarm = AlarmPolicy(alarm)
         self.threshold_override: float | None = None
         self.feature_labels = feature_labels or {}
+        self.keep_codes = False  # set to keep each frame's token codes (Frame.codes) for spatial maps
         if extractor is not None:
             extractor.check_width(int(engine.policy.config.dim_model), engine.loaded.source)
 
@@ -144,6 +148,8 @@ class Pipeline:
             frame.ood_score = float(scores[i])
             frame.ood_maps = maps[i]
             frame.threshold = threshold
+            if self.keep_codes:
+                frame.codes = out.codes[i]
             if threshold is not None:
                 frame.alarm = self.alarm.update(frame.ood_score, threshold)
         return frames
@@ -153,4 +159,5 @@ def load_labels(path: str | Path) -> dict[int, str]:
     """labels.json of ``pai label-features``: {"features": {"12": {"name": ...}}} -> {12: name}."""
     data = json.loads(Path(path).read_text())
     items = data.get("features", data)
-    return {int(k): (v["name"] if isinstance(v, dict) else str(v)) for k, v in items.items() if v}
+    names = {int(k): (v.get("name", "") if isinstance(v, dict) else str(v)) for k, v in items.items()}
+    return {k: name for k, name in names.items() if name}  # unnamed features keep f<index>

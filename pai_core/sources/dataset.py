@@ -67,8 +67,40 @@ def item_to_observation(item: dict, camera_keys: Sequence[str]) -> Observation:
 
 
 def iter_episode(dataset, episode: int) -> Iterator[Observation]:
-    """The frames of one episode in time order."""
+    """The frames of one episode in time order (image or video datasets)."""
     start, stop = episode_bounds(dataset, episode)
     keys = list(dataset.meta.camera_keys)
+    if dataset.meta.video_keys:
+        yield from _iter_video_episode(dataset, episode, start, stop, keys)
+        return
     for idx in range(start, stop):
         yield item_to_observation(dataset[idx], keys)
+
+
+def episode_length(dataset, episode: int) -> int:
+    start, stop = episode_bounds(dataset, episode)
+    return stop - start
+
+
+def _iter_video_episode(dataset, episode: int, start: int, stop: int, keys: list[str]) -> Iterator[Observation]:
+    """Video datasets: table rows from the Parquet data, camera frames decoded with PyAV (``video.py``)
+    in one sequential pass per camera instead of LeRobot's per-item seek, which needs torchcodec."""
+    from .video import decode_at
+
+    dataset._ensure_hf_dataset_loaded()
+    rows = [dataset.hf_dataset[dataset._absolute_to_relative_idx[i]
+                                if getattr(dataset, "_absolute_to_relative_idx", None) else i]
+            for i in range(start, stop)]
+    ep = dataset.meta.episodes[episode]
+    tolerance = max(float(dataset.tolerance_s), 0.5 / float(dataset.fps))
+    decoders = {}
+    for key in keys:
+        if key in dataset.meta.video_keys:
+            offset = float(ep[f"videos/{key}/from_timestamp"])
+            path = dataset.root / dataset.meta.get_video_file_path(episode, key)
+            decoders[key] = decode_at(path, [offset + float(r["timestamp"]) for r in rows], tolerance)
+    for row in rows:
+        item = dict(row)
+        for key, frames in decoders.items():
+            item[key] = next(frames)
+        yield item_to_observation(item, keys)

@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Replay throughput: frames/s of ``pai replay --bag`` against real time and against the batched plain forward.
+
+Writes a rosbag2 (mcap) of two cameras (rgb8) at --rate Hz plus JointState, a random ACT policy and a
+random SAE with OOD parameters, then measures, in one process:
+  plain  : policy.model(batch) on preprocessed batches of --batch-size (the bare batched forward)
+  replay : the whole replay (bag reading and decoding in a thread, Pipeline.step_batch, overlay videos,
+           Parquet, MCAP with every node topic, report), end to end
+Prints frames/s of both, their ratio, and replay speed as a multiple of real time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=32, help="frames of the driving camera")
+    parser.add_argument("--rate", type=float, default=30.0, help="camera rate in the bag (Hz)")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--dim-model", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-video", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from pai_core.ood import OODParams
+    from pai_core.pipeline import Pipeline
+    from pai_core.replay.api import ReplayOptions, replay_bag
+    from pai_core.sae import SAEConfig, SparseAutoencoder, save_sae
+    from pai_core.settings import CameraSettings, PaiSettings
+    from pai_core.testing import make_act_policy
+    from tests import replay_helpers as rh
+
+    tmp = Path(tempfile.mkdtemp(prefix="pai-bench-replay-"))
+    cams = {"observation.images.front": (args.height, args.width), "observation.images.wrist": (args.height, args.width)}
+    rh.CAMERAS.update(cams)
+    policy = make_act_policy(tmp / "policy", cameras=cams, dim_model=args.dim_model, n_heads=8,
+                             dim_feedforward=4 * args.dim_model, n_encoder_layers=4, chunk_size=100, n_action_steps=100)
+    sae = SparseAutoencoder(SAEConfig(d_in=args.dim_model, expansion_factor=8, k=32))
+    save_sae(sae, tmp / "sae")
+    OODParams(threshold=1e9).save(tmp / "sae" / "ood_params.json")
+    specs = [rh.CameraSpec("/front", "observation.images.front", args.rate, "rgb8"),
+             rh.CameraSpec("/wrist", "observation.images.wrist", args.rate, "rgb8", 0.003)]
+    duration = args.frames / args.rate
+    rh.write_bag(tmp / "bag", "mcap", specs, duration_s=duration, joint_rate_hz=2 * args.rate, joint_offset_s=-0.01)
+    settings = PaiSettings(policy_path=str(policy), sae_path=str(tmp / "sae"), device=args.device,
+                           joint_names=rh.JOINTS, cameras=CameraSettings([s.topic for s in specs], [s.feature for s in specs]))
+    pipeline = Pipeline.from_settings(settings)
+
+    # plain batched forward on the same batch size
+    engine = pipeline.engine
+    rng = np.random.default_rng(0)
+    from pai_core import Observation
+
+    obs = [Observation(images={k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in cams.items()},
+                       state=rng.normal(size=6).astype(np.float32)) for _ in range(args.batch_size)]
+    batch = engine._preprocess(obs)
+    model_batch = dict(batch)
+    model_batch["observation.images"] = [batch[k] for k in engine.camera_names]
+    with torch.inference_mode():
+        engine.policy.model(model_batch)  # warm-up
+        reps = max(1, args.frames // args.batch_size)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            engine.policy.model(model_batch)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+        plain_fps = reps * args.batch_size / (time.perf_counter() - t0)
+
+    result = replay_bag(tmp / "bag", settings, pipeline,
+                        ReplayOptions(tmp / "out", batch_size=args.batch_size, video=not args.no_video, progress=False))
+    s = result.stats
+    print(f"device {args.device}, {args.threads} threads, two {args.height}x{args.width} cameras, dim_model "
+          f"{args.dim_model}, batch {args.batch_size}, {result.accounting.frames_processed} frames at {args.rate:g} Hz")
+    print(f"plain batched forward : {plain_fps:8.2f} frames/s")
+    print(f"replay end to end     : {s.fps:8.2f} frames/s  ({s.fps / plain_fps:.2f}x plain, "
+          f"{s.fps / args.rate:.2f}x real time; pipeline alone {s.frames / s.pipeline_s:.2f} frames/s)")
+    print(f"outputs in {tmp / 'out'}")
+
+
+if __name__ == "__main__":
+    main()

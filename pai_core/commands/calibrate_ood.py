@@ -1,0 +1,92 @@
+"""``pai calibrate-ood``: conformal OOD threshold from held-out in-distribution episodes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("calibrate-ood", help="set the OOD threshold for a target false-alarm rate",
+                       description="Score held-out in-distribution episodes through the pipeline and set the "
+                                   "threshold as the split-conformal quantile for false-alarm rate ALPHA per frame. "
+                                   "Writes ood_params.json and ood_calibration.png into the SAE directory.")
+    p.add_argument("--sae-path", required=True, help="SAE directory from `pai train-sae`")
+    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
+    p.add_argument("--dataset-repo-id", required=True, help="LeRobot dataset repo id")
+    p.add_argument("--root", default=None, help="local copy of the dataset")
+    p.add_argument("--episodes", type=int, nargs="*", default=None,
+                   help="held-out episodes (default: the SAE's held-out episodes when this is its training "
+                        "dataset, else all)")
+    p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
+    return p
+
+
+def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
+    """The SAE's held-out episodes when ``dataset`` is the one it was trained on (calibrating on training
+    frames would set the threshold too low)."""
+    same_root = sae_extra.get("dataset_root") and Path(sae_extra["dataset_root"]).resolve() == Path(dataset.root).resolve()
+    if same_root and sae_extra.get("held_out_episodes"):
+        return list(sae_extra["held_out_episodes"])
+    return None
+
+
+def plot_calibration(scores, threshold: float, alpha: float, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(scores, bins=50, color="#4c72b0", alpha=0.85, label=f"calibration frames (n={len(scores)})")
+    ax.axvline(threshold, color="#c44e52", lw=2, label=f"threshold {threshold:.4g} (alpha={alpha:g})")
+    ax.set_xlabel("OOD score (SAE reconstruction MSE per token)")
+    ax.set_ylabel("frames")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from ..errors import InputError
+    from ..ood import calibrate, score_episodes
+    from ..pipeline import Pipeline
+    from ..sources.dataset import open_dataset
+
+    if not 0.0 < args.alpha < 1.0:
+        raise InputError(f"--alpha {args.alpha} must be within (0, 1)")
+    dataset = open_dataset(args.dataset_repo_id, args.root)
+    pipe = Pipeline.load(args.policy_path, args.sae_path, device=args.device)
+    episodes = args.episodes
+    if not episodes:
+        episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)
+        if episodes:
+            log.info("calibrating on the SAE's held-out episodes %s", episodes)
+    eps = score_episodes(pipe, dataset, episodes, args.batch_size)
+    scores = np.concatenate([e.scores for e in eps])
+    try:
+        params = calibrate(scores, args.alpha)
+    except ValueError as exc:
+        raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
+    params.dataset = str(args.root or args.dataset_repo_id)
+    params.episodes = [e.episode for e in eps]
+    out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
+    params.save(out)
+    png = plot_calibration(scores, params.threshold, args.alpha, out.with_name("ood_calibration.png"),
+                           f"{args.dataset_repo_id}: {len(eps)} episodes")
+    print(json.dumps({"ood_params": str(out), "plot": str(png), "threshold": params.threshold,
+                      "alpha": params.alpha, "frames": params.n_calibration,
+                      "empirical_rate_on_calibration": float(np.mean(scores > params.threshold))}, indent=2))
+    return 0

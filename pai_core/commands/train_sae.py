@@ -1,0 +1,102 @@
+"""``pai train-sae``: train a TopK SAE on recorded tokens (or record them first)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from .record_activations import add_dataset_args, add_record_args, record_config
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train-sae", help="train a sparse autoencoder on a policy's encoder tokens",
+                       description="Train a per-token TopK SAE from `pai record-activations` output (--activations) "
+                                   "or record from a dataset first (--dataset-repo-id/--root/--policy-path, into "
+                                   "OUTPUT_DIR/activations). Writes model.safetensors, config.json, metrics.json "
+                                   "(held-out FVU, L0, dead fraction), README.md and checkpoint.pt.")
+    src = p.add_argument_group("tokens")
+    src.add_argument("--activations", default=None, help="directory written by `pai record-activations`")
+    add_dataset_args(src, required=False)
+    src.add_argument("--policy-path", default=None, help="policy to record with (when --dataset-repo-id is given)")
+    add_record_args(src)
+    t = p.add_argument_group("training")
+    t.add_argument("--output-dir", required=True, help="SAE directory to write")
+    t.add_argument("--expansion-factor", type=int, default=16, help="latents = expansion factor x dim_model")
+    t.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
+    t.add_argument("--aux-k", type=int, default=256, help="dead latents used by the AuxK loss")
+    t.add_argument("--dead-tokens", type=int, default=1_000_000, help="tokens without firing after which a latent is dead")
+    t.add_argument("--steps", type=int, default=5000, help="optimiser steps")
+    t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="share of episodes held out for the metrics")
+    t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    t.add_argument("--pooling", choices=["max", "mean"], default="max", help="per-frame pooling of token features")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    h = p.add_argument_group("hub")
+    h.add_argument("--upload-to-hub", action="store_true", help="upload the SAE to the Hugging Face Hub")
+    h.add_argument("--hub-repo-id", default=None, help="hub model repo (required with --upload-to-hub)")
+    h.add_argument("--hub-private", action="store_true", help="make the hub repo private")
+    return p
+
+
+def run(args) -> int:
+    from ..activations import ActivationStore, record_activations, token_batches
+    from ..errors import InputError
+    from ..sae.train import TrainConfig, train_sae
+
+    if args.upload_to_hub and not args.hub_repo_id:
+        raise InputError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
+    if bool(args.activations) == bool(args.dataset_repo_id):
+        raise InputError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
+    out = Path(args.output_dir)
+    if args.dataset_repo_id:
+        if not args.policy_path:
+            raise InputError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
+        from ..sources.dataset import open_dataset
+
+        acts = out / "activations"
+        record_activations(open_dataset(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes,
+                           record_config(args))
+    else:
+        acts = Path(args.activations)
+    store = ActivationStore(acts)
+    try:
+        cfg = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, aux_k=args.aux_k,
+                          dead_tokens=args.dead_tokens, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          checkpoint_every=args.checkpoint_every, layer=int(store.manifest["layer"]),
+                          pooling=args.pooling, seed=args.seed, device=args.device)
+        cfg.sae_config(store.d_model)  # validates k against the width before any work
+        train, held = store.split(args.val_fraction, args.seed)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    m = store.manifest
+    extra = {
+        "activations": str(acts.resolve()),
+        "dataset": m.get("dataset"),
+        "dataset_root": m.get("dataset_root"),
+        "train_episodes": sorted({store.shard_episode(s) for s in train}),
+        "held_out_episodes": sorted({store.shard_episode(s) for s in held}),
+        "tokens_per_frame": m.get("tokens_per_frame"),
+        "sampling": m.get("sampling"),
+        "dtype": m.get("dtype"),
+    }
+    log.info("training on %d tokens, %d held out", store.count_tokens(train), store.count_tokens(held))
+    result = train_sae(
+        token_batches(train, args.batch_size, seed=args.seed, repeat=True, device=args.device),
+        store.d_model, out, cfg,
+        held_out=lambda: token_batches(held, 8192, shuffle=False, device=args.device),
+        resume=args.resume, policy=str(m.get("policy", "")), extra=extra,
+    )
+    print(json.dumps({"output_dir": str(out), **result.metrics.get("held_out", {}),
+                      "tokens_per_s": result.metrics["tokens_per_s"]}, indent=2))
+    if args.upload_to_hub:
+        from ..hub import upload_sae
+
+        print(f"uploaded to {upload_sae(out, args.hub_repo_id, private=args.hub_private)}")
+    return 0

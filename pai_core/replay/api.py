@@ -1,0 +1,176 @@
+"""Replay entry points: a bag or a dataset episode -> every output in one directory.
+
+Chooses sinks from ``ReplayOptions``, runs the batched pipeline loop, then writes ``summary.json`` and
+``report.html`` (also when the source broke off, before re-raising its error).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import PaiError
+from ..observation import Observation
+from ..overlay import OverlayConfig
+from ..pipeline import Pipeline
+from .accounting import Accounting
+from .runner import RunConfig, RunStats, run
+
+
+@dataclass
+class ReplayOptions:
+    """Args:
+    output_dir: created if missing; existing outputs of the same names are replaced.
+    batch_size: observations per forward pass.
+    video: write overlay videos.
+    video_maps: overlays to write: "attention" and/or "ood" (OOD needs an SAE).
+    mcap: write ``replay.mcap`` with the node's topics.
+    compressed: also write the overlays as CompressedImage (jpeg) topics, like the node.
+    foxglove_port: serve the replay on ws://127.0.0.1:PORT while it runs (None: off).
+    publish: publish the node's topics with rclpy while it runs (needs rclpy; see ``ros_publish``).
+    namespace: node namespace the MCAP / published topics use.
+    overlay: overlay look (the settings file's ``overlay`` block for bags).
+    progress: tqdm progress bar.
+    """
+
+    output_dir: str | Path
+    batch_size: int = 8
+    video: bool = True
+    video_maps: tuple[str, ...] = ("attention", "ood")
+    mcap: bool = True
+    compressed: bool = True
+    foxglove_port: int | None = None
+    publish: bool = False
+    namespace: str = "/pai_introspector"
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    progress: bool = True
+
+
+@dataclass
+class ReplayResult:
+    output_dir: Path
+    stats: RunStats
+    accounting: Accounting
+    files: dict[str, str]
+    topics: dict[str, int]
+
+
+def replay(observations: Iterable[Observation], pipeline: Pipeline, options: ReplayOptions, accounting: Accounting,
+           total: int | None = None, fps: float = 10.0, source: str = "") -> ReplayResult:
+    """Run ``observations`` through ``pipeline`` into every output chosen by ``options``."""
+    from .report import ReportSink, write_report
+    from .tables import TableSink
+
+    out = Path(options.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sinks: list = [TableSink(out, pipeline)]
+    video = messages = None
+    if options.video:
+        from .video import VideoSink
+
+        video = VideoSink(out, fps, options.overlay, options.video_maps)
+        sinks.append(video)
+    writers: list = []
+    if options.mcap:
+        from .mcap_sink import McapWriter
+
+        writers.append(McapWriter(out / "replay.mcap"))
+    if options.foxglove_port is not None:
+        from .foxglove_sink import FoxgloveWriter
+
+        writers.append(FoxgloveWriter(options.foxglove_port))
+    if options.publish:
+        from .ros_publish import RosPublisher
+
+        writers.append(RosPublisher(options.namespace))
+    if writers:
+        from .messages import MessageSink
+
+        messages = MessageSink(pipeline, writers, options.overlay, options.compressed, options.namespace)
+        sinks.append(messages)
+    report = ReportSink(pipeline)
+    sinks.append(report)
+    stats = RunStats()
+    error: PaiError | None = None
+    try:
+        stats = run(observations, pipeline, sinks, accounting, RunConfig(options.batch_size, progress=options.progress), total)
+    except PaiError as exc:
+        error = exc
+    files = _files(out, video)
+    summary = {
+        "source": source,
+        "policy": pipeline.engine.loaded.source,
+        "sae": "yes" if pipeline.extractor is not None else "no",
+        "frames processed": accounting.frames_processed,
+        "frames skipped": sum(accounting.frames_skipped.values()),
+        "wall time (s)": round(stats.wall_s, 3),
+        "frames/s": round(stats.fps, 2),
+        "recorded span (s)": round(stats.span_s, 3),
+        "x real time": round(stats.realtime_factor, 2),
+        "batch size": options.batch_size,
+        "threshold": pipeline.threshold,
+        "alarm frames": int(sum(report.series.alarm)),
+    }
+    (out / "summary.json").write_text(json.dumps(
+        {**summary, "accounting": accounting.to_dict(), "topics": messages.counts if messages else {},
+         "files": files}, indent=2, default=str))
+    files["summary.json"] = "counts, timing and accounting"
+    write_report(out, report, accounting, summary, files)
+    files["report.html"] = "this report"
+    if error is not None:
+        raise error
+    return ReplayResult(out, stats, accounting, files, messages.counts if messages else {})
+
+
+def _files(out: Path, video) -> dict[str, str]:
+    files = {}
+    for name, what in (("attention.parquet", "attention shares and action per frame"),
+                       ("features.parquet", "sparse SAE feature activations per frame"),
+                       ("ood.parquet", "OOD score, threshold, alarm per frame"),
+                       ("replay.mcap", "the node's topics as ROS 2 messages (open in Foxglove)")):
+        if (out / name).is_file():
+            files[name] = what
+    if video is not None:
+        for name, n in video.files.items():
+            files[name] = f"{n} frames"
+    return files
+
+
+def replay_bag(path: str | Path, settings, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
+    """Replay a rosbag2 folder or .mcap/.db3 file, topics mapped by ``settings`` (``load_settings``)."""
+    from ..sources.bag import BagSource, BagTopics
+
+    engine = pipeline.engine
+    topics = BagTopics.from_settings(settings, engine.camera_names, needs_state=engine.state_dim > 0)
+    accounting = Accounting()
+    with BagSource(path, topics, accounting) as source:
+        n = len(source)
+        fps = (n - 1) / source.duration_s if n > 1 and source.duration_s > 0 else 10.0
+        return replay(source, pipeline, options, accounting, total=n, fps=fps, source=str(path))
+
+
+def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
+    """Replay one LeRobot dataset episode (image or video dataset)."""
+    from ..sources.dataset import episode_bounds, iter_episode
+
+    start, stop = episode_bounds(dataset, episode)
+    accounting = Accounting()
+    count = accounting.input(f"episode {episode}")
+    count.received = stop - start
+
+    def observations():
+        for obs in iter_episode(dataset, episode):
+            count.used += 1
+            yield obs
+
+    result = None
+    try:
+        result = replay(observations(), pipeline, options, accounting, total=stop - start, fps=float(dataset.fps),
+                        source=f"{dataset.repo_id} episode {episode}")
+    finally:
+        missing = count.received - count.used
+        if missing and result is None:
+            count.skipped["not read: replay stopped early"] = missing
+    return result

@@ -1,0 +1,150 @@
+"""``report.html``: OOD timeline, attention share per camera, most active features, and where every
+input frame went. Plots are matplotlib PNGs beside the HTML."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..pipeline import Frame, Pipeline
+from ..topics import camera_short
+from .accounting import Accounting
+
+
+@dataclass
+class Series:
+    """The small per-frame values the plots need (collected as frames go by)."""
+
+    time: list[float] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    threshold: list[float] = field(default_factory=list)
+    alarm: list[bool] = field(default_factory=list)
+    shares: dict[str, list[float]] = field(default_factory=dict)
+    feature_sum: np.ndarray | None = None
+    feature_fired: np.ndarray | None = None
+
+
+class ReportSink:
+    """Collects ``Series``; ``write`` renders the report once the replay is over (or broke off)."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.series = Series()
+        self.feature_names = pipeline.feature_names()
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        s = self.series
+        for f in frames:
+            s.time.append(float(f.observation.timestamp))
+            res = f.result
+            for name, value in [("latent", res.latent_share), ("state", res.state_share)] + [
+                (camera_short(c), v) for c, v in res.camera_share.items()
+            ]:
+                s.shares.setdefault(name, []).append(float(value))
+            if f.ood_score is not None:
+                s.score.append(f.ood_score)
+                s.threshold.append(np.nan if f.threshold is None else f.threshold)
+                s.alarm.append(bool(f.alarm.active))
+            if f.features is not None:
+                if s.feature_sum is None:
+                    s.feature_sum = np.zeros(f.features.shape[0], np.float64)
+                    s.feature_fired = np.zeros(f.features.shape[0], np.int64)
+                s.feature_sum += f.features
+                s.feature_fired += f.features > 0
+
+    def close(self) -> None:
+        pass
+
+
+def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    t = np.asarray(series.time) - (series.time[0] if series.time else 0.0)
+    if series.score:
+        fig, ax = plt.subplots(figsize=(10, 3.2))
+        ax.plot(t[: len(series.score)], series.score, lw=1.2, label="OOD score")
+        ax.plot(t[: len(series.score)], series.threshold, "--", color="tab:red", label="threshold")
+        alarm = np.asarray(series.alarm)
+        if alarm.any():
+            ax.fill_between(t[: len(alarm)], 0, 1, where=alarm, transform=ax.get_xaxis_transform(),
+                            color="tab:red", alpha=0.15, step="mid", label="alarm")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("score")
+        ax.legend(loc="upper left")
+        ax.set_title("OOD score")
+        made.append(("OOD score with threshold and alarm", _save(fig, out / "ood_timeline.png")))
+    if series.shares:
+        fig, ax = plt.subplots(figsize=(10, 3.2))
+        names_ = list(series.shares)
+        ax.stackplot(t, *[series.shares[n] for n in names_], labels=names_, alpha=0.85)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("share of decoder attention")
+        ax.legend(loc="upper left", ncol=len(names_))
+        ax.set_title("Attention share per input")
+        made.append(("Attention share per camera, state and latent token", _save(fig, out / "attention_share.png")))
+    if series.feature_sum is not None and series.time:
+        mean = series.feature_sum / len(series.time)
+        top = np.argsort(mean)[::-1][:20]
+        top = top[mean[top] > 0]
+        if top.size:
+            fig, ax = plt.subplots(figsize=(10, 0.3 * top.size + 1.2))
+            ax.barh(range(top.size), mean[top][::-1], color="tab:purple")
+            ax.set_yticks(range(top.size))
+            ax.set_yticklabels([f"{names[i]} (fires {100 * series.feature_fired[i] / len(series.time):.0f}%)"
+                                for i in top[::-1]], fontsize=8)
+            ax.set_xlabel("mean pooled activation")
+            ax.set_title("Most active SAE features")
+            made.append(("Most active SAE features", _save(fig, out / "top_features.png")))
+    return made
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path.name
+
+
+def write_report(output_dir: str | Path, sink: ReportSink, accounting: Accounting, summary: dict,
+                 outputs: dict[str, str]) -> Path:
+    """Render ``report.html`` (and its PNGs) into ``output_dir``; returns its path."""
+    out = Path(output_dir)
+    plots = _plots(sink.series, sink.feature_names, out)
+    e = html.escape
+    rows = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in summary.items())
+    skipped = "".join(f"<tr><td>{e(r)}</td><td>{n}</td></tr>" for r, n in accounting.frames_skipped.items())
+    inputs = "".join(
+        f"<tr><td>{e(name)}</td><td>{c.received}</td><td>{c.used}</td><td>"
+        + "<br>".join(f"{n} {e(r)}" for r, n in c.skipped.items()) + "</td></tr>"
+        for name, c in accounting.inputs.items()
+    )
+    files = "".join(f"<li><a href='{e(p)}'>{e(p)}</a> {e(d)}</li>" for p, d in outputs.items())
+    error = f"<p class='error'>Replay stopped early: {e(accounting.error)}</p>" if accounting.error else ""
+    images = "".join(f"<h2>{e(title)}</h2><img src='{e(src)}' alt='{e(title)}'>" for title, src in plots)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pai replay report</title>
+<style>body{{font-family:sans-serif;max-width:1050px;margin:2em auto}}td,th{{padding:2px 10px;text-align:left;
+vertical-align:top}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f2f2f2}}
+.error{{color:#b00;font-weight:bold}}img{{max-width:100%}}</style></head><body>
+<h1>pai replay report</h1>{error}
+<table>{rows}</table>
+{images}
+<h2>Frames</h2><p>{accounting.frames_processed} processed, {sum(accounting.frames_skipped.values())} skipped
+of {accounting.frames_total}.</p>
+<table><tr><th>skip reason</th><th>frames</th></tr>{skipped or '<tr><td>none</td><td>0</td></tr>'}</table>
+<h2>Inputs</h2><table><tr><th>input</th><th>received</th><th>used</th><th>not used</th></tr>{inputs}</table>
+<h2>Files</h2><ul>{files}</ul>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path

@@ -1,0 +1,55 @@
+"""``--publish``: the replay's messages on live ROS 2 topics, as the node publishes them.
+
+The one module of pai_core that touches rclpy, and only when a ``RosPublisher`` is created (never at
+import time), so pai_core stays usable without ROS. Messages are the CDR bytes of ``encoding`` published
+raw, so they are byte-identical to the MCAP file's.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import PaiError
+from ..topics import ALARM, FEATURE_NAMES, SAFE_STOP, resolve
+from .encoding import Encoded
+
+LATCHED = (ALARM, FEATURE_NAMES, SAFE_STOP)  # transient local, as the node declares them
+
+
+class RosPublisher:
+    """Creates a node ``pai_replay`` and one publisher per topic on first use."""
+
+    def __init__(self, namespace: str = "/pai_introspector", node_name: str = "pai_replay"):
+        try:
+            import rclpy
+            from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        except ImportError as exc:
+            raise PaiError(f"--publish needs rclpy (ROS 2 Python), which is not importable here: {exc}") from exc
+        self._rclpy = rclpy
+        self._owns_context = not rclpy.ok()
+        if self._owns_context:
+            rclpy.init()
+        self.node = rclpy.create_node(node_name)
+        self._latched_names = {resolve(t, namespace=namespace) for t in LATCHED}
+        self._latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                   durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._default = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self._publishers: dict[str, object] = {}
+
+    def _publisher(self, message: Encoded):
+        pub = self._publishers.get(message.topic)
+        if pub is None:
+            package, _, name = message.msgtype.split("/")
+            msg_class = getattr(importlib.import_module(f"{package}.msg"), name)
+            qos = self._latched if message.topic in self._latched_names else self._default
+            pub = self.node.create_publisher(msg_class, message.topic, qos)
+            self._publishers[message.topic] = pub
+        return pub
+
+    def write(self, message: Encoded) -> None:
+        self._publisher(message).publish(message.data)
+
+    def close(self) -> None:
+        self.node.destroy_node()
+        if self._owns_context and self._rclpy.ok():
+            self._rclpy.shutdown()

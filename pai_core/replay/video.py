@@ -1,0 +1,87 @@
+"""Overlay videos per camera (attention, and OOD error maps when an SAE is loaded), H.264 via PyAV."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..overlay import OverlayConfig, render_overlays
+from ..pipeline import Frame
+from ..topics import camera_short
+
+
+class Mp4Writer:
+    """RGB frames -> H.264 mp4 (yuv420p; odd sizes are padded by one edge pixel, as H.264 needs)."""
+
+    def __init__(self, path: str | Path, fps: float, crf: int = 23):
+        self.path, self.fps, self.crf = Path(path), fps, crf
+        self.container = self.stream = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        h, w = rgb.shape[:2]
+        if h % 2 or w % 2:
+            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self.container is None:
+            self.container = av.open(str(self.path), "w")
+            rate = Fraction(self.fps).limit_denominator(1001)
+            self.stream = self.container.add_stream("libx264", rate=rate)
+            self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
+            self.stream.pix_fmt = "yuv420p"
+            self.stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self.container is not None:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+            self.container.close()
+            self.container = None
+
+
+class VideoSink:
+    """``<camera>_attention.mp4`` per camera, plus ``<camera>_ood.mp4`` for frames with OOD maps.
+
+    Args:
+        fps: frame rate of the written videos (the source's frame rate, so they play in real time).
+        maps: which overlays to write: "attention" (or rollout, per ``overlay.source``) and "ood".
+    """
+
+    def __init__(self, output_dir: str | Path, fps: float, overlay: OverlayConfig | None = None,
+                 maps: Sequence[str] = ("attention", "ood")):
+        self.output_dir = Path(output_dir)
+        self.fps = fps if fps > 0 else 10.0
+        self.overlay = overlay or OverlayConfig()
+        self.maps = tuple(maps)
+        self.writers: dict[tuple[str, str], Mp4Writer] = {}
+
+    def _writer(self, camera: str, kind: str) -> Mp4Writer:
+        key = (camera, kind)
+        if key not in self.writers:
+            self.writers[key] = Mp4Writer(self.output_dir / f"{camera_short(camera)}_{kind}.mp4", self.fps)
+        return self.writers[key]
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        for f in frames:
+            if "attention" in self.maps:
+                for camera, rgb in render_overlays(f.observation, f.result, self.overlay).items():
+                    self._writer(camera, "attention").write(rgb)
+            if "ood" in self.maps and f.ood_maps:
+                for camera, rgb in render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps).items():
+                    self._writer(camera, "ood").write(rgb)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    @property
+    def files(self) -> dict[str, int]:
+        return {w.path.name: w.frames for w in self.writers.values()}

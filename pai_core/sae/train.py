@@ -1,0 +1,312 @@
+"""Training a TopK SAE from any iterator of (batch, d_in) activation tensors.
+
+The trainer knows nothing of datasets or policies: recorded shards (``pai_core.activations``), bags or
+live capture can all feed it. It writes ``model.safetensors``, ``config.json``, ``metrics.json``, a
+``README.md`` model card and ``checkpoint.pt`` (weights, optimiser, step) for ``resume``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from ..errors import InputError, ModelError
+from .io import save_sae
+from .loss import aux_k_loss, normalized_mse
+from .model import SAEConfig, SparseAutoencoder
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """How an SAE is trained.
+
+    Args:
+        expansion_factor: latents = expansion_factor * d_in.
+        k: active latents per token.
+        aux_k: dead latents the AuxK loss uses per token.
+        aux_coef: weight of the AuxK loss (1/32 in Gao et al.).
+        dead_tokens: a latent silent for this many training tokens counts as dead (feeds AuxK).
+        steps: optimiser steps in total (a resumed run continues up to it).
+        batch_size: tokens per step.
+        lr: Adam learning rate.
+        init_batches: batches whose mean initialises ``b_pre`` (mean centring); they are trained on too.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        layer: encoder layer the tokens come from (stored in config.json for the pipeline).
+        pooling: per-frame feature pooling stored in config.json: "max" or "mean".
+        seed: initialisation seed.
+        device: torch device ("cpu", "cuda").
+    """
+
+    expansion_factor: int = 16
+    k: int = 32
+    aux_k: int = 256
+    aux_coef: float = 1.0 / 32.0
+    dead_tokens: int = 1_000_000
+    steps: int = 5_000
+    batch_size: int = 4096
+    lr: float = 1e-3
+    init_batches: int = 8
+    checkpoint_every: int = 1_000
+    layer: int = -1
+    pooling: str = "max"
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("expansion_factor", "k", "aux_k", "steps", "batch_size", "init_batches", "dead_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr} must be positive")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
+
+    def sae_config(self, d_in: int, policy: str = "", extra: dict | None = None) -> SAEConfig:
+        return SAEConfig(d_in=d_in, expansion_factor=self.expansion_factor, k=self.k, aux_k=self.aux_k,
+                         dead_steps=self.dead_tokens, layer=self.layer, pooling=self.pooling,  # type: ignore[arg-type]
+                         policy=policy, extra=dict(extra or {}))
+
+
+@dataclass
+class TrainResult:
+    sae: SparseAutoencoder
+    metrics: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def training_step(
+    sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Tensor, aux_coef: float
+) -> dict[str, torch.Tensor]:
+    """One Adam step on a (B, d_in) batch: TopK reconstruction + AuxK, decoder gradient made orthogonal
+    to the decoder rows, decoder rows renormalised, ``tokens_since_fired`` advanced. Returns detached
+    scalar tensors (no host sync, so GPU steps queue back to back)."""
+    cfg = sae.config
+    pre = sae.pre_activation(x)
+    values, indices = pre.topk(cfg.k, dim=-1)
+    recon = torch.einsum("bk,bkd->bd", values, sae.W_dec[indices]) + sae.b_pre  # sparse decode
+    fvu = normalized_mse(recon, x)
+    dead = sae.tokens_since_fired >= cfg.dead_steps
+    aux = aux_k_loss(pre, (x - recon).detach(), sae.W_dec, dead, cfg.aux_k)
+    loss = fvu + aux_coef * aux
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    remove_parallel_decoder_grad_(sae)
+    optimizer.step()
+    sae.unit_norm_decoder_()
+    with torch.no_grad():
+        counts = torch.zeros(cfg.n_latents, device=x.device).scatter_add_(0, indices.flatten(), (values.flatten() > 0).float())
+        since = sae.tokens_since_fired + x.shape[0]
+        sae.tokens_since_fired.copy_(torch.where(counts > 0, torch.zeros_like(since), since))
+    return {"loss": loss.detach(), "fvu": fvu.detach(), "aux": aux.detach(), "dead": dead.float().mean()}
+
+
+@torch.no_grad()
+def remove_parallel_decoder_grad_(sae: SparseAutoencoder) -> None:
+    """With unit-norm decoder rows, the gradient along each row only changes its norm, which the
+    renormalisation undoes; removing it keeps Adam's statistics meaningful (openai/sparse_autoencoder)."""
+    if sae.W_dec.grad is not None:
+        parallel = (sae.W_dec.grad * sae.W_dec).sum(-1, keepdim=True)
+        sae.W_dec.grad -= parallel * sae.W_dec
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+    """Metrics over every token of ``batches``: FVU (squared error over total variance about the
+    tokens' mean), mean and max L0, fraction of latents that never fire, NaN count."""
+    device = sae.b_pre.device
+    n = 0
+    sq_err = sum_l0 = 0.0
+    max_l0 = 0
+    nan = 0
+    s1 = torch.zeros(sae.config.d_in, dtype=torch.float64, device=device)
+    s2 = torch.zeros((), dtype=torch.float64, device=device)
+    fired = torch.zeros(sae.config.n_latents, dtype=torch.bool, device=device)
+    for x in batches:
+        x = x.to(device, torch.float32)
+        recon, z = sae(x)
+        nan += int(torch.isnan(recon).any(-1).sum())
+        sq_err += float((recon - x).double().pow(2).sum())
+        l0 = (z > 0).sum(-1)
+        sum_l0 += float(l0.sum())
+        max_l0 = max(max_l0, int(l0.max()))
+        fired |= (z > 0).any(0)
+        s1 += x.double().sum(0)
+        s2 += x.double().pow(2).sum()
+        n += x.shape[0]
+    if n == 0:
+        raise InputError("evaluate_sae got no tokens")
+    total_var = float(s2 - s1.pow(2).sum() / n)
+    return {
+        "fvu": sq_err / max(total_var, 1e-12),
+        "mse": sq_err / (n * sae.config.d_in),
+        "mean_l0": sum_l0 / n,
+        "max_l0": max_l0,
+        "dead_fraction": float(1.0 - fired.float().mean()),
+        "nan_tokens": nan,
+        "n_tokens": n,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def _save_checkpoint(path: Path, sae: SparseAutoencoder, optimizer, step: int, cfg: TrainConfig, history) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"step": step, "sae_config": sae.config.to_dict(), "train_config": asdict(cfg),
+                "model": sae.state_dict(), "optimizer": optimizer.state_dict(), "history": history}, tmp)
+    os.replace(tmp, path)
+
+
+def _check_resumable(ckpt: dict, sae_cfg: SAEConfig, path: Path) -> None:
+    old = SAEConfig(**ckpt["sae_config"])
+    for name in ("d_in", "expansion_factor", "k"):
+        if getattr(old, name) != getattr(sae_cfg, name):
+            raise ModelError(f"Checkpoint {path} has {name}={getattr(old, name)} but this run asks for "
+                             f"{getattr(sae_cfg, name)}; resume with the same settings or use another --output-dir")
+
+
+def train_sae(
+    batches: Iterator[torch.Tensor],
+    d_in: int,
+    output_dir: str | Path,
+    config: TrainConfig | None = None,
+    held_out: Callable[[], Iterable[torch.Tensor]] | None = None,
+    resume: bool = False,
+    policy: str = "",
+    extra: dict | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train an SAE on ``batches`` ((batch, d_in) tensors, a deterministic stream) and save it.
+
+    Args:
+        held_out: returns a fresh iterable of held-out batches for the final metrics (FVU, L0, dead).
+        resume: continue from ``output_dir/checkpoint.pt``; the stream is replayed (read, not trained
+            on) up to the checkpoint's step so the run continues on the same batches.
+        policy, extra: recorded in config.json (the policy the tokens came from, recording details).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or TrainConfig()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    sae = SparseAutoencoder(cfg.sae_config(d_in, policy, extra)).to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    step, history = 0, []
+    batches = iter(batches)
+    if ckpt_path.is_file() and not resume:
+        raise InputError(f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose "
+                         "another --output-dir")
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        _check_resumable(ckpt, sae.config, ckpt_path)
+        sae.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, history = int(ckpt["step"]), list(ckpt["history"])
+        for _ in tqdm(range(step), desc="replay stream to checkpoint", unit="batch", disable=not progress):
+            if next(batches, None) is None:
+                raise InputError(f"The activation stream ended after fewer than the checkpoint's {step} batches")
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    else:
+        if resume:
+            log.info("no checkpoint in %s: starting a new run", out)
+        first = list(itertools.islice(batches, cfg.init_batches))
+        if not first:
+            raise InputError("The activation stream is empty: no tokens to train on")
+        width = first[0].shape[-1]
+        if width != d_in:
+            raise ModelError(f"Activations have width {width} but the SAE was set up for d_in={d_in}")
+        with torch.no_grad():
+            sae.b_pre.copy_(torch.cat(first).to(device, torch.float32).mean(0))
+        batches = itertools.chain(first, batches)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train SAE", unit="step", disable=not progress)
+    seen, start = 0, time.perf_counter()
+    stats: dict[str, float] = {}
+    log_every = 50
+    while step < cfg.steps:
+        x = next(batches, None)
+        if x is None:
+            raise InputError(f"The activation stream ended at step {step} of {cfg.steps}; use a repeating stream")
+        x = x.to(device, torch.float32)
+        if x.shape[-1] != d_in:
+            raise ModelError(f"Activation batch has width {x.shape[-1]}, the SAE expects {d_in}")
+        step_stats = training_step(sae, optimizer, x, cfg.aux_coef)
+        step += 1
+        seen += x.shape[0]
+        if step % log_every == 0 or step == cfg.steps or step % (cfg.checkpoint_every or cfg.steps) == 0:
+            stats = {k: float(v) for k, v in step_stats.items()}
+            if any(v != v for v in stats.values()):
+                raise ModelError(f"Training diverged (NaN) by step {step}: {stats}; lower --lr")
+            history.append({"step": step, **{k: round(v, 6) for k, v in stats.items()}})
+            bar.set_postfix(fvu=f"{stats['fvu']:.4f}", dead=f"{stats['dead']:.3f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            _save_checkpoint(ckpt_path, sae, optimizer, step, cfg, history)
+        bar.update(1)
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    _save_checkpoint(ckpt_path, sae, optimizer, step, cfg, history)
+    sae.eval()
+    metrics: dict = {
+        "steps": step,
+        "tokens_this_run": seen,
+        "tokens_per_s": seen / elapsed if elapsed > 0 and seen else None,
+        "last_batch": stats,
+        "training": asdict(cfg),
+        "history": history,
+    }
+    if held_out is not None:
+        metrics["held_out"] = evaluate_sae(sae, held_out())
+    save_sae(sae, out, metrics)
+    (out / "README.md").write_text(model_card(sae.config, metrics))
+    return TrainResult(sae, metrics)
+
+
+def model_card(config: SAEConfig, metrics: dict) -> str:
+    """A short README.md for the SAE directory (and its hub repo)."""
+    held = metrics.get("held_out", {})
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in held.items())
+    extra = json.dumps(config.extra, indent=2) if config.extra else "{}"
+    return f"""---
+tags: [lerobot, robotics, sparse-autoencoder, interpretability, pai]
+---
+# TopK sparse autoencoder on ACT encoder tokens
+
+Trained with `pai train-sae` on encoder layer {config.layer} tokens of policy `{config.policy or "?"}`.
+One SAE shared by every token position: {config.d_in} -> {config.n_latents} latents
+(expansion {config.expansion_factor}), TopK k = {config.k}, AuxK k = {config.aux_k}, decoder rows of unit
+norm, pre-encoder bias initialised to the mean token. Frame features pool token codes by `{config.pooling}`.
+
+## Held-out metrics
+
+| metric | value |
+|---|---|
+{rows or "| (none) | |"}
+
+Steps: {metrics.get("steps")}, tokens/s: {metrics.get("tokens_per_s") or 0:.4g}.
+
+## Recording
+
+```json
+{extra}
+```
+
+## Use
+
+```python
+from pai_core.pipeline import Pipeline
+pipe = Pipeline.load(policy_path, sae_path="<this directory or hub id>")
+```
+"""

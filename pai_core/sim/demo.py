@@ -1,0 +1,183 @@
+"""``pai demo``: the whole of pai on the SO-101 simulation, as a list of named, cached stages.
+
+Each stage declares the files it produces; a stage whose outputs all exist is skipped, so a second
+run only redoes what is missing (``--force NAME`` reruns one). Stages call the other commands through
+``pai_core.cli.main`` (the documented CLI), so the demo runs exactly what a user would type.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import PaiError
+from .scene import PERTURBATIONS
+
+REPO_ID = "pai/so101_pick_cube"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of every stage. ``preset(quick=...)`` gives the two shipped sizes.
+
+    Args:
+        output_dir: everything goes here.
+        train_episodes: clean expert episodes for the policy and the SAE.
+        calib_episodes: clean held-out episodes for the conformal threshold.
+        test_episodes: clean held-out episodes for the OOD evaluation (false alarms).
+        ood_episodes: episodes per perturbation.
+        perturbations: perturbations recorded and evaluated.
+        replay_perturbation: the perturbed episode replayed offline and through ROS.
+        train_steps, train_minutes, batch_size: policy training bounds.
+        eval_episodes: closed-loop episodes for the success rate.
+        sae_steps: SAE optimiser steps.
+        alpha: target false-alarm rate per frame.
+        ros: also replay through rclpy (loopback).
+    """
+
+    output_dir: Path
+    train_episodes: int = 40
+    calib_episodes: int = 8
+    test_episodes: int = 4
+    ood_episodes: int = 3
+    perturbations: list[str] = field(default_factory=lambda: [p for p in PERTURBATIONS if p != "none"])
+    replay_perturbation: str = "distractor"
+    train_steps: int = 3000
+    train_minutes: float = 12.0
+    batch_size: int = 8
+    eval_episodes: int = 10
+    sae_steps: int = 2000
+    alpha: float = 0.01
+    ros: bool = True
+
+    @classmethod
+    def preset(cls, output_dir: str | Path, quick: bool = False) -> "DemoConfig":
+        if not quick:
+            return cls(Path(output_dir))
+        return cls(Path(output_dir), train_episodes=6, calib_episodes=3, test_episodes=1, ood_episodes=1,
+                   perturbations=["lighting", "distractor", "occlusion"], train_steps=60, train_minutes=2.0,
+                   eval_episodes=2, sae_steps=200)
+
+
+@dataclass
+class Stage:
+    name: str
+    outputs: list[Path]
+    run: Callable[[], None]
+    what: str = ""
+
+
+def _pai(*argv) -> None:
+    """Run one ``pai`` command in this process; a non-zero exit fails the stage."""
+    from ..cli import main
+
+    args = [str(a) for a in argv]
+    print(f"[pai demo] $ pai {shlex.join(args)}", flush=True)
+    code = main(args)
+    if code:
+        raise PaiError(f"`pai {shlex.join(args)}` exited with {code}")
+
+
+def _config_file() -> list[str]:
+    path = Path(__file__).resolve().parents[2] / "config" / "introspect.yaml"
+    return ["--config", str(path)] if path.is_file() else []
+
+
+def build_stages(cfg: DemoConfig) -> list[Stage]:
+    out = cfg.output_dir
+    ds = out / "datasets"
+    policy = out / "policy" / "pretrained_model"
+    sae = out / "sae"
+    bags = out / "bags"
+    stages: list[Stage] = []
+
+    def rec(name: str, root: Path, episodes: int, seed: int, perturbation: str = "none", bag: Path | None = None):
+        argv = ["sim", "record", "--output", root, "--episodes", episodes, "--seed", seed,
+                "--perturbation", perturbation]
+        if bag is not None:
+            argv += ["--bag", bag]
+        stages.append(Stage(name, [root / "pai_sim.json"] + ([bag / "metadata.yaml"] if bag else []),
+                            lambda: _pai(*argv), f"expert episodes, scene {perturbation}"))
+
+    rec("record_train", ds / "train", cfg.train_episodes, 0)
+    rec("record_calibration", ds / "calibration", cfg.calib_episodes, 5000)
+    rec("record_test_clean", ds / "test_clean", cfg.test_episodes, 7000, bag=bags / "clean")
+    for i, p in enumerate(cfg.perturbations):
+        rec(f"record_{p}", ds / f"ood_{p}", cfg.ood_episodes, 7000,
+            perturbation=p, bag=bags / p if p == cfg.replay_perturbation else None)
+    stages.append(Stage("train_policy", [policy / "model.safetensors"], lambda: _pai(
+        "sim", "train-policy", "--dataset", ds / "train", "--output", out / "policy", "--steps", cfg.train_steps,
+        "--max-minutes", cfg.train_minutes, "--batch-size", cfg.batch_size), "small ACT on the clean episodes"))
+    stages.append(Stage("evaluate_policy", [out / "policy" / "eval" / "evaluation.json"], lambda: _pai(
+        "sim", "evaluate-policy", "--policy-path", policy, "--episodes", cfg.eval_episodes,
+        "--output", out / "policy" / "eval"), "closed-loop success rate"))
+    stages.append(Stage("train_sae", [sae / "model.safetensors"], lambda: _pai(
+        "train-sae", "--dataset-repo-id", REPO_ID, "--root", ds / "train", "--policy-path", policy,
+        "--output-dir", sae, "--steps", cfg.sae_steps), "activations + TopK SAE"))
+    stages.append(Stage("calibrate_ood", [sae / "ood_params.json"], lambda: _pai(
+        "calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
+        "--root", ds / "calibration", "--alpha", cfg.alpha), "conformal threshold on held-out clean episodes"))
+    stages.append(Stage("evaluate_ood", [out / "ood_eval" / "ood_evaluation.json"], lambda: _evaluate_ood(cfg),
+                        "AUROC, false alarms, detection delay per perturbation"))
+    stages.append(Stage("features", [out / "features" / "analysis" / "index.html"], lambda: _features(cfg),
+                        "SAE feature analysis (top frames, maps, clips)"))
+    for kind in ("clean", cfg.replay_perturbation):
+        stages.append(Stage(f"replay_{kind}", [out / "replay" / kind / "report.html"], lambda kind=kind: _pai(
+            "replay", "--bag", bags / kind, *_config_file(), "--policy-path", policy, "--sae-path", sae,
+            "--output-dir", out / "replay" / kind), f"offline replay of the {kind} bag"))
+    if cfg.ros:
+        stages.append(Stage("replay_ros", [out / "replay_ros" / "summary.json"], lambda: _pai(
+            "replay", "--bag", bags / cfg.replay_perturbation, *_config_file(), "--policy-path", policy,
+            "--sae-path", sae, "--output-dir", out / "replay_ros", "--publish", "--no-video"),
+            "replay publishing the node's topics with rclpy (loopback)"))
+    return stages
+
+
+def _evaluate_ood(cfg: DemoConfig) -> None:
+    out = cfg.output_dir
+    _pai("evaluate-ood", "--sae-path", out / "sae", "--policy-path", out / "policy" / "pretrained_model",
+         "--id", out / "datasets" / "test_clean", "--ood", *[out / "datasets" / f"ood_{p}" for p in cfg.perturbations],
+         "--output-dir", out / "ood_eval")
+
+
+def _features(cfg: DemoConfig) -> None:
+    out = cfg.output_dir
+    _pai("record-features", "--dataset-repo-id", REPO_ID, "--root", out / "datasets" / "test_clean",
+         "--policy-path", out / "policy" / "pretrained_model", "--sae-path", out / "sae",
+         "--output-dir", out / "features" / "record")
+    _pai("analyse-features", "--record-dir", out / "features" / "record", "--output-dir", out / "features" / "analysis")
+
+
+def run_demo(cfg: DemoConfig, force: list[str] | None = None, only: list[str] | None = None) -> str:
+    """Run the stages (skipping cached ones) and return the text report (also ``report.md``)."""
+    stages = build_stages(cfg)
+    names = [s.name for s in stages]
+    for n in (force or []) + (only or []):
+        if n not in names:
+            raise PaiError(f"Unknown demo stage {n!r}; stages are {names}")
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    log: list[dict] = []
+    for i, stage in enumerate(stages, 1):
+        if only and stage.name not in only:
+            continue
+        cached = all(p.exists() for p in stage.outputs) and stage.name not in (force or [])
+        print(f"[pai demo] stage {i}/{len(stages)} {stage.name}: {'cached' if cached else stage.what}", flush=True)
+        entry = {"stage": stage.name, "status": "cached", "seconds": 0.0}
+        if not cached:
+            start = time.perf_counter()
+            try:
+                stage.run()
+                entry["status"] = "done"
+            except Exception as exc:  # keep going: the report says which stage failed and why
+                entry["status"] = f"failed: {type(exc).__name__}: {exc}"
+                print(f"[pai demo] stage {stage.name} failed: {exc}", flush=True)
+            entry["seconds"] = round(time.perf_counter() - start, 1)
+        log.append(entry)
+    (cfg.output_dir / "stages.json").write_text(json.dumps(log, indent=2))
+    from .report import write_demo_report
+
+    return write_demo_report(cfg, log)

@@ -1,0 +1,160 @@
+"""``pai sim record``: scripted-expert episodes written as a LeRobot dataset (image mode) and, for one
+episode, as a rosbag2 recording.
+
+The dataset holds what the policy may use (front camera, six joint positions) and the expert's action;
+``pai_sim.json`` beside the LeRobot metadata records each episode's seed, perturbation and success.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .bag import BagFrame, write_bag
+from .env import ACTION_NAMES, CAMERA, JOINT_NAMES, TASK, PickCubeSim, SimConfig
+from .expert import PickExpert
+
+SIDECAR = "pai_sim.json"
+
+
+@dataclass
+class RecordConfig:
+    """Args:
+    root: dataset folder to create (must not exist).
+    repo_id: LeRobot repo id stored in the dataset metadata.
+    episodes: episodes to write.
+    seed: episode ``i`` places the cube with seed ``seed + i``.
+    keep_failed: also write episodes in which the expert failed (default for perturbed scenes: their
+        frames are what OOD detection is measured on); otherwise failed ones are counted and skipped.
+    hold_steps: frames recorded after the cube is lifted, holding it.
+    bag_path: also write the first episode as a rosbag2 (MCAP) folder here.
+    sim: simulation settings (image size, perturbation, ...).
+    """
+
+    root: Path
+    repo_id: str = "pai/so101_pick_cube"
+    episodes: int = 20
+    seed: int = 0
+    keep_failed: bool | None = None
+    hold_steps: int = 5
+    bag_path: Path | None = None
+    sim: SimConfig = field(default_factory=SimConfig)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if self.episodes < 1:
+            raise InputError(f"episodes={self.episodes}: record at least one episode")
+        if self.keep_failed is None:
+            self.keep_failed = self.sim.perturbation != "none"
+
+
+@dataclass
+class Step:
+    image: np.ndarray
+    state: np.ndarray
+    velocity: np.ndarray
+    action: np.ndarray
+    timestamp: float
+
+
+@dataclass
+class Episode:
+    seed: int
+    steps: list[Step]
+    success: bool
+
+
+def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5) -> Episode:
+    """One expert episode: every frame with the action taken in it, until the cube is held up for
+    ``hold_steps`` frames or ``sim.config.max_steps`` run out."""
+    expert = PickExpert(sim.config.action_scale)
+    obs = sim.reset(seed)
+    steps: list[Step] = []
+    success, after = False, 0
+    while len(steps) < sim.config.max_steps and after <= hold_steps:
+        action = expert.act(sim.grasp_point, sim.block_pos)
+        velocity = joint_velocities(sim)
+        steps.append(Step(obs.images[CAMERA], obs.state, velocity, action, obs.timestamp))
+        obs, picked = sim.step(action)
+        success = success or picked
+        after += int(success)
+    return Episode(seed, steps, success)
+
+
+def joint_velocities(sim: PickCubeSim) -> np.ndarray:
+    model = sim.env.model
+    return np.asarray([sim.env.data.qvel[model.joint(n).dofadr[0]] for n in JOINT_NAMES], dtype=np.float32)
+
+
+def dataset_features(sim: SimConfig) -> dict:
+    return {
+        CAMERA: {"dtype": "image", "shape": (sim.height, sim.width, 3), "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": (len(JOINT_NAMES),), "names": list(JOINT_NAMES)},
+        "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": list(ACTION_NAMES)},
+    }
+
+
+def record(config: RecordConfig, progress: bool = True) -> dict:
+    """Run the expert and write the dataset (and bag); returns a summary (also in ``pai_sim.json``)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from tqdm import tqdm
+
+    if config.root.exists():
+        raise InputError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
+    config.root.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    dataset = LeRobotDataset.create(config.repo_id, config.sim.fps, dataset_features(config.sim),
+                                    root=config.root, use_videos=False)
+    written, skipped = [], []
+    bag_frames = 0
+    bar = tqdm(range(config.episodes), desc=f"record {config.sim.perturbation}", unit="ep", disable=not progress)
+    with PickCubeSim(config.sim) as sim:
+        for i in bar:
+            episode = run_expert(sim, config.seed + i, config.hold_steps)
+            info = {"seed": episode.seed, "success": episode.success, "frames": len(episode.steps)}
+            if not episode.success and not config.keep_failed:
+                skipped.append(info)
+                continue
+            for step in episode.steps:
+                dataset.add_frame({CAMERA: step.image, "observation.state": step.state,
+                                   "action": step.action, "task": TASK})
+            dataset.save_episode()
+            info["episode_index"] = len(written)
+            written.append(info)
+            if config.bag_path is not None and len(written) == 1:
+                bag_frames = write_bag(config.bag_path, (BagFrame(s.timestamp, s.image, s.state, s.velocity)
+                                                          for s in episode.steps), JOINT_NAMES)
+            bar.set_postfix(ok=sum(e["success"] for e in written), skipped=len(skipped))
+    dataset.finalize()
+    attempted = written + skipped
+    summary = {
+        "repo_id": config.repo_id,
+        "root": str(config.root),
+        "perturbation": config.sim.perturbation,
+        "sim": asdict(config.sim),
+        "episodes": written,
+        "skipped_failed": skipped,
+        "expert_success_rate": sum(e["success"] for e in attempted) / len(attempted),
+        "frames": sum(e["frames"] for e in written),
+        "bag": str(config.bag_path) if config.bag_path else None,
+        "bag_frames": bag_frames,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (config.root / SIDECAR).write_text(json.dumps(summary, indent=2))
+    if not written:
+        raise InputError(f"The expert failed all {len(skipped)} episodes in scene {config.sim.perturbation!r}; "
+                         "nothing to write (use keep_failed to keep them)")
+    return summary
+
+
+def load_summary(root: str | Path) -> dict:
+    """The ``pai_sim.json`` of a dataset recorded by ``record``."""
+    path = Path(root) / SIDECAR
+    if not path.is_file():
+        raise InputError(f"{path} not found: {root} was not recorded by `pai sim record`")
+    return json.loads(path.read_text())

@@ -1,0 +1,216 @@
+"""``pai sim train-policy``: a small ACT trained on recorded episodes, on the CPU, in bounded time.
+
+LeRobot's own pieces do the work: features from the dataset metadata, ``make_pre_post_processors``
+with the dataset statistics, ``resolve_delta_timestamps`` for action chunks, the ACT optimizer preset
+and ``ACTPolicy.forward`` for the loss. The result is a LeRobot ``pretrained_model`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..policy import import_lerobot_policies
+
+
+@dataclass
+class TrainConfig:
+    """Args:
+    dataset_root: LeRobot dataset folder (from ``pai sim record``).
+    output_dir: where ``pretrained_model/`` and ``training.json`` go.
+    repo_id: repo id of the dataset.
+    steps: optimizer steps (training stops at ``steps`` or ``max_minutes``, whichever comes first).
+    max_minutes: wall-clock budget.
+    batch_size: frames per step.
+    lr: learning rate of the whole model (backbone included: nothing is pretrained).
+    dim_model, n_heads, dim_feedforward, n_encoder_layers: ACT transformer size.
+    chunk_size, n_action_steps: predicted and executed actions per forward pass.
+    seed: torch seed.
+    threads: torch CPU threads.
+    """
+
+    dataset_root: Path
+    output_dir: Path
+    repo_id: str = "pai/so101_pick_cube"
+    steps: int = 3000
+    max_minutes: float = 12.0
+    batch_size: int = 16
+    lr: float = 3e-4
+    dim_model: int = 128
+    n_heads: int = 4
+    dim_feedforward: int = 512
+    n_encoder_layers: int = 2
+    chunk_size: int = 20
+    n_action_steps: int = 10
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        self.dataset_root, self.output_dir = Path(self.dataset_root), Path(self.output_dir)
+        if self.dim_model % self.n_heads:
+            raise InputError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise InputError(f"n_action_steps={self.n_action_steps} must be within 1..chunk_size ({self.chunk_size})")
+        if self.steps < 1 or self.max_minutes <= 0:
+            raise InputError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
+
+
+def act_config(cfg: TrainConfig, features: dict):
+    from lerobot.configs.types import FeatureType
+    from lerobot.policies.act.configuration_act import ACTConfig
+
+    outputs = {k: f for k, f in features.items() if f.type is FeatureType.ACTION}
+    inputs = {k: f for k, f in features.items() if k not in outputs}
+    return ACTConfig(
+        input_features=inputs,
+        output_features=outputs,
+        pretrained_backbone_weights=None,
+        dim_model=cfg.dim_model,
+        n_heads=cfg.n_heads,
+        dim_feedforward=cfg.dim_feedforward,
+        n_encoder_layers=cfg.n_encoder_layers,
+        n_decoder_layers=1,
+        chunk_size=cfg.chunk_size,
+        n_action_steps=cfg.n_action_steps,
+        optimizer_lr=cfg.lr,
+        optimizer_lr_backbone=cfg.lr,
+        device="cpu",
+    )
+
+
+def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train and save; returns the training summary (also written to ``training.json``)."""
+    import torch
+    from tqdm import tqdm
+
+    import_lerobot_policies()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+    from lerobot.datasets.utils import dataset_to_policy_features
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    try:
+        meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root)
+    except Exception as exc:
+        raise InputError(f"Could not open LeRobot dataset {cfg.repo_id!r} at {cfg.dataset_root}: {exc}") from exc
+    policy_cfg = act_config(cfg, dataset_to_policy_features(meta.features))
+    dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root)
+    frames = EpisodeFrames.load(dataset, progress)
+    if frames.size < cfg.batch_size:
+        raise InputError(f"Dataset {cfg.dataset_root} has {frames.size} frames, fewer than batch_size={cfg.batch_size}")
+    policy = ACTPolicy(policy_cfg)
+    policy.train()
+    pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
+    optim_cfg = policy_cfg.get_optimizer_preset()
+    optimizer = optim_cfg.build(policy.get_optim_params())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start = time.perf_counter()
+    deadline = start + cfg.max_minutes * 60.0
+    losses: list[float] = []
+    step = 0
+    stopped_by = "steps"
+    bar = tqdm(total=cfg.steps, desc="train ACT", unit="step", disable=not progress)
+    while step < cfg.steps:
+        if time.perf_counter() > deadline:
+            stopped_by = "max_minutes"
+            break
+        batch = pre(frames.batch(cfg.batch_size, policy_cfg.chunk_size, generator))
+        loss, _ = policy.forward(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), optim_cfg.grad_clip_norm)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        step += 1
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+    bar.close()
+    policy.eval()
+    out = cfg.output_dir / "pretrained_model"
+    out.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(out)
+    pre.save_pretrained(out)
+    post.save_pretrained(out)
+    summary = {
+        "policy_path": str(out),
+        "steps": step,
+        "stopped_by": stopped_by,
+        "seconds": round(time.perf_counter() - start, 1),
+        "frames": frames.size,
+        "episodes": meta.total_episodes,
+        "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    }
+    (cfg.output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
+    plot_losses(losses, cfg.output_dir / "training_loss.png")
+    return summary
+
+
+class EpisodeFrames:
+    """A small recorded dataset held in memory, sampled into ACT training batches.
+
+    Reading frames one by one through ``LeRobotDataset.__getitem__`` with action-chunk delta timestamps
+    costs more than the training step itself on a small CPU; a few thousand 96x128 frames fit in memory,
+    so they are decoded once. Batches have the layout LeRobot's dataloader produces: images (B, 3, H, W)
+    in [0, 1], ``action`` (B, chunk, A) and ``action_is_pad`` (B, chunk) past an episode's end.
+    """
+
+    def __init__(self, images: dict, state, action, episode_end):
+        self.images, self.state, self.action, self.episode_end = images, state, action, episode_end
+        self.size = int(action.shape[0])
+
+    @classmethod
+    def load(cls, dataset, progress: bool = True) -> "EpisodeFrames":
+        import torch
+        from tqdm import tqdm
+
+        cams = list(dataset.meta.camera_keys)
+        images = {k: [] for k in cams}
+        state, action, ends = [], [], []
+        for ep in tqdm(range(dataset.meta.total_episodes), desc="load episodes", unit="ep", disable=not progress):
+            info = dataset.meta.episodes[ep]
+            lo, hi = int(info["dataset_from_index"]), int(info["dataset_to_index"])
+            rows = dataset.hf_dataset[lo:hi]
+            for k in cams:
+                images[k].append(torch.stack([(img * 255).round().to(torch.uint8) for img in rows[k]]))
+            state.append(torch.stack(list(rows["observation.state"])))
+            action.append(torch.stack(list(rows["action"])))
+            ends.append(torch.full((hi - lo,), hi, dtype=torch.long))
+        return cls({k: torch.cat(v) for k, v in images.items()}, torch.cat(state), torch.cat(action), torch.cat(ends))
+
+    def batch(self, batch_size: int, chunk: int, generator) -> dict:
+        import torch
+
+        idx = torch.randint(0, self.size, (batch_size,), generator=generator)
+        steps = idx[:, None] + torch.arange(chunk)[None]
+        pad = steps >= self.episode_end[idx][:, None]
+        steps = torch.minimum(steps, self.episode_end[idx][:, None] - 1)
+        out = {k: v[idx].float().div_(255.0) for k, v in self.images.items()}
+        out["observation.state"] = self.state[idx]
+        out["action"] = self.action[steps]
+        out["action_is_pad"] = pad
+        return out
+
+
+def plot_losses(losses: list[float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(losses, lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("ACT loss (L1 + KL)")
+    ax.set_title("policy training")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

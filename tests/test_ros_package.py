@@ -1,0 +1,73 @@
+"""The ament_python package builds with colcon as users build it, and installs what the launch file needs."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def colcon() -> str | None:
+    return shutil.which("colcon", path=str(VENV_BIN)) or shutil.which("colcon")
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory):
+    exe = colcon()
+    if exe is None:
+        pytest.skip("colcon is not installed (pip install colcon-common-extensions)")
+    out = tmp_path_factory.mktemp("colcon")
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([exe, "--log-base", str(out / "log"), "build", "--base-paths", str(ROOT / "ros2_ws" / "src"),
+                           "--build-base", str(out / "build"), "--install-base", str(out / "install")],
+                          cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 package finished" in proc.stdout
+    return out / "install" / "pai"
+
+
+def test_colcon_builds_the_package_with_its_console_script_launch_file_and_configuration(install):
+    share = install / "share" / "pai"
+    assert (install / "lib" / "pai" / "introspect").is_file()
+    assert (install / "share" / "ament_index" / "resource_index" / "packages" / "pai").is_file()
+    assert (share / "launch" / "introspect.launch.py").is_file()
+    for name in ("introspect.yaml", "fastdds_robot.xml", "fastdds_loopback.xml", "foxglove_layout.json", "pai.rviz"):
+        assert (share / "config" / name).is_file(), f"{name} is not installed into share/pai/config"
+    installed = yaml.safe_load((share / "config" / "introspect.yaml").read_text())
+    assert "ros__parameters" in installed["/**"]
+
+
+def test_the_launch_file_starts_the_installed_executable_with_the_installed_config(install):
+    tree = ast.parse((ROOT / "launch" / "introspect.launch.py").read_text())
+    calls = {n.func.id: n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    node = {k.arg: k.value for k in calls["Node"].keywords}
+    assert ast.literal_eval(node["package"]) == "pai" and ast.literal_eval(node["executable"]) == "introspect"
+    assert ast.literal_eval(node["name"]) == "pai_introspector"
+    args = [ast.literal_eval(c.args[0]) for c in ast.walk(tree) if isinstance(c, ast.Call)
+            and getattr(c.func, "id", "") == "DeclareLaunchArgument"]
+    assert args == ["config", "policy_path", "device", "namespace"]
+    entry = (install / "lib" / "python3.11" / "site-packages").glob("pai-*.egg-info/entry_points.txt")
+    assert "introspect = pai.introspect_node:main" in next(entry).read_text()
+
+
+def test_the_installed_node_rejects_an_invalid_parameters_file_with_a_clear_error(install, tmp_path):
+    assert os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"), "source scripts/test_env.sh (loopback-only DDS)"
+    doc = yaml.safe_load((ROOT / "config" / "introspect.yaml").read_text())
+    doc["/**"]["ros__parameters"]["rate_hz"] = -5.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    site = next((install / "lib").glob("python3*/site-packages"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(install / "lib" / "pai" / "introspect"), "--ros-args",
+                           "--params-file", str(bad)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "rate_hz=-5.0 must be positive" in proc.stderr
