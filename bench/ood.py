@@ -13,9 +13,9 @@ episodes: the frame false-alarm rate and the share of episodes whose alarm rose,
 Targets: AUROC >= 0.95 per type, clean frame false alarms <= alpha.
 
 Where the inputs come from (each piece separately):
-  --policy-path              given; else DEMO_DIR/policy/pretrained_model; else trained in WORK_DIR
-  --sae-path                 given; else DEMO_DIR/sae (with ood_params.json, for the demo's policy);
-                             else trained and calibrated in WORK_DIR (demo's datasets when present)
+  --policy-path + --sae-path given together; else DEMO_DIR/policy/pretrained_model, else trained in
+                             WORK_DIR; and DEMO_DIR/sae (with ood_params.json), else trained and
+                             calibrated in WORK_DIR for that policy (demo's datasets when present)
   --clean ROOT ...           given; else DEMO_DIR/datasets/test_clean, topped up to --clean-episodes
                              with episodes recorded in WORK_DIR
   --ood NAME=ROOT ...        given; else DEMO_DIR/datasets/ood_NAME; else recorded in WORK_DIR
@@ -99,7 +99,8 @@ def resolve_setup(args) -> Setup:
 
     for p in cfg.perturbations:
         if p not in PERTURBATIONS or p == "none":
-            raise InputError(f"--perturbations: unknown {p!r}; expected some of {[k for k in PERTURBATIONS if k != 'none']}")
+            known = [k for k in PERTURBATIONS if k != "none"]
+            raise InputError(f"--perturbations: unknown {p!r}; expected some of {known}")
 
     # policy, then SAE + calibration (each: given, the demo's, or built here)
     def dataset(name: str) -> Path:
@@ -109,6 +110,9 @@ def resolve_setup(args) -> Setup:
         ensure(f"record_{name}")
         return work / "datasets" / name
 
+    if bool(args.policy_path) != bool(args.sae_path):
+        raise InputError("give both --policy-path and --sae-path (an SAE of that policy, with ood_params.json), "
+                         "or neither to use the demo's or build them")
     if args.policy_path:
         policy, origin["policy"] = Path(args.policy_path), "given"
     elif (demo / "policy/pretrained_model/model.safetensors").is_file():
@@ -121,11 +125,12 @@ def resolve_setup(args) -> Setup:
         policy, origin["policy"] = work / "policy/pretrained_model", f"built in {work}"
     if args.sae_path:
         sae, origin["sae"] = Path(args.sae_path), "given"
-    elif not args.policy_path and policy == demo / "policy/pretrained_model" and (demo / "sae/ood_params.json").is_file():
+    elif policy == demo / "policy/pretrained_model" and (demo / "sae/ood_params.json").is_file():
         sae, origin["sae"] = demo / "sae", f"demo {demo}"
     else:
         sae = work / "sae"
-        trained_for = json.loads((sae / "config.json").read_text()).get("policy") if (sae / "config.json").is_file() else None
+        cfg_file = sae / "config.json"
+        trained_for = json.loads(cfg_file.read_text()).get("policy") if cfg_file.is_file() else None
         if trained_for is not None and Path(trained_for).resolve() != policy.resolve():
             raise InputError(f"{sae} holds an SAE of policy {trained_for}, not {policy}: delete it or pass --work-dir")
         if not (sae / "model.safetensors").is_file():
@@ -275,7 +280,8 @@ def print_table(result: dict) -> None:
     names = {"pai": "pai (TopK SAE, conformal)", "seed": "seed (whole-frame SAE, 2.5 sigma)"}
     print(f"\nOOD benchmark: AUROC target >= {AUROC_TARGET}, clean frame false alarms target <= alpha "
           f"= {result['alpha']:g}; alarm {result['alarm']['n']} of {result['alarm']['m']} frames")
-    head = f"{'perturbation':<13} {'detector':<35} {'AUROC':>6} {'target':>6} {'TPR@thr':>8} {'delay':>6} {'detected':>9}"
+    head = (f"{'perturbation':<13} {'detector':<35} {'AUROC':>6} {'target':>6} {'TPR@thr':>8} {'delay':>6} "
+            f"{'detected':>9}")
     print(head + "\n" + "-" * len(head))
     for p, by in result["perturbations"].items():
         for i, (key, r) in enumerate(by.items()):

@@ -85,7 +85,8 @@ class WholeFrameSAE(nn.Module):
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
 
-def train_whole_frame_sae(tokens: torch.Tensor, config: WholeFrameSAEConfig | None = None) -> tuple[WholeFrameSAE, dict]:
+def train_whole_frame_sae(tokens: torch.Tensor,
+                          config: WholeFrameSAEConfig | None = None) -> tuple[WholeFrameSAE, dict]:
     """Fit the seed's whole-frame SAE on clean training frames (N, S, D) and set its threshold from the
     same frames' scores. Returns the model and a summary (losses, score mean/std, threshold)."""
     cfg = config or WholeFrameSAEConfig()

@@ -131,7 +131,9 @@ class Introspector:
                     f"{image.shape[0]}x{image.shape[1]}; enable resize_images to resize"
                 )
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        if not image.flags.writeable or not image.flags.c_contiguous:  # e.g. a view on a message buffer
+            image = np.array(image, order="C")
+        tensor = torch.from_numpy(image).to(self.device, non_blocking=True)
         return tensor.permute(2, 0, 1).float().div_(255.0)
 
     def _find_image(self, obs: Observation, key: str) -> np.ndarray:

@@ -24,5 +24,5 @@ setup(
     maintainer_email="pai@example.com",
     description="Live introspection of LeRobot ACT policies (attention overlays, SAE features, OOD alarm)",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["introspect = pai.introspect_node:main"]},
+    entry_points={"console_scripts": ["introspect = pai.introspect_node:main", "bag_replay = pai.bag_replay:main"]},
 )
