@@ -33,6 +33,7 @@ class Frame:
         ood_maps: camera -> (h, w) reconstruction error map.
         threshold: OOD threshold in force.
         alarm: alarm state after this frame.
+        token_error: (S,) per-token SAE reconstruction error (what the OOD score is computed from).
         codes: (S, n_latents) sparse SAE codes of every token (a torch view on the SAE's device), kept
             only when ``Pipeline.keep_codes`` is set (for spatial feature maps: ``features.feature_maps``).
     """
@@ -45,6 +46,7 @@ class Frame:
     threshold: float | None = None
     alarm: AlarmState = field(default_factory=lambda: AlarmState(False, "", 0))
     codes: object | None = None
+    token_error: np.ndarray | None = None
 
 
 class Pipeline:
@@ -140,13 +142,14 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
-        scores = frame_scores(out.token_error)
+        scores = frame_scores(out.token_error, self.ood)
         maps = error_maps(out.token_error, results[0].layout)
         threshold = self.threshold
         for i, frame in enumerate(frames):
             frame.features = out.features[i]
             frame.ood_score = float(scores[i])
             frame.ood_maps = maps[i]
+            frame.token_error = out.token_error[i]
             frame.threshold = threshold
             if self.keep_codes:
                 frame.codes = out.codes[i]

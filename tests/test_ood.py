@@ -108,7 +108,10 @@ def test_calibration_keeps_the_false_alarm_rate_on_fresh_in_distribution_episode
     printed = capsys.readouterr().out  # LeRobot prints a line of its own before the JSON
     report = json.loads(printed[printed.index("{"):])
     params = OODParams.load(base / "sae" / "ood_params.json")
-    assert params.episodes == held_eps and params.n_calibration == 20 * len(held_eps) == report["frames"]
+    # default score sae_recon_z: a quarter of the held-out episodes fit the standardiser, the rest the threshold
+    n_fit = max(1, len(held_eps) // 4)
+    assert params.score == "sae_recon_z" and len(params.token_mean) == 2 + 12  # latent, state, 3x4 camera tokens
+    assert params.episodes == held_eps[n_fit:] and params.n_calibration == 20 * len(params.episodes) == report["frames"]
     assert params.alpha == alpha and (base / "sae" / "ood_calibration.png").stat().st_size > 10_000
     pipe = Pipeline.load(str(policy), str(base / "sae"))
     fresh = score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)
@@ -146,3 +149,23 @@ def test_evaluate_ood_without_calibration_says_to_run_calibrate_ood_first(world,
     assert main(["evaluate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy), "--id",
                  str(base / "fresh"), "--ood", str(base / "dark"), "--ood-params", str(tmp_path / "none.json")]) == 1
     assert "run `pai calibrate-ood" in capsys.readouterr().err
+
+
+def test_standardised_score_weighs_each_token_position_by_its_own_clean_spread():
+    from pai_core.ood import OODParams, fit_token_standardizer, frame_scores
+
+    rng = np.random.default_rng(0)
+    scale = np.array([10.0, 1.0, 0.1, 0.1])  # a loud position and two quiet ones
+    clean = rng.normal(1.0, 1.0, (500, 4)) * scale + 5 * scale
+    mean, std = fit_token_standardizer(clean)
+    params = OODParams(threshold=0.0, score="sae_recon_z", token_mean=mean, token_std=std)
+    shifted = clean[:100].copy()
+    shifted[:, 2] += 1.0  # a change in a quiet position: 10 of its standard deviations
+    from pai_core.ood import auroc
+
+    assert auroc(frame_scores(clean[100:], params), frame_scores(shifted, params)) > 0.99
+    assert auroc(frame_scores(clean[100:]), frame_scores(shifted)) < 0.7  # the plain mean barely sees it
+    with pytest.raises(ModelError, match="standardises 4 token positions but the policy produced 3 tokens"):
+        frame_scores(clean[:, :3], params)
+    with pytest.raises(ValueError, match="score='nn' is not one of"):
+        OODParams(threshold=0.0, score="nn")

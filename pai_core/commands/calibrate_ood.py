@@ -23,6 +23,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="held-out episodes (default: the SAE's held-out episodes when this is its training "
                         "dataset, else all)")
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
+    p.add_argument("--score", choices=["sae_recon_z", "sae_recon_mse"], default="sae_recon_z",
+                   help="sae_recon_z: per-position standardised token error (fitted on a quarter of the "
+                        "episodes, the threshold on the rest); sae_recon_mse: plain mean token error")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
@@ -38,6 +41,23 @@ def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
     return None
 
 
+def split_for_standardizer(eps):
+    """A quarter of the episodes (at least one) fit the per-position standardiser, the others set the
+    threshold, so the conformal quantile is taken on frames the standardiser never saw. A single episode
+    is split by time instead."""
+    import numpy as np
+
+    from ..ood import EpisodeScores
+
+    if len(eps) >= 2:
+        n_fit = max(1, len(eps) // 4)
+        return np.concatenate([e.token_error for e in eps[:n_fit]]), eps[n_fit:]
+    e = eps[0]
+    cut = max(1, e.token_error.shape[0] // 4)
+    rest = EpisodeScores(e.dataset, e.episode, e.scores[cut:], e.timestamps[cut:], e.alarm[cut:], e.token_error[cut:])
+    return e.token_error[:cut], [rest]
+
+
 def plot_calibration(scores, threshold: float, alpha: float, path: Path, title: str) -> Path:
     import matplotlib
 
@@ -47,7 +67,7 @@ def plot_calibration(scores, threshold: float, alpha: float, path: Path, title: 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(scores, bins=50, color="#4c72b0", alpha=0.85, label=f"calibration frames (n={len(scores)})")
     ax.axvline(threshold, color="#c44e52", lw=2, label=f"threshold {threshold:.4g} (alpha={alpha:g})")
-    ax.set_xlabel("OOD score (SAE reconstruction MSE per token)")
+    ax.set_xlabel("OOD score")
     ax.set_ylabel("frames")
     ax.set_title(title)
     ax.legend()
@@ -61,7 +81,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..ood import calibrate, score_episodes
+    from ..ood import OODParams, calibrate, fit_token_standardizer, frame_scores, score_episodes
     from ..pipeline import Pipeline
     from ..sources.dataset import open_dataset
 
@@ -74,14 +94,23 @@ def run(args) -> int:
         episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)
         if episodes:
             log.info("calibrating on the SAE's held-out episodes %s", episodes)
+    pipe.ood = None  # calibrate from raw token errors, whatever ood_params.json the SAE folder holds
     eps = score_episodes(pipe, dataset, episodes, args.batch_size)
-    scores = np.concatenate([e.scores for e in eps])
+    fit_errors, threshold_eps = split_for_standardizer(eps) if args.score == "sae_recon_z" else (None, eps)
+    extra = {}
+    if fit_errors is not None:
+        mean, std = fit_token_standardizer(fit_errors)
+        extra = {"score": "sae_recon_z", "token_mean": mean, "token_std": std}
+    probe = OODParams(threshold=0.0, **extra) if extra else None
+    scores = np.concatenate([frame_scores(e.token_error, probe) for e in threshold_eps])
     try:
         params = calibrate(scores, args.alpha)
     except ValueError as exc:
         raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
+    for key, value in extra.items():
+        setattr(params, key, value)
     params.dataset = str(args.root or args.dataset_repo_id)
-    params.episodes = [e.episode for e in eps]
+    params.episodes = [e.episode for e in threshold_eps]
     out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     params.save(out)
     png = plot_calibration(scores, params.threshold, args.alpha, out.with_name("ood_calibration.png"),

@@ -47,10 +47,10 @@ class DemoConfig:
     perturbations: list[str] = field(default_factory=lambda: [p for p in PERTURBATIONS if p != "none"])
     replay_perturbation: str = "distractor"
     train_steps: int = 3000
-    train_minutes: float = 12.0
+    train_minutes: float = 10.0
     batch_size: int = 8
-    eval_episodes: int = 10
-    sae_steps: int = 2000
+    eval_episodes: int = 5
+    sae_steps: int = 1500
     alpha: float = 0.01
     ros: bool = True
 
@@ -60,7 +60,7 @@ class DemoConfig:
             return cls(Path(output_dir))
         return cls(Path(output_dir), train_episodes=6, calib_episodes=3, test_episodes=1, ood_episodes=1,
                    perturbations=["lighting", "distractor", "occlusion"], train_steps=60, train_minutes=2.0,
-                   eval_episodes=2, sae_steps=200)
+                   eval_episodes=2, sae_steps=300, alpha=0.05)
 
 
 @dataclass
@@ -118,7 +118,8 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         "--output", out / "policy" / "eval"), "closed-loop success rate"))
     stages.append(Stage("train_sae", [sae / "model.safetensors"], lambda: _pai(
         "train-sae", "--dataset-repo-id", REPO_ID, "--root", ds / "train", "--policy-path", policy,
-        "--output-dir", sae, "--steps", cfg.sae_steps), "activations + TopK SAE"))
+        "--output-dir", sae, "--steps", cfg.sae_steps, "--batch-size", 1024, "--expansion-factor", 8, "--k", 16,
+        "--aux-k", 64), "activations + TopK SAE"))
     stages.append(Stage("calibrate_ood", [sae / "ood_params.json"], lambda: _pai(
         "calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
         "--root", ds / "calibration", "--alpha", cfg.alpha), "conformal threshold on held-out clean episodes"))
