@@ -5,10 +5,11 @@ from .errors import InputError, ModelError, PaiError
 from .layout import CameraTokens, TokenLayout
 from .observation import Observation
 from .overlay import OverlayConfig, render_overlays
+from .pipeline import Frame, Pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CameraTokens", "FrameResult", "InputError", "IntrospectionConfig", "Introspector", "ModelError",
-    "Observation", "OverlayConfig", "PaiError", "TokenLayout", "render_overlays",
+    "CameraTokens", "Frame", "FrameResult", "InputError", "IntrospectionConfig", "Introspector", "ModelError",
+    "Observation", "OverlayConfig", "PaiError", "Pipeline", "TokenLayout", "render_overlays",
 ]
