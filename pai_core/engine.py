@@ -134,7 +134,8 @@ class Introspector:
         if not image.flags.writeable or not image.flags.c_contiguous:  # e.g. a view on a message buffer
             image = np.array(image, order="C")
         tensor = torch.from_numpy(image).to(self.device, non_blocking=True)
-        return tensor.permute(2, 0, 1).float().div_(255.0)
+        # contiguous (C, H, W): a channels-last view makes the backbone's convolutions ~3 % slower on CPU
+        return tensor.permute(2, 0, 1).contiguous().float().div_(255.0)
 
     def _find_image(self, obs: Observation, key: str) -> np.ndarray:
         if key in obs.images:
