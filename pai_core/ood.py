@@ -2,13 +2,12 @@
 
 Two scores, both from the per-token SAE reconstruction error (the seed's idea, per token instead of per
 frame):
-- ``sae_recon_mse``: the mean error over the frame's tokens.
-- ``sae_recon_z`` (default of ``pai calibrate-ood``): each token position's error standardised by its
-  mean and spread on held-out clean frames, then averaged. Latent, state and camera tokens have errors
-  of different scales; standardising stops the large, noisy positions from hiding a change in a few
-  others. Chosen by measurement on the SO-101 perturbations (``bench/ood.py``, docs/ood_bench.md):
-  AUROC rose on every perturbation type but lighting (already 1.0), e.g. distractor 0.933 -> 0.953,
-  cube size 0.803 -> 0.842.
+- ``sae_recon_mse`` (default): the mean error over the frame's tokens.
+- ``sae_recon_z``: each token position's error standardised by its mean and spread on held-out clean
+  frames, then averaged, so positions with large, noisy errors cannot hide a change in a few quiet ones.
+Measured on the SO-101 perturbations (docs/demo.md): z was better on an almost untrained policy
+(distractor AUROC 0.933 -> 0.953) but worse on the demo's trained one (0.738 -> 0.644), so the plain mean
+stays the default and z is an option (``pai calibrate-ood --score``).
 ``ood_params.json`` holds the threshold, the score's parameters and the calibration score distribution.
 """
 

@@ -108,10 +108,8 @@ def test_calibration_keeps_the_false_alarm_rate_on_fresh_in_distribution_episode
     printed = capsys.readouterr().out  # LeRobot prints a line of its own before the JSON
     report = json.loads(printed[printed.index("{"):])
     params = OODParams.load(base / "sae" / "ood_params.json")
-    # default score sae_recon_z: a quarter of the held-out episodes fit the standardiser, the rest the threshold
-    n_fit = max(1, len(held_eps) // 4)
-    assert params.score == "sae_recon_z" and len(params.token_mean) == 2 + 12  # latent, state, 3x4 camera tokens
-    assert params.episodes == held_eps[n_fit:] and params.n_calibration == 20 * len(params.episodes) == report["frames"]
+    assert params.score == "sae_recon_mse"
+    assert params.episodes == held_eps and params.n_calibration == 20 * len(held_eps) == report["frames"]
     assert params.alpha == alpha and (base / "sae" / "ood_calibration.png").stat().st_size > 10_000
     pipe = Pipeline.load(str(policy), str(base / "sae"))
     fresh = score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)
@@ -121,6 +119,23 @@ def test_calibration_keeps_the_false_alarm_rate_on_fresh_in_distribution_episode
     # band is a sanity bound rather than an exact test; the exact test is the synthetic one above).
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / scores.size), rate
     assert report["empirical_rate_on_calibration"] <= alpha  # conformal rank: at most alpha * n frames above
+
+
+def test_the_standardised_score_fits_on_a_quarter_of_the_episodes_and_calibrates_on_the_rest(world, capsys, tmp_path):
+    base, policy, held_eps = world
+    out = tmp_path / "ood_params.json"
+    assert main(["calibrate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy), "--dataset-repo-id",
+                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", "sae_recon_z",
+                 "--output", str(out)]) == 0
+    capsys.readouterr()
+    params = OODParams.load(out)
+    n_fit = max(1, len(held_eps) // 4)
+    assert params.score == "sae_recon_z" and len(params.token_mean) == 2 + 12  # latent, state, 3x4 camera tokens
+    assert params.episodes == held_eps[n_fit:] and params.n_calibration == 20 * len(params.episodes)
+    scores = score_episodes(Pipeline(Pipeline.load(str(policy), str(base / "sae")).engine,
+                                     Pipeline.load(str(policy), str(base / "sae")).extractor, params),
+                            open_dataset("pai/synthetic", base / "fresh"), progress=False)
+    assert np.all(np.isfinite(np.concatenate([e.scores for e in scores])))
 
 
 def test_evaluate_ood_separates_dark_images_and_reports_false_alarms_and_delay(world, capsys):

@@ -23,9 +23,9 @@ def register(sub) -> argparse.ArgumentParser:
                    help="held-out episodes (default: the SAE's held-out episodes when this is its training "
                         "dataset, else all)")
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
-    p.add_argument("--score", choices=["sae_recon_z", "sae_recon_mse"], default="sae_recon_z",
-                   help="sae_recon_z: per-position standardised token error (fitted on a quarter of the "
-                        "episodes, the threshold on the rest); sae_recon_mse: plain mean token error")
+    p.add_argument("--score", choices=["sae_recon_mse", "sae_recon_z"], default="sae_recon_mse",
+                   help="sae_recon_mse: mean token reconstruction error; sae_recon_z: per-position "
+                        "standardised token error (fitted on a quarter of the episodes, the threshold on the rest)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
