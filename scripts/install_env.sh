@@ -18,12 +18,14 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   fi
 fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c requirements/constraints.txt)
+# pip's noise about this machine's local index folders and LeRobot's (deliberately ignored) torch pins
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory\|lerobot 0.4.4 requires\|dependency resolver does not\|dependency conflicts" >&2); }
 reqs=(-r requirements/base.txt)
 if [[ -z "${ROS_DISTRO:-}" ]]; then
   reqs+=(-r requirements/ros.txt)
 fi
 echo "[pai] installing requirements into $VENV (torch, lerobot runtime, ROS 2 wheels) ..."
-"${PIP[@]}" "${reqs[@]}" 2> >(grep -v "is ignored: it is neither a file nor a directory\|lerobot 0.4.4 requires\|dependency resolver does not\|dependency conflicts" >&2)
-"${PIP[@]}" --no-deps lerobot==0.4.4
-"${PIP[@]}" --no-deps -e .
+quiet "${PIP[@]}" "${reqs[@]}"
+quiet "${PIP[@]}" --no-deps lerobot==0.4.4
+quiet "${PIP[@]}" --no-deps -e .
 "$VENV/bin/python" -c "import torch, lerobot, pai_core; print('[pai] torch', torch.__version__, 'lerobot', lerobot.__version__)"
