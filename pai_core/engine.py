@@ -4,8 +4,8 @@ look at (attention maps, rollout, attention shares, encoder tokens)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -76,7 +76,6 @@ class FrameResult:
     latency_ms: float = 0.0
     frame_index: int = -1
     episode_index: int = -1
-    extra: dict = field(default_factory=dict)
 
 
 class Introspector:
