@@ -59,6 +59,7 @@ class FrameResult:
         state_share: share on the robot-state token (0 when the policy has none).
         latent_share: share on the latent token.
         tokens: (S, D) encoder output tokens on the engine's device, or None.
+        input_tokens: (S, D) encoder input tokens on the engine's device, or None.
         layout: token layout of this pass.
         latency_ms: wall time of the engine call that produced this frame.
     """
@@ -73,6 +74,7 @@ class FrameResult:
     latent_share: float
     tokens: torch.Tensor | None
     layout: TokenLayout
+    input_tokens: torch.Tensor | None = None
     latency_ms: float = 0.0
     frame_index: int = -1
     episode_index: int = -1
@@ -231,6 +233,7 @@ class Introspector:
                     state_share=float(rel[i, layout.state_index]) if layout.state_index is not None else 0.0,
                     latent_share=float(rel[i, layout.latent_index]),
                     tokens=capture.tokens[i] if self.config.keep_tokens else None,
+                    input_tokens=capture.input_tokens[i] if self.config.keep_tokens else None,
                     layout=layout,
                     latency_ms=latency,
                     frame_index=obs.frame_index,

@@ -66,6 +66,11 @@ class Pipeline:
         self.alarm = AlarmPolicy(alarm)
         self.threshold_override: float | None = None
         self.feature_labels = feature_labels or {}
+        self.knn = None
+        if ood is not None and ood.score == "token_knn":
+            from .ood import KnnScorer
+
+            self.knn = KnnScorer.load(ood)
         self.keep_codes = False  # set to keep each frame's token codes (Frame.codes) for spatial maps
         if extractor is not None:
             extractor.check_width(int(engine.policy.config.dim_model), engine.loaded.source)
@@ -142,7 +147,10 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
-        scores = frame_scores(out.token_error, self.ood)
+        if self.knn is not None and self.ood is not None and self.ood.score == "token_knn":
+            scores = self.knn(torch.stack([r.input_tokens for r in results]))
+        else:
+            scores = frame_scores(out.token_error, self.ood)
         maps = error_maps(out.token_error, results[0].layout)
         threshold = self.threshold
         for i, frame in enumerate(frames):

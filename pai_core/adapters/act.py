@@ -47,6 +47,8 @@ class ACTAdapter:
             self.model.decoder.layers[-1].multihead_attn.register_forward_hook(self._keep_cross_attention)
         )
         self._handles.append(layers[self.token_layer].register_forward_hook(self._keep_tokens))
+        self._input: torch.Tensor | None = None
+        self._handles.append(self.model.encoder.register_forward_pre_hook(self._keep_input, with_kwargs=True))
         if cfg.image_features:
             self._handles.append(self.model.backbone.register_forward_hook(self._keep_feature_shape))
 
@@ -61,6 +63,9 @@ class ACTAdapter:
 
     def _keep_tokens(self, _module, _inputs, output) -> None:
         self._tokens = output  # (S, B, D)
+
+    def _keep_input(self, _module, args, _kwargs) -> None:
+        self._input = args[0]  # (S, B, D) encoder input: projected backbone features, state, latent
 
     def _keep_feature_shape(self, _module, _inputs, output) -> None:
         self.backbone_calls += 1
@@ -87,6 +92,7 @@ class ACTAdapter:
             encoder_attention=list(self._enc_attn),
             cross_attention=self._cross,
             tokens=self._tokens.transpose(0, 1),
+            input_tokens=self._input.transpose(0, 1),
         )
         self._enc_attn = [None] * len(self._enc_attn)
         self._cross = self._tokens = None

@@ -19,12 +19,14 @@ class Capture:
         encoder_attention: per encoder layer (B, S, S) self-attention, heads averaged, first layer first.
         cross_attention: (B, T, S) attention of the T action queries over encoder tokens (last decoder layer).
         tokens: (B, S, D) encoder output tokens of the configured layer.
+        input_tokens: (B, S, D) encoder input tokens (before the first LayerNorm; for the kNN OOD score).
     """
 
     layout: TokenLayout
     encoder_attention: list[torch.Tensor]
     cross_attention: torch.Tensor
     tokens: torch.Tensor
+    input_tokens: torch.Tensor | None = None
 
 
 class PolicyAdapter(Protocol):

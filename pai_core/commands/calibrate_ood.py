@@ -23,9 +23,15 @@ def register(sub) -> argparse.ArgumentParser:
                    help="held-out episodes (default: the SAE's held-out episodes when this is its training "
                         "dataset, else all)")
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
-    p.add_argument("--score", choices=["sae_recon_mse", "sae_recon_z"], default="sae_recon_mse",
+    p.add_argument("--score", choices=["sae_recon_mse", "sae_recon_z", "token_knn"], default="sae_recon_mse",
                    help="sae_recon_mse: mean token reconstruction error; sae_recon_z: per-position "
-                        "standardised token error (fitted on a quarter of the episodes, the threshold on the rest)")
+                        "standardised token error (fitted on a quarter of the episodes, the threshold on the rest); "
+                        "token_knn: distance of the encoder-input tokens to the nearest clean reference frames")
+    p.add_argument("--reference-root", default=None,
+                   help="token_knn: clean reference dataset (default: the SAE's training dataset)")
+    p.add_argument("--reference-episodes", type=int, nargs="*", default=None,
+                   help="token_knn: reference episodes (default: the SAE's training episodes)")
+    p.add_argument("--knn-k", type=int, default=5, help="token_knn: neighbours averaged")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
@@ -39,6 +45,33 @@ def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
     if same_root and sae_extra.get("held_out_episodes"):
         return list(sae_extra["held_out_episodes"])
     return None
+
+
+def fit_reference(pipe, args):
+    """token_knn: encoder-input tokens of clean reference frames (default: the SAE's training episodes,
+    so the calibration episodes stay unseen and the conformal threshold stays valid)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..errors import InputError
+    from ..ood import KnnScorer
+    from ..sources.dataset import iter_episode, open_dataset, select_episodes
+
+    sae_extra = pipe.extractor.sae.config.extra
+    root = args.reference_root or sae_extra.get("dataset_root")
+    if not root:
+        raise InputError("--score token_knn needs --reference-root (the SAE does not record its training dataset)")
+    ref = open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
+    episodes = args.reference_episodes
+    if not episodes and not args.reference_root:  # the SAE's training episodes, never its held-out ones
+        held = set(sae_extra.get("held_out_episodes") or [])
+        episodes = sae_extra.get("train_episodes") or [e for e in range(ref.meta.total_episodes) if e not in held]
+    tokens = []
+    for ep in tqdm(select_episodes(ref, episodes), desc="reference frames", unit="ep"):
+        obs = list(iter_episode(ref, ep))
+        for i in range(0, len(obs), args.batch_size):
+            tokens += [r.input_tokens.float().cpu().numpy() for r in pipe.engine.step_batch(obs[i:i + args.batch_size])]
+    return KnnScorer.fit(np.stack(tokens), k=args.knn_k)
 
 
 def split_for_standardizer(eps):
@@ -95,14 +128,23 @@ def run(args) -> int:
         if episodes:
             log.info("calibrating on the SAE's held-out episodes %s", episodes)
     pipe.ood = None  # calibrate from raw token errors, whatever ood_params.json the SAE folder holds
+    out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
+    extra: dict = {}
+    if args.score == "token_knn":
+        scorer = fit_reference(pipe, args)
+        extra = {"score": "token_knn", "reference": "ood_reference.safetensors", "knn_k": args.knn_k}
+        scorer.save(out.with_name(extra["reference"]))
+        pipe.ood, pipe.knn = OODParams(threshold=float("inf"), **extra, source_dir=str(out.parent)), scorer
     eps = score_episodes(pipe, dataset, episodes, args.batch_size)
-    fit_errors, threshold_eps = split_for_standardizer(eps) if args.score == "sae_recon_z" else (None, eps)
-    extra = {}
-    if fit_errors is not None:
+    threshold_eps = eps
+    if args.score == "sae_recon_z":
+        fit_errors, threshold_eps = split_for_standardizer(eps)
         mean, std = fit_token_standardizer(fit_errors)
         extra = {"score": "sae_recon_z", "token_mean": mean, "token_std": std}
-    probe = OODParams(threshold=0.0, **extra) if extra else None
-    scores = np.concatenate([frame_scores(e.token_error, probe) for e in threshold_eps])
+        probe = OODParams(threshold=0.0, **extra)
+        scores = np.concatenate([frame_scores(e.token_error, probe) for e in threshold_eps])
+    else:
+        scores = np.concatenate([e.scores for e in threshold_eps])
     try:
         params = calibrate(scores, args.alpha)
     except ValueError as exc:
@@ -111,7 +153,6 @@ def run(args) -> int:
         setattr(params, key, value)
     params.dataset = str(args.root or args.dataset_repo_id)
     params.episodes = [e.episode for e in threshold_eps]
-    out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     params.save(out)
     png = plot_calibration(scores, params.threshold, args.alpha, out.with_name("ood_calibration.png"),
                            f"{args.dataset_repo_id}: {len(eps)} episodes")

@@ -122,7 +122,8 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         "--aux-k", 64), "activations + TopK SAE"))
     stages.append(Stage("calibrate_ood", [sae / "ood_params.json"], lambda: _pai(
         "calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
-        "--root", ds / "calibration", "--alpha", cfg.alpha), "conformal threshold on held-out clean episodes"))
+        "--root", ds / "calibration", "--alpha", cfg.alpha, "--score", "token_knn"),
+        "conformal threshold on held-out clean episodes (token_knn score, docs/demo.md)"))
     stages.append(Stage("evaluate_ood", [out / "ood_eval" / "ood_evaluation.json"], lambda: _evaluate_ood(cfg),
                         "AUROC, false alarms, detection delay per perturbation"))
     stages.append(Stage("features", [out / "features" / "analysis" / "index.html"], lambda: _features(cfg),
