@@ -277,7 +277,10 @@ def clean_summary(ev: dict, alpha: float) -> dict:
 
 
 def print_table(result: dict) -> None:
-    names = {"pai": "pai (TopK SAE, conformal)", "seed": "seed (whole-frame SAE, 2.5 sigma)"}
+    import json
+
+    score = json.loads(Path(result["setup"]["ood_params"]).read_text()).get("score", "sae_recon_mse")
+    names = {"pai": f"pai ({score}, conformal)", "seed": "seed (whole-frame SAE, 2.5 sigma)"}
     print(f"\nOOD benchmark: AUROC target >= {AUROC_TARGET}, clean frame false alarms target <= alpha "
           f"= {result['alpha']:g}; alarm {result['alarm']['n']} of {result['alarm']['m']} frames")
     head = (f"{'perturbation':<13} {'detector':<35} {'AUROC':>6} {'target':>6} {'TPR@thr':>8} {'delay':>6} "
@@ -328,7 +331,7 @@ def plot(clean: dict, perturbed: dict, result: dict, path: Path) -> Path:
             if col == 0:
                 ax.set_ylabel("frames")
                 ax.legend(fontsize=7)
-    axes[0, 0].annotate("pai: per-token TopK SAE, conformal threshold", (0, 1.25), xycoords="axes fraction", fontsize=9)
+    axes[0, 0].annotate("pai: ood_params.json score, conformal threshold", (0, 1.25), xycoords="axes fraction", fontsize=9)
     axes[1, 0].annotate("seed: whole-frame SAE, mean + 2.5 sigma", (0, 1.25), xycoords="axes fraction", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
