@@ -213,24 +213,23 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
                    progress: bool = True) -> list[EpisodeScores]:
     """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
     frame scores; the pipeline is the only place a score is computed."""
+    from itertools import islice
+
     from tqdm.auto import tqdm
 
-    from .sources.dataset import episode_bounds, item_to_observation, select_episodes
+    from .sources.dataset import episode_bounds, iter_episode, select_episodes
 
     if pipe.extractor is None:
         raise ModelError("Scoring frames needs a pipeline with an SAE (pass --sae-path)")
     episodes = select_episodes(dataset, episodes)
-    bounds = {ep: episode_bounds(dataset, ep) for ep in episodes}
-    keys = list(dataset.meta.camera_keys)
+    total = sum(b - a for a, b in (episode_bounds(dataset, ep) for ep in episodes))
     out = []
-    bar = tqdm(total=sum(b - a for a, b in bounds.values()), unit="frame", desc=f"score {dataset.repo_id}",
-               disable=not progress)
+    bar = tqdm(total=total, unit="frame", desc=f"score {dataset.repo_id}", disable=not progress)
     for ep in episodes:
-        start, stop = bounds[ep]
         pipe.reset()
         scores, stamps, alarm, errors = [], [], [], []
-        for b in range(start, stop, batch_size):
-            obs = [item_to_observation(dataset[i], keys) for i in range(b, min(b + batch_size, stop))]
+        frames = iter_episode(dataset, ep)  # image and video datasets alike
+        while obs := list(islice(frames, batch_size)):
             for frame in pipe.step_batch(obs):
                 scores.append(frame.ood_score)
                 stamps.append(frame.observation.timestamp)

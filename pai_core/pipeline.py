@@ -62,18 +62,25 @@ class Pipeline:
     ):
         self.engine = engine
         self.extractor = extractor
-        self.ood = ood
+        self.ood = ood  # the setter also loads the token_knn reference
         self.alarm = AlarmPolicy(alarm)
         self.threshold_override: float | None = None
         self.feature_labels = feature_labels or {}
-        self.knn = None
-        if ood is not None and ood.score == "token_knn":
-            from .ood import KnnScorer
-
-            self.knn = KnnScorer.load(ood)
         self.keep_codes = False  # set to keep each frame's token codes (Frame.codes) for spatial maps
         if extractor is not None:
             extractor.check_width(int(engine.policy.config.dim_model), engine.loaded.source)
+
+    @property
+    def ood(self) -> OODParams | None:
+        return self._ood
+
+    @ood.setter
+    def ood(self, params: OODParams | None) -> None:
+        """OOD parameters in force; a ``token_knn`` score brings its reference frames along."""
+        from .ood import KnnScorer
+
+        self._ood = params
+        self.knn = KnnScorer.load(params) if params is not None and params.score == "token_knn" else None
 
     @classmethod
     def load(
@@ -147,7 +154,7 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
-        if self.knn is not None and self.ood is not None and self.ood.score == "token_knn":
+        if self.knn is not None:
             scores = self.knn(torch.stack([r.input_tokens for r in results]))
         else:
             scores = frame_scores(out.token_error, self.ood)

@@ -131,10 +131,9 @@ def run(args) -> int:
     out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     extra: dict = {}
     if args.score == "token_knn":
-        scorer = fit_reference(pipe, args)
         extra = {"score": "token_knn", "reference": "ood_reference.safetensors", "knn_k": args.knn_k}
-        scorer.save(out.with_name(extra["reference"]))
-        pipe.ood, pipe.knn = OODParams(threshold=float("inf"), **extra, source_dir=str(out.parent)), scorer
+        fit_reference(pipe, args).save(out.with_name(extra["reference"]))
+        pipe.ood = OODParams(threshold=float("inf"), **extra, source_dir=str(out.parent))
     eps = score_episodes(pipe, dataset, episodes, args.batch_size)
     threshold_eps = eps
     if args.score == "sae_recon_z":
