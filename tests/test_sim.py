@@ -103,3 +103,32 @@ def test_a_policy_trained_on_the_recording_drives_the_simulator_in_closed_loop(r
     assert 0.0 <= result["success_rate"] <= 1.0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["episodes"] == 1
     assert (tmp_path / "eval" / "rollouts.mp4").stat().st_size > 0
+
+
+def test_the_backbone_trains_with_batch_norm_and_saves_as_an_exact_frozen_batch_norm(tmp_path):
+    import torch
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from pai_core.policy import load_policy
+    from pai_core.sim.train import swap_batch_norm
+    from pai_core.testing import make_act_policy
+
+    policy = load_policy(str(make_act_policy(tmp_path / "p", cameras={CAMERA: (48, 64)}))).policy
+    backbone = policy.model.backbone
+    swap_batch_norm(backbone, trainable=True)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+    backbone.train()
+    images = torch.rand(8, 3, 48, 64) * 3
+    for _ in range(3):
+        backbone(images)  # batch statistics move the running mean and variance
+    backbone.eval()
+    trained = backbone(images[:2])["feature_map"]
+    swap_batch_norm(backbone, trainable=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert torch.allclose(backbone(images[:2])["feature_map"], trained, atol=1e-5)
+    policy.save_pretrained(tmp_path / "saved")
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
+    reloaded = ACTPolicy.from_pretrained(tmp_path / "saved").model.backbone  # LeRobot's own frozen layers
+    assert torch.allclose(reloaded(images[:2])["feature_map"], trained, atol=1e-5)
+    assert float(reloaded.bn1.running_var.sub(1).abs().max()) > 0.01  # the statistics were saved

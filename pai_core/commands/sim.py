@@ -45,6 +45,9 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--chunk-size", type=int, default=20)
     t.add_argument("--n-action-steps", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--frozen-batch-norm", action="store_true",
+                   help="keep LeRobot's frozen (identity) BatchNorm in the backbone instead of training it")
+    t.add_argument("--use-vae", action="store_true", help="train ACT's CVAE (off: the expert is deterministic)")
 
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
     e.add_argument("--policy-path", required=True, help="LeRobot pretrained_model folder")
@@ -86,7 +89,8 @@ def run(args) -> int:
 
         summary = train_policy(TrainConfig(args.dataset, args.output, args.repo_id, args.steps, args.max_minutes,
                                            args.batch_size, args.lr, args.dim_model, chunk_size=args.chunk_size,
-                                           n_action_steps=args.n_action_steps, seed=args.seed))
+                                           n_action_steps=args.n_action_steps, seed=args.seed,
+                                           batch_norm=not args.frozen_batch_norm, use_vae=args.use_vae))
         print(f"trained {summary['steps']} steps in {summary['seconds']} s (stopped by {summary['stopped_by']}), "
               f"final loss {summary['final_loss']:.4f}; policy: {summary['policy_path']}")
         return 0
