@@ -31,6 +31,7 @@ class IntrospectionConfig:
         keep_tokens: return the encoder tokens (needed by the SAE; a reference, no copy).
         resize_images: resize camera images whose size differs from the policy's training size; when
             False such an image is an error.
+        keep_vision_features: return the vision backbone's feature maps per camera (for ``patch_knn``).
     """
 
     device: str = "cpu"
@@ -39,6 +40,7 @@ class IntrospectionConfig:
     rollout: bool = True
     keep_tokens: bool = True
     resize_images: bool = True
+    keep_vision_features: bool = False
 
 
 @dataclass
@@ -60,6 +62,7 @@ class FrameResult:
         latent_share: share on the latent token.
         tokens: (S, D) encoder output tokens on the engine's device, or None.
         input_tokens: (S, D) encoder input tokens on the engine's device, or None.
+        vision_features: camera -> backbone feature maps (C, h, w), finest first, or None.
         layout: token layout of this pass.
         latency_ms: wall time of the engine call that produced this frame.
     """
@@ -75,6 +78,7 @@ class FrameResult:
     tokens: torch.Tensor | None
     layout: TokenLayout
     input_tokens: torch.Tensor | None = None
+    vision_features: dict[str, list[torch.Tensor]] | None = None
     latency_ms: float = 0.0
     frame_index: int = -1
     episode_index: int = -1
@@ -93,7 +97,8 @@ class Introspector:
         self.loaded = loaded
         self.policy = loaded.policy.eval()
         self.device = torch.device(self.config.device)
-        self.adapter = make_adapter(self.policy, token_layer=self.config.token_layer)
+        self.adapter = make_adapter(self.policy, token_layer=self.config.token_layer,
+                                    keep_vision_features=self.config.keep_vision_features)
         pcfg = self.policy.config
         self.camera_names: list[str] = list(pcfg.image_features)
         self.image_shapes: dict[str, tuple[int, int]] = {
@@ -234,6 +239,8 @@ class Introspector:
                     latent_share=float(rel[i, layout.latent_index]),
                     tokens=capture.tokens[i] if self.config.keep_tokens else None,
                     input_tokens=capture.input_tokens[i] if self.config.keep_tokens else None,
+                    vision_features=({k: [m[i] for m in maps] for k, maps in capture.vision_features.items()}
+                                     if capture.vision_features else None),
                     layout=layout,
                     latency_ms=latency,
                     frame_index=obs.frame_index,

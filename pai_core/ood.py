@@ -6,10 +6,11 @@
   frames, then averaged.
 - ``token_knn``: mean squared distance of the frame's standardised encoder-input tokens to its k nearest
   clean reference frames (``KnnScorer``).
-Measured on the SO-101 demo (docs/demo.md): on its trained policy the reconstruction scores reached AUROC
-0.41-0.77 per perturbation, token_knn 0.93-0.998 on lighting, distractor, cube size and occlusion; the demo
-calibrates token_knn. The reconstruction error stays the default because it needs no reference set and
-still gives the per-camera error maps.
+- ``patch_knn``: state-conditioned, per-patch nearest-neighbour distance of the policy's early vision
+  features (``ood_patch.PatchKnnScorer``); the most sensitive, and the one the demo calibrates.
+Measured on the SO-101 demo (docs/demo.md): the reconstruction scores reached AUROC 0.41-0.77 per
+perturbation, token_knn 0.49-0.998, patch_knn 0.999-1.0 on all six. The reconstruction error stays the
+default because it needs no reference set and no joint states.
 ``ood_params.json`` holds the threshold, the score's parameters and the calibration score distribution.
 """
 
@@ -31,10 +32,10 @@ class OODParams:
     """Args:
     threshold: frames whose score exceeds it count as out of distribution.
     alpha: target false-alarm rate per frame the threshold was calibrated for.
-    score: "sae_recon_mse" or "sae_recon_z" (see the module docstring).
+    score: one of ``SCORES`` (see the module docstring).
     token_mean, token_std: per token position, for "sae_recon_z".
-    reference: for "token_knn", the safetensors file (beside ood_params.json) holding the standardised
-        encoder-input tokens of clean reference frames and their mean and std.
+    reference: for "token_knn" and "patch_knn", the safetensors file (beside ood_params.json) holding the
+        clean reference frames (``KnnScorer`` / ``PatchKnnScorer``).
     knn_k: neighbours averaged by "token_knn".
     n_calibration: calibration frames used.
     calibration_quantiles: score quantiles of the calibration frames (for plots and drift checks).
@@ -62,8 +63,12 @@ class OODParams:
             raise ValueError(f"score={self.score!r} is not one of {list(SCORES)}")
         if self.score == "sae_recon_z" and (not self.token_mean or len(self.token_mean) != len(self.token_std)):
             raise ValueError("score 'sae_recon_z' needs token_mean and token_std of equal, non-zero length")
-        if self.score == "token_knn" and not self.reference:
-            raise ValueError("score 'token_knn' needs a reference file")
+        if self.score in ("token_knn", "patch_knn") and not self.reference:
+            raise ValueError(f"score {self.score!r} needs a reference file")
+
+    @property
+    def reference_path(self) -> Path:
+        return Path(self.source_dir or ".") / self.reference
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -85,7 +90,8 @@ class OODParams:
 
 SCORES = {"sae_recon_mse": "mean token reconstruction error",
           "sae_recon_z": "mean of per-position standardised token reconstruction errors",
-          "token_knn": "mean distance of the frame's encoder-input tokens to its k nearest clean reference frames"}
+          "token_knn": "mean distance of the frame's encoder-input tokens to its k nearest clean reference frames",
+          "patch_knn": "largest distance of the frame's backbone patches to those of clean frames in the nearest joint states"}
 
 
 class KnnScorer:
@@ -114,7 +120,7 @@ class KnnScorer:
     def load(cls, params: OODParams) -> "KnnScorer":
         from safetensors.numpy import load_file
 
-        path = Path(params.source_dir or ".") / params.reference
+        path = params.reference_path
         try:
             data = load_file(str(path))
         except Exception as exc:

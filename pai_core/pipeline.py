@@ -76,11 +76,16 @@ class Pipeline:
 
     @ood.setter
     def ood(self, params: OODParams | None) -> None:
-        """OOD parameters in force; a ``token_knn`` score brings its reference frames along."""
+        """OOD parameters in force; a ``token_knn`` or ``patch_knn`` score brings its reference frames
+        along (``patch_knn`` also has the engine keep the backbone maps it compares)."""
         from .ood import KnnScorer
+        from .ood_patch import PatchKnnScorer
 
         self._ood = params
-        self.knn = KnnScorer.load(params) if params is not None and params.score == "token_knn" else None
+        score = params.score if params is not None else None
+        self.knn = KnnScorer.load(params) if score == "token_knn" else None
+        self.patch_knn = PatchKnnScorer.load(params.reference_path) if score == "patch_knn" else None
+        self.engine.adapter.keep_vision_features = self.patch_knn is not None
 
     @classmethod
     def load(
@@ -154,11 +159,15 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
+        maps = None
         if self.knn is not None:
             scores = self.knn(torch.stack([r.input_tokens for r in results]))
+        elif self.patch_knn is not None:
+            scores, patch_maps = self.patch_knn.score(*vision_batch(results, observations))
+            maps = [{cam: m[i] for cam, m in patch_maps.items()} for i in range(len(results))]
         else:
             scores = frame_scores(out.token_error, self.ood)
-        maps = error_maps(out.token_error, results[0].layout)
+        maps = maps or error_maps(out.token_error, results[0].layout)
         threshold = self.threshold
         for i, frame in enumerate(frames):
             frame.features = out.features[i]
@@ -171,6 +180,16 @@ class Pipeline:
             if threshold is not None:
                 frame.alarm = self.alarm.update(frame.ood_score, threshold)
         return frames
+
+
+def vision_batch(results: Sequence[FrameResult], observations: Sequence[Observation]):
+    """Per camera the batch's backbone maps [(B, C, h, w)], and the (B, S) joint states (None without)."""
+    import torch
+
+    maps = {cam: [torch.stack([r.vision_features[cam][j] for r in results]) for j in range(len(levels))]
+            for cam, levels in results[0].vision_features.items()}
+    states = None if any(o.state is None for o in observations) else np.stack([np.asarray(o.state) for o in observations])
+    return maps, states
 
 
 def load_labels(path: str | Path) -> dict[int, str]:

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,3 +30,30 @@ def random_observation(engine, rng: np.random.Generator, t: float = 0.0):
         state=rng.normal(size=engine.state_dim).astype(np.float32),
         timestamp=t,
     )
+
+
+@pytest.fixture(scope="session")
+def ood_world(tmp_path_factory):
+    """A small ACT, an SAE trained on 6 clean episodes (2 held out), fresh clean and dark datasets
+    (shared by the OOD tests)."""
+    from pai_core.activations import ActivationStore, RecordConfig, record_activations, token_batches
+    from pai_core.sae import TrainConfig, train_sae
+    from pai_core.testing import make_act_policy, make_lerobot_dataset
+
+    CAMERA = {"observation.images.front": (96, 128)}
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("ood")
+    train_ds = make_lerobot_dataset(base / "train", cameras=CAMERA, episodes=6, frames=20, seed=0)
+    make_lerobot_dataset(base / "fresh", cameras=CAMERA, episodes=3, frames=20, seed=11)
+    make_lerobot_dataset(base / "dark", cameras=CAMERA, episodes=2, frames=20, seed=12, variant="dark")
+    policy = make_act_policy(base / "policy", cameras=CAMERA)
+    acts = base / "acts"
+    record_activations(train_ds, str(policy), acts, config=RecordConfig(shard_frames=20), progress=False)
+    store = ActivationStore(acts)
+    train, held = store.split(0.34, seed=0)
+    held_eps = sorted({store.shard_episode(s) for s in held})
+    extra = {"dataset_root": str(train_ds.root), "held_out_episodes": held_eps}
+    train_sae(token_batches(train, 256, repeat=True), 64, base / "sae",
+              TrainConfig(expansion_factor=4, k=8, aux_k=32, dead_tokens=5000, steps=300, batch_size=256),
+              policy=str(policy), extra=extra, progress=False)
+    return base, policy, held_eps

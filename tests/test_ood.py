@@ -7,16 +7,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from pai_core import ModelError
-from pai_core.activations import ActivationStore, RecordConfig, record_activations, token_batches
 from pai_core.cli import main
 from pai_core.ood import OODParams, auroc, calibrate, conformal_threshold, score_episodes
 from pai_core.pipeline import Pipeline
-from pai_core.sae import TrainConfig, train_sae
 from pai_core.sources.dataset import open_dataset
-from pai_core.testing import make_act_policy, make_lerobot_dataset
 
 CAMERA = {"observation.images.front": (96, 128)}
 
@@ -79,25 +75,11 @@ def test_ood_params_round_trip_with_the_score_distribution(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the real pipeline
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A small ACT, an SAE trained on 6 clean episodes (2 held out), fresh clean and dark datasets."""
-    torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("ood")
-    train_ds = make_lerobot_dataset(base / "train", cameras=CAMERA, episodes=6, frames=20, seed=0)
-    make_lerobot_dataset(base / "fresh", cameras=CAMERA, episodes=3, frames=20, seed=11)
-    make_lerobot_dataset(base / "dark", cameras=CAMERA, episodes=2, frames=20, seed=12, variant="dark")
-    policy = make_act_policy(base / "policy", cameras=CAMERA)
-    acts = base / "acts"
-    record_activations(train_ds, str(policy), acts, config=RecordConfig(shard_frames=20), progress=False)
-    store = ActivationStore(acts)
-    train, held = store.split(0.34, seed=0)
-    held_eps = sorted({store.shard_episode(s) for s in held})
-    extra = {"dataset_root": str(train_ds.root), "held_out_episodes": held_eps}
-    train_sae(token_batches(train, 256, repeat=True), 64, base / "sae",
-              TrainConfig(expansion_factor=4, k=8, aux_k=32, dead_tokens=5000, steps=300, batch_size=256),
-              policy=str(policy), extra=extra, progress=False)
-    return base, policy, held_eps
+@pytest.fixture
+def world(ood_world):
+    """A small ACT, an SAE trained on 6 clean episodes (2 held out), fresh clean and dark datasets
+    (``conftest.ood_world``)."""
+    return ood_world
 
 
 def test_calibration_keeps_the_false_alarm_rate_on_fresh_in_distribution_episodes_near_alpha(world, capsys):

@@ -10,11 +10,11 @@ from .base import Capture, PolicyAdapter
 from .act import ACTAdapter
 
 
-def make_adapter(policy, token_layer: int = -1) -> PolicyAdapter:
+def make_adapter(policy, token_layer: int = -1, keep_vision_features: bool = False) -> PolicyAdapter:
     """The adapter for ``policy`` (by its config type)."""
     kind = getattr(policy.config, "type", None)
     if kind == "act":
-        return ACTAdapter(policy, token_layer=token_layer)
+        return ACTAdapter(policy, token_layer=token_layer, keep_vision_features=keep_vision_features)
     raise NotImplementedError(f"Policy type {kind!r} is not supported yet; supported: ['act']")
 
 

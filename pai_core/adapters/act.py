@@ -22,9 +22,13 @@ class ACTAdapter:
     Args:
         policy: a LeRobot ``ACTPolicy``.
         token_layer: encoder layer whose output tokens are captured (negative counts from the end).
+        keep_vision_features: also capture the backbone's ``VISION_LAYERS`` outputs per camera (for the
+            ``patch_knn`` OOD score); off by default, as the early maps are large at full resolution.
     """
 
-    def __init__(self, policy: nn.Module, token_layer: int = -1):
+    VISION_LAYERS = ("layer1", "layer2")
+
+    def __init__(self, policy: nn.Module, token_layer: int = -1, keep_vision_features: bool = False):
         self.policy = policy
         self.model = policy.model
         cfg = policy.config
@@ -49,8 +53,12 @@ class ACTAdapter:
         self._handles.append(layers[self.token_layer].register_forward_hook(self._keep_tokens))
         self._input: torch.Tensor | None = None
         self._handles.append(self.model.encoder.register_forward_pre_hook(self._keep_input, with_kwargs=True))
+        self.keep_vision_features = keep_vision_features
+        self._vision: list[torch.Tensor] = []
         if cfg.image_features:
             self._handles.append(self.model.backbone.register_forward_hook(self._keep_feature_shape))
+            for name in self.VISION_LAYERS:
+                self._handles.append(getattr(self.model.backbone, name).register_forward_hook(self._keep_vision))
 
     def _keep_encoder_attention(self, index: int):
         def hook(_module, _inputs, output):
@@ -67,6 +75,10 @@ class ACTAdapter:
     def _keep_input(self, _module, args, _kwargs) -> None:
         self._input = args[0]  # (S, B, D) encoder input: projected backbone features, state, latent
 
+    def _keep_vision(self, _module, _inputs, output) -> None:
+        if self.keep_vision_features:
+            self._vision.append(output)
+
     def _keep_feature_shape(self, _module, _inputs, output) -> None:
         self.backbone_calls += 1
         fmap = output["feature_map"]
@@ -80,6 +92,7 @@ class ACTAdapter:
             capture: attention weights, encoder tokens and layout of this very pass.
         """
         self._feature_shapes = []
+        self._vision = []
         if self.camera_names:
             batch = dict(batch)
             batch[OBS_IMAGES] = [batch[key] for key in self.camera_names]
@@ -94,6 +107,10 @@ class ACTAdapter:
             tokens=self._tokens.transpose(0, 1),
             input_tokens=self._input.transpose(0, 1),
         )
+        if self.keep_vision_features:  # the backbone runs once per camera, in camera order
+            n = len(self.VISION_LAYERS)
+            capture.vision_features = {cam: self._vision[i * n:(i + 1) * n] for i, cam in enumerate(self.camera_names)}
+            self._vision = []
         self._enc_attn = [None] * len(self._enc_attn)
         self._cross = self._tokens = None
         return actions, capture

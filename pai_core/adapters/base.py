@@ -20,6 +20,8 @@ class Capture:
         cross_attention: (B, T, S) attention of the T action queries over encoder tokens (last decoder layer).
         tokens: (B, S, D) encoder output tokens of the configured layer.
         input_tokens: (B, S, D) encoder input tokens (before the first LayerNorm; for the kNN OOD score).
+        vision_features: camera -> the vision backbone's (B, C, h, w) feature maps, finest first, when
+            the adapter was asked to keep them (for the ``patch_knn`` OOD score).
     """
 
     layout: TokenLayout
@@ -27,6 +29,7 @@ class Capture:
     cross_attention: torch.Tensor
     tokens: torch.Tensor
     input_tokens: torch.Tensor | None = None
+    vision_features: dict[str, list[torch.Tensor]] | None = None
 
 
 class PolicyAdapter(Protocol):

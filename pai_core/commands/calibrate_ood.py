@@ -23,15 +23,21 @@ def register(sub) -> argparse.ArgumentParser:
                    help="held-out episodes (default: the SAE's held-out episodes when this is its training "
                         "dataset, else all)")
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
-    p.add_argument("--score", choices=["sae_recon_mse", "sae_recon_z", "token_knn"], default="sae_recon_mse",
+    p.add_argument("--score", choices=["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"],
+                   default="sae_recon_mse",
                    help="sae_recon_mse: mean token reconstruction error; sae_recon_z: per-position "
                         "standardised token error (fitted on a quarter of the episodes, the threshold on the rest); "
-                        "token_knn: distance of the encoder-input tokens to the nearest clean reference frames")
+                        "token_knn: distance of the encoder-input tokens to the nearest clean reference frames; "
+                        "patch_knn: distance of the backbone's image patches to those of the clean reference "
+                        "frames nearest in joint state (the most sensitive; docs/trainer.md)")
     p.add_argument("--reference-root", default=None,
-                   help="token_knn: clean reference dataset (default: the SAE's training dataset)")
+                   help="token_knn/patch_knn: clean reference dataset (default: the SAE's training dataset)")
     p.add_argument("--reference-episodes", type=int, nargs="*", default=None,
-                   help="token_knn: reference episodes (default: the SAE's training episodes)")
-    p.add_argument("--knn-k", type=int, default=5, help="token_knn: neighbours averaged")
+                   help="token_knn/patch_knn: reference episodes (default: the SAE's training episodes)")
+    p.add_argument("--knn-k", type=int, default=None,
+                   help="token_knn: neighbours averaged (default 5); patch_knn: reference frames compared (default 32)")
+    p.add_argument("--reference-stride", type=int, default=1,
+                   help="token_knn/patch_knn: keep every N-th reference frame (smaller file, faster scoring)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
@@ -47,31 +53,58 @@ def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
     return None
 
 
-def fit_reference(pipe, args):
-    """token_knn: encoder-input tokens of clean reference frames (default: the SAE's training episodes,
-    so the calibration episodes stay unseen and the conformal threshold stays valid)."""
-    import numpy as np
+def reference_batches(pipe, args):
+    """Clean reference frames through the engine, a batch at a time: (episode, observations, results).
+    Default: the SAE's training episodes, so the calibration episodes stay unseen and the conformal
+    threshold stays valid."""
     from tqdm.auto import tqdm
 
     from ..errors import InputError
-    from ..ood import KnnScorer
     from ..sources.dataset import iter_episode, open_dataset, select_episodes
 
     sae_extra = pipe.extractor.sae.config.extra
     root = args.reference_root or sae_extra.get("dataset_root")
     if not root:
-        raise InputError("--score token_knn needs --reference-root (the SAE does not record its training dataset)")
+        raise InputError(f"--score {args.score} needs --reference-root (the SAE does not record its training dataset)")
+    if args.reference_stride < 1:
+        raise InputError(f"--reference-stride {args.reference_stride} must be at least 1")
     ref = open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
     episodes = args.reference_episodes
     if not episodes and not args.reference_root:  # the SAE's training episodes, never its held-out ones
         held = set(sae_extra.get("held_out_episodes") or [])
         episodes = sae_extra.get("train_episodes") or [e for e in range(ref.meta.total_episodes) if e not in held]
-    tokens = []
     for ep in tqdm(select_episodes(ref, episodes), desc="reference frames", unit="ep"):
-        obs = list(iter_episode(ref, ep))
+        obs = list(iter_episode(ref, ep))[:: args.reference_stride]
         for i in range(0, len(obs), args.batch_size):
-            tokens += [r.input_tokens.float().cpu().numpy() for r in pipe.engine.step_batch(obs[i:i + args.batch_size])]
-    return KnnScorer.fit(np.stack(tokens), k=args.knn_k)
+            yield ep, obs[i:i + args.batch_size], pipe.engine.step_batch(obs[i:i + args.batch_size])
+
+
+def fit_reference(pipe, args):
+    """The ``token_knn`` or ``patch_knn`` scorer, fitted on the clean reference frames."""
+    import numpy as np
+    import torch
+
+    from ..errors import InputError
+    from ..ood import KnnScorer
+    from ..ood_patch import PatchKnnConfig, PatchKnnScorer, patch_grid
+    from ..pipeline import vision_batch
+
+    if args.score == "token_knn":
+        tokens = [r.input_tokens.float().cpu().numpy() for _, _, results in reference_batches(pipe, args) for r in results]
+        return KnnScorer.fit(np.stack(tokens), k=args.knn_k or 5)
+    cfg = PatchKnnConfig(k_frames=args.knn_k or 32)
+    pipe.engine.adapter.keep_vision_features = True
+    grids, states, ep_ids = [], [], []
+    for ep, batch, results in reference_batches(pipe, args):
+        maps, s = vision_batch(results, batch)
+        grids.append({cam: patch_grid([m.cpu() for m in levels], cfg.max_grid) for cam, levels in maps.items()})
+        states.append(s if s is not None else np.zeros((len(batch), 0), np.float32))
+        ep_ids += [ep] * len(batch)
+    try:
+        return PatchKnnScorer.fit({cam: torch.cat([g[cam] for g in grids]) for cam in grids[0]},
+                                  np.concatenate(states), np.asarray(ep_ids), cfg)
+    except ValueError as exc:
+        raise InputError(f"patch_knn reference frames: {exc}") from exc
 
 
 def split_for_standardizer(eps):
@@ -130,8 +163,10 @@ def run(args) -> int:
     pipe.ood = None  # calibrate from raw token errors, whatever ood_params.json the SAE folder holds
     out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     extra: dict = {}
-    if args.score == "token_knn":
-        extra = {"score": "token_knn", "reference": "ood_reference.safetensors", "knn_k": args.knn_k}
+    if args.score in ("token_knn", "patch_knn"):
+        extra = {"score": args.score, "reference": "ood_reference.safetensors"}
+        if args.score == "token_knn":
+            extra["knn_k"] = args.knn_k or 5
         fit_reference(pipe, args).save(out.with_name(extra["reference"]))
         pipe.ood = OODParams(threshold=float("inf"), **extra, source_dir=str(out.parent))
     eps = score_episodes(pipe, dataset, episodes, args.batch_size)

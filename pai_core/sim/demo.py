@@ -49,7 +49,7 @@ class DemoConfig:
     train_steps: int = 3000
     train_minutes: float = 10.0
     batch_size: int = 8
-    eval_episodes: int = 5
+    eval_episodes: int = 10
     sae_steps: int = 1500
     alpha: float = 0.01
     ros: bool = True
@@ -122,8 +122,8 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         "--aux-k", 64), "activations + TopK SAE"))
     stages.append(Stage("calibrate_ood", [sae / "ood_params.json"], lambda: _pai(
         "calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
-        "--root", ds / "calibration", "--alpha", cfg.alpha, "--score", "token_knn"),
-        "conformal threshold on held-out clean episodes (token_knn score, docs/demo.md)"))
+        "--root", ds / "calibration", "--alpha", cfg.alpha, "--score", "patch_knn"),
+        "conformal threshold on held-out clean episodes (patch_knn score, docs/demo.md)"))
     stages.append(Stage("evaluate_ood", [out / "ood_eval" / "ood_evaluation.json"], lambda: _evaluate_ood(cfg),
                         "AUROC, false alarms, detection delay per perturbation"))
     stages.append(Stage("features", [out / "features" / "analysis" / "index.html"], lambda: _features(cfg),
