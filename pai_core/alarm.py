@@ -7,6 +7,7 @@ otherwise clear after ``clear_after`` consecutive frames below threshold.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -50,7 +51,12 @@ class AlarmPolicy:
         self.state = AlarmState(False, "", 0)
 
     def update(self, score: float, threshold: float) -> AlarmState:
-        """Feed one frame's score; returns the alarm state after it."""
+        """Feed one frame's score; returns the alarm state after it. A score that is not a finite number
+        (e.g. features that overflowed) cannot be judged, so it raises the alarm as a fault."""
+        if not math.isfinite(score):
+            self._window.append(True)
+            self._below_run = 0
+            return self.fault(f"OOD score is {score}: monitoring impossible")
         above = bool(score > threshold)
         self._window.append(above)
         count = sum(self._window)

@@ -59,3 +59,11 @@ def test_fault_raises_the_alarm_with_its_reason_and_keeps_an_existing_reason():
 def test_invalid_alarm_settings_are_rejected_naming_the_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AlarmConfig(**kwargs)
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_score_that_is_not_a_number_raises_the_alarm_at_once_as_a_fault(score):
+    policy = AlarmPolicy(AlarmConfig(n=3, m=5))
+    assert not policy.update(0.1, 1.0).active
+    state = policy.update(score, 1.0)
+    assert state.active and "monitoring impossible" in state.reason and str(score) in state.reason
