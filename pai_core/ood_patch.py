@@ -66,12 +66,17 @@ class CameraReference:
     """One camera's clean reference patches and the statistics that turn distances into a score."""
 
     def __init__(self, patches, channel_mean, channel_std, patch_mean=None, patch_std=None, q_z=1.0, q_raw=1.0):
-        self.patches = torch.as_tensor(patches)  # (N, C, H, W) standardised, float16
+        self.patches = torch.as_tensor(patches).half()  # (N, C, H, W) standardised
         self.channel_mean = torch.as_tensor(channel_mean).float()  # (C, 1, 1)
         self.channel_std = torch.as_tensor(channel_std).float()
         self.patch_mean = None if patch_mean is None else torch.as_tensor(patch_mean).float()  # (H, W)
         self.patch_std = None if patch_std is None else torch.as_tensor(patch_std).float()
         self.q_z, self.q_raw = float(q_z), float(q_raw)
+
+    def to(self, device) -> "CameraReference":
+        for key in ("patches", "channel_mean", "channel_std", "patch_mean", "patch_std"):
+            setattr(self, key, getattr(self, key).to(device))
+        return self
 
     def standardise(self, grid: torch.Tensor) -> torch.Tensor:
         return (grid.float() - self.channel_mean) / self.channel_std
@@ -80,7 +85,7 @@ class CameraReference:
         """(B, C, H, W) standardised patches, (B, K) reference frame indices -> (B, H, W) distance of each
         patch to its nearest reference patch within ``nb`` x ``nb`` cells."""
         r = nb // 2
-        out = torch.empty(grid.shape[0], *grid.shape[-2:])
+        out = torch.empty(grid.shape[0], *grid.shape[-2:], device=grid.device)
         for i in range(grid.shape[0]):
             bank = F.pad(self.patches[neighbours[i]].float(), (r, r, r, r), value=PAD)  # (K, C, H+2r, W+2r)
             h, w = grid.shape[-2:]
@@ -131,7 +136,7 @@ class PatchKnnScorer:
             if not torch.isfinite(grid).all():
                 raise ValueError(f"camera {cam}: the backbone features of the reference frames are not finite")
             mean, std = grid.mean((0, 2, 3))[:, None, None], grid.std((0, 2, 3))[:, None, None] + 1e-6
-            refs[cam] = CameraReference(((grid - mean) / std).half(), mean, std)
+            refs[cam] = CameraReference((grid - mean) / std, mean, std)
         scorer = cls(refs, (states - s_mean) / s_std, s_mean, s_std, episodes, config)
         # leave-one-episode-out distances on (a subsample of) the reference frames set the statistics
         probe = np.linspace(0, len(episodes) - 1, min(max_stat_frames, len(episodes))).round().astype(int)
@@ -159,20 +164,31 @@ class PatchKnnScorer:
         missing = sorted(set(self.cameras) - set(maps))
         if missing:
             raise ModelError(f"patch_knn reference has cameras {sorted(self.cameras)} but the frame lacks {missing}")
-        states = _states(states, len(next(iter(maps.values()))[0]))
+        first = next(iter(maps.values()))[0]
+        self.to(first.device)  # score where the policy runs (a GPU keeps the node's latency low)
+        states = _states(states, len(first)).to(first.device)
         if states.shape[1] != self.states.shape[1]:
             raise ModelError(f"patch_knn reference states have {self.states.shape[1]} values, the frame {states.shape[1]}")
         neighbours = self._neighbours((states - self.state_mean) / self.state_std)
         total, out_maps = None, {}
         for cam, ref in self.cameras.items():
-            grid = patch_grid([m.detach().cpu() for m in maps[cam]], self.config.max_grid)
+            grid = patch_grid([m.detach() for m in maps[cam]], self.config.max_grid)
             if grid.shape[1:] != ref.patches.shape[1:]:
                 raise ModelError(f"patch_knn reference for {cam} has patches {tuple(ref.patches.shape[1:])} but the "
                                  f"frame gives {tuple(grid.shape[1:])}; recalibrate with `pai calibrate-ood --score patch_knn`")
             frame, z = ref.score(ref.distances(ref.standardise(grid), neighbours, self.config.neighbourhood))
             total = frame if total is None else torch.maximum(total, frame)
-            out_maps[cam] = z.numpy()
-        return total.numpy().astype(np.float64), out_maps
+            out_maps[cam] = z.cpu().numpy()
+        return total.cpu().numpy().astype(np.float64), out_maps
+
+    def to(self, device) -> "PatchKnnScorer":
+        device = torch.device(device)
+        if self.states.device != device:
+            for key in ("states", "state_mean", "state_std", "episodes"):
+                setattr(self, key, getattr(self, key).to(device))
+            for ref in self.cameras.values():
+                ref.to(device)
+        return self
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
@@ -186,7 +202,7 @@ class PatchKnnScorer:
             tensors |= {f"{cam}/patches": ref.patches, f"{cam}/channel_mean": ref.channel_mean,
                         f"{cam}/channel_std": ref.channel_std, f"{cam}/patch_mean": ref.patch_mean,
                         f"{cam}/patch_std": ref.patch_std, f"{cam}/q": torch.tensor([ref.q_z, ref.q_raw])}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
         return Path(path)
 
     @classmethod
