@@ -132,3 +132,30 @@ def test_the_backbone_trains_with_batch_norm_and_saves_as_an_exact_frozen_batch_
     reloaded = ACTPolicy.from_pretrained(tmp_path / "saved").model.backbone  # LeRobot's own frozen layers
     assert torch.allclose(reloaded(images[:2])["feature_map"], trained, atol=1e-5)
     assert float(reloaded.bn1.running_var.sub(1).abs().max()) > 0.01  # the statistics were saved
+
+
+def test_the_demo_runs_end_to_end_on_tiny_settings_and_a_second_run_reuses_every_stage(tmp_path):
+    """Every stage of ``pai demo`` for real (simulator, LeRobot training, SAE, patch_knn calibration, offline
+    replay and the live ROS node over loopback DDS), on a few episodes and a few training steps."""
+    from pai_core.sim.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(tmp_path / "demo", train_episodes=3, calib_episodes=2, test_episodes=1, ood_episodes=1,
+                     perturbations=["lighting"], replay_perturbation="lighting", train_steps=3, train_minutes=1.0,
+                     batch_size=4, eval_episodes=1, sae_steps=50, alpha=0.05)
+    report = run_demo(cfg)
+    stages = json.loads((cfg.output_dir / "stages.json").read_text())
+    assert [s["status"] for s in stages] == ["done"] * len(stages), stages
+    assert {s["stage"] for s in stages} >= {"record_train", "train_policy", "evaluate_policy", "train_sae",
+                                            "calibrate_ood", "evaluate_ood", "replay_clean", "replay_lighting",
+                                            "replay_ros"}
+    params = json.loads((cfg.output_dir / "sae" / "ood_params.json").read_text())
+    assert params["score"] == "patch_knn" and params["alpha"] == 0.05
+    evaluation = json.loads((cfg.output_dir / "ood_eval" / "ood_evaluation.json").read_text())
+    assert evaluation["ood_datasets"]["ood_lighting"]["auroc"] > 0.9  # a dimmed scene, even for a 3-step policy
+    lit = json.loads((cfg.output_dir / "replay_ros" / "lighting" / "summary.json").read_text())
+    assert lit["frames_answered"] == lit["frames_published"] > 0 and lit["alarm_frames"] > 0
+    assert lit["max_abs_score_diff_vs_offline"] < 1e-4  # the node and the offline replay share one engine
+    assert "closed-loop success rate" in report and (cfg.output_dir / "ood_timeline.png").is_file()
+    run_demo(cfg)
+    again = json.loads((cfg.output_dir / "stages.json").read_text())
+    assert [s["status"] for s in again] == ["cached"] * len(stages)
