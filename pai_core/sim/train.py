@@ -31,7 +31,7 @@ class TrainConfig:
     seed: torch seed.
     threads: torch CPU threads.
     batch_norm: train the backbone with BatchNorm and fold its statistics into LeRobot's
-        ``FrozenBatchNorm2d`` for saving (``fold_batch_norm``): a ResNet trained from scratch learns far
+        ``FrozenBatchNorm2d`` for saving (``swap_batch_norm``): a ResNet trained from scratch learns far
         faster with normalisation, and the saved model is an ordinary LeRobot ACT.
     use_vae: ACT's CVAE; off by default, as the scripted expert is deterministic.
     """
