@@ -150,8 +150,9 @@ def frame_scores(token_error: np.ndarray, params: OODParams | None = None) -> np
     """(B, S) per-token reconstruction error -> (B,) frame scores, by ``params.score`` (mse without params)."""
     if params is None or params.score == "sae_recon_mse":
         return token_error.mean(axis=1)
-    if params.score == "token_knn":
-        raise ValueError("token_knn scores come from encoder-input tokens (KnnScorer), not reconstruction errors")
+    if params.score in ("token_knn", "patch_knn"):
+        raise ValueError(f"{params.score} scores come from the kNN scorers (KnnScorer, PatchKnnScorer), "
+                         "not from reconstruction errors")
     mean, std = np.asarray(params.token_mean), np.asarray(params.token_std)
     if mean.size != token_error.shape[1]:
         raise ModelError(f"ood_params.json standardises {mean.size} token positions but the policy produced "

@@ -62,7 +62,7 @@ class Pipeline:
     ):
         self.engine = engine
         self.extractor = extractor
-        self.ood = ood  # the setter also loads the token_knn reference
+        self.ood = ood  # the setter also loads a kNN score's reference
         self.alarm = AlarmPolicy(alarm)
         self.threshold_override: float | None = None
         self.feature_labels = feature_labels or {}
@@ -159,15 +159,15 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
-        maps = None
-        if self.knn is not None:
-            scores = self.knn(torch.stack([r.input_tokens for r in results]))
-        elif self.patch_knn is not None:
+        if self.patch_knn is not None:
             scores, patch_maps = self.patch_knn.score(*vision_batch(results, observations))
             maps = [{cam: m[i] for cam, m in patch_maps.items()} for i in range(len(results))]
         else:
-            scores = frame_scores(out.token_error, self.ood)
-        maps = maps or error_maps(out.token_error, results[0].layout)
+            if self.knn is not None:
+                scores = self.knn(torch.stack([r.input_tokens for r in results]))
+            else:
+                scores = frame_scores(out.token_error, self.ood)
+            maps = error_maps(out.token_error, results[0].layout)
         threshold = self.threshold
         for i, frame in enumerate(frames):
             frame.features = out.features[i]

@@ -57,3 +57,25 @@ def ood_world(tmp_path_factory):
               TrainConfig(expansion_factor=4, k=8, aux_k=32, dead_tokens=5000, steps=300, batch_size=256),
               policy=str(policy), extra=extra, progress=False)
     return base, policy, held_eps
+
+
+@pytest.fixture
+def calibrate_copy(ood_world, tmp_path, capsys):
+    """Calibrate a copy of ``ood_world``'s SAE with ``pai calibrate-ood --score SCORE`` (alpha 0.1, the
+    SAE's held-out episodes) and return (the copy's directory, its OODParams)."""
+    import shutil
+
+    from pai_core.cli import main
+    from pai_core.ood import OODParams
+
+    base, policy, _ = ood_world
+
+    def calibrate(score: str):
+        sae = tmp_path / f"sae_{score}"
+        shutil.copytree(base / "sae", sae)
+        assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
+                     "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", score]) == 0
+        capsys.readouterr()
+        return sae, OODParams.load(sae / "ood_params.json")
+
+    return calibrate

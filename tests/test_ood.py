@@ -120,16 +120,9 @@ def test_the_standardised_score_fits_on_a_quarter_of_the_episodes_and_calibrates
     assert np.all(np.isfinite(np.concatenate([e.scores for e in scores])))
 
 
-def test_token_knn_score_uses_the_training_episodes_as_reference_and_separates_dark_images(world, capsys, tmp_path):
+def test_token_knn_score_uses_the_training_episodes_as_reference_and_separates_dark_images(world, calibrate_copy):
     base, policy, held_eps = world
-    sae = tmp_path / "sae"
-    import shutil
-
-    shutil.copytree(base / "sae", sae)
-    assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
-                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", "token_knn"]) == 0
-    capsys.readouterr()
-    params = OODParams.load(sae / "ood_params.json")
+    sae, params = calibrate_copy("token_knn")
     assert params.score == "token_knn" and (sae / params.reference).is_file()
     assert params.episodes == held_eps  # calibrated on frames the reference never saw
     pipe = Pipeline.load(str(policy), str(sae))

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from pai_core import ModelError
-from pai_core.cli import main
-from pai_core.ood import OODParams, auroc, score_episodes
+from pai_core.ood import auroc, score_episodes
 from pai_core.ood_patch import PatchKnnConfig, PatchKnnScorer, patch_grid
 from pai_core.pipeline import Pipeline
 from pai_core.sources.dataset import iter_episode, open_dataset
@@ -97,14 +94,9 @@ def test_one_episode_cannot_give_the_leave_one_episode_out_statistics():
 
 
 # ------------------------------------------------------------------------------ the real pipeline
-def test_patch_knn_through_the_pipeline_finds_a_recoloured_object_and_maps_it(ood_world, capsys, tmp_path):
+def test_patch_knn_through_the_pipeline_finds_a_recoloured_object_and_maps_it(ood_world, calibrate_copy, tmp_path):
     base, policy, held_eps = ood_world
-    sae = tmp_path / "sae"
-    shutil.copytree(base / "sae", sae)
-    assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
-                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", "patch_knn"]) == 0
-    capsys.readouterr()
-    params = OODParams.load(sae / "ood_params.json")
+    sae, params = calibrate_copy("patch_knn")
     assert params.score == "patch_knn" and params.reference_path.is_file() and params.episodes == held_eps
     blue = make_lerobot_dataset(tmp_path / "blue", cameras={"observation.images.front": (96, 128)}, episodes=2,
                                 frames=20, seed=13, variant="blue")
