@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
@@ -130,7 +131,8 @@ def record_activations(
     from tqdm.auto import tqdm
 
     from .engine import IntrospectionConfig, Introspector
-    from .sources.dataset import episode_bounds, item_to_observation, select_episodes
+    from .preflight import check_dataset_for_policy
+    from .sources.dataset import episode_bounds, iter_episode, select_episodes
 
     cfg = config or RecordConfig()
     out = Path(output_dir)
@@ -139,13 +141,7 @@ def record_activations(
     engine = Introspector.from_pretrained(
         str(policy_path), IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False)
     )
-    missing = [k for k in engine.camera_names if k not in dataset.meta.camera_keys]
-    if missing:
-        raise InputError(
-            f"Dataset {dataset.repo_id!r} lacks cameras {missing} that policy {policy_path} needs; "
-            f"it has {list(dataset.meta.camera_keys)}"
-        )
-    keys = list(dataset.meta.camera_keys)
+    check_dataset_for_policy(dataset, engine, episodes, str(policy_path))
     _check_same_recording(out, {"policy": str(policy_path), "dataset": str(dataset.repo_id), "layer": cfg.layer,
                                 "dtype": cfg.dtype, "sampling": cfg.sampling, "block": cfg.block,
                                 "shard_frames": cfg.shard_frames})
@@ -166,8 +162,8 @@ def record_activations(
     for ep, s, e in plan:
         ep_start = episode_bounds(dataset, ep)[0]
         chunks, eps, frames = [], [], []
-        for b in range(s, e, cfg.batch_size):
-            obs = [item_to_observation(dataset[i], keys) for i in range(b, min(b + cfg.batch_size, e))]
+        shard = iter_episode(dataset, ep, s - ep_start, e - ep_start)  # image and video datasets alike
+        while obs := list(islice(shard, cfg.batch_size)):
             results = engine.step_batch(obs)
             tokens = torch.stack([r.tokens for r in results])
             if cfg.sampling == "blocks":

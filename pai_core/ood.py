@@ -42,6 +42,9 @@ class OODParams:
     histogram: calibration score histogram {"edges": [...], "counts": [...]}.
     dataset: dataset the calibration frames came from.
     episodes: calibration episodes.
+    coverage: "patch_knn": calibration frames whose joint state the reference does not cover, kept out of
+        the threshold and named ({"excluded_frames": n, "frames": total, "episodes": {episode: "0-18"}}).
+    reference_summary: "patch_knn": size of the reference (frames, MB, budget, coverage radius).
     """
 
     threshold: float
@@ -56,9 +59,16 @@ class OODParams:
     token_std: list = field(default_factory=list)
     reference: str = ""
     knn_k: int = 5
+    coverage: dict = field(default_factory=dict)
+    reference_summary: dict = field(default_factory=dict)
     source_dir: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not math.isfinite(self.threshold):
+            raise ValueError(f"threshold={self.threshold!r} must be a finite number")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha={self.alpha!r} must be a number within (0, 1)")
         if self.score not in SCORES:
             raise ValueError(f"score={self.score!r} is not one of {list(SCORES)}")
         if self.score == "sae_recon_z" and (not self.token_mean or len(self.token_mean) != len(self.token_std)):
@@ -206,6 +216,8 @@ class EpisodeScores:
         timestamps: (T,) seconds.
         alarm: (T,) alarm state after each frame (all False without a threshold).
         token_error: (T, S) per-token reconstruction error (what the scores are computed from).
+        coverage: (T,) ``patch_knn``: joint-state distance to the reference over its coverage radius
+            (above 1: not covered), else None.
     """
 
     dataset: str
@@ -214,12 +226,21 @@ class EpisodeScores:
     timestamps: np.ndarray
     alarm: np.ndarray
     token_error: np.ndarray | None = None
+    coverage: np.ndarray | None = None
+
+    @property
+    def uncovered(self) -> np.ndarray:
+        """(T,) frames whose joint state the ``patch_knn`` reference does not cover (all False otherwise)."""
+        return np.zeros(self.scores.shape, bool) if self.coverage is None else self.coverage > 1.0
 
 
 def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_size: int = 16,
-                   progress: bool = True) -> list[EpisodeScores]:
+                   progress: bool = True, leave_out_own_episode: bool = False) -> list[EpisodeScores]:
     """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
-    frame scores; the pipeline is the only place a score is computed."""
+    frame scores; the pipeline is the only place a score is computed. With ``leave_out_own_episode``
+    (calibrating on episodes that are also in the ``patch_knn`` reference) each episode is scored
+    without its own reference frames."""
+    from contextlib import nullcontext
     from itertools import islice
 
     from tqdm.auto import tqdm
@@ -234,17 +255,21 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
     bar = tqdm(total=total, unit="frame", desc=f"score {dataset.repo_id}", disable=not progress)
     for ep in episodes:
         pipe.reset()
-        scores, stamps, alarm, errors = [], [], [], []
+        scores, stamps, alarm, errors, coverage = [], [], [], [], []
         frames = iter_episode(dataset, ep)  # image and video datasets alike
-        while obs := list(islice(frames, batch_size)):
-            for frame in pipe.step_batch(obs):
-                scores.append(frame.ood_score)
-                stamps.append(frame.observation.timestamp)
-                alarm.append(frame.alarm.active)
-                errors.append(frame.token_error)
-            bar.update(len(obs))
+        leave = pipe.patch_knn.leaving_out(ep) if leave_out_own_episode and pipe.patch_knn else nullcontext()
+        with leave:
+            while obs := list(islice(frames, batch_size)):
+                for frame in pipe.step_batch(obs):
+                    scores.append(frame.ood_score)
+                    stamps.append(frame.observation.timestamp)
+                    alarm.append(frame.alarm.active)
+                    errors.append(frame.token_error)
+                    coverage.append(frame.state_coverage)
+                bar.update(len(obs))
+        cov = None if any(c is None for c in coverage) else np.asarray(coverage, np.float64)
         out.append(EpisodeScores(str(dataset.repo_id), ep, np.asarray(scores, np.float64),
-                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool), np.stack(errors)))
+                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool), np.stack(errors), cov))
     bar.close()
     return out
 
@@ -259,6 +284,16 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
         raise ValueError(f"AUROC needs scores of both kinds, got {neg.size} in-distribution and {pos.size} OOD")
     ranks = pd.Series(np.concatenate([neg, pos])).rank(method="average").to_numpy()
     return float((ranks[neg.size :].sum() - pos.size * (pos.size + 1) / 2) / (neg.size * pos.size))
+
+
+def frame_ranges(mask: np.ndarray) -> str:
+    """(T,) bool -> the frames where it holds, as ranges ("0-18,40")."""
+    hits = np.flatnonzero(mask)
+    if not hits.size:
+        return ""
+    breaks = np.flatnonzero(np.diff(hits) > 1)
+    starts, stops = np.r_[hits[0], hits[breaks + 1]], np.r_[hits[breaks], hits[-1]]
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, stops))
 
 
 def _first(mask: np.ndarray) -> int | None:
@@ -278,13 +313,13 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
         first = _first(e.alarm)
         per_id.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
                        "false_alarm_rate": float(np.mean(e.scores > threshold)), "alarm_raised": first is not None,
-                       "first_alarm_frame": first})
+                       "first_alarm_frame": first, "uncovered_frames": frame_ranges(e.uncovered)})
     for e in ood_eps:
         first, above = _first(e.alarm), _first(e.scores > threshold)
         per_ood.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
                         "tpr": float(np.mean(e.scores > threshold)), "detected": first is not None,
                         "delay_frames": first, "delay_s": None if first is None else float(e.timestamps[first] - e.timestamps[0]),
-                        "first_above_frame": above})
+                        "first_above_frame": above, "uncovered_frames": frame_ranges(e.uncovered)})
     delays = [r["delay_frames"] for r in per_ood if r["delay_frames"] is not None]
     by_dataset = {}
     for name in dict.fromkeys(e.dataset for e in ood_eps):
@@ -296,6 +331,8 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
         "auroc": auroc(id_s, ood_s),
         "tpr_at_threshold": float(np.mean(ood_s > threshold)),
         "false_positive_rate_at_threshold": float(np.mean(id_s > threshold)),
+        "uncovered_frames": {"in_distribution": int(sum(e.uncovered.sum() for e in id_eps)),
+                             "ood": int(sum(e.uncovered.sum() for e in ood_eps))},
         "episodes_with_false_alarm": float(np.mean([r["alarm_raised"] for r in per_id])) if per_id else None,
         "ood_episodes_detected": float(np.mean([r["detected"] for r in per_ood])) if per_ood else None,
         "mean_detection_delay_frames": float(np.mean(delays)) if delays else None,

@@ -17,8 +17,11 @@ where the frame-level ``token_knn`` reached 0.49-0.998 and the SAE reconstructio
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ from .errors import ModelError
 
 PAD = 1e3  # feature value outside the image: no patch is ever matched there
 QUANTILE = 0.99
+CHUNK = 64  # frames standardised or probed at a time (bounds the float32 temporaries)
 
 
 @dataclass
@@ -36,15 +40,33 @@ class PatchKnnConfig:
     k_frames: clean reference frames (nearest in joint state) each frame is compared with.
     neighbourhood: a patch may match reference patches this many grid cells wide around its place (odd).
     max_grid: the patch grid is at most this size (rows, columns); finer feature maps are averaged down.
+    coverage_margin: a frame's joint state is covered when its distance to the nearest reference state is
+        at most this many times the reference's own coverage radius (the 99th percentile of each reference
+        frame's distance to the nearest frame of another episode).
     """
 
     k_frames: int = 32
     neighbourhood: int = 3
     max_grid: tuple[int, int] = (24, 32)
+    coverage_margin: float = 1.5
 
     def __post_init__(self) -> None:
         if self.k_frames < 1 or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"k_frames={self.k_frames} must be >= 1 and neighbourhood={self.neighbourhood} odd")
+        if not self.coverage_margin > 0:
+            raise ValueError(f"coverage_margin={self.coverage_margin} must be > 0")
+
+
+class PatchScores(NamedTuple):
+    """What ``PatchKnnScorer.score`` gives for a batch of B frames.
+
+    scores: (B,) frame scores; maps: camera -> (B, H, W) standardised patch distances; coverage: (B,)
+    distance of each frame's joint state to the nearest reference state over the coverage radius (above
+    ``coverage_margin``: the reference does not cover that state and the score there is not trusted)."""
+
+    scores: np.ndarray
+    maps: dict[str, np.ndarray]
+    coverage: np.ndarray
 
 
 def patch_grid(maps: list[torch.Tensor], max_grid: tuple[int, int]) -> torch.Tensor:
@@ -63,10 +85,15 @@ def patch_grid(maps: list[torch.Tensor], max_grid: tuple[int, int]) -> torch.Ten
 
 
 class CameraReference:
-    """One camera's clean reference patches and the statistics that turn distances into a score."""
+    """One camera's clean reference patches and the statistics that turn distances into a score.
+
+    ``patches`` (N, C, H, W) float16, standardised per channel; on the CPU usually a memory map of the
+    saved file, so a node's resident memory does not grow with the reference."""
 
     def __init__(self, patches, channel_mean, channel_std, patch_mean=None, patch_std=None, q_z=1.0, q_raw=1.0):
-        self.patches = torch.as_tensor(patches).half()  # (N, C, H, W) standardised
+        self.patches = torch.as_tensor(patches)
+        if self.patches.dtype != torch.float16:
+            self.patches = self.patches.half()
         self.channel_mean = torch.as_tensor(channel_mean).float()  # (C, 1, 1)
         self.channel_std = torch.as_tensor(channel_std).float()
         self.patch_mean = None if patch_mean is None else torch.as_tensor(patch_mean).float()  # (H, W)
@@ -87,7 +114,7 @@ class CameraReference:
         r = nb // 2
         out = torch.empty(grid.shape[0], *grid.shape[-2:], device=grid.device)
         for i in range(grid.shape[0]):
-            bank = F.pad(self.patches[neighbours[i]].float(), (r, r, r, r), value=PAD)  # (K, C, H+2r, W+2r)
+            bank = F.pad(self.patches[neighbours[i]].to(grid.device).float(), (r, r, r, r), value=PAD)
             h, w = grid.shape[-2:]
             best = None
             for dy in range(nb):
@@ -105,62 +132,76 @@ class CameraReference:
 
 
 class PatchKnnScorer:
-    """``patch_knn`` (module docstring). Build with ``fit`` from clean reference frames, save beside
-    ``ood_params.json``; the pipeline calls ``score`` with each batch's backbone maps and joint states."""
+    """``patch_knn`` (module docstring). Build with ``ReferenceBuilder`` (or ``fit``) from clean reference
+    frames, save beside ``ood_params.json``; the pipeline calls ``score`` with each batch's backbone maps
+    and joint states."""
 
     def __init__(self, cameras: dict[str, CameraReference], states, state_mean, state_std, episodes,
-                 config: PatchKnnConfig | None = None):
+                 config: PatchKnnConfig | None = None, coverage_radius: float = float("inf"),
+                 memory_mapped: bool = False):
         self.cameras = cameras
         self.states = torch.as_tensor(states).float()  # (N, S) standardised
         self.state_mean = torch.as_tensor(state_mean).float()
         self.state_std = torch.as_tensor(state_std).float()
         self.episodes = torch.as_tensor(episodes).long()
         self.config = config or PatchKnnConfig()
+        self.coverage_radius = float(coverage_radius)
+        self.memory_mapped = memory_mapped
+        self.leave_out: int | None = None  # episode whose frames are not neighbours (``leaving_out``)
 
     # ------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, grids: dict[str, torch.Tensor], states: np.ndarray, episodes: np.ndarray,
             config: PatchKnnConfig | None = None, max_stat_frames: int = 1000) -> "PatchKnnScorer":
         """grids: camera -> (N, C, H, W) ``patch_grid`` of N clean reference frames; states (N, S) joint
-        states; episodes (N,) episode ids (at least two episodes: the per-patch statistics come from
-        comparing each episode with the others)."""
-        config = config or PatchKnnConfig()
-        episodes = np.asarray(episodes)
-        if len(np.unique(episodes)) < 2:
-            raise ValueError("patch_knn needs reference frames from at least two episodes")
-        states = _states(states, len(episodes))
-        s_mean, s_std = states.mean(0), states.std(0) + 1e-6
-        refs = {}
-        for cam, grid in grids.items():
-            grid = grid.float()
-            if not torch.isfinite(grid).all():
-                raise ValueError(f"camera {cam}: the backbone features of the reference frames are not finite")
-            mean, std = grid.mean((0, 2, 3))[:, None, None], grid.std((0, 2, 3))[:, None, None] + 1e-6
-            refs[cam] = CameraReference((grid - mean) / std, mean, std)
-        scorer = cls(refs, (states - s_mean) / s_std, s_mean, s_std, episodes, config)
-        # leave-one-episode-out distances on (a subsample of) the reference frames set the statistics
-        probe = np.linspace(0, len(episodes) - 1, min(max_stat_frames, len(episodes))).round().astype(int)
-        neighbours = scorer._neighbours(scorer.states[probe], exclude=scorer.episodes[probe])
-        for ref in refs.values():
-            dist = ref.distances(ref.patches[probe].float(), neighbours, config.neighbourhood)
-            ref.patch_mean, ref.patch_std = dist.mean(0), dist.std(0) + 1e-6
-            z = (dist - ref.patch_mean) / ref.patch_std
-            ref.q_z = float(torch.quantile(z.flatten(1).amax(1), QUANTILE))
-            ref.q_raw = float(torch.quantile(dist.flatten(1).amax(1), QUANTILE))
-        return scorer
+        states; episodes (N,) episode ids (at least two episodes). In-memory convenience over
+        ``ReferenceBuilder``."""
+        builder = ReferenceBuilder(len(episodes), config)
+        builder.add(grids, states, episodes)
+        return builder.finish(max_stat_frames)
 
-    def _neighbours(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) standardised states -> (B, K) indices of the nearest reference frames (other episodes
-        only when ``exclude`` gives each query's episode)."""
+    @property
+    def n_frames(self) -> int:
+        return int(self.episodes.numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the reference patches (what a budget limits)."""
+        return sum(ref.patches.numel() * ref.patches.element_size() for ref in self.cameras.values())
+
+    def describe(self) -> dict:
+        """Size and placement of the reference, for diagnostics and reports."""
+        device = next(iter(self.cameras.values())).patches.device
+        return {"frames": self.n_frames, "episodes": int(self.episodes.unique().numel()),
+                "size_mb": round(self.nbytes / 1e6, 1), "device": str(device),
+                "memory_mapped": bool(self.memory_mapped and device.type == "cpu"),
+                "coverage_radius": round(self.coverage_radius, 4)}
+
+    def _nearest(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) standardised states -> (B, K) indices of the nearest reference frames and (B,) distance to
+        the nearest (frames of the query's own episode left out when ``exclude`` gives each one's episode)."""
         d = torch.cdist(states, self.states)
         if exclude is not None:
             d[exclude[:, None] == self.episodes[None]] = float("inf")
-        return d.topk(min(self.config.k_frames, d.shape[1]), dim=1, largest=False).indices
+        near = d.topk(min(self.config.k_frames, d.shape[1]), dim=1, largest=False)
+        return near.indices, near.values[:, 0]
+
+    def _neighbours(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        return self._nearest(states, exclude)[0]
+
+    @contextmanager
+    def leaving_out(self, episode: int | None) -> Iterator["PatchKnnScorer"]:
+        """Score with the frames of reference ``episode`` left out (calibrating on episodes that are also
+        in the reference: each is judged against the others, as a new episode would be)."""
+        before, self.leave_out = self.leave_out, episode
+        try:
+            yield self
+        finally:
+            self.leave_out = before
 
     # ------------------------------------------------------------------ scoring
-    def score(self, maps: dict[str, list[torch.Tensor]], states) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """maps: camera -> backbone maps [(B, C_i, h_i, w_i)]; states: (B, S) joint states.
-        Returns (B,) frame scores and camera -> (B, H, W) standardised patch distance maps."""
+    def score(self, maps: dict[str, list[torch.Tensor]], states) -> PatchScores:
+        """maps: camera -> backbone maps [(B, C_i, h_i, w_i)]; states: (B, S) joint states."""
         missing = sorted(set(self.cameras) - set(maps))
         if missing:
             raise ModelError(f"patch_knn reference has cameras {sorted(self.cameras)} but the frame lacks {missing}")
@@ -169,7 +210,10 @@ class PatchKnnScorer:
         states = _states(states, len(first)).to(first.device)
         if states.shape[1] != self.states.shape[1]:
             raise ModelError(f"patch_knn reference states have {self.states.shape[1]} values, the frame {states.shape[1]}")
-        neighbours = self._neighbours((states - self.state_mean) / self.state_std)
+        exclude = None
+        if self.leave_out is not None:
+            exclude = torch.full((len(states),), int(self.leave_out), device=states.device)
+        neighbours, nearest = self._nearest((states - self.state_mean) / self.state_std, exclude)
         total, out_maps = None, {}
         for cam, ref in self.cameras.items():
             grid = patch_grid([m.detach() for m in maps[cam]], self.config.max_grid)
@@ -179,9 +223,11 @@ class PatchKnnScorer:
             frame, z = ref.score(ref.distances(ref.standardise(grid), neighbours, self.config.neighbourhood))
             total = frame if total is None else torch.maximum(total, frame)
             out_maps[cam] = z.cpu().numpy()
-        return total.cpu().numpy().astype(np.float64), out_maps
+        coverage = (nearest / self.coverage_radius).cpu().numpy().astype(np.float64)
+        return PatchScores(total.cpu().numpy().astype(np.float64), out_maps, coverage)
 
     def to(self, device) -> "PatchKnnScorer":
+        """Move the reference to ``device`` (a GPU keeps it in device memory; on the CPU it stays mapped)."""
         device = torch.device(device)
         if self.states.device != device:
             for key in ("states", "state_mean", "state_std", "episodes"):
@@ -192,12 +238,14 @@ class PatchKnnScorer:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
+        """One safetensors file; the patches are written a camera at a time from their float16 storage."""
         from safetensors.torch import save_file
 
         c = self.config
         tensors = {"states": self.states, "state_mean": self.state_mean, "state_std": self.state_std,
                    "episodes": self.episodes,
-                   "config": torch.tensor([c.k_frames, c.neighbourhood, *c.max_grid], dtype=torch.long)}
+                   "config": torch.tensor([c.k_frames, c.neighbourhood, *c.max_grid], dtype=torch.long),
+                   "coverage": torch.tensor([self.coverage_radius, c.coverage_margin], dtype=torch.float64)}
         for cam, ref in self.cameras.items():
             tensors |= {f"{cam}/patches": ref.patches, f"{cam}/channel_mean": ref.channel_mean,
                         f"{cam}/channel_std": ref.channel_std, f"{cam}/patch_mean": ref.patch_mean,
@@ -206,20 +254,161 @@ class PatchKnnScorer:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PatchKnnScorer":
-        from safetensors.torch import load_file
-
+    def load(cls, path: str | Path, mmap: bool = True) -> "PatchKnnScorer":
+        """Load a saved reference; with ``mmap`` the patches stay in the file (memory-mapped, read on demand)."""
         try:
-            t = load_file(str(path))
+            t = read_safetensors(path, mmap=mmap)
             k, nb, gh, gw = (int(v) for v in t["config"])
+            radius, margin = (float(v) for v in t["coverage"]) if "coverage" in t else (float("inf"), 1.5)
             cams = sorted({key.rsplit("/", 1)[0] for key in t if key.endswith("/patches")})
             refs = {cam: CameraReference(t[f"{cam}/patches"], t[f"{cam}/channel_mean"], t[f"{cam}/channel_std"],
                                          t[f"{cam}/patch_mean"], t[f"{cam}/patch_std"], *t[f"{cam}/q"].tolist())
                     for cam in cams}
             return cls(refs, t["states"], t["state_mean"], t["state_std"], t["episodes"],
-                       PatchKnnConfig(k, nb, (gh, gw)))
+                       PatchKnnConfig(k, nb, (gh, gw), margin), radius, memory_mapped=mmap)
         except Exception as exc:
             raise ModelError(f"Could not load the patch_knn reference {path}: {exc}") from exc
+
+
+class ReferenceBuilder:
+    """Streams clean reference frames into preallocated float16 storage, so fitting a reference of N
+    frames needs about the size of its file in memory (plus one batch), not a float32 copy per step.
+
+    ``add`` takes each batch's patch grids as they come from the engine; ``finish`` standardises the
+    storage in place (per-channel mean and spread accumulated on the way), measures the per-patch
+    leave-one-episode-out statistics and the joint-state coverage radius, and returns the scorer."""
+
+    def __init__(self, n_frames: int, config: PatchKnnConfig | None = None):
+        if n_frames < 1:
+            raise ValueError(f"a patch_knn reference needs at least one frame, got {n_frames}")
+        self.n_frames = n_frames
+        self.config = config or PatchKnnConfig()
+        self.patches: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._squares: dict[str, torch.Tensor] = {}
+        self.states: np.ndarray | None = None
+        self.episodes = np.full(n_frames, -1, np.int64)
+        self.filled = 0
+
+    def add(self, grids: dict[str, torch.Tensor], states, episodes) -> None:
+        """grids: camera -> (B, C, H, W) ``patch_grid`` of B frames; states (B, S) or None; episodes (B,)
+        ids or one id for the whole batch."""
+        b = len(next(iter(grids.values())))
+        if self.filled + b > self.n_frames:
+            raise ValueError(f"the reference was sized for {self.n_frames} frames; {self.filled + b} were added")
+        sl = slice(self.filled, self.filled + b)
+        for cam, grid in grids.items():
+            grid = grid.detach().float().cpu()
+            if not torch.isfinite(grid).all():
+                raise ValueError(f"camera {cam}: the backbone features of the reference frames are not finite")
+            if cam not in self.patches:
+                self.patches[cam] = torch.empty((self.n_frames, *grid.shape[1:]), dtype=torch.float16)
+                self._sums[cam] = torch.zeros(grid.shape[1], dtype=torch.float64)
+                self._squares[cam] = torch.zeros(grid.shape[1], dtype=torch.float64)
+            half = grid.half()
+            if not torch.isfinite(half).all():
+                raise ValueError(f"camera {cam}: backbone features exceed the float16 range of the reference")
+            self.patches[cam][sl] = half
+            self._sums[cam] += grid.double().sum((0, 2, 3))
+            self._squares[cam] += grid.double().pow(2).sum((0, 2, 3))
+        s = _states(states, b).numpy()
+        if self.states is None:
+            self.states = np.zeros((self.n_frames, s.shape[1]), np.float32)
+        self.states[sl] = s
+        self.episodes[sl] = np.broadcast_to(np.asarray(episodes, np.int64), (b,))
+        self.filled += b
+
+    def finish(self, max_stat_frames: int = 1000) -> PatchKnnScorer:
+        config = self.config
+        if self.filled != self.n_frames:
+            raise ValueError(f"the reference was sized for {self.n_frames} frames but {self.filled} were added")
+        episodes = self.episodes
+        if len(np.unique(episodes)) < 2:
+            raise ValueError("patch_knn needs reference frames from at least two episodes")
+        states = torch.from_numpy(self.states)
+        s_mean, s_std = states.mean(0), states.std(0, unbiased=False) + 1e-6
+        refs = {}
+        for cam, patches in self.patches.items():
+            count = patches.shape[0] * patches.shape[2] * patches.shape[3]
+            mean = self._sums[cam] / count
+            std = (self._squares[cam] / count - mean.pow(2)).clamp_min(0).sqrt()
+            mean, std = mean.float()[:, None, None], std.float()[:, None, None] + 1e-6
+            for i in range(0, patches.shape[0], CHUNK):  # in place, a chunk at a time
+                patches[i:i + CHUNK] = ((patches[i:i + CHUNK].float() - mean) / std).half()
+            refs[cam] = CameraReference(patches, mean, std)
+        scorer = PatchKnnScorer(refs, (states - s_mean) / s_std, s_mean, s_std, episodes, config)
+        # leave-one-episode-out on (a subsample of) the reference frames: per-patch statistics and coverage
+        probe = np.linspace(0, len(episodes) - 1, min(max_stat_frames, len(episodes))).round().astype(int)
+        probe_t = torch.from_numpy(probe)
+        neighbours, _ = scorer._nearest(scorer.states[probe_t], exclude=scorer.episodes[probe_t])
+        for ref in refs.values():
+            dist = torch.cat([ref.distances(ref.patches[probe_t[i:i + CHUNK]].float(), neighbours[i:i + CHUNK],
+                                            config.neighbourhood) for i in range(0, len(probe), CHUNK)])
+            ref.patch_mean, ref.patch_std = dist.mean(0), dist.std(0) + 1e-6
+            z = (dist - ref.patch_mean) / ref.patch_std
+            ref.q_z = float(torch.quantile(z.flatten(1).amax(1), QUANTILE))
+            ref.q_raw = float(torch.quantile(dist.flatten(1).amax(1), QUANTILE))
+        scorer.coverage_radius = coverage_radius(scorer.states, scorer.episodes) * config.coverage_margin
+        return scorer
+
+
+def coverage_radius(states: torch.Tensor, episodes: torch.Tensor, chunk: int = 2048) -> float:
+    """99th percentile over reference frames of the distance (standardised joint states) to the nearest
+    frame of another episode: how far apart the reference's episodes are where they cover the space."""
+    nearest = []
+    for i in range(0, len(states), chunk):
+        d = torch.cdist(states[i:i + chunk], states)
+        d[episodes[i:i + chunk, None] == episodes[None]] = float("inf")
+        nearest.append(d.amin(1))
+    near = torch.cat(nearest)
+    near = near[torch.isfinite(near)]
+    return max(float(torch.quantile(near, QUANTILE)), 1e-6) if near.numel() else 1e-6
+
+
+def select_coverage(states: np.ndarray, max_frames: int) -> np.ndarray:
+    """Indices of at most ``max_frames`` of the (N, S) joint states that keep the state space covered:
+    greedy farthest-point sampling on standardised states (its covering radius is within twice the best
+    possible), instead of a blind stride that drops whole regions visited briefly. Sorted indices."""
+    n = len(states)
+    if max_frames >= n:
+        return np.arange(n)
+    if max_frames < 1:
+        raise ValueError(f"max_frames={max_frames} must be >= 1")
+    x = torch.as_tensor(np.asarray(states, np.float32)).reshape(n, -1)
+    x = (x - x.mean(0)) / (x.std(0, unbiased=False) + 1e-6)
+    chosen = [int(torch.cdist(x.mean(0, keepdim=True), x)[0].argmin())]
+    gap = torch.cdist(x[chosen[0]][None], x)[0]
+    for _ in range(max_frames - 1):
+        i = int(gap.argmax())
+        chosen.append(i)
+        gap = torch.minimum(gap, torch.cdist(x[i][None], x)[0])
+    return np.sort(np.asarray(chosen))
+
+
+def read_safetensors(path: str | Path, mmap: bool = True) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; with ``mmap`` each is a copy-on-write memory map of the file
+    (nothing is read until used), else loaded into memory."""
+    if not mmap:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    dtypes = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+              "U8": np.uint8, "BOOL": np.bool_}
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, stop = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if stop == start:
+            out[name] = torch.from_numpy(np.zeros(shape, dtypes[info["dtype"]]))
+            continue
+        arr = np.memmap(path, dtype=dtypes[info["dtype"]], mode="c", offset=8 + size + start, shape=shape)
+        out[name] = torch.from_numpy(arr)
+    return out
 
 
 def _states(states, n: int) -> torch.Tensor:

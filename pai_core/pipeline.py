@@ -36,6 +36,9 @@ class Frame:
         token_error: (S,) per-token SAE reconstruction error (what the OOD score is computed from).
         codes: (S, n_latents) sparse SAE codes of every token (a torch view on the SAE's device), kept
             only when ``Pipeline.keep_codes`` is set (for spatial feature maps: ``features.feature_maps``).
+        state_coverage: ``patch_knn`` only: the joint state's distance to the nearest reference state over
+            the reference's coverage radius (above the margin, 1.5 by default, the reference does not
+            cover this state and the score is not trusted); None for other scores.
     """
 
     observation: Observation
@@ -47,6 +50,7 @@ class Frame:
     alarm: AlarmState = field(default_factory=lambda: AlarmState(False, "", 0))
     codes: object | None = None
     token_error: np.ndarray | None = None
+    state_coverage: float | None = None
 
 
 class Pipeline:
@@ -159,8 +163,9 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
+        coverage = None
         if self.patch_knn is not None:
-            scores, patch_maps = self.patch_knn.score(*vision_batch(results, observations))
+            scores, patch_maps, coverage = self.patch_knn.score(*vision_batch(results, observations))
             maps = [{cam: m[i] for cam, m in patch_maps.items()} for i in range(len(results))]
         else:
             if self.knn is not None:
@@ -175,6 +180,8 @@ class Pipeline:
             frame.ood_maps = maps[i]
             frame.token_error = out.token_error[i]
             frame.threshold = threshold
+            if coverage is not None:
+                frame.state_coverage = float(coverage[i])
             if self.keep_codes:
                 frame.codes = out.codes[i]
             if threshold is not None:

@@ -2,7 +2,8 @@
 _pai_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export FASTDDS_DEFAULT_PROFILES_FILE="$_pai_root/config/fastdds_loopback.xml"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT
-export ROS_DOMAIN_ID=${PAI_TEST_DOMAIN_ID:-$(( 100 + $$ % 100 ))}
+# Domain ids stay in 1-101: higher ones map to UDP ports in the ephemeral range (ENVIRONMENT.md).
+export ROS_DOMAIN_ID=${PAI_TEST_DOMAIN_ID:-$(( 1 + $$ % 101 ))}
 export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1

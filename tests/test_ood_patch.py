@@ -39,7 +39,7 @@ def fitted(k: int = 3, nb: int = 3):
 
 
 def score_of(scorer, grid, state):
-    scores, maps = scorer.score({"cam": identity_maps(grid[None])}, np.asarray([[state]], np.float32))
+    scores, maps, _ = scorer.score({"cam": identity_maps(grid[None])}, np.asarray([[state]], np.float32))
     return float(scores[0]), maps["cam"][0]
 
 

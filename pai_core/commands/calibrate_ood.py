@@ -33,11 +33,16 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--reference-root", default=None,
                    help="token_knn/patch_knn: clean reference dataset (default: the SAE's training dataset)")
     p.add_argument("--reference-episodes", type=int, nargs="*", default=None,
-                   help="token_knn/patch_knn: reference episodes (default: the SAE's training episodes)")
+                   help="token_knn: reference episodes (default: the SAE's training episodes); patch_knn: default "
+                        "the SAE's training episodes and the calibration episodes, each calibration episode "
+                        "scored against the others (so replaying it later finds itself in the reference)")
     p.add_argument("--knn-k", type=int, default=None,
                    help="token_knn: neighbours averaged (default 5); patch_knn: reference frames compared (default 32)")
     p.add_argument("--reference-stride", type=int, default=1,
                    help="token_knn/patch_knn: keep every N-th reference frame (smaller file, faster scoring)")
+    p.add_argument("--reference-max-gb", type=float, default=4.0,
+                   help="patch_knn: largest reference (GB; fitting needs about as much RAM, the node maps it "
+                        "from disk). Beyond it the frames kept are chosen to cover the joint states (default 4)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
@@ -53,14 +58,11 @@ def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
     return None
 
 
-def reference_batches(pipe, args):
-    """Clean reference frames through the engine, a batch at a time: (episode, observations, results).
-    Default: the SAE's training episodes, so the calibration episodes stay unseen and the conformal
-    threshold stays valid."""
-    from tqdm.auto import tqdm
-
+def reference_set(pipe, args, dataset, calibration_episodes: list[int]):
+    """(reference dataset, its episodes, whether calibration episodes are in it and must be left out
+    when scored). Default: the SAE's training episodes, plus for ``patch_knn`` the calibration episodes."""
     from ..errors import InputError
-    from ..sources.dataset import iter_episode, open_dataset, select_episodes
+    from ..sources.dataset import open_dataset, select_episodes
 
     sae_extra = pipe.extractor.sae.config.extra
     root = args.reference_root or sae_extra.get("dataset_root")
@@ -68,43 +70,18 @@ def reference_batches(pipe, args):
         raise InputError(f"--score {args.score} needs --reference-root (the SAE does not record its training dataset)")
     if args.reference_stride < 1:
         raise InputError(f"--reference-stride {args.reference_stride} must be at least 1")
-    ref = open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
+    ref = dataset if Path(root).resolve() == Path(dataset.root).resolve() else \
+        open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
     episodes = args.reference_episodes
     if not episodes and not args.reference_root:  # the SAE's training episodes, never its held-out ones
         held = set(sae_extra.get("held_out_episodes") or [])
         episodes = sae_extra.get("train_episodes") or [e for e in range(ref.meta.total_episodes) if e not in held]
-    for ep in tqdm(select_episodes(ref, episodes), desc="reference frames", unit="ep"):
-        obs = list(iter_episode(ref, ep))[:: args.reference_stride]
-        for i in range(0, len(obs), args.batch_size):
-            yield ep, obs[i:i + args.batch_size], pipe.engine.step_batch(obs[i:i + args.batch_size])
-
-
-def fit_reference(pipe, args):
-    """The ``token_knn`` or ``patch_knn`` scorer, fitted on the clean reference frames."""
-    import numpy as np
-    import torch
-
-    from ..errors import InputError
-    from ..ood import KnnScorer
-    from ..ood_patch import PatchKnnConfig, PatchKnnScorer, patch_grid
-    from ..pipeline import vision_batch
-
-    if args.score == "token_knn":
-        tokens = [r.input_tokens.float().cpu().numpy() for _, _, results in reference_batches(pipe, args) for r in results]
-        return KnnScorer.fit(np.stack(tokens), k=args.knn_k or 5)
-    cfg = PatchKnnConfig(k_frames=args.knn_k or 32)
-    pipe.engine.adapter.keep_vision_features = True
-    grids, states, ep_ids = [], [], []
-    for ep, batch, results in reference_batches(pipe, args):
-        maps, s = vision_batch(results, batch)
-        grids.append({cam: patch_grid([m.cpu() for m in levels], cfg.max_grid) for cam, levels in maps.items()})
-        states.append(s if s is not None else np.zeros((len(batch), 0), np.float32))
-        ep_ids += [ep] * len(batch)
-    try:
-        return PatchKnnScorer.fit({cam: torch.cat([g[cam] for g in grids]) for cam in grids[0]},
-                                  np.concatenate(states), np.asarray(ep_ids), cfg)
-    except ValueError as exc:
-        raise InputError(f"patch_knn reference frames: {exc}") from exc
+    episodes = select_episodes(ref, episodes)
+    shared = ref is dataset
+    if shared and args.score == "patch_knn" and not args.reference_episodes:
+        episodes = sorted(set(episodes) | set(calibration_episodes))
+    leave_out = shared and bool(set(episodes) & set(calibration_episodes))
+    return ref, episodes, leave_out
 
 
 def split_for_standardizer(eps):
@@ -147,12 +124,17 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..ood import OODParams, calibrate, fit_token_standardizer, frame_scores, score_episodes
+    from ..ood import OODParams, calibrate, fit_token_standardizer, frame_ranges, frame_scores, score_episodes
+    from ..ood_patch import PatchKnnConfig
+    from ..ood_reference import fit_patch_reference, fit_token_reference
     from ..pipeline import Pipeline
-    from ..sources.dataset import open_dataset
+    from ..preflight import check_alpha, check_dataset_for_policy
+    from ..sources.dataset import open_dataset, select_episodes
 
     if not 0.0 < args.alpha < 1.0:
         raise InputError(f"--alpha {args.alpha} must be within (0, 1)")
+    if args.reference_max_gb is not None and not args.reference_max_gb > 0:
+        raise InputError(f"--reference-max-gb {args.reference_max_gb} must be > 0")
     dataset = open_dataset(args.dataset_repo_id, args.root)
     pipe = Pipeline.load(args.policy_path, args.sae_path, device=args.device)
     episodes = args.episodes
@@ -160,16 +142,33 @@ def run(args) -> int:
         episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)
         if episodes:
             log.info("calibrating on the SAE's held-out episodes %s", episodes)
+    episodes = select_episodes(dataset, episodes)
+    frames = check_dataset_for_policy(dataset, pipe.engine, episodes, args.policy_path)
+    counted = list(frames.values())
+    if args.score == "sae_recon_z":  # a quarter of the episodes fit the standardiser (split_for_standardizer)
+        counted = counted[max(1, len(counted) // 4):] if len(counted) >= 2 else [counted[0] - max(1, counted[0] // 4)]
+    check_alpha(sum(counted), args.alpha, f"calibration episodes {episodes} of {args.dataset_repo_id}")
     pipe.ood = None  # calibrate from raw token errors, whatever ood_params.json the SAE folder holds
     out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     extra: dict = {}
+    leave_out = False
     if args.score in ("token_knn", "patch_knn"):
+        ref, ref_episodes, leave_out = reference_set(pipe, args, dataset, episodes)
+        check_dataset_for_policy(ref, pipe.engine, ref_episodes, args.policy_path)
         extra = {"score": args.score, "reference": "ood_reference.safetensors"}
         if args.score == "token_knn":
             extra["knn_k"] = args.knn_k or 5
-        fit_reference(pipe, args).save(out.with_name(extra["reference"]))
-        pipe.ood = OODParams(threshold=float("inf"), **extra, source_dir=str(out.parent))
-    eps = score_episodes(pipe, dataset, episodes, args.batch_size)
+            fit_token_reference(pipe, ref, ref_episodes, extra["knn_k"], args.reference_stride,
+                                args.batch_size).save(out.with_name(extra["reference"]))
+        else:
+            max_bytes = None if args.reference_max_gb is None else args.reference_max_gb * 1e9
+            scorer, summary = fit_patch_reference(pipe, ref, ref_episodes, PatchKnnConfig(k_frames=args.knn_k or 32),
+                                                  max_bytes, args.reference_stride, args.batch_size)
+            scorer.save(out.with_name(extra["reference"]))
+            del scorer  # scoring below maps the saved file instead of holding a second copy
+            extra["reference_summary"] = summary | {"episodes": ref_episodes, "leave_own_episode_out": leave_out}
+        pipe.ood = OODParams(threshold=0.0, **extra, source_dir=str(out.parent))
+    eps = score_episodes(pipe, dataset, episodes, args.batch_size, leave_out_own_episode=leave_out)
     threshold_eps = eps
     if args.score == "sae_recon_z":
         fit_errors, threshold_eps = split_for_standardizer(eps)
@@ -178,8 +177,12 @@ def run(args) -> int:
         probe = OODParams(threshold=0.0, **extra)
         scores = np.concatenate([frame_scores(e.token_error, probe) for e in threshold_eps])
     else:
-        scores = np.concatenate([e.scores for e in threshold_eps])
+        covered = np.concatenate([~e.uncovered for e in threshold_eps])
+        scores = np.concatenate([e.scores for e in threshold_eps])[covered]
+        if args.score == "patch_knn":
+            extra["coverage"] = coverage_summary(threshold_eps, frame_ranges)
     try:
+        check_alpha(scores.size, args.alpha, "the covered calibration frames")
         params = calibrate(scores, args.alpha)
     except ValueError as exc:
         raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
@@ -189,8 +192,25 @@ def run(args) -> int:
     params.episodes = [e.episode for e in threshold_eps]
     params.save(out)
     png = plot_calibration(scores, params.threshold, args.alpha, out.with_name("ood_calibration.png"),
-                           f"{args.dataset_repo_id}: {len(eps)} episodes")
-    print(json.dumps({"ood_params": str(out), "plot": str(png), "threshold": params.threshold,
-                      "alpha": params.alpha, "frames": params.n_calibration,
-                      "empirical_rate_on_calibration": float(np.mean(scores > params.threshold))}, indent=2))
+                           f"{args.dataset_repo_id}: {len(eps)} episodes, {args.score}")
+    result = {"ood_params": str(out), "plot": str(png), "score": args.score, "threshold": round(params.threshold, 6),
+              "alpha": params.alpha, "frames": params.n_calibration,
+              "empirical_rate_on_calibration": round(float(np.mean(scores > params.threshold)), 6)}
+    if params.coverage:
+        result["uncovered_frames_excluded"] = params.coverage["excluded_frames"]
+    print(json.dumps(result, indent=2))
     return 0
+
+
+def coverage_summary(eps, frame_ranges) -> dict:
+    """Calibration frames outside the reference's joint-state coverage: counted, named, and warned about
+    when they are more than a few (their scores say the reference is missing states, not that the frames
+    are novel, so they stay out of the threshold)."""
+    uncovered = {str(e.episode): frame_ranges(e.uncovered) for e in eps if e.uncovered.any()}
+    n = int(sum(e.uncovered.sum() for e in eps))
+    total = int(sum(e.scores.size for e in eps))
+    if n:
+        log.warning("%d of %d calibration frames have joint states the patch_knn reference does not cover (kept out "
+                    "of the threshold): episode: frames %s. Add reference episodes that visit these states "
+                    "(--reference-episodes) for the alarm to judge them.", n, total, uncovered)
+    return {"excluded_frames": n, "frames": total, "episodes": uncovered}

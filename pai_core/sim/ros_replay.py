@@ -79,7 +79,7 @@ def ros_env(domain_id: int | None = None) -> dict[str, str]:
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     # never the shell's domain (a robot may live there): a private one per process, as scripts/test_env.sh
-    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else 100 + os.getpid() % 100)
+    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else 1 + os.getpid() % 101)  # 0-101 only
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE), str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")

@@ -66,15 +66,45 @@ def item_to_observation(item: dict, camera_keys: Sequence[str]) -> Observation:
     )
 
 
-def iter_episode(dataset, episode: int) -> Iterator[Observation]:
-    """The frames of one episode in time order (image or video datasets)."""
+def iter_episode(dataset, episode: int, first: int = 0, last: int | None = None) -> Iterator[Observation]:
+    """The frames ``first`` .. ``last - 1`` (offsets in the episode; default all) of one episode in time
+    order, image or video datasets alike: every command reads frames here, never through
+    ``dataset[i]``, whose video decoding needs torchcodec or ``torchvision.io.VideoReader`` (gone in
+    torchvision 0.29)."""
     start, stop = episode_bounds(dataset, episode)
+    stop = stop if last is None else min(stop, start + last)
+    start = start + first
     keys = list(dataset.meta.camera_keys)
+    if start >= stop:
+        return
     if dataset.meta.video_keys:
         yield from _iter_video_episode(dataset, episode, start, stop, keys)
         return
     for idx in range(start, stop):
         yield item_to_observation(dataset[idx], keys)
+
+
+def episode_table(dataset, episode: int) -> dict[str, np.ndarray]:
+    """An episode's table columns without decoding any image: ``frame_index`` (T,), ``timestamp`` (T,)
+    and, where the dataset has it, ``observation.state`` (T, S). For choosing frames before any work."""
+    start, stop = episode_bounds(dataset, episode)
+    rows = _rows(dataset, start, stop, columns=("frame_index", "timestamp", "observation.state"))
+    out = {"frame_index": np.asarray([int(r["frame_index"]) for r in rows], np.int64),
+           "timestamp": np.asarray([float(r["timestamp"]) for r in rows], np.float64)}
+    if rows and "observation.state" in rows[0]:
+        out["observation.state"] = np.stack([np.asarray(r["observation.state"], np.float32) for r in rows])
+    return out
+
+
+def _rows(dataset, start: int, stop: int, columns: Sequence[str] | None = None) -> list[dict]:
+    """Table rows [start, stop) (absolute indices) of the dataset's Parquet data, no images decoded."""
+    dataset._ensure_hf_dataset_loaded()
+    table = dataset.hf_dataset
+    if columns is not None:
+        keep = [c for c in columns if c in table.column_names]
+        table = table.select_columns(keep)
+    rel = getattr(dataset, "_absolute_to_relative_idx", None)
+    return [table[rel[i] if rel else i] for i in range(start, stop)]
 
 
 def episode_length(dataset, episode: int) -> int:
@@ -87,10 +117,7 @@ def _iter_video_episode(dataset, episode: int, start: int, stop: int, keys: list
     in one sequential pass per camera instead of LeRobot's per-item seek, which needs torchcodec."""
     from .video import decode_at
 
-    dataset._ensure_hf_dataset_loaded()
-    rows = [dataset.hf_dataset[dataset._absolute_to_relative_idx[i]
-                                if getattr(dataset, "_absolute_to_relative_idx", None) else i]
-            for i in range(start, stop)]
+    rows = _rows(dataset, start, stop)
     ep = dataset.meta.episodes[episode]
     tolerance = max(float(dataset.tolerance_s), 0.5 / float(dataset.fps))
     decoders = {}

@@ -1,0 +1,124 @@
+"""Clean reference frames for the kNN scores, fitted from LeRobot dataset episodes.
+
+``fit_patch_reference`` keeps ``patch_knn`` within a memory budget: the frames to keep are chosen
+before any forward pass, from the joint states in the dataset's table (``select_coverage``: the state
+space stays covered, where a stride would thin every region alike), and their patch grids stream
+into preallocated float16 storage (``ReferenceBuilder``), so fitting needs about the size of the
+reference file in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import islice
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .ood import KnnScorer
+from .ood_patch import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
+
+log = logging.getLogger(__name__)
+
+
+def _batches(pipe, dataset, episode: int, keep: np.ndarray | None, batch_size: int):
+    """(observations, engine results) of the kept frame offsets of one episode, a batch at a time."""
+    from .sources.dataset import iter_episode
+
+    wanted = None if keep is None else set(int(i) for i in keep)
+    frames = (o for i, o in enumerate(iter_episode(dataset, episode)) if wanted is None or i in wanted)
+    while batch := list(islice(frames, batch_size)):
+        yield batch, pipe.engine.step_batch(batch)
+
+
+def fit_token_reference(pipe, dataset, episodes: Sequence[int], k: int = 5, stride: int = 1,
+                        batch_size: int = 16) -> KnnScorer:
+    """``token_knn``: the encoder-input tokens of every ``stride``-th frame of ``episodes``."""
+    from tqdm.auto import tqdm
+
+    tokens = []
+    for ep in tqdm(episodes, desc="reference frames", unit="ep"):
+        keep = np.arange(0, _length(dataset, ep), stride)
+        for _, results in _batches(pipe, dataset, ep, keep, batch_size):
+            tokens += [r.input_tokens.float().cpu().numpy() for r in results]
+    return KnnScorer.fit(np.stack(tokens), k=k)
+
+
+def frame_bytes(pipe, dataset, episode: int, config: PatchKnnConfig) -> int:
+    """Bytes one reference frame takes (every camera's float16 patch grid), from one forward pass."""
+    from .pipeline import vision_batch
+
+    pipe.engine.adapter.keep_vision_features = True
+    batch, results = next(_batches(pipe, dataset, episode, np.arange(1), 1))
+    maps, _ = vision_batch(results, batch)
+    return sum(2 * patch_grid([m.cpu() for m in levels], config.max_grid)[0].numel() for levels in maps.values())
+
+
+def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnnConfig, max_bytes: float | None,
+                         stride: int = 1) -> tuple[dict[int, np.ndarray], dict]:
+    """Which frame offsets of each episode the reference keeps: every ``stride``-th, then, when they exceed
+    ``max_bytes``, the subset that keeps the joint states covered. Returns (episode -> offsets, plan)."""
+    from .sources.dataset import episode_table
+
+    tables = {ep: episode_table(dataset, ep) for ep in episodes}
+    candidates = {ep: np.arange(0, len(t["frame_index"]), stride) for ep, t in tables.items()}
+    total = sum(len(c) for c in candidates.values())
+    per_frame = frame_bytes(pipe, dataset, episodes[0], config)
+    plan = {"candidate_frames": total, "bytes_per_frame": per_frame, "budget_bytes": max_bytes}
+    if max_bytes is None or total * per_frame <= max_bytes:
+        plan["frames"] = total
+        return candidates, plan
+    n_keep = int(max_bytes // per_frame)
+    if n_keep < 2:
+        raise InputError(f"--reference-max-gb {max_bytes / 1e9:g} holds {n_keep} reference frames of "
+                         f"{per_frame / 1e6:.2f} MB; give at least {2 * per_frame / 1e9:.3f}")
+    if any("observation.state" not in t for t in tables.values()):
+        chosen = np.linspace(0, total - 1, n_keep).round().astype(int)  # no joint states: even spacing
+    else:
+        states = np.concatenate([tables[ep]["observation.state"][candidates[ep]] for ep in episodes])
+        chosen = select_coverage(states, n_keep)
+    owner = np.concatenate([np.full(len(candidates[ep]), ep) for ep in episodes])
+    offsets = np.concatenate([candidates[ep] for ep in episodes])
+    keep = {ep: offsets[chosen][owner[chosen] == ep] for ep in episodes}
+    plan["frames"] = int(len(chosen))
+    log.info("patch_knn reference: %d of %d frames (%.2f GB budget, %.2f MB a frame), chosen to cover the joint "
+             "states", len(chosen), total, max_bytes / 1e9, per_frame / 1e6)
+    return {ep: k for ep, k in keep.items() if len(k)}, plan
+
+
+def fit_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnnConfig | None = None,
+                        max_bytes: float | None = None, stride: int = 1,
+                        batch_size: int = 16) -> tuple[PatchKnnScorer, dict]:
+    """``patch_knn`` from clean reference ``episodes`` of ``dataset``: (scorer, plan with sizes)."""
+    from tqdm.auto import tqdm
+
+    from .pipeline import vision_batch
+
+    config = config or PatchKnnConfig()
+    keep, plan = plan_patch_reference(pipe, dataset, list(episodes), config, max_bytes, stride)
+    pipe.engine.adapter.keep_vision_features = True
+    builder = ReferenceBuilder(plan["frames"], config)
+    bar = tqdm(total=plan["frames"], desc="reference frames", unit="frame")
+    for ep, offsets in keep.items():
+        for batch, results in _batches(pipe, dataset, ep, offsets, batch_size):
+            maps, states = vision_batch(results, batch)
+            builder.add({cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()},
+                        states, ep)
+            bar.update(len(batch))
+    bar.close()
+    try:
+        scorer = builder.finish()
+    except ValueError as exc:
+        raise InputError(f"patch_knn reference frames: {exc}") from exc
+    plan |= scorer.describe()
+    return scorer, plan
+
+
+def _length(dataset, episode: int) -> int:
+    from .sources.dataset import episode_length
+
+    return episode_length(dataset, episode)
+
+
+__all__ = ["fit_patch_reference", "fit_token_reference", "frame_bytes", "plan_patch_reference"]
