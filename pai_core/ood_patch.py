@@ -31,6 +31,7 @@ from .errors import ModelError
 
 PAD = 1e3  # feature value outside the image: no patch is ever matched there
 QUANTILE = 0.99
+COVERAGE_QUANTILE = 0.9
 CHUNK = 64  # frames standardised or probed at a time (bounds the float32 temporaries)
 
 
@@ -41,14 +42,15 @@ class PatchKnnConfig:
     neighbourhood: a patch may match reference patches this many grid cells wide around its place (odd).
     max_grid: the patch grid is at most this size (rows, columns); finer feature maps are averaged down.
     coverage_margin: a frame's joint state is covered when its distance to the nearest reference state is
-        at most this many times the reference's own coverage radius (the 99th percentile of each reference
-        frame's distance to the nearest frame of another episode).
+        at most this many times the reference's own spacing (the 90th percentile of each reference frame's
+        distance to the nearest frame of another episode; a high quantile would let the states that only
+        one episode visits, which are what coverage must find, set the scale).
     """
 
     k_frames: int = 32
     neighbourhood: int = 3
     max_grid: tuple[int, int] = (24, 32)
-    coverage_margin: float = 1.5
+    coverage_margin: float = 3.0
 
     def __post_init__(self) -> None:
         if self.k_frames < 1 or self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
@@ -61,8 +63,9 @@ class PatchScores(NamedTuple):
     """What ``PatchKnnScorer.score`` gives for a batch of B frames.
 
     scores: (B,) frame scores; maps: camera -> (B, H, W) standardised patch distances; coverage: (B,)
-    distance of each frame's joint state to the nearest reference state over the coverage radius (above
-    ``coverage_margin``: the reference does not cover that state and the score there is not trusted)."""
+    distance of each frame's joint state to the nearest reference state over the coverage radius (which
+    includes ``coverage_margin``; above 1 the reference does not cover that state and the score there is
+    not trusted)."""
 
     scores: np.ndarray
     maps: dict[str, np.ndarray]
@@ -259,7 +262,7 @@ class PatchKnnScorer:
         try:
             t = read_safetensors(path, mmap=mmap)
             k, nb, gh, gw = (int(v) for v in t["config"])
-            radius, margin = (float(v) for v in t["coverage"]) if "coverage" in t else (float("inf"), 1.5)
+            radius, margin = (float(v) for v in t["coverage"]) if "coverage" in t else (float("inf"), 3.0)
             cams = sorted({key.rsplit("/", 1)[0] for key in t if key.endswith("/patches")})
             refs = {cam: CameraReference(t[f"{cam}/patches"], t[f"{cam}/channel_mean"], t[f"{cam}/channel_std"],
                                          t[f"{cam}/patch_mean"], t[f"{cam}/patch_std"], *t[f"{cam}/q"].tolist())
@@ -353,7 +356,7 @@ class ReferenceBuilder:
 
 
 def coverage_radius(states: torch.Tensor, episodes: torch.Tensor, chunk: int = 2048) -> float:
-    """99th percentile over reference frames of the distance (standardised joint states) to the nearest
+    """90th percentile over reference frames of the distance (standardised joint states) to the nearest
     frame of another episode: how far apart the reference's episodes are where they cover the space."""
     nearest = []
     for i in range(0, len(states), chunk):
@@ -362,7 +365,7 @@ def coverage_radius(states: torch.Tensor, episodes: torch.Tensor, chunk: int = 2
         nearest.append(d.amin(1))
     near = torch.cat(nearest)
     near = near[torch.isfinite(near)]
-    return max(float(torch.quantile(near, QUANTILE)), 1e-6) if near.numel() else 1e-6
+    return max(float(torch.quantile(near, COVERAGE_QUANTILE)), 1e-6) if near.numel() else 1e-6
 
 
 def select_coverage(states: np.ndarray, max_frames: int) -> np.ndarray:

@@ -37,8 +37,8 @@ class Frame:
         codes: (S, n_latents) sparse SAE codes of every token (a torch view on the SAE's device), kept
             only when ``Pipeline.keep_codes`` is set (for spatial feature maps: ``features.feature_maps``).
         state_coverage: ``patch_knn`` only: the joint state's distance to the nearest reference state over
-            the reference's coverage radius (above the margin, 1.5 by default, the reference does not
-            cover this state and the score is not trusted); None for other scores.
+            the reference's coverage radius (above 1 the reference does not cover this state and the
+            score is not trusted); None for other scores.
     """
 
     observation: Observation
@@ -101,8 +101,10 @@ class Pipeline:
         alarm: AlarmConfig | None = None,
         labels_path: str = "",
         engine_config: IntrospectionConfig | None = None,
+        load_ood: bool = True,
     ) -> "Pipeline":
-        """Load the policy and, when given, the SAE, its ``ood_params.json`` and ``labels.json``."""
+        """Load the policy and, when given, the SAE, its ``ood_params.json`` (unless ``load_ood`` is off:
+        calibration replaces it) and ``labels.json``."""
         extractor = ood = None
         labels: dict[int, str] = {}
         engine_config = engine_config or IntrospectionConfig(device=device)
@@ -111,7 +113,9 @@ class Pipeline:
             engine_config.token_layer = sae.config.layer
             extractor = FeatureExtractor(sae)
             ood_file = Path(ood_params_path) if ood_params_path else Path(sae_path) / "ood_params.json"
-            if ood_file.is_file():
+            if not load_ood:
+                pass
+            elif ood_file.is_file():
                 ood = OODParams.load(ood_file)
             elif ood_params_path:
                 ood = OODParams.load(ood_file)  # raises a clear ModelError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ class LoadedPolicy:
     source: str
 
 
+def looks_like_path(ref: str) -> bool:
+    """A reference that can only be a local path: absolute, ``./``/``../``/``~``, or more than one ``/``
+    (hub ids are ``user/name``)."""
+    return ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
+
+
 def load_policy(path_or_repo_id: str | os.PathLike, device: str = "cpu") -> LoadedPolicy:
     """Load policy, preprocessor and postprocessor, placed on ``device`` ("cpu", "cuda", "cuda:1").
 
@@ -48,11 +55,15 @@ def load_policy(path_or_repo_id: str | os.PathLike, device: str = "cpu") -> Load
     path = Path(source).expanduser()
     if path.exists() and not (path / "config.json").is_file():
         raise ModelError(f"Policy directory {path} has no config.json; expected a LeRobot pretrained_model folder")
+    if not path.exists() and looks_like_path(source):
+        raise ModelError(f"Policy directory {source}: no such directory (relative paths are relative to the working "
+                         f"directory, {Path.cwd()}); a hub id has the form 'user/name'")
     ref = str(path) if path.exists() else source
     try:
         cfg = PreTrainedConfig.from_pretrained(ref)
         cfg.device = device
-        policy = get_policy_class(cfg.type).from_pretrained(ref, config=cfg)
+        with contextlib.redirect_stdout(sys.stderr):  # LeRobot prints "Loading weights ..."; stdout is for results
+            policy = get_policy_class(cfg.type).from_pretrained(ref, config=cfg)
         pre, post = make_pre_post_processors(
             policy.config,
             pretrained_path=ref,

@@ -8,6 +8,7 @@ and ``from_pretrained``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -122,16 +123,28 @@ def make_lerobot_dataset(
     use_videos: bool = False,
     variant: str = "clean",
     seed: int = 0,
+    state_names: Sequence[str] | None = None,
+    state_shift: Callable[[int, int], float] | None = None,
 ):
-    """Create a real LeRobotDataset v3 on disk (``root`` must not exist) and return it finalised."""
+    """Create a real LeRobotDataset v3 on disk (``root`` must not exist) and return it finalised.
+
+    Args:
+        use_videos: encode the cameras as video (LeRobot's default codec, AV1), as real recordings are.
+        state_names: names of the joint-state values (default ``j0`` ...), e.g. SO-101's ``shoulder_pan.pos``.
+        state_shift: (episode, frame) -> a value added to every joint of that frame's state and action,
+            to make states that other episodes never visit.
+    """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     cameras = {"observation.images.front": (96, 128)} if cameras is None else cameras
     kind = "video" if use_videos else "image"
     features = {k: {"dtype": kind, "shape": (h, w, 3), "names": ["height", "width", "channels"]}
                 for k, (h, w) in cameras.items()}
-    features["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": [f"j{i}" for i in range(state_dim)]}
-    features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": [f"j{i}" for i in range(action_dim)]}
+    names = list(state_names) if state_names is not None else [f"j{i}" for i in range(state_dim)]
+    if len(names) != state_dim:
+        raise ValueError(f"state_names has {len(names)} names for state_dim={state_dim}")
+    features["observation.state"] = {"dtype": "float32", "shape": (state_dim,), "names": names}
+    features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": (names * action_dim)[:action_dim]}
     ds = LeRobotDataset.create(repo_id, fps, features, root=root, use_videos=use_videos)
     rng = np.random.default_rng(seed)
     for ep in range(episodes):
@@ -139,6 +152,8 @@ def make_lerobot_dataset(
         for i in range(frames):
             t = (i / max(frames - 1, 1) + phase) % 1.0
             state = np.sin(np.arange(state_dim) + 6.28 * t).astype(np.float32)
+            if state_shift is not None:
+                state = state + np.float32(state_shift(ep, i))
             frame = {k: synthetic_frame(h, w, t, variant, seed=seed * 1000 + ep * 100 + i) for k, (h, w) in cameras.items()}
             frame["observation.state"] = state
             frame["action"] = np.roll(state, 1)[:action_dim].astype(np.float32) if action_dim <= state_dim else \

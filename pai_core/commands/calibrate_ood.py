@@ -136,7 +136,7 @@ def run(args) -> int:
     if args.reference_max_gb is not None and not args.reference_max_gb > 0:
         raise InputError(f"--reference-max-gb {args.reference_max_gb} must be > 0")
     dataset = open_dataset(args.dataset_repo_id, args.root)
-    pipe = Pipeline.load(args.policy_path, args.sae_path, device=args.device)
+    pipe = Pipeline.load(args.policy_path, args.sae_path, device=args.device, load_ood=False)
     episodes = args.episodes
     if not episodes:
         episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)
@@ -148,7 +148,6 @@ def run(args) -> int:
     if args.score == "sae_recon_z":  # a quarter of the episodes fit the standardiser (split_for_standardizer)
         counted = counted[max(1, len(counted) // 4):] if len(counted) >= 2 else [counted[0] - max(1, counted[0] // 4)]
     check_alpha(sum(counted), args.alpha, f"calibration episodes {episodes} of {args.dataset_repo_id}")
-    pipe.ood = None  # calibrate from raw token errors, whatever ood_params.json the SAE folder holds
     out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     extra: dict = {}
     leave_out = False

@@ -70,7 +70,7 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
     if options.video:
         from .video import VideoSink
 
-        video = VideoSink(out, fps, options.overlay, options.video_maps)
+        video = VideoSink(out, fps, options.overlay, options.video_maps, pipeline=pipeline)
         sinks.append(video)
     writers: list = []
     if options.mcap:

@@ -1,15 +1,17 @@
 """``report.html``: OOD timeline, attention share per camera, most active features, and where every
-input frame went. Plots are matplotlib PNGs beside the HTML."""
+input frame went. Plots are matplotlib PNGs beside the HTML; numbers are shown to 4 significant digits."""
 
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..ood import SCORES
 from ..pipeline import Frame, Pipeline
 from ..topics import camera_short
 from .accounting import Accounting
@@ -35,6 +37,7 @@ class ReportSink:
         self.pipeline = pipeline
         self.series = Series()
         self.feature_names = pipeline.feature_names()
+        self.ood = ood_description(pipeline)
 
     def write(self, frames: Sequence[Frame]) -> None:
         s = self.series
@@ -60,6 +63,114 @@ class ReportSink:
         pass
 
 
+def fmt(value: object, digits: int = 4) -> str:
+    """A number as people read it: floats to ``digits`` significant digits (52.24943542480469 -> 52.25; large
+    ones as integers, not 1.235e+04), lists and dicts item by item (one level), anything else as ``str``."""
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isfinite(v) and 10 ** digits <= abs(v) < 1e15:
+            return str(round(v))
+        return f"{v:.{digits}g}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_fmt_item(v, digits)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt_item(v, digits) for v in value) + "]"
+    return str(value)
+
+
+def _fmt_item(value: object, digits: int) -> str:
+    return fmt(value, digits) if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _episodes(episodes: Sequence) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8" (a calibration set can hold hundreds of episodes)."""
+    if not episodes:
+        return "not recorded"
+    if not all(isinstance(e, (int, np.integer)) for e in episodes):
+        return ", ".join(str(e) for e in episodes)
+    values, runs = sorted(int(e) for e in episodes), []
+    start = prev = values[0]
+    for v in values[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        runs.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(runs)
+
+
+def ood_description(pipeline: Pipeline) -> dict[str, str]:
+    """What produced the alarm threshold: score, alpha, calibration set, threshold and whether it was
+    overridden (a threshold alone cannot be judged without them)."""
+    ood, override, threshold = pipeline.ood, pipeline.threshold_override, pipeline.threshold
+    if ood is None:
+        out = {"OOD parameters": "no OOD parameters"}
+        if override is not None:
+            out |= {"threshold": f"{fmt(override)} (set by override)", "threshold overridden": "yes"}
+        return out
+    calibration = f"{ood.n_calibration} frames" + (f" of {ood.dataset}" if ood.dataset else "")
+    return {
+        "score": f"{ood.score}: {SCORES.get(ood.score, '')}",
+        "alpha": f"{fmt(ood.alpha)} (target false-alarm rate per clean frame)",
+        "calibration set": calibration + f", episodes {_episodes(ood.episodes)}",
+        "threshold": fmt(threshold),
+        "threshold overridden": (f"yes (calibrated threshold {fmt(ood.threshold)})" if override is not None
+                                 else "no (conformal threshold of the calibration set)"),
+    }
+
+
+def _threshold_label(threshold: list[float]) -> str:
+    values = {float(v) for v in threshold if np.isfinite(v)}
+    return f"threshold {fmt(values.pop())}" if len(values) == 1 else "threshold"
+
+
+def _legend_outside(ax) -> None:
+    """Legend right of the axes: inside it would cover the curve, often where it crosses the threshold."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=9)
+
+
+def ood_figure(series: Series):
+    """The OOD timeline: score, threshold (labelled with its value) and alarm spans."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(series.time) - (series.time[0] if series.time else 0.0)
+    fig, ax = plt.subplots(figsize=(11.5, 3.2))
+    ax.plot(t[: len(series.score)], series.score, lw=1.2, label="OOD score")
+    ax.plot(t[: len(series.score)], series.threshold, "--", color="tab:red", label=_threshold_label(series.threshold))
+    alarm = np.asarray(series.alarm)
+    if alarm.any():
+        ax.fill_between(t[: len(alarm)], 0, 1, where=alarm, transform=ax.get_xaxis_transform(),
+                        color="tab:red", alpha=0.15, step="mid", label="alarm")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("score")
+    _legend_outside(ax)
+    ax.set_title("OOD score")
+    return fig
+
+
+def share_figure(series: Series):
+    """Attention share per input token group, stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.asarray(series.time) - (series.time[0] if series.time else 0.0)
+    fig, ax = plt.subplots(figsize=(11.5, 3.2))
+    names = list(series.shares)
+    ax.stackplot(t, *[series.shares[n] for n in names], labels=names, alpha=0.85)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("share of decoder attention")
+    _legend_outside(ax)
+    ax.set_title("Attention share per input")
+    return fig
+
+
 def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -67,30 +178,11 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
     import matplotlib.pyplot as plt
 
     made = []
-    t = np.asarray(series.time) - (series.time[0] if series.time else 0.0)
     if series.score:
-        fig, ax = plt.subplots(figsize=(10, 3.2))
-        ax.plot(t[: len(series.score)], series.score, lw=1.2, label="OOD score")
-        ax.plot(t[: len(series.score)], series.threshold, "--", color="tab:red", label="threshold")
-        alarm = np.asarray(series.alarm)
-        if alarm.any():
-            ax.fill_between(t[: len(alarm)], 0, 1, where=alarm, transform=ax.get_xaxis_transform(),
-                            color="tab:red", alpha=0.15, step="mid", label="alarm")
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("score")
-        ax.legend(loc="upper left")
-        ax.set_title("OOD score")
-        made.append(("OOD score with threshold and alarm", _save(fig, out / "ood_timeline.png")))
+        made.append(("OOD score with threshold and alarm", _save(ood_figure(series), out / "ood_timeline.png")))
     if series.shares:
-        fig, ax = plt.subplots(figsize=(10, 3.2))
-        names_ = list(series.shares)
-        ax.stackplot(t, *[series.shares[n] for n in names_], labels=names_, alpha=0.85)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("time (s)")
-        ax.set_ylabel("share of decoder attention")
-        ax.legend(loc="upper left", ncol=len(names_))
-        ax.set_title("Attention share per input")
-        made.append(("Attention share per camera, state and latent token", _save(fig, out / "attention_share.png")))
+        made.append(("Attention share per camera, state and latent token",
+                     _save(share_figure(series), out / "attention_share.png")))
     if series.feature_sum is not None and series.time:
         mean = series.feature_sum / len(series.time)
         top = np.argsort(mean)[::-1][:20]
@@ -109,7 +201,7 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # keeps a legend placed outside the axes
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -122,7 +214,8 @@ def write_report(output_dir: str | Path, sink: ReportSink, accounting: Accountin
     out = Path(output_dir)
     plots = _plots(sink.series, sink.feature_names, out)
     e = html.escape
-    rows = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in summary.items())
+    rows = "".join(f"<tr><th>{e(str(k))}</th><td>{e(fmt(v))}</td></tr>" for k, v in summary.items())
+    ood = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in sink.ood.items())
     skipped = "".join(f"<tr><td>{e(r)}</td><td>{n}</td></tr>" for r, n in accounting.frames_skipped.items())
     inputs = "".join(
         f"<tr><td>{e(name)}</td><td>{c.received}</td><td>{c.used}</td><td>"
@@ -138,6 +231,7 @@ vertical-align:top}}table{{border-collapse:collapse}}tr:nth-child(even){{backgro
 .error{{color:#b00;font-weight:bold}}img{{max-width:100%}}</style></head><body>
 <h1>pai replay report</h1>{error}
 <table>{rows}</table>
+<h2>OOD alarm</h2><table>{ood}</table>
 {images}
 <h2>Frames</h2><p>{accounting.frames_processed} processed, {sum(accounting.frames_skipped.values())} skipped
 of {accounting.frames_total}.</p>

@@ -8,9 +8,40 @@ from typing import Sequence
 
 import numpy as np
 
-from ..overlay import OverlayConfig, render_overlays
-from ..pipeline import Frame
+from ..overlay import OverlayConfig, Scale, render_overlays
+from ..pipeline import Frame, Pipeline
 from ..topics import camera_short
+
+
+def ood_map_scale(pipeline: Pipeline) -> Scale | dict[str, Scale] | None:
+    """A fixed (untinted, full heat) scale for the pipeline's OOD maps, derived from the threshold in force,
+    so a colour means the same in every frame and a clean frame looks clean (per-frame normalisation paints
+    every frame's largest value at full heat, clean or not).
+
+    - ``patch_knn``: the maps are per-patch standardised distances z (about 0 on clean patches). A camera's
+      frame score includes max z / q_z (q_z: the 99th percentile of a clean frame's largest z), so one patch at
+      z = threshold * q_z alone lifts the score to the threshold: full heat there, per camera; z <= 0 untinted.
+    - ``sae_recon_mse``: the maps are token reconstruction errors, the score their mean: full heat at
+      2 * threshold, so a token at the alarming mean error is at half heat.
+    - ``sae_recon_z``: the score averages (error - token_mean) / token_std; likewise full heat at twice the
+      error of an average token (mean token_mean and token_std) at z = threshold.
+
+    None (per-frame normalisation, as before) without a threshold, or for ``token_knn``, whose score does
+    not come from these maps.
+    """
+    ood, threshold = pipeline.ood, pipeline.threshold
+    if ood is None or threshold is None:
+        return None
+    if ood.score == "patch_knn" and pipeline.patch_knn is not None:
+        scale = {cam: (0.0, threshold * ref.q_z) for cam, ref in pipeline.patch_knn.cameras.items()}
+        return scale if all(high > 0 for _, high in scale.values()) else None
+    if ood.score == "sae_recon_mse":
+        high = 2.0 * threshold
+    elif ood.score == "sae_recon_z":
+        high = 2.0 * (float(np.mean(ood.token_mean)) + threshold * float(np.mean(ood.token_std)))
+    else:
+        return None
+    return (0.0, high) if high > 0 else None
 
 
 class Mp4Writer:
@@ -53,14 +84,17 @@ class VideoSink:
     Args:
         fps: frame rate of the written videos (the source's frame rate, so they play in real time).
         maps: which overlays to write: "attention" (or rollout, per ``overlay.source``) and "ood".
+        pipeline: the replay's pipeline; its OOD score and threshold put the OOD maps on one fixed scale for
+            the whole run (``ood_map_scale``). Without it each OOD frame is normalised on its own.
     """
 
     def __init__(self, output_dir: str | Path, fps: float, overlay: OverlayConfig | None = None,
-                 maps: Sequence[str] = ("attention", "ood")):
+                 maps: Sequence[str] = ("attention", "ood"), pipeline: Pipeline | None = None):
         self.output_dir = Path(output_dir)
         self.fps = fps if fps > 0 else 10.0
         self.overlay = overlay or OverlayConfig()
         self.maps = tuple(maps)
+        self.ood_scale = ood_map_scale(pipeline) if pipeline is not None else None
         self.writers: dict[tuple[str, str], Mp4Writer] = {}
 
     def _writer(self, camera: str, kind: str) -> Mp4Writer:
@@ -75,7 +109,8 @@ class VideoSink:
                 for camera, rgb in render_overlays(f.observation, f.result, self.overlay).items():
                     self._writer(camera, "attention").write(rgb)
             if "ood" in self.maps and f.ood_maps:
-                for camera, rgb in render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps).items():
+                overlays = render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps, scale=self.ood_scale)
+                for camera, rgb in overlays.items():
                     self._writer(camera, "ood").write(rgb)
 
     def close(self) -> None:
