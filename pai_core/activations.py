@@ -81,9 +81,11 @@ def shard_name(episode: int, start: int) -> str:
     return f"episode_{episode:06d}_frame_{start:06d}.safetensors"
 
 
-def _manifest(policy_path: str, dataset, d_model: int, n_tokens: int, layout: TokenLayout, cfg: RecordConfig) -> dict:
+def _manifest(policy_path: str, dataset, d_model: int, n_tokens: int, layout: TokenLayout, cfg: RecordConfig,
+              fingerprint: str = "") -> dict:
     return {
         "policy": str(policy_path),
+        "policy_fingerprint": fingerprint,
         "dataset": str(dataset.repo_id),
         "dataset_root": str(dataset.root),
         "d_model": d_model,
@@ -169,7 +171,8 @@ def record_activations(
             if cfg.sampling == "blocks":
                 tokens = sample_tokens(tokens, results[0].layout, cfg.block)
             if manifest is None:
-                manifest = _manifest(str(policy_path), dataset, tokens.shape[-1], tokens.shape[1], results[0].layout, cfg)
+                manifest = _manifest(str(policy_path), dataset, tokens.shape[-1], tokens.shape[1], results[0].layout, cfg,
+                                     engine.fingerprint)
                 _check_same_recording(out, manifest)
                 (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
             chunks.append(tokens.to("cpu", DTYPES[cfg.dtype]))

@@ -119,6 +119,15 @@ class Introspector:
         """Wrap a policy you already built in your own LeRobot control loop."""
         return cls(LoadedPolicy(policy, preprocessor, postprocessor, source="<wrapped>"), config)
 
+    @property
+    def fingerprint(self) -> str:
+        """``policy.policy_fingerprint`` of this policy (what SAE and OOD files record)."""
+        if getattr(self, "_fingerprint", None) is None:
+            from .policy import policy_fingerprint
+
+            self._fingerprint = policy_fingerprint(self.policy)
+        return self._fingerprint
+
     def reset(self) -> None:
         """Start a new episode: clears LeRobot's action queue / temporal ensembler."""
         self.policy.reset()

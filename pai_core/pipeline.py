@@ -15,9 +15,10 @@ import numpy as np
 
 from .alarm import AlarmConfig, AlarmPolicy, AlarmState
 from .engine import FrameResult, IntrospectionConfig, Introspector
-from .features import FeatureExtractor, error_maps
+from .errors import ModelError
+from .features import FeatureExtractor
 from .observation import Observation
-from .ood import OODParams, frame_scores
+from .ood import OODParams, ReconMse, ScoreBatch, Scorer, load_scorer
 from .sae import load_sae
 
 
@@ -73,6 +74,8 @@ class Pipeline:
         self.keep_codes = False  # set to keep each frame's token codes (Frame.codes) for spatial maps
         if extractor is not None:
             extractor.check_width(int(engine.policy.config.dim_model), engine.loaded.source)
+            extra = extractor.sae.config.extra
+            check_made_for(engine, "SAE", extra.get("policy_fingerprint", ""), extractor.sae.config.policy)
 
     @property
     def ood(self) -> OODParams | None:
@@ -80,16 +83,14 @@ class Pipeline:
 
     @ood.setter
     def ood(self, params: OODParams | None) -> None:
-        """OOD parameters in force; a ``token_knn`` or ``patch_knn`` score brings its reference frames
-        along (``patch_knn`` also has the engine keep the backbone maps it compares)."""
-        from .ood import KnnScorer
-        from .ood_patch import PatchKnnScorer
-
+        """OOD parameters in force; they bring their scorer along (``ood.load_scorer``: a kNN score's
+        reference frames, a standardiser), and the engine keeps the backbone maps when it needs them."""
+        if params is not None:
+            check_made_for(self.engine, f"OOD parameters {Path(params.source_dir or '.') / 'ood_params.json'}",
+                           params.policy_fingerprint, params.policy)
         self._ood = params
-        score = params.score if params is not None else None
-        self.knn = KnnScorer.load(params) if score == "token_knn" else None
-        self.patch_knn = PatchKnnScorer.load(params.reference_path) if score == "patch_knn" else None
-        self.engine.adapter.keep_vision_features = self.patch_knn is not None
+        self.scorer: Scorer = load_scorer(params) if params is not None else ReconMse()
+        self.engine.adapter.keep_vision_features = self.scorer.needs_vision_features
 
     @classmethod
     def load(
@@ -139,6 +140,15 @@ class Pipeline:
             return self.threshold_override
         return self.ood.threshold if self.ood else None
 
+    def ood_summary(self) -> dict:
+        """What the OOD alarm runs on, for diagnostics and reports: score, alpha, threshold and, for the kNN
+        scores, the reference's size and where it lives (memory-mapped from disk or on the GPU)."""
+        if self.ood is None:
+            return {"ood": "none"}
+        out = {"ood_score": self.ood.score, "ood_alpha": self.ood.alpha,
+               "ood_threshold": None if self.threshold is None else round(float(self.threshold), 6)}
+        return out | {f"reference_{k}": v for k, v in self.scorer.describe().items()}
+
     @property
     def n_features(self) -> int:
         return self.extractor.sae.config.n_latents if self.extractor else 0
@@ -167,16 +177,8 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
-        coverage = None
-        if self.patch_knn is not None:
-            scores, patch_maps, coverage = self.patch_knn.score(*vision_batch(results, observations))
-            maps = [{cam: m[i] for cam, m in patch_maps.items()} for i in range(len(results))]
-        else:
-            if self.knn is not None:
-                scores = self.knn(torch.stack([r.input_tokens for r in results]))
-            else:
-                scores = frame_scores(out.token_error, self.ood)
-            maps = error_maps(out.token_error, results[0].layout)
+        scored = self.scorer.score(ScoreBatch(results, observations, out.token_error))
+        scores, maps, coverage = scored.scores, scored.maps, scored.coverage
         threshold = self.threshold
         for i, frame in enumerate(frames):
             frame.features = out.features[i]
@@ -191,6 +193,21 @@ class Pipeline:
             if threshold is not None:
                 frame.alarm = self.alarm.update(frame.ood_score, threshold)
         return frames
+
+
+def check_made_for(engine: Introspector, what: str, fingerprint: str, made_with: str) -> None:
+    """Refuse a file made for another policy: its recorded ``policy_fingerprint`` must be this policy's.
+    Files from before fingerprints were recorded are accepted with a warning."""
+    import logging
+
+    if not fingerprint:
+        logging.getLogger(__name__).warning("%s records no policy fingerprint (made before pai recorded one): "
+                                            "cannot check it was made for %s", what, engine.loaded.source)
+        return
+    if fingerprint != engine.fingerprint:
+        raise ModelError(f"{what} was made for policy {made_with or '?'} (fingerprint {fingerprint}), not for "
+                         f"{engine.loaded.source} (fingerprint {engine.fingerprint}); train or calibrate it on this "
+                         "policy's activations")
 
 
 def vision_batch(results: Sequence[FrameResult], observations: Sequence[Observation]):

@@ -35,6 +35,20 @@ class LoadedPolicy:
     source: str
 
 
+def policy_fingerprint(policy) -> str:
+    """A short hash of a policy's weights (64 evenly spaced values of every tensor, with names and shapes).
+    SAE and OOD files record it, so files made for another policy of the same architecture are refused
+    wherever the policy was saved or copied to."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(policy.state_dict().items()):
+        flat = tensor.detach().flatten()
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def looks_like_path(ref: str) -> bool:
     """A reference that can only be a local path: absolute, ``./``/``../``/``~``, or more than one ``/``
     (hub ids are ``user/name``)."""

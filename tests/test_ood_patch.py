@@ -9,7 +9,7 @@ import torch
 
 from pai_core import ModelError
 from pai_core.ood import auroc, score_episodes
-from pai_core.ood_patch import PatchKnnConfig, PatchKnnScorer, patch_grid
+from pai_core.ood.patch_knn import PatchKnnConfig, PatchKnnScorer, patch_grid
 from pai_core.pipeline import Pipeline
 from pai_core.sources.dataset import iter_episode, open_dataset
 from pai_core.testing import make_lerobot_dataset
@@ -35,11 +35,11 @@ def identity_maps(grid: torch.Tensor) -> list[torch.Tensor]:
 def fitted(k: int = 3, nb: int = 3):
     grids, states, eps, _ = scene(0)
     cfg = PatchKnnConfig(k_frames=k, neighbourhood=nb, max_grid=(6, 8))
-    return PatchKnnScorer.fit({"cam": patch_grid([grids], cfg.max_grid)}, states, eps, cfg), cfg
+    return PatchKnnScorer.from_grids({"cam": patch_grid([grids], cfg.max_grid)}, states, eps, cfg), cfg
 
 
 def score_of(scorer, grid, state):
-    scores, maps, _ = scorer.score({"cam": identity_maps(grid[None])}, np.asarray([[state]], np.float32))
+    scores, maps, _ = scorer.score_maps({"cam": identity_maps(grid[None])}, np.asarray([[state]], np.float32))
     return float(scores[0]), maps["cam"][0]
 
 
@@ -76,21 +76,21 @@ def test_a_local_change_lights_up_its_own_patches_in_the_map():
 def test_saved_reference_scores_the_same_and_names_what_does_not_fit(tmp_path):
     scorer, _ = fitted()
     pattern = scene(4)[3]
-    path = scorer.save(tmp_path / "ref.safetensors")
-    loaded = PatchKnnScorer.load(path)
+    path = scorer.save_file(tmp_path / "ref.safetensors")
+    loaded = PatchKnnScorer.load_file(path)
     assert score_of(loaded, pattern, 4.0)[0] == pytest.approx(score_of(scorer, pattern, 4.0)[0], rel=1e-3)
     with pytest.raises(ModelError, match="lacks"):
-        loaded.score({"other": [pattern[None]]}, np.zeros((1, 1), np.float32))
+        loaded.score_maps({"other": [pattern[None]]}, np.zeros((1, 1), np.float32))
     with pytest.raises(ModelError, match="recalibrate"):
-        loaded.score({"cam": [torch.zeros(1, 5, 6, 8)]}, np.zeros((1, 1), np.float32))
+        loaded.score_maps({"cam": [torch.zeros(1, 5, 6, 8)]}, np.zeros((1, 1), np.float32))
     with pytest.raises(ModelError, match="ref.txt"):
-        PatchKnnScorer.load(tmp_path / "ref.txt")
+        PatchKnnScorer.load_file(tmp_path / "ref.txt")
 
 
 def test_one_episode_cannot_give_the_leave_one_episode_out_statistics():
     grids, states, _, _ = scene(0, episodes=1)
     with pytest.raises(ValueError, match="two episodes"):
-        PatchKnnScorer.fit({"cam": grids}, states, np.zeros(len(states)))
+        PatchKnnScorer.from_grids({"cam": grids}, states, np.zeros(len(states)))
 
 
 # ------------------------------------------------------------------------------ the real pipeline

@@ -84,7 +84,9 @@ def test_tables_have_one_row_per_processed_frame_in_time_order(replayed):
     assert list(attention.columns) == ["episode", "frame", "timestamp", "latent_share", "state_share", "share_front",
                                        "share_wrist", "action"]
     assert features.column_names == ["episode", "frame", "timestamp", "feature_index", "feature_value"]
-    assert list(ood.columns) == ["episode", "frame", "timestamp", "score", "threshold", "alarm", "above", "reason"]
+    assert list(ood.columns) == ["episode", "frame", "timestamp", "score", "threshold", "alarm", "above", "reason",
+                                 "state_coverage"]
+    assert ood["state_coverage"].isna().all()  # only patch_knn conditions on the joint state
     for table in (attention, features.to_pandas(), ood):
         assert len(table) == len(expected)
         np.testing.assert_allclose(table["timestamp"], [t / 1e9 for t, _, _ in expected], atol=1e-6)

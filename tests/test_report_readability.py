@@ -188,7 +188,7 @@ def test_patch_knn_maps_reach_full_heat_where_one_patch_alone_would_reach_the_th
     import torch
 
     from pai_core.ood import OODParams
-    from pai_core.ood_patch import PatchKnnConfig, PatchKnnScorer, patch_grid
+    from pai_core.ood.patch_knn import PatchKnnConfig, PatchKnnScorer, patch_grid
     from pai_core.replay.video import ood_map_scale
 
     g = torch.Generator().manual_seed(0)
@@ -196,12 +196,12 @@ def test_patch_knn_maps_reach_full_heat_where_one_patch_alone_would_reach_the_th
     grids = torch.stack([patterns[i % 10] for i in range(40)]) + 0.05 * torch.randn(40, 4, 6, 8, generator=g)
     cfg = PatchKnnConfig(k_frames=3, max_grid=(6, 8))
     states = np.asarray([[float(i % 10)] for i in range(40)], np.float32)
-    scorer = PatchKnnScorer.fit({"cam": patch_grid([grids], cfg.max_grid)}, states, np.repeat(np.arange(4), 10), cfg)
-    scorer.save(tmp_path / "patch_reference.safetensors")
+    scorer = PatchKnnScorer.from_grids({"cam": patch_grid([grids], cfg.max_grid)}, states, np.repeat(np.arange(4), 10), cfg)
+    scorer.save_file(tmp_path / "patch_reference.safetensors")
     pipe = pipeline(policy_dir, sae_dir)
     pipe.ood = OODParams(threshold=1.25, alpha=0.01, score="patch_knn", reference="patch_reference.safetensors",
                          source_dir=str(tmp_path))
-    q_z = pipe.patch_knn.cameras["cam"].q_z
+    q_z = pipe.scorer.cameras["cam"].q_z
     assert q_z > 0
     assert ood_map_scale(pipe) == {"cam": (0.0, pytest.approx(1.25 * q_z))}
     pipe.threshold_override = 2.5  # the threshold in force sets the scale

@@ -88,6 +88,9 @@ def test_the_whole_workflow_runs_on_a_video_encoded_two_camera_dataset(world, tr
     summary = json.loads((base / "replay" / "summary.json").read_text())
     assert summary["accounting"]["frames_processed"] == 20 and summary["frames skipped"] == 0
     assert summary["alarm frames"] == 0  # episode 0 is in the reference: a clean run stays quiet
+    assert summary["reference_frames"] == 120 and summary["reference_memory_mapped"]
+    ood = pd.read_parquet(base / "replay" / "ood.parquet")
+    assert (ood["state_coverage"] <= 1.0).all()
 
 
 def test_an_alpha_the_calibration_frames_cannot_give_is_refused_before_any_scoring(world, trained, tmp_path, capsys):
@@ -164,7 +167,7 @@ def test_uncovered_calibration_frames_are_named_kept_out_of_the_threshold_and_ne
 
 
 def test_farthest_point_selection_keeps_a_briefly_visited_region_that_a_stride_drops():
-    from pai_core.ood_patch import select_coverage
+    from pai_core.ood.patch_knn import select_coverage
 
     rng = np.random.default_rng(0)
     states = np.concatenate([rng.normal(0, 0.1, (995, 2)), rng.normal(5, 0.1, (5, 2))])  # 5 frames far away
@@ -175,7 +178,7 @@ def test_farthest_point_selection_keeps_a_briefly_visited_region_that_a_stride_d
 
 
 def test_the_reference_streams_into_float16_and_loads_memory_mapped(tmp_path):
-    from pai_core.ood_patch import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder
+    from pai_core.ood.patch_knn import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder
 
     rng = torch.Generator().manual_seed(0)
     cfg = PatchKnnConfig(k_frames=3, max_grid=(6, 8))
@@ -186,12 +189,45 @@ def test_the_reference_streams_into_float16_and_loads_memory_mapped(tmp_path):
         builder.add({"cam": grids[ep * 10:(ep + 1) * 10]}, states[ep * 10:(ep + 1) * 10], ep)
     assert builder.patches["cam"].dtype == torch.float16
     streamed = builder.finish()
-    whole = PatchKnnScorer.fit({"cam": grids}, states, np.repeat(np.arange(4), 10), cfg)
+    whole = PatchKnnScorer.from_grids({"cam": grids}, states, np.repeat(np.arange(4), 10), cfg)
     assert torch.allclose(streamed.cameras["cam"].patches.float(), whole.cameras["cam"].patches.float(), atol=1e-2)
-    path = streamed.save(tmp_path / "ref.safetensors")
-    mapped = PatchKnnScorer.load(path)
-    assert mapped.describe()["memory_mapped"] and not PatchKnnScorer.load(path, mmap=False).describe()["memory_mapped"]
+    path = streamed.save_file(tmp_path / "ref.safetensors")
+    mapped = PatchKnnScorer.load_file(path)
+    assert mapped.describe()["memory_mapped"] and not PatchKnnScorer.load_file(path, mmap=False).describe()["memory_mapped"]
     probe = {"cam": [grids[3:4]]}
-    assert np.allclose(mapped.score(probe, states[3:4]).scores, streamed.score(probe, states[3:4]).scores)
+    assert np.allclose(mapped.score_maps(probe, states[3:4]).scores, streamed.score_maps(probe, states[3:4]).scores)
     with pytest.raises(ValueError, match="sized for 40"):
         builder.add({"cam": grids[:1]}, states[:1], 0)
+
+
+# ------------------------------------------------------------------------------------------ validation
+def test_files_made_for_another_policy_of_the_same_width_are_refused_naming_both(world, trained, tmp_path, capsys):
+    import shutil
+
+    from pai_core import ModelError
+    from pai_core.pipeline import Pipeline
+
+    base, ds, policy = world
+    sae = tmp_path / "sae"
+    shutil.copytree(trained[1], sae)
+    (sae / "ood_params.json").unlink(missing_ok=True)
+    other = make_act_policy(tmp_path / "other", cameras=CAMERAS, seed=1)  # same architecture, other weights
+    with pytest.raises(ModelError, match="SAE was made for policy") as err:
+        Pipeline.load(str(other), str(sae))
+    assert str(policy) in str(err.value) and str(other) in str(err.value)
+    assert pai("replay", "--dataset-repo-id", REPO, "--root", ds.root, "--episode-id", 0, "--policy-path", other,
+               "--sae-path", sae, "--output-dir", tmp_path / "replay", "--no-progress") == 1
+    assert "SAE was made for policy" in capsys.readouterr().err
+    Pipeline.load(str(policy), str(sae))  # its own policy loads
+
+
+@pytest.mark.parametrize("threshold", ["NaN", "Infinity", '"0.5"', "null"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused_naming_the_file_and_field(tmp_path, threshold):
+    from pai_core import ModelError
+    from pai_core.ood import OODParams
+
+    path = tmp_path / "ood_params.json"
+    path.write_text(f'{{"threshold": {threshold}, "alpha": 0.01, "score": "sae_recon_mse"}}')
+    with pytest.raises(ModelError, match="threshold=.* must be a finite number") as err:
+        OODParams.load(path)
+    assert str(path) in str(err.value)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+SCORE_NAMES = ["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"]  # the registry's, without importing torch
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -23,8 +24,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="held-out episodes (default: the SAE's held-out episodes when this is its training "
                         "dataset, else all)")
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
-    p.add_argument("--score", choices=["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"],
-                   default="sae_recon_mse",
+    p.add_argument("--score", choices=SCORE_NAMES, default="sae_recon_mse",
                    help="sae_recon_mse: mean token reconstruction error; sae_recon_z: per-position "
                         "standardised token error (fitted on a quarter of the episodes, the threshold on the rest); "
                         "token_knn: distance of the encoder-input tokens to the nearest clean reference frames; "
@@ -59,8 +59,8 @@ def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
 
 
 def reference_set(pipe, args, dataset, calibration_episodes: list[int]):
-    """(reference dataset, its episodes, whether calibration episodes are in it and must be left out
-    when scored). Default: the SAE's training episodes, plus for ``patch_knn`` the calibration episodes."""
+    """(reference dataset, its episodes). Default: the SAE's training episodes, plus for ``patch_knn`` the
+    calibration episodes (which its ``fit`` then scores with their own frames left out)."""
     from ..errors import InputError
     from ..sources.dataset import open_dataset, select_episodes
 
@@ -77,28 +77,9 @@ def reference_set(pipe, args, dataset, calibration_episodes: list[int]):
         held = set(sae_extra.get("held_out_episodes") or [])
         episodes = sae_extra.get("train_episodes") or [e for e in range(ref.meta.total_episodes) if e not in held]
     episodes = select_episodes(ref, episodes)
-    shared = ref is dataset
-    if shared and args.score == "patch_knn" and not args.reference_episodes:
+    if ref is dataset and args.score == "patch_knn" and not args.reference_episodes:
         episodes = sorted(set(episodes) | set(calibration_episodes))
-    leave_out = shared and bool(set(episodes) & set(calibration_episodes))
-    return ref, episodes, leave_out
-
-
-def split_for_standardizer(eps):
-    """A quarter of the episodes (at least one) fit the per-position standardiser, the others set the
-    threshold, so the conformal quantile is taken on frames the standardiser never saw. A single episode
-    is split by time instead."""
-    import numpy as np
-
-    from ..ood import EpisodeScores
-
-    if len(eps) >= 2:
-        n_fit = max(1, len(eps) // 4)
-        return np.concatenate([e.token_error for e in eps[:n_fit]]), eps[n_fit:]
-    e = eps[0]
-    cut = max(1, e.token_error.shape[0] // 4)
-    rest = EpisodeScores(e.dataset, e.episode, e.scores[cut:], e.timestamps[cut:], e.alarm[cut:], e.token_error[cut:])
-    return e.token_error[:cut], [rest]
+    return ref, episodes
 
 
 def plot_calibration(scores, threshold: float, alpha: float, path: Path, title: str) -> Path:
@@ -124,9 +105,8 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..ood import OODParams, calibrate, fit_token_standardizer, frame_ranges, frame_scores, score_episodes
-    from ..ood_patch import PatchKnnConfig
-    from ..ood_reference import fit_patch_reference, fit_token_reference
+    from ..ood import FitJob, OODParams, calibrate, frame_ranges, score_episodes, scorer_class
+    from ..ood.recon import fit_episode_count
     from ..pipeline import Pipeline
     from ..preflight import check_alpha, check_dataset_for_policy
     from ..sources.dataset import open_dataset, select_episodes
@@ -144,51 +124,38 @@ def run(args) -> int:
             log.info("calibrating on the SAE's held-out episodes %s", episodes)
     episodes = select_episodes(dataset, episodes)
     frames = check_dataset_for_policy(dataset, pipe.engine, episodes, args.policy_path)
-    counted = list(frames.values())
-    if args.score == "sae_recon_z":  # a quarter of the episodes fit the standardiser (split_for_standardizer)
-        counted = counted[max(1, len(counted) // 4):] if len(counted) >= 2 else [counted[0] - max(1, counted[0] // 4)]
-    check_alpha(sum(counted), args.alpha, f"calibration episodes {episodes} of {args.dataset_repo_id}")
+    check_alpha(sum(fit_episode_count(args.score, list(frames.values()))), args.alpha,
+                f"calibration episodes {episodes} of {args.dataset_repo_id}")
     out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
-    extra: dict = {}
-    leave_out = False
+    reference = None
     if args.score in ("token_knn", "patch_knn"):
-        ref, ref_episodes, leave_out = reference_set(pipe, args, dataset, episodes)
+        ref, ref_episodes = reference_set(pipe, args, dataset, episodes)
         check_dataset_for_policy(ref, pipe.engine, ref_episodes, args.policy_path)
-        extra = {"score": args.score, "reference": "ood_reference.safetensors"}
-        if args.score == "token_knn":
-            extra["knn_k"] = args.knn_k or 5
-            fit_token_reference(pipe, ref, ref_episodes, extra["knn_k"], args.reference_stride,
-                                args.batch_size).save(out.with_name(extra["reference"]))
-        else:
-            max_bytes = None if args.reference_max_gb is None else args.reference_max_gb * 1e9
-            scorer, summary = fit_patch_reference(pipe, ref, ref_episodes, PatchKnnConfig(k_frames=args.knn_k or 32),
-                                                  max_bytes, args.reference_stride, args.batch_size)
-            scorer.save(out.with_name(extra["reference"]))
-            del scorer  # scoring below maps the saved file instead of holding a second copy
-            extra["reference_summary"] = summary | {"episodes": ref_episodes, "leave_own_episode_out": leave_out}
-        pipe.ood = OODParams(threshold=0.0, **extra, source_dir=str(out.parent))
-    eps = score_episodes(pipe, dataset, episodes, args.batch_size, leave_out_own_episode=leave_out)
-    threshold_eps = eps
-    if args.score == "sae_recon_z":
-        fit_errors, threshold_eps = split_for_standardizer(eps)
-        mean, std = fit_token_standardizer(fit_errors)
-        extra = {"score": "sae_recon_z", "token_mean": mean, "token_std": std}
-        probe = OODParams(threshold=0.0, **extra)
-        scores = np.concatenate([frame_scores(e.token_error, probe) for e in threshold_eps])
-    else:
-        covered = np.concatenate([~e.uncovered for e in threshold_eps])
-        scores = np.concatenate([e.scores for e in threshold_eps])[covered]
-        if args.score == "patch_knn":
-            extra["coverage"] = coverage_summary(threshold_eps, frame_ranges)
+        reference = (ref, ref_episodes)
+    options = {"knn_k": args.knn_k, "stride": args.reference_stride, "batch_size": args.batch_size,
+               "max_bytes": None if args.reference_max_gb is None else args.reference_max_gb * 1e9}
+    fitted = scorer_class(args.score).fit(FitJob(pipe, dataset, episodes, reference, options))
+    fields = fitted.scorer.save(out.parent)
+    del fitted.scorer  # scoring below loads what was saved (a reference is mapped, not held twice)
+    pipe.ood = OODParams(threshold=0.0, score=args.score, **fields, source_dir=str(out.parent),
+                         policy_fingerprint=pipe.engine.fingerprint)
+    eps = score_episodes(pipe, dataset, fitted.threshold_episodes, args.batch_size,
+                         leave_out_own_episode=fitted.leave_out_own_episode)
+    covered = np.concatenate([~e.uncovered for e in eps])
+    scores = np.concatenate([e.scores for e in eps])[covered]
+    if any(e.coverage is not None for e in eps):
+        fields["coverage"] = coverage_summary(eps, frame_ranges)
     try:
         check_alpha(scores.size, args.alpha, "the covered calibration frames")
         params = calibrate(scores, args.alpha)
     except ValueError as exc:
         raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
-    for key, value in extra.items():
+    for key, value in fields.items():
         setattr(params, key, value)
+    params.score = args.score
     params.dataset = str(args.root or args.dataset_repo_id)
-    params.episodes = [e.episode for e in threshold_eps]
+    params.episodes = [e.episode for e in eps]
+    params.policy, params.policy_fingerprint = str(args.policy_path), pipe.engine.fingerprint
     params.save(out)
     png = plot_calibration(scores, params.threshold, args.alpha, out.with_name("ood_calibration.png"),
                            f"{args.dataset_repo_id}: {len(eps)} episodes, {args.score}")

@@ -85,6 +85,7 @@ def run(args) -> int:
         "tokens_per_frame": m.get("tokens_per_frame"),
         "sampling": m.get("sampling"),
         "dtype": m.get("dtype"),
+        "policy_fingerprint": m.get("policy_fingerprint", ""),
     }
     log.info("training on %d tokens, %d held out", store.count_tokens(train), store.count_tokens(held))
     result = train_sae(

@@ -112,6 +112,7 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
         "batch size": options.batch_size,
         "threshold": pipeline.threshold,
         "alarm frames": int(sum(report.series.alarm)),
+        **{k: v for k, v in pipeline.ood_summary().items() if k.startswith("reference_")},
     }
     (out / "summary.json").write_text(json.dumps(
         {**summary, "accounting": accounting.to_dict(), "topics": messages.counts if messages else {},

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..ood import SCORES
+from ..ood import descriptions
 from ..pipeline import Frame, Pipeline
 from ..topics import camera_short
 from .accounting import Accounting
@@ -111,7 +111,7 @@ def ood_description(pipeline: Pipeline) -> dict[str, str]:
         return out
     calibration = f"{ood.n_calibration} frames" + (f" of {ood.dataset}" if ood.dataset else "")
     return {
-        "score": f"{ood.score}: {SCORES.get(ood.score, '')}",
+        "score": f"{ood.score}: {descriptions().get(ood.score, '')}",
         "alpha": f"{fmt(ood.alpha)} (target false-alarm rate per clean frame)",
         "calibration set": calibration + f", episodes {_episodes(ood.episodes)}",
         "threshold": fmt(threshold),

@@ -14,34 +14,14 @@ from ..topics import camera_short
 
 
 def ood_map_scale(pipeline: Pipeline) -> Scale | dict[str, Scale] | None:
-    """A fixed (untinted, full heat) scale for the pipeline's OOD maps, derived from the threshold in force,
-    so a colour means the same in every frame and a clean frame looks clean (per-frame normalisation paints
-    every frame's largest value at full heat, clean or not).
-
-    - ``patch_knn``: the maps are per-patch standardised distances z (about 0 on clean patches). A camera's
-      frame score includes max z / q_z (q_z: the 99th percentile of a clean frame's largest z), so one patch at
-      z = threshold * q_z alone lifts the score to the threshold: full heat there, per camera; z <= 0 untinted.
-    - ``sae_recon_mse``: the maps are token reconstruction errors, the score their mean: full heat at
-      2 * threshold, so a token at the alarming mean error is at half heat.
-    - ``sae_recon_z``: the score averages (error - token_mean) / token_std; likewise full heat at twice the
-      error of an average token (mean token_mean and token_std) at z = threshold.
-
-    None (per-frame normalisation, as before) without a threshold, or for ``token_knn``, whose score does
-    not come from these maps.
-    """
-    ood, threshold = pipeline.ood, pipeline.threshold
-    if ood is None or threshold is None:
+    """A fixed (untinted, full heat) scale for the pipeline's OOD maps, derived from the threshold in force by
+    the scorer (``Scorer.map_scale``: what its maps mean), so a colour means the same in every frame and a
+    clean frame looks clean (per-frame normalisation paints every frame's largest value at full heat, clean
+    or not). None (per-frame normalisation) without a threshold or where the score does not come from the
+    maps."""
+    if pipeline.ood is None or pipeline.threshold is None:
         return None
-    if ood.score == "patch_knn" and pipeline.patch_knn is not None:
-        scale = {cam: (0.0, threshold * ref.q_z) for cam, ref in pipeline.patch_knn.cameras.items()}
-        return scale if all(high > 0 for _, high in scale.values()) else None
-    if ood.score == "sae_recon_mse":
-        high = 2.0 * threshold
-    elif ood.score == "sae_recon_z":
-        high = 2.0 * (float(np.mean(ood.token_mean)) + threshold * float(np.mean(ood.token_std)))
-    else:
-        return None
-    return (0.0, high) if high > 0 else None
+    return pipeline.scorer.map_scale(float(pipeline.threshold))
 
 
 class Mp4Writer:

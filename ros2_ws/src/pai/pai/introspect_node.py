@@ -79,6 +79,7 @@ class IntrospectNode(Node):
         self.latencies: collections.deque[float] = collections.deque(maxlen=200)
         self._frame_times: collections.deque[float] = collections.deque(maxlen=200)
         self.safe_stop_calls = 0
+        self.last_state_coverage: float | None = None  # patch_knn: > 1 when the reference lacks the joint state
         self.safe_stop_result = ""
         self._outputs: dict[str, Any] = {}
 
@@ -238,6 +239,7 @@ class IntrospectNode(Node):
         self._last_complete = now
         self._frame_times.append(now)
         frame = self.pipeline.step(obs)
+        self.last_state_coverage = frame.state_coverage
         s = self.settings
         for out in frame_messages(frame, self.pipeline, s.overlay, compressed=True,
                                   actions=s.publish_actions, stamp=stamp):
@@ -331,7 +333,9 @@ class IntrospectNode(Node):
                     alarm.reason or "clear",
                     {"active": str(alarm.active), "threshold": str(self.pipeline.threshold),
                      "frames_above": str(alarm.above), "safe_stop_service": self.settings.safe_stop.service,
-                     "safe_stop_calls": str(self.safe_stop_calls), "safe_stop_result": self.safe_stop_result}),
+                     "safe_stop_calls": str(self.safe_stop_calls), "safe_stop_result": self.safe_stop_result,
+                     "state_coverage": "" if self.last_state_coverage is None else f"{self.last_state_coverage:.2f}",
+                     **{k: str(v) for k, v in self.pipeline.ood_summary().items()}}),
         ]
         msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -15,16 +15,16 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .ood import KnnScorer
-from .ood_patch import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
+from ..errors import InputError
+from .patch_knn import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
+from .token_knn import KnnScorer
 
 log = logging.getLogger(__name__)
 
 
 def _batches(pipe, dataset, episode: int, keep: np.ndarray | None, batch_size: int):
     """(observations, engine results) of the kept frame offsets of one episode, a batch at a time."""
-    from .sources.dataset import iter_episode
+    from ..sources.dataset import iter_episode
 
     wanted = None if keep is None else set(int(i) for i in keep)
     frames = (o for i, o in enumerate(iter_episode(dataset, episode)) if wanted is None or i in wanted)
@@ -42,12 +42,12 @@ def fit_token_reference(pipe, dataset, episodes: Sequence[int], k: int = 5, stri
         keep = np.arange(0, _length(dataset, ep), stride)
         for _, results in _batches(pipe, dataset, ep, keep, batch_size):
             tokens += [r.input_tokens.float().cpu().numpy() for r in results]
-    return KnnScorer.fit(np.stack(tokens), k=k)
+    return KnnScorer.from_tokens(np.stack(tokens), k=k)
 
 
 def frame_bytes(pipe, dataset, episode: int, config: PatchKnnConfig) -> int:
     """Bytes one reference frame takes (every camera's float16 patch grid), from one forward pass."""
-    from .pipeline import vision_batch
+    from ..pipeline import vision_batch
 
     pipe.engine.adapter.keep_vision_features = True
     batch, results = next(_batches(pipe, dataset, episode, np.arange(1), 1))
@@ -59,7 +59,7 @@ def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKn
                          stride: int = 1) -> tuple[dict[int, np.ndarray], dict]:
     """Which frame offsets of each episode the reference keeps: every ``stride``-th, then, when they exceed
     ``max_bytes``, the subset that keeps the joint states covered. Returns (episode -> offsets, plan)."""
-    from .sources.dataset import episode_table
+    from ..sources.dataset import episode_table
 
     tables = {ep: episode_table(dataset, ep) for ep in episodes}
     candidates = {ep: np.arange(0, len(t["frame_index"]), stride) for ep, t in tables.items()}
@@ -93,7 +93,7 @@ def fit_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnn
     """``patch_knn`` from clean reference ``episodes`` of ``dataset``: (scorer, plan with sizes)."""
     from tqdm.auto import tqdm
 
-    from .pipeline import vision_batch
+    from ..pipeline import vision_batch
 
     config = config or PatchKnnConfig()
     keep, plan = plan_patch_reference(pipe, dataset, list(episodes), config, max_bytes, stride)
@@ -116,7 +116,7 @@ def fit_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnn
 
 
 def _length(dataset, episode: int) -> int:
-    from .sources.dataset import episode_length
+    from ..sources.dataset import episode_length
 
     return episode_length(dataset, episode)
 

@@ -17,17 +17,21 @@ where the frame-level ``token_knn`` reached 0.49-0.998 and the SAE reconstructio
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import ClassVar, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelError
+from ..errors import ModelError
+from .params import OODParams
+from .registry import register
+from .scorer import Fitted, FitJob, Scale, ScoreBatch, ScoreOutput
+
+REFERENCE_FILE = "ood_reference.safetensors"
 
 PAD = 1e3  # feature value outside the image: no patch is ever matched there
 QUANTILE = 0.99
@@ -134,10 +138,15 @@ class CameraReference:
         return frame, z
 
 
+@register
 class PatchKnnScorer:
-    """``patch_knn`` (module docstring). Build with ``ReferenceBuilder`` (or ``fit``) from clean reference
-    frames, save beside ``ood_params.json``; the pipeline calls ``score`` with each batch's backbone maps
-    and joint states."""
+    """``patch_knn`` (module docstring). Build with ``ReferenceBuilder`` (or ``from_grids``) from clean
+    reference frames, save beside ``ood_params.json``; ``score_maps`` scores backbone maps and joint states."""
+
+    name: ClassVar[str] = "patch_knn"
+    description: ClassVar[str] = ("largest distance of the frame's backbone patches to those of clean frames in the "
+                                  "nearest joint states")
+    needs_vision_features: ClassVar[bool] = True
 
     def __init__(self, cameras: dict[str, CameraReference], states, state_mean, state_std, episodes,
                  config: PatchKnnConfig | None = None, coverage_radius: float = float("inf"),
@@ -151,11 +160,26 @@ class PatchKnnScorer:
         self.coverage_radius = float(coverage_radius)
         self.memory_mapped = memory_mapped
         self.leave_out: int | None = None  # episode whose frames are not neighbours (``leaving_out``)
+        self.summary: dict = {}  # how the reference was made (budget, episodes), saved into ood_params.json
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, grids: dict[str, torch.Tensor], states: np.ndarray, episodes: np.ndarray,
-            config: PatchKnnConfig | None = None, max_stat_frames: int = 1000) -> "PatchKnnScorer":
+    def fit(cls, job: FitJob) -> Fitted:
+        """The reference episodes' patch grids within the memory budget (``reference.fit_patch_reference``).
+        When the calibration episodes are in the reference, each is scored with its own frames left out."""
+        from .reference import fit_patch_reference
+
+        ref, episodes = job.reference
+        o = job.options
+        scorer, summary = fit_patch_reference(job.pipe, ref, episodes, PatchKnnConfig(k_frames=o.get("knn_k") or 32),
+                                              o.get("max_bytes"), o.get("stride", 1), job.batch_size)
+        leave_out = ref is job.dataset and bool(set(episodes) & set(job.episodes))
+        scorer.summary = summary | {"episodes": list(episodes), "leave_own_episode_out": leave_out}
+        return Fitted(scorer, list(job.episodes), leave_out)
+
+    @classmethod
+    def from_grids(cls, grids: dict[str, torch.Tensor], states: np.ndarray, episodes: np.ndarray,
+                   config: PatchKnnConfig | None = None, max_stat_frames: int = 1000) -> "PatchKnnScorer":
         """grids: camera -> (N, C, H, W) ``patch_grid`` of N clean reference frames; states (N, S) joint
         states; episodes (N,) episode ids (at least two episodes). In-memory convenience over
         ``ReferenceBuilder``."""
@@ -184,9 +208,13 @@ class PatchKnnScorer:
         """(B, S) standardised states -> (B, K) indices of the nearest reference frames and (B,) distance to
         the nearest (frames of the query's own episode left out when ``exclude`` gives each one's episode)."""
         d = torch.cdist(states, self.states)
+        k = min(self.config.k_frames, d.shape[1])
         if exclude is not None:
             d[exclude[:, None] == self.episodes[None]] = float("inf")
-        near = d.topk(min(self.config.k_frames, d.shape[1]), dim=1, largest=False)
+            k = min(k, int(torch.isfinite(d).sum(1).min()))  # never a left-out frame as a neighbour
+            if k < 1:
+                raise ModelError("patch_knn: leaving the frame's own episode out leaves no reference frame")
+        near = d.topk(k, dim=1, largest=False)
         return near.indices, near.values[:, 0]
 
     def _neighbours(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,7 +231,20 @@ class PatchKnnScorer:
             self.leave_out = before
 
     # ------------------------------------------------------------------ scoring
-    def score(self, maps: dict[str, list[torch.Tensor]], states) -> PatchScores:
+    def score(self, batch: ScoreBatch) -> ScoreOutput:
+        from ..pipeline import vision_batch
+
+        scores, maps, coverage = self.score_maps(*vision_batch(batch.results, batch.observations))
+        return ScoreOutput(scores, [{cam: m[i] for cam, m in maps.items()} for i in range(len(scores))], coverage)
+
+    def map_scale(self, threshold: float) -> dict[str, Scale] | None:
+        """The maps are per-patch standardised distances z (about 0 on clean patches). A camera's frame score
+        includes max z / q_z, so one patch at z = threshold * q_z alone lifts the score to the threshold:
+        full heat there, per camera; z <= 0 untinted."""
+        scale = {cam: (0.0, threshold * ref.q_z) for cam, ref in self.cameras.items()}
+        return scale if all(high > 0 for _, high in scale.values()) else None
+
+    def score_maps(self, maps: dict[str, list[torch.Tensor]], states) -> PatchScores:
         """maps: camera -> backbone maps [(B, C_i, h_i, w_i)]; states: (B, S) joint states."""
         missing = sorted(set(self.cameras) - set(maps))
         if missing:
@@ -240,7 +281,15 @@ class PatchKnnScorer:
         return self
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path) -> Path:
+    def save(self, folder: Path) -> dict:
+        self.save_file(Path(folder) / REFERENCE_FILE)
+        return {"reference": REFERENCE_FILE, "reference_summary": self.summary | self.describe()}
+
+    @classmethod
+    def load(cls, params: OODParams) -> "PatchKnnScorer":
+        return cls.load_file(params.reference_path)
+
+    def save_file(self, path: str | Path) -> Path:
         """One safetensors file; the patches are written a camera at a time from their float16 storage."""
         from safetensors.torch import save_file
 
@@ -257,10 +306,16 @@ class PatchKnnScorer:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = True) -> "PatchKnnScorer":
-        """Load a saved reference; with ``mmap`` the patches stay in the file (memory-mapped, read on demand)."""
+    def load_file(cls, path: str | Path, mmap: bool = True) -> "PatchKnnScorer":
+        """Load a saved reference. safetensors maps the file (pages are read on demand and belong to the page
+        cache, so a node's own memory does not grow with the reference); without ``mmap`` it is copied
+        into memory."""
+        from safetensors.torch import load_file
+
         try:
-            t = read_safetensors(path, mmap=mmap)
+            t = load_file(str(path))
+            if not mmap:
+                t = {k: v.clone() for k, v in t.items()}
             k, nb, gh, gw = (int(v) for v in t["config"])
             radius, margin = (float(v) for v in t["coverage"]) if "coverage" in t else (float("inf"), 3.0)
             cams = sorted({key.rsplit("/", 1)[0] for key in t if key.endswith("/patches")})
@@ -386,32 +441,6 @@ def select_coverage(states: np.ndarray, max_frames: int) -> np.ndarray:
         chosen.append(i)
         gap = torch.minimum(gap, torch.cdist(x[i][None], x)[0])
     return np.sort(np.asarray(chosen))
-
-
-def read_safetensors(path: str | Path, mmap: bool = True) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; with ``mmap`` each is a copy-on-write memory map of the file
-    (nothing is read until used), else loaded into memory."""
-    if not mmap:
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    dtypes = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-              "U8": np.uint8, "BOOL": np.bool_}
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, stop = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if stop == start:
-            out[name] = torch.from_numpy(np.zeros(shape, dtypes[info["dtype"]]))
-            continue
-        arr = np.memmap(path, dtype=dtypes[info["dtype"]], mode="c", offset=8 + size + start, shape=shape)
-        out[name] = torch.from_numpy(arr)
-    return out
 
 
 def _states(states, n: int) -> torch.Tensor:

@@ -1,0 +1,277 @@
+#!/usr/bin/env python
+"""The trainer workflow at a realistic shape, measured step by step and extrapolated to a real dataset.
+
+Generates a LeRobot v3 dataset shaped like an SO-101 recording (two 480x640 cameras, AV1 video, six
+joints named ``shoulder_pan.pos`` ...) at a size this machine runs, an ACT at LeRobot's defaults
+(dim_model 512, 4 encoder layers, chunk 100), and runs every step as its own ``pai`` process, as a user
+would: record-activations, train-sae, calibrate-ood (patch_knn, twice: a small and the full reference,
+so the reference's share of peak memory is measured, not assumed), evaluate-ood, record-features,
+analyse-features, replay. Per step: wall time and peak RSS (the child's ru_maxrss). Then:
+
+- the run-time memory of a ``patch_knn`` reference loaded memory-mapped against loaded into memory
+  (anonymous RSS of a process that scores frames, at two reference sizes);
+- the extrapolation to --target-episodes x --target-frames, with the arithmetic printed: which steps
+  grow with the data (time, disk, memory), what fits in 24 GB, which need a GPU.
+
+    python bench/trainer_scale.py                    # 3 episodes x 30 frames (about 10 min on 2 cores)
+    python bench/trainer_scale.py --episodes 2 --frames 12 --height 96 --width 128 --dim-model 64   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SO101 = ["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos", "wrist_roll.pos", "gripper.pos"]
+GB = 1e9
+
+
+CHILD = ("import resource, sys\nfrom pai_core.cli import main\nrc = main(sys.argv[1:])\n"
+         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+
+
+def run_step(name: str, argv: list[str], results: dict) -> dict:
+    """Run ``pai ARGV`` in a child process of its own; record wall time, its peak RSS and its JSON result."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True, text=True,
+                          env=os.environ | {"TQDM_DISABLE": "1"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"step {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    peak = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) * 1024
+    out = proc.stdout
+    try:
+        parsed = json.loads(out[out.index("{"):]) if "{" in out else {}
+    except ValueError:
+        parsed = {}
+    results[name] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / GB, 3), "result": parsed}
+    print(f"{name:<22} {wall:8.1f} s   peak RSS {peak / GB:6.2f} GB", flush=True)
+    return results[name]
+
+
+def child_peak(fn, *args) -> dict:
+    """Peak RSS (bytes) of ``fn(*args)`` run in a fresh child (fork), so steps do not share a maximum."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        value = fn(*args)
+        os.write(w, json.dumps(value).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    _, _, usage = os.wait4(pid, 0)
+    return json.loads(data) | {"peak_rss": usage.ru_maxrss * 1024}
+
+
+def _status() -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")}
+
+
+def _grids(b: int, g):
+    import torch
+
+    return {c: torch.rand(b, 192, 24, 32, generator=g) for c in ("front", "wrist")}  # ResNet layer1+2, 480x640
+
+
+def fitting_memory(n_frames: int, folder: str) -> dict:
+    """Build and save a real-size patch_knn reference of ``n_frames`` (two cameras, 192 x 24 x 32 patches)
+    through ``ReferenceBuilder``, as calibrate-ood does; the caller reads this child's peak RSS."""
+    import torch
+
+    from pai_core.ood.patch_knn import PatchKnnConfig, ReferenceBuilder
+
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    base = _status()["VmRSS"]
+    builder = ReferenceBuilder(n_frames, PatchKnnConfig())
+    for i in range(0, n_frames, 16):
+        b = min(16, n_frames - i)
+        builder.add(_grids(b, g), np.random.default_rng(i).normal(size=(b, 6)), i // 100)
+    path = Path(folder) / f"ref_{n_frames}.safetensors"
+    builder.finish(max_stat_frames=100).save(path)
+    return {"file_bytes": path.stat().st_size, "base_rss": base}
+
+
+def scoring_memory(sizes: list[int], mmap: bool, folder: str) -> dict:
+    """RSS (anonymous and file-backed) after loading each reference of ``sizes`` frames in turn and scoring
+    30 frames against it, in one process (so allocator warm-up is not counted as growth)."""
+    import torch
+
+    from pai_core.ood.patch_knn import PatchKnnScorer
+
+    torch.set_num_threads(2)
+    out = {}
+    for n in sizes:
+        path = Path(folder) / f"ref_{n}.safetensors"
+        scorer = PatchKnnScorer.load_file(path, mmap=mmap)
+        g = torch.Generator().manual_seed(1)
+        for i in range(30):
+            maps = {c: [torch.rand(1, 64, 120, 160, generator=g), torch.rand(1, 128, 60, 80, generator=g)]
+                    for c in ("front", "wrist")}
+            scorer.score_maps(maps, np.random.default_rng(i).normal(size=(1, 6)))
+        out[str(n)] = _status() | {"file_bytes": path.stat().st_size}
+        del scorer
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=3, help="generated episodes (the last one held out)")
+    parser.add_argument("--frames", type=int, default=30, help="frames per episode")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--dim-model", type=int, default=512)
+    parser.add_argument("--sae-steps", type=int, default=20, help="SAE steps measured (tokens/s extrapolated)")
+    parser.add_argument("--sae-batch", type=int, default=2048, help="tokens per SAE step")
+    parser.add_argument("--target-episodes", type=int, default=50)
+    parser.add_argument("--target-frames", type=int, default=400)
+    parser.add_argument("--target-sae-steps", type=int, default=5000, help="SAE steps of the real training run")
+    parser.add_argument("--reference-max-gb", type=float, default=4.0, help="patch_knn budget at the target size")
+    parser.add_argument("--memory-gb", type=float, default=24.0, help="RAM of the machine to fit in")
+    parser.add_argument("--output-dir", default=None, help="keep the run here (default: a temporary folder)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+    from pai_core.testing import make_act_policy, make_lerobot_dataset
+
+    work = Path(args.output_dir or tempfile.mkdtemp(prefix="pai-trainer-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cams = {"observation.images.front": (args.height, args.width), "observation.images.wrist": (args.height, args.width)}
+    t0 = time.perf_counter()
+    ds_root, dark_root = work / "dataset", work / "dark"
+    if not ds_root.exists():
+        make_lerobot_dataset(ds_root, "bench/so101", cameras=cams, episodes=args.episodes, frames=args.frames,
+                             fps=30, use_videos=True, state_names=SO101)
+        make_lerobot_dataset(dark_root, "bench/so101_dark", cameras=cams, episodes=1, frames=args.frames, fps=30,
+                             use_videos=True, state_names=SO101, seed=7, variant="dark")
+    policy = work / "policy"
+    if not policy.exists():
+        make_act_policy(policy, cameras=cams, dim_model=args.dim_model, n_heads=8, dim_feedforward=3200 if
+                        args.dim_model == 512 else 4 * args.dim_model, n_encoder_layers=4, chunk_size=100,
+                        n_action_steps=100)
+    print(f"generated {args.episodes} x {args.frames} frames, two {args.height}x{args.width} AV1 cameras, "
+          f"ACT d{args.dim_model} in {time.perf_counter() - t0:.0f} s ({work})\n", flush=True)
+
+    results: dict = {}
+    held = str(args.episodes - 1)
+    train_eps = [str(e) for e in range(args.episodes - 1)]
+    run_step("record-activations", ["record-activations", "--dataset-repo-id", "bench/so101", "--root", ds_root,
+                                    "--policy-path", policy, "--output-dir", work / "acts", "--frames-per-batch", 8],
+             results)
+    run_step("train-sae", ["train-sae", "--activations", work / "acts", "--output-dir", work / "sae", "--steps",
+                           args.sae_steps, "--batch-size", args.sae_batch, "--val-fraction", 1 / args.episodes,
+                           "--checkpoint-every", 10**6], results)
+    from pai_core.preflight import smallest_alpha
+
+    alpha = max(0.05, smallest_alpha(args.frames))
+    per_ref_frame = 0
+    for label in ("calibrate-ood", "calibrate-ood small"):  # the full reference, then a third of it
+        argv = ["calibrate-ood", "--sae-path", work / "sae", "--policy-path", policy, "--dataset-repo-id",
+                "bench/so101", "--root", ds_root, "--episodes", held, "--alpha", alpha, "--score", "patch_knn",
+                "--batch-size", 8]
+        if label.endswith("small"):
+            argv += ["--reference-max-gb", results["calibrate-ood"]["reference"]["frames"] * per_ref_frame / 3 / GB]
+        run_step(label, argv, results)
+        summary = json.loads((work / "sae" / "ood_params.json").read_text())["reference_summary"]
+        results[label]["reference"] = summary
+        per_ref_frame = summary["bytes_per_frame"]
+    run_step("calibrate-ood", argv[:-2], results)  # leave the full reference in place for the steps below
+    results["calibrate-ood"]["reference"] = json.loads((work / "sae" / "ood_params.json").read_text())["reference_summary"]
+    run_step("evaluate-ood", ["evaluate-ood", "--sae-path", work / "sae", "--policy-path", policy, "--id", ds_root,
+                              "--id-episodes", held, "--ood", dark_root, "--output-dir", work / "eval"], results)
+    run_step("record-features", ["record-features", "--dataset-repo-id", "bench/so101", "--root", ds_root,
+                                 "--policy-path", policy, "--sae-path", work / "sae", "--episodes", held,
+                                 "--output-dir", work / "features"], results)
+    run_step("analyse-features", ["analyse-features", "--record-dir", work / "features", "--output-dir",
+                                  work / "analysis", "--top-features", 4, "--clips-per-feature", 1], results)
+    run_step("replay", ["replay", "--dataset-repo-id", "bench/so101", "--root", ds_root, "--episode-id", held,
+                        "--policy-path", policy, "--sae-path", work / "sae", "--output-dir", work / "replay",
+                        "--no-progress"], results)
+
+    # ---------------------------------------------------------------- reference memory: measured slopes
+    small, full = results["calibrate-ood small"], results["calibrate-ood"]
+    d_ref = (full["reference"]["frames"] - small["reference"]["frames"]) * per_ref_frame
+    d_rss = (full["peak_rss_gb"] - small["peak_rss_gb"]) * GB
+    fit_ratio = d_rss / d_ref if d_ref > 0 else float("nan")
+    print(f"\npatch_knn fitting: reference {small['reference']['frames']} -> {full['reference']['frames']} frames "
+          f"(+{d_ref / 1e6:.0f} MB of file) raised peak RSS by {d_rss / 1e6:.0f} MB: {fit_ratio:.2f}x the file "
+          "(end to end; a few MB of RSS noise weigh heavily at this size)")
+    mem_dir = tempfile.mkdtemp(prefix="pai-ref-")
+    fits = {n: child_peak(fitting_memory, n, mem_dir) for n in (200, 1000)}
+    d_file = fits[1000]["file_bytes"] - fits[200]["file_bytes"]
+    builder_ratio = (fits[1000]["peak_rss"] - fits[200]["peak_rss"]) / d_file
+    print(f"ReferenceBuilder at real patch size, 200 -> 1000 frames (+{d_file / 1e6:.0f} MB of file): peak RSS "
+          f"+{(fits[1000]['peak_rss'] - fits[200]['peak_rss']) / 1e6:.0f} MB = {builder_ratio:.2f}x the file "
+          "(target <= 1.5x)")
+    run_mem = {mode: child_peak(scoring_memory, [200, 1000], mode == "mmap", mem_dir) for mode in ("mmap", "memory")}
+    grow = {mode: {k: (m["1000"][k] - m["200"][k]) / d_file for k in ("RssAnon", "RssFile")} for mode, m in run_mem.items()}
+    for mode, g in grow.items():
+        print(f"scoring against 200 then 1000 frames, reference {'memory-mapped' if mode == 'mmap' else 'copied into memory'}:"
+              f" anonymous RSS {g['RssAnon']:+.3f} MB per MB of reference, file-backed (page cache, reclaimable) "
+              f"{g['RssFile']:+.3f}")
+    cli_ratio, fit_ratio = fit_ratio, builder_ratio  # the CLI's slope is within RSS noise at this size
+
+    # ---------------------------------------------------------------- extrapolation
+    n_now = args.episodes * args.frames
+    n_target = args.target_episodes * args.target_frames
+    ratio = n_target / n_now
+    tokens_per_frame = json.loads((work / "acts" / "activations.json").read_text())["tokens_per_frame"]
+    d = args.dim_model
+    lines = [f"\nextrapolation to {args.target_episodes} episodes x {args.target_frames} frames = {n_target} frames "
+             f"({ratio:.0f}x the {n_now} measured), this CPU:"]
+    rec = results["record-activations"]
+    rec_s = rec["wall_s"] / n_now * n_target
+    disk = n_target * tokens_per_frame * d * 2
+    lines.append(f"  record-activations: {rec['wall_s']:.0f} s / {n_now} frames x {n_target} = {rec_s / 3600:.1f} h; "
+                 f"disk {n_target} x {tokens_per_frame} tokens x {d} x 2 B = {disk / GB:.1f} GB; memory bounded by "
+                 f"one shard (peak {rec['peak_rss_gb']:.2f} GB now, constant)")
+    sae_tok_s = float(json.loads((work / "sae" / "metrics.json").read_text()).get("tokens_per_s", 0.0))
+    sae_s = args.target_sae_steps * 4096 / sae_tok_s if sae_tok_s else float("nan")
+    lines.append(f"  train-sae: {sae_tok_s:.0f} tokens/s measured; {args.target_sae_steps} steps x 4096 tokens = "
+                 f"{sae_s / 3600:.1f} h (memory: a buffer of 8 shards, constant; peak {results['train-sae']['peak_rss_gb']:.2f} GB)")
+    ref_full = per_ref_frame * n_target * (args.episodes - 1 + 1) / args.episodes  # train + calibration episodes
+    ref_kept = min(ref_full, args.reference_max_gb * GB)
+    fixed = small["peak_rss_gb"] * GB - small["reference"]["frames"] * per_ref_frame * max(fit_ratio, 1.0)
+    cal_peak = fixed + max(fit_ratio, 1.0) * ref_kept
+    forwards = full["reference"]["frames"] + args.frames
+    cal_s = full["wall_s"] / forwards * (min(ref_full, ref_kept) / per_ref_frame + n_target / args.episodes)
+    over = ref_full > ref_kept
+    lines.append(f"  calibrate-ood patch_knn: reference {per_ref_frame / 1e6:.3f} MB/frame x {n_target} frames = "
+                 f"{ref_full / GB:.1f} GB {'>' if over else '<='} --reference-max-gb {args.reference_max_gb:g}: "
+                 f"{ref_kept / per_ref_frame:.0f} frames kept{' for coverage' if over else ''}; peak RAM = {fixed / GB:.2f} GB fixed + "
+                 f"{max(fit_ratio, 1.0):.2f} x {ref_kept / GB:.1f} GB = {cal_peak / GB:.1f} GB; time about "
+                 f"{cal_s / 3600:.1f} h (forwards of the kept reference frames and the calibration frames)")
+    per_frame_s = {k: results[k]["wall_s"] / args.frames for k in ("evaluate-ood", "record-features", "replay")}
+    for k, s in per_frame_s.items():
+        lines.append(f"  {k}: {s:.2f} s/frame; constant memory (peak {results[k]['peak_rss_gb']:.2f} GB)")
+    worst = max([cal_peak] + [results[k]["peak_rss_gb"] * GB for k in results if k != "calibrate-ood"])
+    lines.append(f"  largest peak: {worst / GB:.1f} GB: {'fits' if worst < args.memory_gb * GB else 'does NOT fit'} in "
+                 f"{args.memory_gb:g} GB")
+    lines.append(f"  GPU: record-activations ({rec_s / 3600:.1f} h here), train-sae ({sae_s / 3600:.1f} h here) and the "
+                 "patch_knn calibration are forward- or matmul-bound: run them on a GPU for a dataset of this size")
+    print("\n".join(lines))
+    results["extrapolation"] = {"frames": n_target, "record_activations_h": rec_s / 3600, "activations_disk_gb": disk / GB,
+                                "train_sae_h": sae_s / 3600, "reference_gb": ref_full / GB, "reference_kept_gb": ref_kept / GB,
+                                "calibration_peak_gb": cal_peak / GB, "fit_ratio": fit_ratio, "cli_fit_ratio": cli_ratio,
+                                "runtime_anon_growth_per_mb": grow, "largest_peak_gb": worst / GB}
+    (work / "trainer_scale.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwritten {work / 'trainer_scale.json'}")
+
+
+if __name__ == "__main__":
+    main()

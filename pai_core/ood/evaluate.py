@@ -1,0 +1,137 @@
+"""Scoring dataset episodes through the pipeline and the detection metrics of ``pai evaluate-ood``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ModelError
+from .conformal import auroc
+
+
+@dataclass
+class EpisodeScores:
+    """Per-frame OOD output of one episode, as ``Pipeline`` produced it.
+
+    Args:
+        dataset: dataset name the episode belongs to.
+        episode: episode index.
+        scores: (T,) frame scores.
+        timestamps: (T,) seconds.
+        alarm: (T,) alarm state after each frame (all False without a threshold).
+        token_error: (T, S) per-token reconstruction error (what the scores are computed from).
+        coverage: (T,) ``patch_knn``: joint-state distance to the reference over its coverage radius
+            (above 1: not covered), else None.
+    """
+
+    dataset: str
+    episode: int
+    scores: np.ndarray
+    timestamps: np.ndarray
+    alarm: np.ndarray
+    token_error: np.ndarray | None = None
+    coverage: np.ndarray | None = None
+
+    @property
+    def uncovered(self) -> np.ndarray:
+        """(T,) frames whose joint state the ``patch_knn`` reference does not cover (all False otherwise)."""
+        return np.zeros(self.scores.shape, bool) if self.coverage is None else self.coverage > 1.0
+
+
+def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_size: int = 16,
+                   progress: bool = True, leave_out_own_episode: bool = False) -> list[EpisodeScores]:
+    """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
+    frame scores; the pipeline is the only place a score is computed. With ``leave_out_own_episode``
+    (calibrating on episodes that are also in the scorer's reference) each episode is scored without
+    its own reference frames."""
+    from contextlib import nullcontext
+    from itertools import islice
+
+    from tqdm.auto import tqdm
+
+    from ..sources.dataset import episode_bounds, iter_episode, select_episodes
+
+    if pipe.extractor is None:
+        raise ModelError("Scoring frames needs a pipeline with an SAE (pass --sae-path)")
+    episodes = select_episodes(dataset, episodes)
+    total = sum(b - a for a, b in (episode_bounds(dataset, ep) for ep in episodes))
+    out = []
+    bar = tqdm(total=total, unit="frame", desc=f"score {dataset.repo_id}", disable=not progress)
+    for ep in episodes:
+        pipe.reset()
+        scores, stamps, alarm, errors, coverage = [], [], [], [], []
+        frames = iter_episode(dataset, ep)  # image and video datasets alike
+        scorer = getattr(pipe, "scorer", None)
+        leave = scorer.leaving_out(ep) if leave_out_own_episode and scorer is not None else nullcontext()
+        with leave:
+            while obs := list(islice(frames, batch_size)):
+                for frame in pipe.step_batch(obs):
+                    scores.append(frame.ood_score)
+                    stamps.append(frame.observation.timestamp)
+                    alarm.append(frame.alarm.active)
+                    errors.append(frame.token_error)
+                    coverage.append(frame.state_coverage)
+                bar.update(len(obs))
+        cov = None if any(c is None for c in coverage) else np.asarray(coverage, np.float64)
+        out.append(EpisodeScores(str(dataset.repo_id), ep, np.asarray(scores, np.float64),
+                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool), np.stack(errors), cov))
+    bar.close()
+    return out
+
+
+def frame_ranges(mask: np.ndarray) -> str:
+    """(T,) bool -> the frames where it holds, as ranges ("0-18,40")."""
+    hits = np.flatnonzero(mask)
+    if not hits.size:
+        return ""
+    breaks = np.flatnonzero(np.diff(hits) > 1)
+    starts, stops = np.r_[hits[0], hits[breaks + 1]], np.r_[hits[breaks], hits[-1]]
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in zip(starts, stops))
+
+
+def _first(mask: np.ndarray) -> int | None:
+    hits = np.flatnonzero(mask)
+    return int(hits[0]) if hits.size else None
+
+
+def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores], threshold: float) -> dict:
+    """Detection metrics: frame AUROC, TPR and false-positive rate at ``threshold``, per in-distribution
+    episode the false-alarm rate (frames above threshold) and whether the alarm rose, per OOD episode the
+    detection delay (frames and seconds from the episode start to the alarm, and to the first frame above
+    threshold)."""
+    id_s = np.concatenate([e.scores for e in id_eps]) if id_eps else np.empty(0)
+    ood_s = np.concatenate([e.scores for e in ood_eps]) if ood_eps else np.empty(0)
+    per_id, per_ood = [], []
+    for e in id_eps:
+        first = _first(e.alarm)
+        per_id.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
+                       "false_alarm_rate": float(np.mean(e.scores > threshold)), "alarm_raised": first is not None,
+                       "first_alarm_frame": first, "uncovered_frames": frame_ranges(e.uncovered)})
+    for e in ood_eps:
+        first, above = _first(e.alarm), _first(e.scores > threshold)
+        per_ood.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
+                        "tpr": float(np.mean(e.scores > threshold)), "detected": first is not None,
+                        "delay_frames": first, "delay_s": None if first is None else float(e.timestamps[first] - e.timestamps[0]),
+                        "first_above_frame": above, "uncovered_frames": frame_ranges(e.uncovered)})
+    delays = [r["delay_frames"] for r in per_ood if r["delay_frames"] is not None]
+    by_dataset = {}
+    for name in dict.fromkeys(e.dataset for e in ood_eps):
+        s = np.concatenate([e.scores for e in ood_eps if e.dataset == name])
+        by_dataset[name] = {"auroc": auroc(id_s, s), "tpr_at_threshold": float(np.mean(s > threshold)), "frames": int(s.size)}
+    return {
+        "threshold": threshold,
+        "frames": {"in_distribution": int(id_s.size), "ood": int(ood_s.size)},
+        "auroc": auroc(id_s, ood_s),
+        "tpr_at_threshold": float(np.mean(ood_s > threshold)),
+        "false_positive_rate_at_threshold": float(np.mean(id_s > threshold)),
+        "uncovered_frames": {"in_distribution": int(sum(e.uncovered.sum() for e in id_eps)),
+                             "ood": int(sum(e.uncovered.sum() for e in ood_eps))},
+        "episodes_with_false_alarm": float(np.mean([r["alarm_raised"] for r in per_id])) if per_id else None,
+        "ood_episodes_detected": float(np.mean([r["detected"] for r in per_ood])) if per_ood else None,
+        "mean_detection_delay_frames": float(np.mean(delays)) if delays else None,
+        "ood_datasets": by_dataset,
+        "in_distribution_episodes": per_id,
+        "ood_episodes": per_ood,
+    }
