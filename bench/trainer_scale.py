@@ -102,7 +102,7 @@ def fitting_memory(n_frames: int, folder: str) -> dict:
         b = min(16, n_frames - i)
         builder.add(_grids(b, g), np.random.default_rng(i).normal(size=(b, 6)), i // 100)
     path = Path(folder) / f"ref_{n_frames}.safetensors"
-    builder.finish(max_stat_frames=100).save(path)
+    builder.finish(max_stat_frames=100).save_file(path)
     return {"file_bytes": path.stat().st_size, "base_rss": base}
 
 
@@ -128,6 +128,26 @@ def scoring_memory(sizes: list[int], mmap: bool, folder: str) -> dict:
     return out
 
 
+def reference_memory() -> tuple[float, dict]:
+    """patch_knn memory measured at real patch size, each side in a fresh child: the builder's peak RSS
+    per MB of reference file (200 -> 1000 frames), and the growth of a scoring process's anonymous and
+    file-backed RSS with the reference, memory-mapped and copied into memory."""
+    mem_dir = tempfile.mkdtemp(prefix="pai-ref-")
+    fits = {n: child_peak(fitting_memory, n, mem_dir) for n in (200, 1000)}
+    d_file = fits[1000]["file_bytes"] - fits[200]["file_bytes"]
+    builder_ratio = (fits[1000]["peak_rss"] - fits[200]["peak_rss"]) / d_file
+    print(f"ReferenceBuilder at real patch size, 200 -> 1000 frames (+{d_file / 1e6:.0f} MB of file): peak RSS "
+          f"+{(fits[1000]['peak_rss'] - fits[200]['peak_rss']) / 1e6:.0f} MB = {builder_ratio:.2f}x the file "
+          "(target <= 1.5x)")
+    run_mem = {mode: child_peak(scoring_memory, [200, 1000], mode == "mmap", mem_dir) for mode in ("mmap", "memory")}
+    grow = {mode: {k: (m["1000"][k] - m["200"][k]) / d_file for k in ("RssAnon", "RssFile")} for mode, m in run_mem.items()}
+    for mode, g in grow.items():
+        print(f"scoring against 200 then 1000 frames, reference {'memory-mapped' if mode == 'mmap' else 'copied into memory'}:"
+              f" anonymous RSS {g['RssAnon']:+.3f} MB per MB of reference, file-backed (page cache, reclaimable) "
+              f"{g['RssFile']:+.3f}")
+    return builder_ratio, grow
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=3, help="generated episodes (the last one held out)")
@@ -143,7 +163,11 @@ def main() -> None:
     parser.add_argument("--reference-max-gb", type=float, default=4.0, help="patch_knn budget at the target size")
     parser.add_argument("--memory-gb", type=float, default=24.0, help="RAM of the machine to fit in")
     parser.add_argument("--output-dir", default=None, help="keep the run here (default: a temporary folder)")
+    parser.add_argument("--memory-only", action="store_true", help="only the patch_knn reference memory figures")
     args = parser.parse_args()
+    if args.memory_only:
+        reference_memory()
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -211,19 +235,7 @@ def main() -> None:
     print(f"\npatch_knn fitting: reference {small['reference']['frames']} -> {full['reference']['frames']} frames "
           f"(+{d_ref / 1e6:.0f} MB of file) raised peak RSS by {d_rss / 1e6:.0f} MB: {fit_ratio:.2f}x the file "
           "(end to end; a few MB of RSS noise weigh heavily at this size)")
-    mem_dir = tempfile.mkdtemp(prefix="pai-ref-")
-    fits = {n: child_peak(fitting_memory, n, mem_dir) for n in (200, 1000)}
-    d_file = fits[1000]["file_bytes"] - fits[200]["file_bytes"]
-    builder_ratio = (fits[1000]["peak_rss"] - fits[200]["peak_rss"]) / d_file
-    print(f"ReferenceBuilder at real patch size, 200 -> 1000 frames (+{d_file / 1e6:.0f} MB of file): peak RSS "
-          f"+{(fits[1000]['peak_rss'] - fits[200]['peak_rss']) / 1e6:.0f} MB = {builder_ratio:.2f}x the file "
-          "(target <= 1.5x)")
-    run_mem = {mode: child_peak(scoring_memory, [200, 1000], mode == "mmap", mem_dir) for mode in ("mmap", "memory")}
-    grow = {mode: {k: (m["1000"][k] - m["200"][k]) / d_file for k in ("RssAnon", "RssFile")} for mode, m in run_mem.items()}
-    for mode, g in grow.items():
-        print(f"scoring against 200 then 1000 frames, reference {'memory-mapped' if mode == 'mmap' else 'copied into memory'}:"
-              f" anonymous RSS {g['RssAnon']:+.3f} MB per MB of reference, file-backed (page cache, reclaimable) "
-              f"{g['RssFile']:+.3f}")
+    builder_ratio, grow = reference_memory()
     cli_ratio, fit_ratio = fit_ratio, builder_ratio  # the CLI's slope is within RSS noise at this size
 
     # ---------------------------------------------------------------- extrapolation
