@@ -18,6 +18,7 @@ COMMANDS = [
     "calibrate_ood",
     "evaluate_ood",
     "replay",
+    "check_inputs",
     "record_features",
     "analyse_features",
     "label_features",
@@ -36,6 +37,7 @@ typical workflow:
   pai calibrate-ood --sae-path SAE --policy-path DIR --dataset-repo-id ID  conformal OOD threshold
   pai evaluate-ood --sae-path SAE --policy-path DIR --id DS --ood DS      AUROC, false alarms, delay
   pai replay --bag REC --config config/introspect.yaml --output-dir OUT   videos, Parquet, MCAP, report
+  pai check-inputs --bag REC --policy-path DIR [--config YAML]  joint states vs the policy's units
   pai record-features --dataset-repo-id ID --policy-path DIR --sae-path SAE --output-dir REC   activations
   pai analyse-features --record-dir REC --output-dir ANA  rank features: top frames, maps, clips, index.html
   pai label-features --analysis-dir ANA --sae-path SAE   name features in a Gradio app (labels.json)

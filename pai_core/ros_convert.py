@@ -25,6 +25,9 @@ COMMON_ENCODINGS = ("rgb8", "bgr8", "mono8", "rgba8", "bgra8")
 #: sensor_msgs/CompressedImage formats accepted (image_transport writes e.g. "rgb8; jpeg compressed bgr8").
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 JPEG_QUALITY = 85
+#: the next action in the robot's units, as sensor_msgs/JointState with the joint names (a position command that
+#: topic_based_ros2_control and similar drivers take); not published while the alarm holds.
+JOINT_COMMAND = "~/joint_command"
 
 
 class MessageError(InputError):
@@ -40,6 +43,11 @@ def stamp_to_sec(stamp: Any) -> float:
 def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time -> integer nanoseconds (exact, unlike float seconds)."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_stamp(ns: int) -> tuple[int, int]:
+    """Integer nanoseconds -> (sec, nanosec), exactly."""
+    return int(ns) // 1_000_000_000, int(ns) % 1_000_000_000
 
 
 def sec_to_stamp(t: float) -> tuple[int, int]:
@@ -174,6 +182,22 @@ def compressed_fields(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "
     return {"header": header(stamp, frame_id), "format": "jpeg", "data": buf.reshape(-1)}
 
 
+def joint_state_fields(names: Sequence[str], positions: np.ndarray, stamp: tuple[int, int]) -> dict:
+    """sensor_msgs/JointState with positions only (velocity and effort left empty)."""
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1)
+    if positions.size != len(names):
+        raise MessageError(f"JointState of {len(names)} joints {list(names)} cannot carry {positions.size} positions")
+    return {"header": header(stamp), "name": [str(n) for n in names], "position": positions}
+
+
+@dataclass
+class JointCommand:
+    """The next action in the robot's units, named by joint (``JOINT_COMMAND``)."""
+
+    names: list[str]
+    positions: np.ndarray
+
+
 def multiarray_fields(values: np.ndarray, labels: Sequence[str]) -> dict:
     """std_msgs/Float32MultiArray with one labelled dimension per axis (row-major strides)."""
     values = np.ascontiguousarray(values, dtype=np.float32)
@@ -191,13 +215,15 @@ def frame_messages(
     compressed: bool = True,
     actions: bool = True,
     stamp: tuple[int, int] | None = None,
+    command: JointCommand | None = None,
 ) -> list[OutputMessage]:
     """Every output of one pipeline ``Frame``: overlays (Image, and CompressedImage jpeg when
     ``compressed``), attention shares, features, OOD score and threshold, alarm, and, when ``actions`` and
-    the frame's alarm is not active, the next action and the action chunk.
+    the frame's alarm is not active, the next action and the action chunk (policy units) and ``command``.
 
     Args:
         stamp: exact (sec, nanosec) of the input header; default from ``frame.observation.timestamp``.
+        command: the next action in the robot's units, published on ``JOINT_COMMAND`` as sensor_msgs/JointState.
     """
     obs, result = frame.observation, frame.result
     t = float(obs.timestamp)
@@ -229,6 +255,9 @@ def frame_messages(
                                  multiarray_fields(np.asarray(result.action), ["action"]), t))
         out.append(OutputMessage(topics.ACTION_CHUNK, "std_msgs/msg/Float32MultiArray",
                                  multiarray_fields(np.asarray(result.action_chunk), ["time", "action"]), t))
+        if command is not None:
+            out.append(OutputMessage(JOINT_COMMAND, "sensor_msgs/msg/JointState",
+                                     joint_state_fields(command.names, command.positions, stamp), t))
     return out
 
 

@@ -2,14 +2,17 @@
 
 The YAML is a ROS 2 parameters file (``/**: ros__parameters: ...``). The node declares exactly the
 flattened fields of ``PaiSettings`` as parameters; replay reads the same file with ``load_settings``.
+Both refuse a key they do not know, so a misspelt setting never falls back to its default silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Literal, get_args
 
 import yaml
 
@@ -17,9 +20,34 @@ from .alarm import AlarmConfig
 from .errors import PaiError
 from .overlay import OverlayConfig
 
+#: parameters rclpy itself declares; a params file may set them beside pai's own settings.
+ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
+ROS_PARAMETER_PREFIXES = ("qos_overrides.",)
+
+Conversion = Literal["same", "degrees", "linear", "lerobot_degrees", "lerobot_range_m100_100", "lerobot_range_0_100"]
+CONVERSIONS: tuple[str, ...] = get_args(Conversion)
+StopBackendName = Literal["trigger", "ros2_control", "topic"]
+STOP_BACKENDS: tuple[str, ...] = get_args(StopBackendName)
+Strictness = Literal["strict", "best_effort"]
+DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
 
 class SettingsError(PaiError, ValueError):
     """The configuration file or a parameter value is invalid."""
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise SettingsError(f"{name}={value} must be positive")
+
+
+def _floats(name: str, values: Iterable[Any]) -> list[float]:
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SettingsError(f"{name}[{i}]={v!r} must be a finite number")
+        out.append(float(v))
+    return out
 
 
 @dataclass
@@ -31,12 +59,110 @@ class CameraSettings:
 
 
 @dataclass
-class SafeStopSettings:
+class UnitsSettings:
     """Args:
-    service: std_srvs/Trigger service called once when the alarm rises ("" for none).
+    conversions: per joint (joint_names order), how the robot's position becomes the policy's: same, degrees
+        (radians -> degrees), linear (scale * robot + offset), lerobot_degrees, lerobot_range_m100_100,
+        lerobot_range_0_100 (radians -> motor ticks -> LeRobot's normalisation with calibration_path). Empty:
+        every joint same. Actions go back through the inverse.
+    scale: per joint, the factor of linear joints (empty: 1.0; other joints must keep 1.0).
+    offset: per joint, the offset of linear joints in policy units (empty: 0.0; other joints must keep 0.0).
+    calibration_path: LeRobot calibration JSON of the robot (lerobot_* conversions), e.g.
+        ~/.cache/huggingface/lerobot/calibration/robots/so101_follower/<id>.json.
+    calibration_names: per joint, its motor's name in the calibration file (empty: the joint names).
+    zero_ticks: per joint, the motor position in ticks at which the robot's driver reports 0 rad (empty:
+        ticks_per_turn / 2, where LeRobot's half-turn homing puts the middle of the range).
+    ticks_per_turn: motor ticks per revolution (Feetech STS3215: 4096).
+    check: compare incoming states with the policy's normalisation statistics and report joints that look like
+        the wrong units (log and diagnostics).
     """
 
+    conversions: list[str] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    offset: list[float] = field(default_factory=list)
+    calibration_path: str = ""
+    calibration_names: list[str] = field(default_factory=list)
+    zero_ticks: list[float] = field(default_factory=list)
+    ticks_per_turn: int = 4096
+    check: bool = True
+
+    def __post_init__(self) -> None:
+        for i, conv in enumerate(self.conversions):
+            if conv not in CONVERSIONS:
+                raise SettingsError(f"units.conversions[{i}]={conv!r} is not one of {list(CONVERSIONS)}")
+        self.scale = _floats("units.scale", self.scale)
+        self.offset = _floats("units.offset", self.offset)
+        self.zero_ticks = _floats("units.zero_ticks", self.zero_ticks)
+        if self.ticks_per_turn < 2:
+            raise SettingsError(f"units.ticks_per_turn={self.ticks_per_turn} must be at least 2")
+        if any(c.startswith("lerobot_") for c in self.conversions) and not self.calibration_path:
+            raise SettingsError("units.conversions use LeRobot's calibrated ranges (lerobot_*) but "
+                                "units.calibration_path is empty; give the robot's LeRobot calibration JSON")
+
+    def check_joints(self, joint_names: list[str]) -> None:
+        """Every per-joint list is empty or has one entry per joint; scale/offset only on linear joints."""
+        n = len(joint_names)
+        for name in ("conversions", "scale", "offset", "calibration_names", "zero_ticks"):
+            values = getattr(self, name)
+            if values and len(values) != n:
+                raise SettingsError(f"units.{name} has {len(values)} entries but joint_names has {n} {joint_names}; "
+                                    "give one per joint or none")
+        conversions = self.conversions or ["same"] * n
+        for i, (joint, conv) in enumerate(zip(joint_names, conversions)):
+            if conv == "linear":
+                if self.scale and self.scale[i] == 0.0:
+                    raise SettingsError(f"units.scale[{i}]=0.0 for {joint}: a linear joint needs a non-zero scale")
+                continue
+            for name, neutral in (("scale", 1.0), ("offset", 0.0)):
+                values = getattr(self, name)
+                if values and values[i] != neutral:
+                    raise SettingsError(f"units.{name}[{i}]={values[i]} is set for {joint}, whose conversion is "
+                                        f"{conv!r}; only linear joints use {name} (keep {neutral})")
+
+
+@dataclass
+class SafeStopSettings:
+    """Args:
+    backend: how the robot is asked to stop when the alarm rises: trigger (std_srvs/Trigger service), ros2_control
+        (controller_manager switch_controller deactivating controllers) or topic (only the latched ~/safe_stop).
+    service: trigger: the std_srvs/Trigger service ("" = topic only).
+    controller_manager: ros2_control: the controller manager's node name.
+    controllers: ros2_control: the controllers to deactivate.
+    strictness: ros2_control: strict (fail when any controller cannot be deactivated) or best_effort.
+    timeout_s: an attempt without an answer after this long counts as failed.
+    retry_s: wait after a failed attempt (refused, timed out, service missing); doubles up to retry_max_s while the
+        alarm holds.
+    retry_max_s: longest wait between attempts.
+    """
+
+    backend: StopBackendName = "trigger"
     service: str = "/safe_stop"
+    controller_manager: str = "/controller_manager"
+    controllers: list[str] = field(default_factory=list)
+    strictness: Strictness = "strict"
+    timeout_s: float = 2.0
+    retry_s: float = 0.5
+    retry_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in STOP_BACKENDS:
+            raise SettingsError(f"safe_stop.backend={self.backend!r} is not one of {list(STOP_BACKENDS)}")
+        if self.strictness not in get_args(Strictness):
+            raise SettingsError(f"safe_stop.strictness={self.strictness!r} is not one of {list(get_args(Strictness))}")
+        if self.backend == "ros2_control":
+            if not self.controllers:
+                raise SettingsError("safe_stop.backend=ros2_control needs safe_stop.controllers (the controllers to "
+                                    "deactivate, e.g. ['arm_controller'])")
+            if not self.controller_manager:
+                raise SettingsError("safe_stop.backend=ros2_control needs safe_stop.controller_manager")
+        for name in ("timeout_s", "retry_s", "retry_max_s"):
+            _positive(f"safe_stop.{name}", getattr(self, name))
+        if self.retry_max_s < self.retry_s:
+            raise SettingsError(f"safe_stop.retry_max_s={self.retry_max_s} must be at least retry_s={self.retry_s}")
+
+    @property
+    def topic_only(self) -> bool:
+        return self.backend == "topic" or (self.backend == "trigger" and not self.service)
 
 
 @dataclass
@@ -45,12 +171,14 @@ class PaiSettings:
     policy_path: LeRobot pretrained_model directory or hub id.
     sae_path: SAE directory or hub id ("" runs without features and OOD).
     ood_params_path: ood_params.json ("" looks beside the SAE).
-    device: torch device.
+    device: torch device (cpu, cuda, cuda:N, mps).
     joint_states_topic: sensor_msgs/JointState topic.
     joint_names: joint names in the policy's state order (JointState messages may use any order).
     rate_hz: introspection rate; the engine always takes the newest complete observation.
     max_input_age_s: inputs older than this (relative to the newest) are never combined.
     stale_timeout_s: no complete observation for this long raises the alarm when fail_safe is set.
+    startup_grace_s: before the first complete observation, the watchdog waits this long (cameras and drivers
+        starting) instead of stale_timeout_s.
     fail_safe: raise the alarm when monitoring is impossible (stale inputs, engine failure).
     publish_actions: publish the action chunk and next action (stopped while the alarm holds).
     threshold: OOD threshold override (0 uses the calibrated one from ood_params.json).
@@ -67,6 +195,7 @@ class PaiSettings:
     rate_hz: float = 10.0
     max_input_age_s: float = 0.5
     stale_timeout_s: float = 2.0
+    startup_grace_s: float = 60.0
     fail_safe: bool = True
     publish_actions: bool = True
     threshold: float = 0.0
@@ -75,6 +204,7 @@ class PaiSettings:
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
     safe_stop: SafeStopSettings = field(default_factory=SafeStopSettings)
+    units: UnitsSettings = field(default_factory=UnitsSettings)
 
     def __post_init__(self) -> None:
         if len(self.cameras.topics) != len(self.cameras.features):
@@ -82,13 +212,25 @@ class PaiSettings:
                 f"cameras.topics ({len(self.cameras.topics)}) and cameras.features ({len(self.cameras.features)}) "
                 "must have the same length"
             )
-        if self.rate_hz <= 0:
-            raise SettingsError(f"rate_hz={self.rate_hz} must be positive")
+        for name in ("rate_hz", "max_input_age_s", "stale_timeout_s", "startup_grace_s"):
+            _positive(name, getattr(self, name))
+        if not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise SettingsError(f"threshold={self.threshold} must be 0 (calibrated) or a positive OOD threshold")
+        if not DEVICE.match(self.device):
+            raise SettingsError(f"device={self.device!r} is not a torch device; expected cpu, cuda, cuda:N or mps")
+        duplicates = sorted({n for n in self.joint_names if self.joint_names.count(n) > 1})
+        if duplicates:
+            raise SettingsError(f"joint_names {self.joint_names} name {duplicates} more than once")
+        self.units.check_joints(self.joint_names)
 
     @property
     def camera_map(self) -> dict[str, str]:
         """topic -> policy image feature."""
         return dict(zip(self.cameras.topics, self.cameras.features))
+
+
+SECTIONS: dict[str, type] = {"cameras": CameraSettings, "overlay": OverlayConfig, "alarm": AlarmConfig,
+                             "safe_stop": SafeStopSettings, "units": UnitsSettings}
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -104,30 +246,48 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def from_flat(values: dict[str, Any]) -> PaiSettings:
-    """Inverse of ``flatten``; unknown names are an error that lists the known ones."""
+def is_ros_parameter(name: str) -> bool:
+    """rclpy's own parameters (``use_sim_time`` ...), allowed in a params file beside pai's settings."""
+    return name in ROS_PARAMETERS or name.startswith(ROS_PARAMETER_PREFIXES)
+
+
+def check_known(names: Iterable[str], where: str = "") -> None:
+    """Refuse names that are no setting: a misspelt key must never leave the default in force silently."""
     known = flatten(PaiSettings())
-    unknown = sorted(set(values) - set(known))
+    unknown = sorted(n for n in set(names) - set(known) if not is_ros_parameter(n))
     if unknown:
-        raise SettingsError(f"Unknown settings {unknown}; known settings are {sorted(known)}")
+        raise SettingsError(f"{where}Unknown settings {unknown}; known settings are {sorted(known)}")
+
+
+def from_flat(values: dict[str, Any]) -> PaiSettings:
+    """Inverse of ``flatten``; unknown names are an error that lists the known ones. ROS parameters of rclpy
+    itself (``use_sim_time``) are ignored here, and an empty list from a ROS params file (None) is []."""
+    check_known(values)
+    known = flatten(PaiSettings())
     nested: dict[str, Any] = {}
     for name, value in values.items():
+        if is_ros_parameter(name) and name not in known:
+            continue
         default = known[name]
+        if isinstance(default, list) and value is None:
+            value = []
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if type(default) is not type(value) and not (isinstance(default, list) and isinstance(value, (list, tuple))):
             raise SettingsError(f"Setting {name}={value!r} should be a {type(default).__name__}")
+        value = list(value) if isinstance(value, tuple) else value
         head, _, tail = name.partition(".")
         if tail:
-            nested.setdefault(head, {})[tail] = list(value) if isinstance(value, tuple) else value
+            nested.setdefault(head, {})[tail] = value
         else:
-            nested[head] = list(value) if isinstance(value, tuple) else value
-    sub = {"cameras": CameraSettings, "overlay": OverlayConfig, "alarm": AlarmConfig, "safe_stop": SafeStopSettings}
+            nested[head] = value
     try:
-        for key, cls in sub.items():
+        for key, cls in SECTIONS.items():
             if key in nested:
                 nested[key] = cls(**nested[key])
         return PaiSettings(**nested)
+    except SettingsError:
+        raise
     except (TypeError, ValueError) as exc:
         raise SettingsError(str(exc)) from exc
 
@@ -145,6 +305,8 @@ def _flatten_yaml(tree: dict, prefix: str = "") -> dict[str, Any]:
 def load_settings(path: str | Path, node_name: str = "pai_introspector") -> PaiSettings:
     """Read a ROS 2 parameters file: the ``/**`` block, then the node's own block on top."""
     path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"Settings file {path}: no such file")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
