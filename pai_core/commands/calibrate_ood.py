@@ -43,6 +43,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--reference-max-gb", type=float, default=4.0,
                    help="patch_knn: largest reference (GB; fitting needs about as much RAM, the node maps it "
                         "from disk). Beyond it the frames kept are chosen to cover the joint states (default 4)")
+    p.add_argument("--reference-nuisance", type=int, default=0, metavar="N",
+                   help="patch_knn: each reference frame also enters as N copies under camera nuisance (JPEG 50-95, "
+                        "exposure +-15 %%, noise, slight blur), so a compressed or brighter camera does not look novel")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
@@ -132,15 +135,21 @@ def run(args) -> int:
         ref, ref_episodes = reference_set(pipe, args, dataset, episodes)
         check_dataset_for_policy(ref, pipe.engine, ref_episodes, args.policy_path)
         reference = (ref, ref_episodes)
+    if args.reference_nuisance < 0:
+        raise InputError(f"--reference-nuisance {args.reference_nuisance} must be >= 0")
     options = {"knn_k": args.knn_k, "stride": args.reference_stride, "batch_size": args.batch_size,
+               "nuisance_variants": args.reference_nuisance,
                "max_bytes": None if args.reference_max_gb is None else args.reference_max_gb * 1e9}
     fitted = scorer_class(args.score).fit(FitJob(pipe, dataset, episodes, reference, options))
     fields = fitted.scorer.save(out.parent)
     del fitted.scorer  # scoring below loads what was saved (a reference is mapped, not held twice)
     pipe.ood = OODParams(threshold=0.0, score=args.score, **fields, source_dir=str(out.parent),
                          policy_fingerprint=pipe.engine.fingerprint)
+    from ..nuisance import NuisanceRange
+
     eps = score_episodes(pipe, dataset, fitted.threshold_episodes, args.batch_size,
-                         leave_out_own_episode=fitted.leave_out_own_episode)
+                         leave_out_own_episode=fitted.leave_out_own_episode,
+                         nuisance=NuisanceRange() if args.reference_nuisance else None)
     covered = np.concatenate([~e.uncovered for e in eps])
     scores = np.concatenate([e.scores for e in eps])[covered]
     if any(e.coverage is not None for e in eps):

@@ -41,11 +41,13 @@ class EpisodeScores:
 
 
 def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_size: int = 16,
-                   progress: bool = True, leave_out_own_episode: bool = False) -> list[EpisodeScores]:
+                   progress: bool = True, leave_out_own_episode: bool = False, nuisance=None,
+                   seed: int = 0) -> list[EpisodeScores]:
     """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
     frame scores; the pipeline is the only place a score is computed. With ``leave_out_own_episode``
     (calibrating on episodes that are also in the scorer's reference) each episode is scored without
-    its own reference frames."""
+    its own reference frames. With ``nuisance`` (a ``NuisanceRange``) half the frames, drawn at random
+    (seeded), are seen under a camera condition from that range: a threshold set on them tolerates it."""
     from contextlib import nullcontext
     from itertools import islice
 
@@ -63,6 +65,10 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
         pipe.reset()
         scores, stamps, alarm, errors, coverage = [], [], [], [], []
         frames = iter_episode(dataset, ep)  # image and video datasets alike
+        if nuisance is not None:
+            rng = np.random.default_rng([seed, ep])
+            frames = (nuisance.sample(rng).observe(o, int(rng.integers(2**31))) if rng.random() < 0.5 else o
+                      for o in frames)
         scorer = getattr(pipe, "scorer", None)
         leave = scorer.leaving_out(ep) if leave_out_own_episode and scorer is not None else nullcontext()
         with leave:

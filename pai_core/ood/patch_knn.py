@@ -172,7 +172,8 @@ class PatchKnnScorer:
         ref, episodes = job.reference
         o = job.options
         scorer, summary = fit_patch_reference(job.pipe, ref, episodes, PatchKnnConfig(k_frames=o.get("knn_k") or 32),
-                                              o.get("max_bytes"), o.get("stride", 1), job.batch_size)
+                                              o.get("max_bytes"), o.get("stride", 1), job.batch_size,
+                                              o.get("nuisance_variants", 0))
         leave_out = ref is job.dataset and bool(set(episodes) & set(job.episodes))
         scorer.summary = summary | {"episodes": list(episodes), "leave_own_episode_out": leave_out}
         return Fitted(scorer, list(job.episodes), leave_out)

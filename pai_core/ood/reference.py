@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..nuisance import NuisanceRange
 from .patch_knn import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
 from .token_knn import KnnScorer
 
@@ -56,16 +57,18 @@ def frame_bytes(pipe, dataset, episode: int, config: PatchKnnConfig) -> int:
 
 
 def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnnConfig, max_bytes: float | None,
-                         stride: int = 1) -> tuple[dict[int, np.ndarray], dict]:
-    """Which frame offsets of each episode the reference keeps: every ``stride``-th, then, when they exceed
-    ``max_bytes``, the subset that keeps the joint states covered. Returns (episode -> offsets, plan)."""
+                         stride: int = 1, copies: int = 1) -> tuple[dict[int, np.ndarray], dict]:
+    """Which frame offsets of each episode the reference keeps: every ``stride``-th, then, when they (with
+    ``copies`` entries each: the frame and its nuisance variants) exceed ``max_bytes``, the subset that
+    keeps the joint states covered. Returns (episode -> offsets, plan)."""
     from ..sources.dataset import episode_table
 
     tables = {ep: episode_table(dataset, ep) for ep in episodes}
     candidates = {ep: np.arange(0, len(t["frame_index"]), stride) for ep, t in tables.items()}
     total = sum(len(c) for c in candidates.values())
-    per_frame = frame_bytes(pipe, dataset, episodes[0], config)
-    plan = {"candidate_frames": total, "bytes_per_frame": per_frame, "budget_bytes": max_bytes}
+    per_frame = frame_bytes(pipe, dataset, episodes[0], config) * copies
+    plan = {"candidate_frames": total, "bytes_per_frame": per_frame, "budget_bytes": max_bytes,
+            "entries_per_frame": copies}
     if max_bytes is None or total * per_frame <= max_bytes:
         plan["frames"] = total
         return candidates, plan
@@ -88,25 +91,42 @@ def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKn
 
 
 def fit_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnnConfig | None = None,
-                        max_bytes: float | None = None, stride: int = 1,
-                        batch_size: int = 16) -> tuple[PatchKnnScorer, dict]:
-    """``patch_knn`` from clean reference ``episodes`` of ``dataset``: (scorer, plan with sizes)."""
+                        max_bytes: float | None = None, stride: int = 1, batch_size: int = 16,
+                        nuisance_variants: int = 0, nuisance: NuisanceRange | None = None,
+                        seed: int = 0) -> tuple[PatchKnnScorer, dict]:
+    """``patch_knn`` from clean reference ``episodes`` of ``dataset``: (scorer, plan with sizes).
+
+    With ``nuisance_variants`` each kept frame also enters the reference as that many copies under camera
+    nuisance drawn from ``nuisance`` (JPEG, exposure, noise, blur; seeded): a frame from a compressed
+    transport or a brighter camera then finds a twin, instead of every patch looking novel."""
     from tqdm.auto import tqdm
 
     from ..pipeline import vision_batch
 
     config = config or PatchKnnConfig()
-    keep, plan = plan_patch_reference(pipe, dataset, list(episodes), config, max_bytes, stride)
+    copies = 1 + nuisance_variants
+    keep, plan = plan_patch_reference(pipe, dataset, list(episodes), config, max_bytes, stride, copies)
     pipe.engine.adapter.keep_vision_features = True
-    builder = ReferenceBuilder(plan["frames"], config)
+    builder = ReferenceBuilder(plan["frames"] * copies, config)
+    nuisance = nuisance or NuisanceRange()
+    rng = np.random.default_rng(seed)
     bar = tqdm(total=plan["frames"], desc="reference frames", unit="frame")
+
+    def add(batch, results, ep):
+        maps, states = vision_batch(results, batch)
+        builder.add({cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()},
+                    states, ep)
+
     for ep, offsets in keep.items():
         for batch, results in _batches(pipe, dataset, ep, offsets, batch_size):
-            maps, states = vision_batch(results, batch)
-            builder.add({cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()},
-                        states, ep)
+            add(batch, results, ep)
+            per_frame = [nuisance.variants(nuisance_variants, rng) for _ in batch]
+            for v in range(nuisance_variants):
+                varied = [conds[v].observe(o, seed=int(rng.integers(2**31))) for o, conds in zip(batch, per_frame)]
+                add(varied, pipe.engine.step_batch(varied), ep)
             bar.update(len(batch))
     bar.close()
+    plan["nuisance_variants"] = nuisance_variants
     try:
         scorer = builder.finish()
     except ValueError as exc:
