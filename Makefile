@@ -12,13 +12,16 @@ REQS := requirements/base.txt requirements/ros.txt requirements/constraints.txt 
 env: $(STAMP)
 
 $(STAMP): $(REQS) scripts/install_env.sh
+	bash scripts/install_system.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_env.sh
 	touch $(STAMP)
 
 test: $(STAMP)
+	bash scripts/install_system.sh --tests
 	bash scripts/run_tests.sh
 
 demo: $(STAMP)
+	bash scripts/install_system.sh
 	$(BIN)/pai demo
 
 demo-quick: $(STAMP)
