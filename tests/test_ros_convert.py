@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pai_core.ros_convert import (MessageError, frame_messages, image_msg_to_rgb, joint_state_to_vector,
-                                  sec_to_stamp, stamp_to_ns, stamp_to_sec, to_rosbags)
+from pai_core.ros_convert import (JointCommand, MessageError, frame_messages, image_msg_to_rgb, joint_state_to_vector,
+                                  ns_to_stamp, sec_to_stamp, stamp_to_ns, stamp_to_sec, to_rosbags)
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 RNG = np.random.default_rng(0)
@@ -119,6 +119,7 @@ def test_stamps_convert_exactly_to_nanoseconds_and_to_float_seconds():
     assert sec_to_stamp(12.5) == (12, 500_000_000)
     sec, nsec = sec_to_stamp(stamp_to_sec(stamp))
     assert sec == stamp.sec and abs(nsec - stamp.nanosec) < 1000
+    assert ns_to_stamp(stamp_to_ns(stamp)) == (1_700_000_000, 123_456_789)  # integer nanoseconds are exact
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,13 @@ def test_frame_messages_describe_every_output_with_the_input_stamp(frame):
     assert msgs["~/ood_score"].fields == {"data": fr.ood_score}
     no_actions = {m.topic for m in frame_messages(fr, pipe, None, compressed=False, actions=False)}
     assert "~/action" not in no_actions and "~/overlay/front/compressed" not in no_actions
+    names = [f"j{i}" for i in range(fr.result.action.shape[0])]
+    command = JointCommand(names, np.radians(fr.result.action))
+    joints = {m.topic: m for m in frame_messages(fr, pipe, None, stamp=(5, 6), command=command)}["~/joint_command"]
+    assert joints.msgtype == "sensor_msgs/msg/JointState" and joints.fields["name"] == names
+    assert joints.fields["header"]["stamp"] == {"sec": 5, "nanosec": 6}
+    np.testing.assert_array_equal(joints.fields["position"], np.radians(fr.result.action))
+    assert "~/joint_command" not in {m.topic for m in frame_messages(fr, pipe, None, actions=False, command=command)}
 
 
 def assert_same_message(a, b, where: str) -> None:
@@ -187,7 +195,19 @@ def test_rclpy_and_rosbags_messages_built_from_frame_messages_hold_the_same_valu
     finally:
         sys.path.pop(0)
     pipe, fr = frame
-    for out in frame_messages(fr, pipe, None):
+    command = JointCommand([f"j{i}" for i in range(fr.result.action.shape[0])], np.asarray(fr.result.action) * 0.5)
+    for out in frame_messages(fr, pipe, None, command=command):
+        if out.msgtype == "sensor_msgs/msg/JointState":
+            # rosbags cannot read rclpy's empty velocity/effort arrays (ENVIRONMENT.md); rclpy reads both
+            from rclpy.serialization import deserialize_message
+            from sensor_msgs.msg import JointState
+
+            a = deserialize_message(serialize_message(to_rclpy(out)), JointState)
+            b = deserialize_message(bytes(typestore.serialize_cdr(to_rosbags(out, typestore), out.msgtype)), JointState)
+            assert list(a.name) == list(b.name) == command.names and a.header == b.header
+            np.testing.assert_array_equal(a.position, b.position)
+            np.testing.assert_allclose(a.position, command.positions)
+            continue
         # CDR alignment padding is not zeroed by rclpy, so compare values, not bytes
         via_rclpy = typestore.deserialize_cdr(serialize_message(to_rclpy(out)), out.msgtype)
         via_rosbags = typestore.deserialize_cdr(typestore.serialize_cdr(to_rosbags(out, typestore), out.msgtype),

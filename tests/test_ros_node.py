@@ -1,8 +1,9 @@
 """The live node as users run it: a process started with ``--ros-args --params-file``, a real small ACT
 policy, a quickly trained SAE and conformal OOD parameters, real rclpy over loopback-only Fast DDS.
 
-The tests share one node process and run in file order (outputs, replay equality, bad messages, OOD alarm
-and safe stop, reset, parameters, stale inputs).
+The tests share one node process and run in file order (start-up under sim time, outputs, replay equality, bad
+messages, OOD alarm and safe stop, reset, parameters, stale inputs and a reset that cannot hold); the last ones start
+nodes with bad parameters.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ JOINTS_TOPIC = "/pai_test/joint_states"
 JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 SAFE_STOP_SERVICE = "/pai_test/safe_stop"
 NS = "/pai_introspector"
-STALE_S = 1.5  # set at run time by the stale-input test; the shared node starts with a patient watchdog
-START_STALE_S = 30.0
+STALE_S = 1.5  # set at run time by the stale-input test
+START_STALE_S = 1.0  # the shared node starts impatient: the start-up grace must keep it quiet until inputs come
+PATIENT_STALE_S = 30.0  # set by the start-up test for the tests in between
 
 
 def require_loopback_dds() -> None:
@@ -85,7 +87,8 @@ def write_params(path: Path, models: dict, **overrides) -> Path:
     doc = yaml.safe_load((ROOT / "config" / "introspect.yaml").read_text())
     params = doc["/**"]["ros__parameters"]
     params.update(policy_path=models["policy"], sae_path=models["sae"], joint_states_topic=JOINTS_TOPIC,
-                  joint_names=JOINTS, rate_hz=10.0, stale_timeout_s=START_STALE_S, max_input_age_s=0.5)
+                  joint_names=JOINTS, rate_hz=10.0, stale_timeout_s=START_STALE_S, startup_grace_s=600.0,
+                  max_input_age_s=0.5, use_sim_time=True)  # sim time, and nobody publishes /clock
     params["cameras"] = {"topics": [FRONT, WRIST], "features": list(CAMS)}
     params["safe_stop"] = {"service": SAFE_STOP_SERVICE}
     for key, value in overrides.items():
@@ -127,7 +130,7 @@ class Probe:
             "overlay/front": Image, "overlay/wrist": Image, "overlay/front/compressed": CompressedImage,
             "overlay/wrist/compressed": CompressedImage, "features": Float32MultiArray, "ood_score": Float32,
             "ood_threshold": Float32, "action": Float32MultiArray, "action_chunk": Float32MultiArray,
-            "attention_share": Float32MultiArray,
+            "attention_share": Float32MultiArray, "joint_command": JointState,
         }
         for name, cls in outputs.items():
             self.node.create_subscription(cls, f"{NS}/{name}", lambda m, n=name: self._record(n, m), stream)
@@ -337,6 +340,26 @@ def publish_and_wait(probe: Probe, obs, clock: Clock, wrist_format: str = "jpeg"
 
 
 # ------------------------------------------------------------------------------------------------- tests
+def test_a_node_started_before_its_inputs_raises_no_alarm_and_diagnostics_run_on_sim_time_without_clock(node, probe):
+    """The node came up with stale_timeout_s=1 and no input at all: the start-up grace holds the watchdog."""
+    from std_srvs.srv import Trigger
+
+    probe.clear("diagnostics")
+    time.sleep(START_STALE_S * 2.5)
+    assert probe.latest("alarm").data is False and probe.latest("safe_stop").data is False
+    assert probe.safe_stop_calls == []
+    status, values = wait_for(lambda: diagnostic(probe, "start-up"), 5, "the start-up diagnostic")
+    assert status.level == b"\x00" and "waiting for the first complete observation" in status.message
+    assert values["startup_grace_s"] == "600" and FRONT in status.message
+    # use_sim_time with no /clock: ROS time stands still at 0, /diagnostics still comes every second
+    wait_for(lambda: len(probe.messages("diagnostics")) >= 2, 5, "diagnostics under sim time")
+    assert probe.latest("diagnostics").header.stamp.sec == 0
+    response = probe.call(probe.reset_client, Trigger.Request())
+    assert response.success and response.message == "alarm reset (was: not active)"
+    [ok] = set_params(probe, stale_timeout_s=PATIENT_STALE_S)
+    assert ok.successful, ok.reason
+
+
 def test_node_publishes_overlays_features_score_and_alarm_with_the_input_stamps(node, probe, models, clock):
     import cv2
 
@@ -378,6 +401,12 @@ def test_node_publishes_overlays_features_score_and_alarm_with_the_input_stamps(
     assert len(probe.messages("action", start)[-1].data) == 6
     share = probe.messages("attention_share", start)[-1]
     assert share.layout.dim[0].label == "latent,state,front,wrist" and sum(share.data) == pytest.approx(1.0, abs=1e-4)
+    # the next action, named by joint (no units configured: the policy's units), with the input stamp
+    command = probe.messages("joint_command", start)[-1]
+    assert list(command.name) == JOINTS and stamp_of(command) in stamps
+    np.testing.assert_allclose(command.position, probe.messages("action", start)[-1].data, rtol=1e-6)
+    status, _ = wait_for(lambda: diagnostic(probe, "start-up"), 5, "the start-up diagnostic")
+    assert status.message.startswith("first complete observation")
 
 
 def test_a_recorded_episode_gives_the_same_features_and_scores_as_the_offline_pipeline(node, probe, models, clock,
@@ -524,10 +553,47 @@ def test_stale_inputs_raise_the_alarm_through_the_watchdog(node, probe, clock):
              "the stale reason in diagnostics")
 
 
-def test_invalid_parameters_end_the_node_with_a_clear_error(models, tmp_path):
+def test_a_reset_while_inputs_are_still_stale_says_it_cannot_hold_and_one_after_they_return_does(node, probe, clock):
+    from std_srvs.srv import Trigger
+
+    assert probe.latest("alarm").data is True
+    response = probe.call(probe.reset_client, Trigger.Request())
+    assert not response.success
+    assert response.message.startswith("alarm not reset: stale inputs: no complete observation for")
+    assert "restore the inputs first" in response.message
+    time.sleep(0.5)
+    assert probe.latest("alarm").data is True, "the refused reset must not flicker the alarm"
+    publish_and_wait(probe, observation(0.3, seed=8100), clock)
+    response = reset_alarm(probe)
+    assert response.success and response.message.startswith("alarm reset (was: stale inputs")
+    [ok] = set_params(probe, stale_timeout_s=PATIENT_STALE_S)
+    assert ok.successful
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"joint_names": ["a", "b"]}, "joint_names has 2 names ['a', 'b'] but the policy's observation.state has 6"),
+    ({"stale_timout_s": 5.0}, "parameters file: Unknown settings ['stale_timout_s']; known settings are ["),
+    ({"stale_timeout_s": -1.0}, "stale_timeout_s=-1.0 must be positive"),
+    ({"sae_path": "no/such/sae"}, "sae_path='no/such/sae': no such directory (relative paths are relative to the "
+                                  "working directory"),
+    ({"device": "cuda:64"}, "device='cuda:64' but torch sees"),
+    ({"safe_stop": {"backend": "ros2_control", "controllers": ["arm_controller"]}},
+     "safe_stop.backend=ros2_control needs the controller_manager_msgs/srv/SwitchController service type"),
+])
+def test_invalid_parameters_end_the_node_with_one_clear_line_and_exit_code_2(models, tmp_path, overrides, message):
     require_loopback_dds()
-    params = write_params(tmp_path / "bad.yaml", models, joint_names=["a", "b"])
+    params = write_params(tmp_path / "bad.yaml", models, **overrides)
     proc = subprocess.run([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
                           env=node_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "joint_names has 2 names" in proc.stderr and "6 values" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_parameters_file_is_an_error_not_a_warning(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file",
+                           str(tmp_path / "nope.yaml")], env=node_env(), capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"[pai_introspector] error: --params-file {tmp_path / 'nope.yaml'}: no such file"
