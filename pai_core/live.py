@@ -290,6 +290,7 @@ class LiveRunner:
         if self._reset_pending is not None:
             self._reset_pending = None
             self.pipeline.alarm.reset()
+            self._published = None  # a reset always (re)publishes the latched alarm topics
         obs = None
         with self._lock:
             if self._fresh.issuperset(self.assembler.required):

@@ -115,6 +115,7 @@ def test_no_stale_alarm_before_the_first_complete_observation_until_the_start_up
     assert st.level == "ok" and "waiting for the first complete observation (4.0 of 5 s start-up grace" in st.message
     assert "never received ['/cam/front', '/cam/wrist/compressed', '/joint_states']" in st.message
     assert r.request_reset()[0], "a reset during the grace holds"
+    assert r.tick().alarm is False, "a reset publishes the (cleared) alarm state again"
     clock.t += 1.5
     tick = r.tick()
     assert tick.alarm is True
