@@ -50,19 +50,23 @@ class AlarmPolicy:
         self._below_run = 0
         self.state = AlarmState(False, "", 0)
 
-    def update(self, score: float, threshold: float) -> AlarmState:
+    def update(self, score: float, threshold: float, source: str = "OOD score") -> AlarmState:
         """Feed one frame's score; returns the alarm state after it. A score that is not a finite number
-        (e.g. features that overflowed) cannot be judged, so it raises the alarm as a fault."""
+        (e.g. features that overflowed) cannot be judged, so it raises the alarm as a fault. ``source``
+        names the signal in the reason (with several signals the score is the largest score/threshold
+        ratio and ``threshold`` is 1)."""
         if not math.isfinite(score):
             self._window.append(True)
             self._below_run = 0
-            return self.fault(f"OOD score is {score}: monitoring impossible")
+            return self.fault(f"{source} is {score}: monitoring impossible")
         above = bool(score > threshold)
         self._window.append(above)
         count = sum(self._window)
         self._below_run = 0 if above else self._below_run + 1
         if not self.state.active and count >= self.config.n:
-            self.state = AlarmState(True, f"OOD score above {threshold:.4g} in {count} of last {len(self._window)} frames", count)
+            what = f"{source} above {threshold:.4g}" if threshold != 1.0 or source == "OOD score" else \
+                f"{source} above its threshold"
+            self.state = AlarmState(True, f"{what} in {count} of last {len(self._window)} frames", count)
         elif self.state.active and not self.config.latch and self._below_run >= self.config.clear_after:
             self.state = AlarmState(False, "", count)
         else:

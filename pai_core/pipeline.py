@@ -7,6 +7,7 @@ why replay through the node and replay offline give identical numbers.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -37,6 +38,7 @@ class Frame:
         token_error: (S,) per-token SAE reconstruction error (what the OOD score is computed from).
         codes: (S, n_latents) sparse SAE codes of every token (a torch view on the SAE's device), kept
             only when ``Pipeline.keep_codes`` is set (for spatial feature maps: ``features.feature_maps``).
+        signals: scores of the further signals the alarm watches (``OODParams.signals``), by name.
         state_coverage: ``patch_knn`` only: the joint state's distance to the nearest reference state over
             the reference's coverage radius (above 1 the reference does not cover this state and the
             score is not trusted); None for other scores.
@@ -52,6 +54,7 @@ class Frame:
     codes: object | None = None
     token_error: np.ndarray | None = None
     state_coverage: float | None = None
+    signals: dict[str, float] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -90,7 +93,12 @@ class Pipeline:
                            params.policy_fingerprint, params.policy)
         self._ood = params
         self.scorer: Scorer = load_scorer(params) if params is not None else ReconMse()
-        self.engine.adapter.keep_vision_features = self.scorer.needs_vision_features
+        self.signals: dict[str, tuple[Scorer, float]] = {}  # further signals: name -> (scorer, threshold)
+        for i, entry in enumerate(params.signals if params is not None else []):
+            signal = params.signal(i)
+            self.signals[signal.score] = (load_scorer(signal), signal.threshold)
+        self.engine.adapter.keep_vision_features = any(
+            s.needs_vision_features for s in [self.scorer, *(sc for sc, _ in self.signals.values())])
 
     @classmethod
     def load(
@@ -158,9 +166,12 @@ class Pipeline:
         return [self.feature_labels.get(i, f"f{i}") for i in range(self.n_features)]
 
     def reset(self) -> None:
-        """New episode: LeRobot's action queue and the alarm window start over (the latch too)."""
+        """New episode: LeRobot's action queue, the scorers' history and the alarm window start over (the
+        latch too)."""
         self.engine.reset()
         self.alarm.reset()
+        for scorer in [self.scorer, *(sc for sc, _ in self.signals.values())]:
+            scorer.reset()
 
     def step(self, obs: Observation) -> Frame:
         """Live: one observation, the next action with LeRobot's queueing."""
@@ -177,8 +188,10 @@ class Pipeline:
         import torch
 
         out = self.extractor(torch.stack([r.tokens for r in results]))
-        scored = self.scorer.score(ScoreBatch(results, observations, out.token_error))
+        batch = ScoreBatch(results, observations, out.token_error)
+        scored = self.scorer.score(batch)
         scores, maps, coverage = scored.scores, scored.maps, scored.coverage
+        extra = {name: (scorer.score(batch).scores, thr) for name, (scorer, thr) in self.signals.items()}
         threshold = self.threshold
         for i, frame in enumerate(frames):
             frame.features = out.features[i]
@@ -190,9 +203,24 @@ class Pipeline:
                 frame.state_coverage = float(coverage[i])
             if self.keep_codes:
                 frame.codes = out.codes[i]
-            if threshold is not None:
+            frame.signals = {name: float(sig[i]) for name, (sig, _) in extra.items()}
+            if threshold is not None and not extra:
                 frame.alarm = self.alarm.update(frame.ood_score, threshold)
+            elif threshold is not None:  # any signal above its (jointly calibrated) threshold
+                ratios = {self.ood.score: _ratio(frame.ood_score, threshold)} | {
+                    name: _ratio(frame.signals[name], thr) for name, (_, thr) in extra.items()}
+                source = max(ratios, key=lambda k: ratios[k])
+                frame.alarm = self.alarm.update(ratios[source], 1.0, source=source)
         return frames
+
+    def signal_thresholds(self) -> dict[str, float]:
+        """The thresholds of the further signals, by name (the appearance score's is ``threshold``)."""
+        return {name: thr for name, (_, thr) in self.signals.items()}
+
+
+def _ratio(score: float, threshold: float) -> float:
+    """score / threshold, where a threshold of zero or less counts every positive score as above it."""
+    return score / threshold if threshold > 0 else (math.inf if score > threshold else 0.0)
 
 
 def check_made_for(engine: Introspector, what: str, fingerprint: str, made_with: str) -> None:

@@ -30,6 +30,10 @@ def register(sub) -> argparse.ArgumentParser:
                         "token_knn: distance of the encoder-input tokens to the nearest clean reference frames; "
                         "patch_knn: distance of the backbone's image patches to those of the clean reference "
                         "frames nearest in joint state (the most sensitive; docs/trainer.md)")
+    p.add_argument("--signals", nargs="*", default=[], choices=["action_consistency"], metavar="SIGNAL",
+                   help="further signals the alarm watches beside --score: action_consistency (how much the "
+                        "predicted action chunk disagrees with those of the last ticks). All thresholds are "
+                        "calibrated together, so a clean frame raises any of them with probability about ALPHA")
     p.add_argument("--reference-root", default=None,
                    help="token_knn/patch_knn: clean reference dataset (default: the SAE's training dataset)")
     p.add_argument("--reference-episodes", type=int, nargs="*", default=None,
@@ -108,7 +112,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..errors import InputError
-    from ..ood import FitJob, OODParams, calibrate, frame_ranges, score_episodes, scorer_class
+    from ..ood import FitJob, OODParams, calibrate, frame_ranges, joint_thresholds, score_episodes, scorer_class
     from ..ood.recon import fit_episode_count
     from ..pipeline import Pipeline
     from ..preflight import check_alpha, check_dataset_for_policy
@@ -140,10 +144,13 @@ def run(args) -> int:
     options = {"knn_k": args.knn_k, "stride": args.reference_stride, "batch_size": args.batch_size,
                "nuisance_variants": args.reference_nuisance,
                "max_bytes": None if args.reference_max_gb is None else args.reference_max_gb * 1e9}
-    fitted = scorer_class(args.score).fit(FitJob(pipe, dataset, episodes, reference, options))
+    job = FitJob(pipe, dataset, episodes, reference, options)
+    fitted = scorer_class(args.score).fit(job)
     fields = fitted.scorer.save(out.parent)
     del fitted.scorer  # scoring below loads what was saved (a reference is mapped, not held twice)
-    pipe.ood = OODParams(threshold=0.0, score=args.score, **fields, source_dir=str(out.parent),
+    signals = [{"score": name, "threshold": 0.0, **scorer_class(name).fit(job).scorer.save(out.parent)}
+               for name in dict.fromkeys(args.signals) if name != args.score]
+    pipe.ood = OODParams(threshold=0.0, score=args.score, **fields, source_dir=str(out.parent), signals=signals,
                          policy_fingerprint=pipe.engine.fingerprint)
     from ..nuisance import NuisanceRange
 
@@ -157,6 +164,16 @@ def run(args) -> int:
     try:
         check_alpha(scores.size, args.alpha, "the covered calibration frames")
         params = calibrate(scores, args.alpha)
+        if signals:
+            per_signal = {args.score: scores} | {
+                s["score"]: np.concatenate([e.signals[s["score"]] for e in eps])[covered] for s in signals}
+            thresholds, tau = joint_thresholds(per_signal, args.alpha)
+            params.threshold = thresholds[args.score]
+            for s in signals:
+                s["threshold"] = thresholds[s["score"]]
+            fields |= {"signals": signals}
+            log.info("joint calibration of %s: thresholds %s (tau %.3f)", list(thresholds),
+                     {k: round(v, 4) for k, v in thresholds.items()}, tau)
     except ValueError as exc:
         raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
     for key, value in fields.items():
@@ -173,6 +190,11 @@ def run(args) -> int:
               "empirical_rate_on_calibration": round(float(np.mean(scores > params.threshold)), 6)}
     if params.coverage:
         result["uncovered_frames_excluded"] = params.coverage["excluded_frames"]
+    if params.signals:
+        result["signals"] = {s["score"]: round(s["threshold"], 6) for s in params.signals}
+        result["empirical_rate_on_calibration"] = round(float(np.mean(np.max(np.stack(
+            [per_signal[args.score] / params.threshold] + [per_signal[s["score"]] / s["threshold"]
+                                                          for s in params.signals]), axis=0) > 1.0)), 6)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -36,6 +36,18 @@ def calibrate(scores: np.ndarray, alpha: float, bins: int = 50) -> OODParams:
 
 
 
+def joint_thresholds(scores: dict[str, np.ndarray], alpha: float) -> tuple[dict[str, float], float]:
+    """One false-alarm rate for several signals: each signal's scores (same frames) are divided by their own
+    conformal threshold at ``alpha``, the alarm statistic is the largest of these ratios, and its conformal
+    threshold tau at ``alpha`` scales every signal's threshold. A fresh clean frame then exceeds any of the
+    returned thresholds with probability at most about ``alpha`` (the normalisers are fitted on the same
+    frames, which makes it approximate). Returns (signal -> threshold, tau)."""
+    norm = {name: max(conformal_threshold(s, alpha), 1e-12) for name, s in scores.items()}
+    ratio = np.max(np.stack([np.asarray(s, np.float64) / norm[name] for name, s in scores.items()]), axis=0)
+    tau = conformal_threshold(ratio, alpha)
+    return {name: n * tau for name, n in norm.items()}, tau
+
+
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     """Area under the ROC curve = P(positive score > negative score), ties counting half
     (Mann-Whitney U from average ranks)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ class EpisodeScores:
         token_error: (T, S) per-token reconstruction error (what the scores are computed from).
         coverage: (T,) ``patch_knn``: joint-state distance to the reference over its coverage radius
             (above 1: not covered), else None.
+        signals: further signals' (T,) scores by name (``OODParams.signals``).
     """
 
     dataset: str
@@ -33,6 +34,7 @@ class EpisodeScores:
     alarm: np.ndarray
     token_error: np.ndarray | None = None
     coverage: np.ndarray | None = None
+    signals: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def uncovered(self) -> np.ndarray:
@@ -63,7 +65,7 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
     bar = tqdm(total=total, unit="frame", desc=f"score {dataset.repo_id}", disable=not progress)
     for ep in episodes:
         pipe.reset()
-        scores, stamps, alarm, errors, coverage = [], [], [], [], []
+        scores, stamps, alarm, errors, coverage, signals = [], [], [], [], [], []
         frames = iter_episode(dataset, ep)  # image and video datasets alike
         if nuisance is not None:
             rng = np.random.default_rng([seed, ep])
@@ -79,10 +81,12 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
                     alarm.append(frame.alarm.active)
                     errors.append(frame.token_error)
                     coverage.append(frame.state_coverage)
+                    signals.append(frame.signals)
                 bar.update(len(obs))
         cov = None if any(c is None for c in coverage) else np.asarray(coverage, np.float64)
         out.append(EpisodeScores(str(dataset.repo_id), ep, np.asarray(scores, np.float64),
-                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool), np.stack(errors), cov))
+                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool), np.stack(errors), cov,
+                                 {k: np.asarray([f[k] for f in signals], np.float64) for k in (signals[0] if signals else {})}))
     bar.close()
     return out
 
@@ -126,8 +130,13 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
     for name in dict.fromkeys(e.dataset for e in ood_eps):
         s = np.concatenate([e.scores for e in ood_eps if e.dataset == name])
         by_dataset[name] = {"auroc": auroc(id_s, s), "tpr_at_threshold": float(np.mean(s > threshold)), "frames": int(s.size)}
+    per_signal = {}
+    for name in (id_eps[0].signals if id_eps else {}):
+        per_signal[name] = {"auroc": auroc(np.concatenate([e.signals[name] for e in id_eps]),
+                                           np.concatenate([e.signals[name] for e in ood_eps]))} if ood_eps else {}
     return {
         "threshold": threshold,
+        "signals": per_signal,
         "frames": {"in_distribution": int(id_s.size), "ood": int(ood_s.size)},
         "auroc": auroc(id_s, ood_s),
         "tpr_at_threshold": float(np.mean(ood_s > threshold)),

@@ -30,6 +30,11 @@ class OODParams:
     reference_summary: "patch_knn": size of the reference (frames, MB, budget, coverage radius).
     policy, policy_fingerprint: the policy the parameters were calibrated with (``policy_fingerprint``);
         another policy is refused.
+    signal_params: the parameters of scorers whose files are not OOD fields of their own (e.g.
+        ``action_consistency``'s action spread and rate).
+    signals: further signals the alarm watches beside ``score``, each {"score", "threshold", ...its fields}.
+        All thresholds are calibrated jointly (``conformal.joint_thresholds``): a clean frame exceeds any
+        of them with probability at most ``alpha``.
     """
 
     threshold: float
@@ -48,6 +53,8 @@ class OODParams:
     reference_summary: dict = field(default_factory=dict)
     policy: str = ""
     policy_fingerprint: str = ""
+    signal_params: dict = field(default_factory=dict)
+    signals: list = field(default_factory=list)
     source_dir: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +70,13 @@ class OODParams:
             raise ValueError("score 'sae_recon_z' needs token_mean and token_std of equal, non-zero length")
         if self.score in ("token_knn", "patch_knn") and not self.reference:
             raise ValueError(f"score {self.score!r} needs a reference file")
+
+    def signal(self, index: int) -> "OODParams":
+        """The parameters of ``signals[index]`` as OOD parameters of their own (to load its scorer)."""
+        entry = dict(self.signals[index])
+        return OODParams(threshold=float(entry.pop("threshold")), alpha=self.alpha, score=entry.pop("score"),
+                         **entry, policy=self.policy, policy_fingerprint=self.policy_fingerprint,
+                         source_dir=self.source_dir)
 
     @property
     def reference_path(self) -> Path:

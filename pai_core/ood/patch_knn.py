@@ -221,6 +221,9 @@ class PatchKnnScorer:
     def _neighbours(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
         return self._nearest(states, exclude)[0]
 
+    def reset(self) -> None:
+        pass
+
     @contextmanager
     def leaving_out(self, episode: int | None) -> Iterator["PatchKnnScorer"]:
         """Score with the frames of reference ``episode`` left out (calibrating on episodes that are also

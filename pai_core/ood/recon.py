@@ -69,6 +69,9 @@ class ReconMse:
     def leaving_out(self, episode: int | None):
         return nullcontext(self)
 
+    def reset(self) -> None:
+        pass
+
     def describe(self) -> dict:
         return {}
 
@@ -114,6 +117,9 @@ class ReconZ:
 
     def leaving_out(self, episode: int | None):
         return nullcontext(self)
+
+    def reset(self) -> None:
+        pass
 
     def describe(self) -> dict:
         return {"token_positions": len(self.params.token_mean)}

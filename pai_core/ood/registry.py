@@ -36,7 +36,7 @@ def descriptions() -> dict[str, str]:
 
 
 def _load_builtin() -> None:
-    from . import patch_knn, recon, token_knn  # noqa: F401  (each registers its scorers)
+    from . import action_consistency, patch_knn, recon, token_knn  # noqa: F401  (each registers its scorers)
 
 
 __all__: list[str] = ["SCORERS", "descriptions", "load_scorer", "register", "scorer_class"]

@@ -103,6 +103,10 @@ class Scorer(Protocol):
 
     def score(self, batch: ScoreBatch) -> ScoreOutput: ...
 
+    def reset(self) -> None:
+        """New episode (a scorer that compares a frame with earlier ones forgets them)."""
+        ...
+
     def leaving_out(self, episode: int | None) -> AbstractContextManager[Any]:
         """Score with reference episode ``episode`` left out (a no-op for scorers without a reference)."""
         ...

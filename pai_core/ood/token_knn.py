@@ -83,6 +83,9 @@ class KnnScorer:
     def leaving_out(self, episode: int | None):
         return nullcontext(self)
 
+    def reset(self) -> None:
+        pass
+
     def describe(self) -> dict:
         return {"frames": int(self.reference.shape[0]), "size_mb": round(self.reference.numel() * 4 / 1e6, 1)}
 

@@ -80,7 +80,10 @@ class TableSink:
             self.ood = _Table(out / "ood.parquet", pa.schema(
                 keys + [pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("alarm", pa.bool_()),
                         pa.field("above", pa.int32()), pa.field("reason", pa.string()),
-                        pa.field("state_coverage", pa.float64())]))  # patch_knn: > 1 = joint state not covered
+                        pa.field("state_coverage", pa.float64())]  # patch_knn: > 1 = joint state not covered
+                + [pa.field(f"signal_{name}", pa.float64()) for name in pipeline.signals]
+                + [pa.field(f"signal_{name}_threshold", pa.float64()) for name in pipeline.signals]))
+            self.signal_thresholds = pipeline.signal_thresholds()
 
     def write(self, frames: Sequence[Frame]) -> None:
         for f in frames:
@@ -95,7 +98,9 @@ class TableSink:
                                      feature_value=np.asarray(f.features[nz], np.float32).tolist())
             if self.ood is not None and f.ood_score is not None:
                 self.ood.append(**key, score=f.ood_score, threshold=f.threshold, alarm=bool(f.alarm.active),
-                                above=int(f.alarm.above), reason=f.alarm.reason, state_coverage=f.state_coverage)
+                                above=int(f.alarm.above), reason=f.alarm.reason, state_coverage=f.state_coverage,
+                                **{f"signal_{k}": v for k, v in f.signals.items()},
+                                **{f"signal_{k}_threshold": v for k, v in self.signal_thresholds.items()})
 
     def close(self) -> None:
         for table in (self.attention, self.features, self.ood):

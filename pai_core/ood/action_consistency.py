@@ -1,0 +1,101 @@
+"""``action_consistency``: a signal that looks at the policy, not at the pixels.
+
+Every tick the engine predicts a whole chunk of T future actions. Where the policy is on familiar ground
+the chunk it predicts now agrees with the overlapping part of the chunks it predicted a few ticks ago
+(it learned one consistent behaviour per situation); where it is about to fail it keeps changing its
+mind. The score of the frame at time t is the mean, over the ``lags`` previous chunks predicted at
+t - l, of the mean squared difference between ``chunk_t[:h]`` and ``chunk_{t-l}[s:s + h]`` (s: the
+number of action steps between the two ticks, from the observation stamps and the policy's rate; h at
+most ``horizon``), each action dimension divided by its spread in the dataset. It needs no SAE and no
+reference frames, so camera nuisance that the policy tolerates does not move it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from contextlib import nullcontext
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .params import OODParams
+from .registry import register
+from .scorer import Fitted, FitJob, Scale, ScoreBatch, ScoreOutput
+
+
+@register
+class ActionConsistency:
+    """(module docstring)
+
+    Args:
+        action_std: (A,) spread of each action dimension (the dataset's action statistics).
+        fps: policy action rate (steps per second): turns the stamps between two ticks into chunk steps.
+        lags: earlier chunks compared with the current one.
+        horizon: leading steps of the overlap compared (the near future matters most).
+    """
+
+    name: ClassVar[str] = "action_consistency"
+    description: ClassVar[str] = "disagreement of the predicted action chunk with the chunks of the last ticks"
+    needs_vision_features: ClassVar[bool] = False
+
+    def __init__(self, action_std, fps: float, lags: int = 3, horizon: int = 10):
+        self.action_std = np.maximum(np.asarray(action_std, np.float64).reshape(-1), 1e-6)
+        if not fps > 0 or lags < 1 or horizon < 1:
+            raise ValueError(f"fps={fps} must be > 0, lags={lags} and horizon={horizon} >= 1")
+        self.fps, self.lags, self.horizon = float(fps), int(lags), int(horizon)
+        self.reset()
+
+    def reset(self) -> None:
+        """New episode: no earlier chunk to compare with."""
+        self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=self.lags)
+
+    # ------------------------------------------------------------------ fitting and files
+    @classmethod
+    def fit(cls, job: FitJob) -> Fitted:
+        """Nothing to learn but the scale: the dataset's action spread and frame rate."""
+        stats = (job.dataset.meta.stats or {}).get("action", {})
+        std = np.asarray(stats.get("std", np.ones(job.pipe.engine.action_dim)), np.float64)
+        o = job.options
+        return Fitted(cls(std, float(job.dataset.fps), o.get("lags", 3), o.get("horizon", 10)), list(job.episodes))
+
+    def save(self, folder: Path) -> dict:
+        return {"signal_params": {"action_std": self.action_std.tolist(), "fps": self.fps, "lags": self.lags,
+                                  "horizon": self.horizon}}
+
+    @classmethod
+    def load(cls, params: OODParams) -> "ActionConsistency":
+        p = params.signal_params
+        return cls(p["action_std"], p["fps"], p.get("lags", 3), p.get("horizon", 10))
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, batch: ScoreBatch) -> ScoreOutput:
+        """Frames in time order (the history carries over from the previous batch until ``reset``)."""
+        scores = np.empty(len(batch.results), np.float64)
+        for i, (res, obs) in enumerate(zip(batch.results, batch.observations)):
+            chunk = np.asarray(res.action_chunk, np.float64) / self.action_std  # (T, A) in spreads
+            scores[i] = self._disagreement(float(obs.timestamp), chunk)
+            self._history.append((float(obs.timestamp), chunk))
+        return ScoreOutput(scores, [{} for _ in scores])
+
+    def _disagreement(self, stamp: float, chunk: np.ndarray) -> float:
+        diffs = []
+        for earlier_stamp, earlier in self._history:
+            shift = int(round((stamp - earlier_stamp) * self.fps))
+            h = min(self.horizon, chunk.shape[0], earlier.shape[0] - shift)
+            if shift < 1 or h < 1:
+                continue  # same tick, or no overlap left
+            diffs.append(float(np.mean((chunk[:h] - earlier[shift:shift + h]) ** 2)))
+        return float(np.mean(diffs)) if diffs else 0.0
+
+    def leaving_out(self, episode: int | None):
+        return nullcontext(self)
+
+    def describe(self) -> dict:
+        return {"lags": self.lags, "horizon": self.horizon, "fps": self.fps}
+
+    def map_scale(self, threshold: float) -> Scale | None:
+        return None  # no image maps
+
+
+__all__ = ["ActionConsistency"]

@@ -1,0 +1,98 @@
+"""A second signal that looks at the policy: action-chunk consistency, calibrated with the appearance score
+to one false-alarm rate."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from pai_core.cli import main
+from pai_core.ood import ActionConsistency, OODParams, ScoreBatch, joint_thresholds, score_episodes
+from pai_core.pipeline import Pipeline
+from pai_core.sources.dataset import open_dataset
+
+
+def chunks_of(engine, rng, trajectory, fps=10.0, n=8):
+    """Real engine results of n frames whose action chunks are replaced by ``trajectory(t, k)`` (the action
+    the chunk at tick t predicts for step t + k)."""
+    from tests.conftest import random_observation
+
+    obs = [replace(random_observation(engine, rng, t=i / fps)) for i in range(n)]
+    results = engine.step_batch(obs)
+    T, A = results[0].action_chunk.shape
+    for t, r in enumerate(results):
+        r.action_chunk = np.asarray([[trajectory(t, k, a) for a in range(A)] for k in range(T)], np.float32)
+    return results, obs
+
+
+def test_chunks_that_agree_where_they_overlap_score_zero_and_a_change_of_mind_does_not(policy_dir):
+    from pai_core import IntrospectionConfig, Introspector
+
+    engine = Introspector.from_pretrained(str(policy_dir), IntrospectionConfig(rollout=False))
+    rng = np.random.default_rng(0)
+    scorer = ActionConsistency(np.ones(engine.action_dim), fps=10.0, lags=3, horizon=4)
+    steady, obs = chunks_of(engine, rng, lambda t, k, a: math.sin(0.3 * (t + k) + a))
+    s = scorer.score(ScoreBatch(steady, obs, np.zeros((len(obs), 1)))).scores
+    assert s[0] == 0.0 and np.allclose(s, 0.0, atol=1e-10)
+    scorer.reset()
+    flip, obs = chunks_of(engine, rng, lambda t, k, a: (t % 2) * 2.0)  # alternates between two plans
+    s = scorer.score(ScoreBatch(flip, obs, np.zeros((len(obs), 1)))).scores
+    assert s[0] == 0.0 and (s[1:] > 1.0).all()
+    # dropped frames: stamps two ticks apart compare with a shift of two steps, so steady stays steady
+    scorer.reset()
+    every_other = [(r, o) for i, (r, o) in enumerate(zip(steady, chunks_of(engine, rng, lambda t, k, a: 0)[1])) if i % 2 == 0]
+    obs2 = [replace(o, timestamp=2 * i / 10.0) for i, (_, o) in enumerate(every_other)]
+    res2 = [steady[2 * i] for i in range(len(obs2))]
+    assert np.allclose(scorer.score(ScoreBatch(res2, obs2, np.zeros((len(obs2), 1)))).scores, 0.0, atol=1e-10)
+
+
+def test_joint_thresholds_keep_one_false_alarm_rate_over_two_signals():
+    rng = np.random.default_rng(1)
+    a, b = rng.exponential(size=4000), rng.lognormal(size=4000)
+    thresholds, tau = joint_thresholds({"a": a, "b": b}, 0.05)
+    calib_rate = np.mean((a > thresholds["a"]) | (b > thresholds["b"]))
+    assert calib_rate <= 0.05 and tau >= 1.0
+    fresh_a, fresh_b = rng.exponential(size=20000), rng.lognormal(size=20000)
+    assert abs(np.mean((fresh_a > thresholds["a"]) | (fresh_b > thresholds["b"])) - 0.05) < 0.01
+    # each signal alone at alpha would alarm on about 2 alpha together
+    single = np.mean((fresh_a > np.quantile(a, 0.95)) | (fresh_b > np.quantile(b, 0.95)))
+    assert single > 0.08
+
+
+def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_the_pipeline_watches_both(
+        ood_world, tmp_path, capsys):
+    import shutil
+
+    base, policy, held = ood_world
+    sae = tmp_path / "sae"
+    shutil.copytree(base / "sae", sae)
+    assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
+                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", "patch_knn",
+                 "--signals", "action_consistency"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["empirical_rate_on_calibration"] <= 0.1 and "action_consistency" in printed["signals"]
+    params = OODParams.load(sae / "ood_params.json")
+    assert [s["score"] for s in params.signals] == ["action_consistency"] and params.signals[0]["threshold"] > 0
+    pipe = Pipeline.load(str(policy), str(sae))
+    assert set(pipe.signals) == {"action_consistency"}
+    fresh = score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)
+    assert all(set(e.signals) == {"action_consistency"} and e.signals["action_consistency"][0] == 0.0 for e in fresh)
+    frames = np.concatenate([e.scores / params.threshold for e in fresh])
+    either = np.maximum(frames, np.concatenate([e.signals["action_consistency"] for e in fresh]) / params.signals[0]["threshold"])
+    assert np.mean(either > 1.0) <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / either.size)
+    dark = score_episodes(pipe, open_dataset("pai/synthetic", base / "dark"), progress=False)
+    assert all(e.alarm.any() for e in dark)
+    # replay writes the signal beside the appearance score
+    assert main(["replay", "--dataset-repo-id", "pai/synthetic", "--root", str(base / "fresh"), "--episode-id", "0",
+                 "--policy-path", str(policy), "--sae-path", str(sae), "--output-dir", str(tmp_path / "replay"),
+                 "--no-progress", "--no-video", "--no-mcap"]) == 0
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "replay" / "ood.parquet")
+    assert table["signal_action_consistency"].notna().all() and table["signal_action_consistency"].iloc[0] == 0.0
+    assert (table["signal_action_consistency_threshold"] == params.signals[0]["threshold"]).all()
+
