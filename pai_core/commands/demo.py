@@ -15,7 +15,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small version: few episodes, short training (minutes)")
     p.add_argument("--force", default="", help="comma-separated stage names to rerun even if their outputs exist")
     p.add_argument("--only", default="", help="comma-separated stage names to run (others must exist)")
-    p.add_argument("--train-minutes", type=float, default=None, help="policy training budget (minutes)")
+    p.add_argument("--train-steps", type=int, default=None, help="policy training steps (default 1700; 60 with --quick)")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="optional clock bound on policy training (minutes; default none: bounded by steps)")
     p.add_argument("--no-ros", action="store_true", help="skip the replay through the ROS node")
     return p
 
@@ -26,6 +28,8 @@ def run(args) -> int:
     cfg = DemoConfig.preset(args.output_dir, quick=args.quick)
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
+    if args.train_steps is not None:
+        cfg.train_steps = args.train_steps
     cfg.ros = not args.no_ros
     report = run_demo(cfg, force=[s for s in args.force.split(",") if s],
                       only=[s for s in args.only.split(",") if s])

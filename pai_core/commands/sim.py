@@ -38,7 +38,8 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--repo-id", default="pai/so101_pick_cube")
     t.add_argument("--output", required=True, help="folder for pretrained_model/, training.json, training_loss.png")
     t.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
-    t.add_argument("--max-minutes", type=float, default=12.0, help="wall-clock budget (default 12)")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="optional wall-clock budget (default none: bounded by --steps, so a run is reproducible)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--dim-model", type=int, default=128)

@@ -8,6 +8,7 @@ and ``ACTPolicy.forward`` for the loss. The result is a LeRobot ``pretrained_mod
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +23,8 @@ class TrainConfig:
     dataset_root: LeRobot dataset folder (from ``pai sim record``).
     output_dir: where ``pretrained_model/`` and ``training.json`` go.
     repo_id: repo id of the dataset.
-    steps: optimizer steps (training stops at ``steps`` or ``max_minutes``, whichever comes first).
-    max_minutes: wall-clock budget.
+    steps: optimizer steps: the same command gives the same policy.
+    max_minutes: optional wall-clock budget (None: none; a clock-bounded run depends on the machine's load).
     batch_size: frames per step.
     lr: learning rate of the whole model (backbone included: nothing is pretrained).
     dim_model, n_heads, dim_feedforward, n_encoder_layers: ACT transformer size.
@@ -40,7 +41,7 @@ class TrainConfig:
     output_dir: Path
     repo_id: str = "pai/so101_pick_cube"
     steps: int = 3000
-    max_minutes: float = 12.0
+    max_minutes: float | None = None
     batch_size: int = 16
     lr: float = 3e-4
     dim_model: int = 128
@@ -60,7 +61,7 @@ class TrainConfig:
             raise InputError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise InputError(f"n_action_steps={self.n_action_steps} must be within 1..chunk_size ({self.chunk_size})")
-        if self.steps < 1 or self.max_minutes <= 0:
+        if self.steps < 1 or (self.max_minutes is not None and self.max_minutes <= 0):
             raise InputError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
 
 
@@ -119,7 +120,7 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     optimizer = optim_cfg.build(policy.get_optim_params())
     generator = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
-    deadline = start + cfg.max_minutes * 60.0
+    deadline = math.inf if cfg.max_minutes is None else start + cfg.max_minutes * 60.0
     losses: list[float] = []
     step = 0
     stopped_by = "steps"
