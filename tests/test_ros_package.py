@@ -54,9 +54,46 @@ def test_the_launch_file_starts_the_installed_executable_with_the_installed_conf
     assert ast.literal_eval(node["name"]) == "pai_introspector"
     args = [ast.literal_eval(c.args[0]) for c in ast.walk(tree) if isinstance(c, ast.Call)
             and getattr(c.func, "id", "") == "DeclareLaunchArgument"]
-    assert args == ["config", "policy_path", "device", "namespace"]
+    assert args == ["config", "policy_path", "sae_path", "device", "namespace"]
+    overrides = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                     and getattr(n.targets[0], "id", "") == "OVERRIDES")
+    assert ast.literal_eval(overrides) == ("policy_path", "sae_path", "device")
+    # the launch ends with the node, and fails when it fails: an OnProcessExit handler on the node
+    handler = calls["OnProcessExit"]
+    assert {k.arg for k in handler.keywords} == {"target_action", "on_exit"}
+    assert "check_config" in calls and "RegisterEventHandler" in calls
     entry = (install / "lib" / "python3.11" / "site-packages").glob("pai-*.egg-info/entry_points.txt")
     assert "introspect = pai.introspect_node:main" in next(entry).read_text()
+    assert next((install / "lib").glob("python3*/site-packages/pai/launch_checks.py")).is_file()
+
+
+def test_the_launch_checks_refuse_a_missing_config_and_turn_a_failed_node_into_a_failed_launch(tmp_path):
+    sys.path.insert(0, str(ROOT / "ros2_ws" / "src" / "pai"))
+    try:
+        from pai.launch_checks import LaunchError, check_config, exit_error, overrides
+    finally:
+        sys.path.pop(0)
+    config = tmp_path / "introspect.yaml"
+    config.write_text("/**: {ros__parameters: {}}\n")
+    assert check_config(str(config)) == str(config)
+    with pytest.raises(LaunchError, match=r"config:=.*nope.yaml: no such file"):
+        check_config(str(tmp_path / "nope.yaml"))
+    assert exit_error("pai_introspector", 0) is None and exit_error("pai_introspector", -2) is None
+    assert exit_error("pai_introspector", 2) == "pai_introspector ended with exit code 2 (its error line is above)"
+    assert exit_error("pai_introspector", -11) == "pai_introspector ended with signal 11"
+    assert overrides({"policy_path": "", "sae_path": "sae", "device": "cuda"}) == {"sae_path": "sae", "device": "cuda"}
+
+
+def test_launch_and_config_have_one_home_and_a_package_built_without_them_fails_naming_them(tmp_path):
+    pkg = ROOT / "ros2_ws" / "src" / "pai"
+    assert not (pkg / "launch").exists() and not (pkg / "config").exists(), "no second copy (or symlink) in the package"
+    outside = tmp_path / "ws" / "src" / "pai"
+    shutil.copytree(pkg, outside, ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=outside, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0
+    assert f"pai: no *.launch.py in {tmp_path / 'launch'}; the package installs its launch and config files" in \
+        proc.stderr + proc.stdout
 
 
 def test_the_installed_node_rejects_an_invalid_parameters_file_with_a_clear_error(install, tmp_path):
@@ -71,3 +108,22 @@ def test_the_installed_node_rejects_an_invalid_parameters_file_with_a_clear_erro
                            "--params-file", str(bad)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "rate_hz=-5.0 must be positive" in proc.stderr
+
+
+def test_a_symlink_install_in_ros2_ws_links_the_repositorys_own_launch_and_config_files(tmp_path):
+    exe = colcon()
+    assert exe, "colcon is not installed (pip install colcon-common-extensions)"
+    repo = tmp_path / "repo"
+    for folder in ("launch", "config"):
+        shutil.copytree(ROOT / folder, repo / folder)
+    shutil.copytree(ROOT / "ros2_ws" / "src" / "pai", repo / "ros2_ws" / "src" / "pai",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([exe, "build", "--symlink-install"], cwd=repo / "ros2_ws", env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    share = repo / "ros2_ws" / "install" / "pai" / "share" / "pai"
+    for installed, source in ((share / "config" / "introspect.yaml", repo / "config" / "introspect.yaml"),
+                              (share / "launch" / "introspect.launch.py", repo / "launch" / "introspect.launch.py")):
+        assert installed.is_symlink() and installed.resolve() == source.resolve()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"], "nothing written outside the repository"
