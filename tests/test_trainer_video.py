@@ -231,3 +231,25 @@ def test_a_threshold_that_is_not_a_finite_number_is_refused_naming_the_file_and_
     with pytest.raises(ModelError, match="threshold=.* must be a finite number") as err:
         OODParams.load(path)
     assert str(path) in str(err.value)
+
+
+def test_evaluate_and_replay_name_a_missing_camera_before_any_forward(world, trained, tmp_path, capsys):
+    base, ds, policy = world
+    one_camera = make_lerobot_dataset(tmp_path / "one", "pai/one_camera", cameras={"observation.images.front": (96, 128)},
+                                      episodes=1, frames=4, state_names=SO101)
+    import shutil
+
+    from pai_core import Introspector
+    from pai_core.ood import OODParams
+
+    sae = tmp_path / "sae"
+    shutil.copytree(trained[1], sae)
+    OODParams(threshold=1.0, policy_fingerprint=Introspector.from_pretrained(str(policy)).fingerprint).save(
+        sae / "ood_params.json")
+    assert pai("replay", "--dataset-repo-id", "pai/one_camera", "--root", one_camera.root, "--episode-id", 0,
+               "--policy-path", policy, "--sae-path", sae, "--output-dir", tmp_path / "replay", "--no-progress") == 1
+    assert "lacks cameras ['observation.images.wrist']" in capsys.readouterr().err
+    assert pai("evaluate-ood", "--sae-path", sae, "--policy-path", policy, "--id", ds.root, "--ood",
+               one_camera.root, "--output-dir", tmp_path / "eval") == 1
+    assert "lacks cameras ['observation.images.wrist']" in capsys.readouterr().err
+    assert not (tmp_path / "eval" / "ood_evaluation.json").exists()

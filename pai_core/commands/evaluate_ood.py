@@ -89,9 +89,16 @@ def run(args) -> int:
     params = Path(args.ood_params) if args.ood_params else Path(args.sae_path) / "ood_params.json"
     if not params.is_file():
         raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")
+    from ..preflight import check_dataset_for_policy
+    from ..sources.dataset import select_episodes
+
     pipe = Pipeline.load(args.policy_path, args.sae_path, str(params), device=args.device, alarm=alarm)
-    id_eps = [e for spec in args.id for e in score_episodes(pipe, open_spec(spec, args.root), args.id_episodes, args.batch_size)]
-    ood_eps = [e for spec in args.ood for e in score_episodes(pipe, open_spec(spec, args.root), None, args.batch_size)]
+    id_sets = [(open_spec(spec, args.root), args.id_episodes) for spec in args.id]
+    ood_sets = [(open_spec(spec, args.root), None) for spec in args.ood]
+    for ds, episodes in id_sets + ood_sets:  # every dataset checked before the first forward pass
+        check_dataset_for_policy(ds, pipe.engine, select_episodes(ds, episodes), args.policy_path)
+    id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, args.batch_size)]
+    ood_eps = [e for ds, _ in ood_sets for e in score_episodes(pipe, ds, None, args.batch_size)]
     result = evaluate_episodes(id_eps, ood_eps, pipe.threshold)
     result.update({"alpha": pipe.ood.alpha, "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
                    "id": args.id, "ood": args.ood})

@@ -154,8 +154,10 @@ def replay_bag(path: str | Path, settings, pipeline: Pipeline, options: ReplayOp
 
 def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
     """Replay one LeRobot dataset episode (image or video dataset)."""
+    from ..preflight import check_dataset_for_policy
     from ..sources.dataset import episode_bounds, iter_episode
 
+    check_dataset_for_policy(dataset, pipeline.engine, [episode], pipeline.engine.loaded.source)
     start, stop = episode_bounds(dataset, episode)
     accounting = Accounting()
     count = accounting.input(f"episode {episode}")
