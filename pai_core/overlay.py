@@ -27,7 +27,10 @@ class OverlayConfig:
         alpha: heatmap opacity in [0, 1].
         normalize: "global" scales all cameras by one maximum, "per_camera" each by its own.
         state_bar: draw a bar on the left edge whose height is the state token's attention share.
-        label: write the camera name and its attention share.
+        label: write the camera name and its attention share (scaled to fit inside the image).
+        weighted: opacity follows the map (``alpha`` at the map's top, untinted where it is 0), so the
+            image shows where attention is low; off: ``alpha`` everywhere (the whole frame tinted).
+        mark_peak: ring the map's maximum.
     """
 
     source: Literal["attention", "rollout"] = "attention"
@@ -36,6 +39,8 @@ class OverlayConfig:
     normalize: Literal["global", "per_camera"] = "global"
     state_bar: bool = True
     label: bool = True
+    weighted: bool = True
+    mark_peak: bool = True
 
     def __post_init__(self) -> None:
         if self.source not in ("attention", "rollout"):
@@ -67,13 +72,43 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, colormap: str = "jet", 
     everywhere and 0 gets the colormap's lowest colour.
     """
     h, w = image.shape[:2]
-    heat8 = (np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
-    heat8 = cv2.resize(heat8, (w, h), interpolation=cv2.INTER_LINEAR)
+    heat8 = (np.clip(upsample(heat, (h, w)), 0.0, 1.0) * 255).astype(np.uint8)
     colored = cv2.LUT(cv2.cvtColor(heat8, cv2.COLOR_GRAY2RGB), _colormap_lut(colormap))
     if not weighted:
         return cv2.addWeighted(image, 1.0 - alpha, colored, alpha, 0.0)
     a = heat8[..., None].astype(np.float32) * (alpha / 255.0)
     return (image * (1.0 - a) + colored * a + 0.5).astype(np.uint8)
+
+
+def upsample(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) token map -> (H, W) float map, smooth (bicubic on the values, so a 3x4 map does not become
+    blocks; pixel centres aligned with token centres)."""
+    return cv2.resize(np.asarray(heat, np.float32), (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _mark_peak(img: np.ndarray, heat: np.ndarray) -> None:
+    """A ring around the map's maximum (where the model looks most), in the image's coordinates."""
+    h, w = img.shape[:2]
+    up = upsample(heat, (h, w))
+    y, x = np.unravel_index(int(np.argmax(up)), up.shape)
+    r = max(4, min(h, w) // 12)
+    cv2.circle(img, (int(x), int(y)), r, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.circle(img, (int(x), int(y)), r, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def above_average(maps: Mapping[str, np.ndarray], mode: str = "global") -> dict[str, np.ndarray]:
+    """Heat = how far a token is above the average token, over the largest such excess (but at least the
+    average itself): a peak is hot, attention spread evenly stays nearly untinted instead of painting the
+    whole frame (a max-normalised even map is ~1 everywhere). ``mode`` "global" uses all cameras' tokens
+    for the average and the peak, so a camera the decoder ignores stays clear; "per_camera" each alone."""
+    def heat(m: np.ndarray, mean: float, top: float) -> np.ndarray:
+        return np.clip((m - mean) / max(top - mean, mean, 1e-12), 0.0, 1.0)
+
+    arrays = {k: np.asarray(v, np.float32) for k, v in maps.items()}
+    if mode == "global" and arrays:
+        every = np.concatenate([a.ravel() for a in arrays.values()])
+        return {k: heat(a, float(every.mean()), float(every.max())) for k, a in arrays.items()}
+    return {k: heat(a, float(a.mean()), float(a.max())) for k, a in arrays.items()}
 
 
 def fixed_scale(maps: Mapping[str, np.ndarray], scale: Scale | Mapping[str, Scale]) -> dict[str, np.ndarray]:
@@ -96,10 +131,19 @@ def _draw_state_bar(img: np.ndarray, share: float) -> None:
     cv2.rectangle(img, (0, top), (width, h - 1), (255, 255, 255), -1)
 
 
-def _draw_label(img: np.ndarray, text: str) -> None:
-    scale = max(0.4, img.shape[1] / 1000.0)
-    org = (max(12, img.shape[1] // 40), int(24 * scale / 0.6))
-    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+def _draw_label(img: np.ndarray, text: str, left: int = 0) -> None:
+    """The text inside the image: as large as 1/1000 of the width allows, smaller until it fits."""
+    h, w = img.shape[:2]
+    margin = max(2, w // 80)
+    scale = max(0.3, w / 1000.0)
+    while True:
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        if left + margin + tw <= w - margin or scale <= 0.2:
+            break
+        scale *= 0.9
+    org = (left + margin, margin + th)
+    thick = 2 if scale < 0.5 else 3
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
@@ -117,17 +161,26 @@ def render_overlays(
     """
     config = config or OverlayConfig()
     raw = maps if maps is not None else (result.rollout if config.source == "rollout" else result.attention)
-    scaled = normalize_maps(raw, config.normalize) if scale is None else fixed_scale(raw, scale)
+    if scale is not None:
+        scaled = fixed_scale(raw, scale)
+    elif config.weighted:
+        scaled = above_average(raw, config.normalize)
+    else:
+        scaled = normalize_maps(raw, config.normalize)
     out = {}
     for name, heat in scaled.items():
         image = obs.images.get(name)
         if image is None:
             image = obs.images[name.rsplit(".", 1)[-1]]
-        img = heatmap_overlay(image, heat, config.colormap, config.alpha, weighted=scale is not None)
+        img = heatmap_overlay(image, heat, config.colormap, config.alpha, weighted=config.weighted or scale is not None)
+        if config.mark_peak and float(np.max(heat)) > 0:
+            _mark_peak(img, heat)
+        bar = 0
         if config.state_bar and result.layout.state_index is not None:
             _draw_state_bar(img, result.state_share)
+            bar = max(6, img.shape[1] // 64) + 1
         if config.label:
-            _draw_label(img, f"{name.rsplit('.', 1)[-1]}  {100 * result.camera_share.get(name, 0.0):.0f}%"
-                        f"  state {100 * result.state_share:.0f}%")
+            _draw_label(img, f"{name.rsplit('.', 1)[-1]} {100 * result.camera_share.get(name, 0.0):.0f}%"
+                        f" state {100 * result.state_share:.0f}%", left=bar)
         out[name] = img
     return out

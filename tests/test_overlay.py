@@ -50,3 +50,38 @@ def test_global_normalisation_keeps_cameras_comparable_and_per_camera_does_not()
 def test_invalid_overlay_options_name_the_field_and_the_allowed_values(field, value, msg):
     with pytest.raises(ValueError, match=msg):
         OverlayConfig(**{field: value})
+
+
+def test_attention_spread_evenly_leaves_the_image_clear_and_a_peak_is_tinted_and_ringed(policy_dir):
+    """The demo's 3x4-token map at 96x128 used to tint the whole frame: opacity now follows how far a token is
+    above the average token, the map is upsampled smoothly and its peak is ringed."""
+    engine = Introspector.from_pretrained(str(policy_dir))
+    obs = random_observation(engine, np.random.default_rng(0))
+    obs.images["observation.images.front"][:] = 128
+    res = engine.step(obs)
+    plain = OverlayConfig(label=False, state_bar=False, mark_peak=False)
+    even = {"observation.images.front": np.full((3, 4), 1 / 12, np.float32)}
+    out = render_overlays(obs, res, plain, maps=even)["observation.images.front"]
+    assert np.abs(out.astype(int) - 128).max() <= 1
+    peak = np.full((3, 4), 0.05, np.float32)
+    peak[1, 2] = 0.45
+    tinted = render_overlays(obs, res, plain, maps={"observation.images.front": peak})["observation.images.front"]
+    change = np.abs(tinted.astype(int) - 128).sum(-1)
+    h, w = change.shape
+    assert change[h // 2, int(w * 2.5 / 4)] > 60 and change[5, 5] < 5  # the peak's cell, a far corner
+    rows = np.abs(np.diff(change[h // 2].astype(float)))
+    assert rows.max() < 40  # smooth: no block edges
+    ringed = render_overlays(obs, res, OverlayConfig(label=False, state_bar=False),
+                             maps={"observation.images.front": peak})["observation.images.front"]
+    ring = np.argwhere(np.abs(ringed.astype(int) - tinted).sum(-1) > 0)
+    cy, cx = ring.mean(0)
+    assert abs(cy - h / 2) < h / 8 and abs(cx - w * 2.5 / 4) < w / 8
+
+
+def test_the_label_stays_inside_a_small_image():
+    from pai_core.overlay import _draw_label
+
+    img = np.zeros((96, 128, 3), np.uint8)
+    _draw_label(img, "front 84% state 8% of a long name", left=8)
+    cols = np.flatnonzero(img.any(axis=(0, 2)))
+    assert cols.size and cols.max() < 127 and cols.min() >= 8

@@ -13,7 +13,8 @@ from pai_core.testing import synthetic_frame
 from tests.replay_helpers import CAMERAS, make_sae
 
 LONG_THRESHOLD = 0.012345678912345678  # what the report must not print in full
-PLAIN = OverlayConfig(label=False, state_bar=False)  # pixels compare with the camera image only
+PLAIN = OverlayConfig(label=False, state_bar=False, mark_peak=False)  # pixels compare with the camera image only
+PER_FRAME = OverlayConfig(label=False, state_bar=False, mark_peak=False, weighted=False)  # the old, tinted look
 
 
 def observations(n: int) -> list[Observation]:
@@ -138,7 +139,7 @@ def test_small_noise_stays_cool_on_a_fixed_scale_but_per_frame_normalisation_mak
     obs, res = engine_frame
     rng = np.random.default_rng(1)
     noise = {k: (0.01 + 0.005 * rng.random((4, 4))).astype(np.float32) for k in obs.images}
-    per_frame = change(render_overlays(obs, res, PLAIN, maps=noise), obs)
+    per_frame = change(render_overlays(obs, res, PER_FRAME, maps=noise), obs)
     fixed = change(render_overlays(obs, res, PLAIN, maps=noise, scale=(0.0, 1.0)), obs)
     assert all(v > 25 for v in per_frame.values()), per_frame
     assert all(v < 2 for v in fixed.values()), fixed
@@ -162,11 +163,11 @@ def test_the_ood_video_scale_follows_the_threshold_so_clean_frames_look_clean(po
         assert len(decoded) == len(frames)
         return float(np.mean([np.abs(d.astype(int) - i).mean() for d, i in zip(decoded, images)]))
 
-    def ood_video_change(threshold: float | None, use_pipeline: bool = True) -> float:
+    def ood_video_change(threshold: float | None, use_pipeline: bool = True, config: OverlayConfig = PLAIN) -> float:
         pipe.threshold_override = threshold
         out = tmp_path / f"{threshold}-{use_pipeline}"
         out.mkdir()
-        sink = VideoSink(out, 10.0, PLAIN, maps=("ood",), pipeline=pipe if use_pipeline else None)
+        sink = VideoSink(out, 10.0, config, maps=("ood",), pipeline=pipe if use_pipeline else None)
         sink.write(frames)
         sink.close()
         return video_change(out / "front_ood.mp4")
@@ -178,7 +179,7 @@ def test_the_ood_video_scale_follows_the_threshold_so_clean_frames_look_clean(po
     codec = video_change(tmp_path / "plain.mp4")
     clean = ood_video_change(10 * peak)  # every map far below the threshold: (nearly) the camera image
     alarming = ood_video_change(peak / 10)  # every map far above it: tinted throughout
-    per_frame = ood_video_change(10 * peak, use_pipeline=False)  # the old look: hot whatever the threshold
+    per_frame = ood_video_change(10 * peak, use_pipeline=False, config=PER_FRAME)  # the old look: hot regardless
     assert clean < codec + 1.0 < 20 < alarming, (codec, clean, alarming)
     assert per_frame > 20, per_frame
 
