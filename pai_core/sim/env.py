@@ -12,6 +12,7 @@ import os
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -75,14 +76,16 @@ class SimConfig:
 class PickCubeSim:
     """One simulated robot and cube. ``reset(seed)`` places the cube; ``step(action)`` advances 1/fps s."""
 
-    def __init__(self, config: SimConfig | None = None):
+    def __init__(self, config: SimConfig | None = None, scene_path: str | os.PathLike | None = None):
+        """``scene_path``: an MJCF file to load instead of the perturbation's scene (``disturb.py`` adds a
+        hidden object it can move in mid-episode); it must keep the package scene's names."""
         import_sim_package()
         import mujoco
         from lerobot_env_so101.mujoco_env import GymRenderingSpec, SO101GymEnv
         from lerobot_env_so101.pick_env import SO101PickCubeGymEnv
 
         self.config = config or SimConfig()
-        xml = scene_file(self.config.perturbation)
+        xml = Path(scene_path) if scene_path is not None else scene_file(self.config.perturbation)
 
         class _Scene(SO101GymEnv):
             def __init__(self, xml_path=None, **kw):
