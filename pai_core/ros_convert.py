@@ -27,7 +27,6 @@ COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 JPEG_QUALITY = 85
 #: the next action in the robot's units, as sensor_msgs/JointState with the joint names (a position command that
 #: topic_based_ros2_control and similar drivers take); not published while the alarm holds.
-JOINT_COMMAND = "~/joint_command"
 
 
 class MessageError(InputError):
@@ -192,7 +191,7 @@ def joint_state_fields(names: Sequence[str], positions: np.ndarray, stamp: tuple
 
 @dataclass
 class JointCommand:
-    """The next action in the robot's units, named by joint (``JOINT_COMMAND``)."""
+    """The next action in the robot's units, named by joint (``topics.JOINT_COMMAND``)."""
 
     names: list[str]
     positions: np.ndarray
@@ -223,7 +222,7 @@ def frame_messages(
 
     Args:
         stamp: exact (sec, nanosec) of the input header; default from ``frame.observation.timestamp``.
-        command: the next action in the robot's units, published on ``JOINT_COMMAND`` as sensor_msgs/JointState.
+        command: the next action in the robot's units, published on ``topics.JOINT_COMMAND`` as sensor_msgs/JointState.
     """
     obs, result = frame.observation, frame.result
     t = float(obs.timestamp)
@@ -256,7 +255,7 @@ def frame_messages(
         out.append(OutputMessage(topics.ACTION_CHUNK, "std_msgs/msg/Float32MultiArray",
                                  multiarray_fields(np.asarray(result.action_chunk), ["time", "action"]), t))
         if command is not None:
-            out.append(OutputMessage(JOINT_COMMAND, "sensor_msgs/msg/JointState",
+            out.append(OutputMessage(topics.JOINT_COMMAND, "sensor_msgs/msg/JointState",
                                      joint_state_fields(command.names, command.positions, stamp), t))
     return out
 

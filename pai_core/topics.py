@@ -15,6 +15,7 @@ ALARM = "~/alarm"                              # std_msgs/Bool, transient local
 SAFE_STOP = "~/safe_stop"                      # std_msgs/Bool, transient local (latched stop request)
 ACTION = "~/action"                            # std_msgs/Float32MultiArray (A,)
 ACTION_CHUNK = "~/action_chunk"                # std_msgs/Float32MultiArray (T, A)
+JOINT_COMMAND = "~/joint_command"              # sensor_msgs/JointState: the next action in the robot's units
 DIAGNOSTICS = "/diagnostics"                   # diagnostic_msgs/DiagnosticArray
 RESET_ALARM = "~/reset_alarm"                  # std_srvs/Trigger service
 

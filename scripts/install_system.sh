@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # System packages a fresh Debian 12 needs (README "Install"): the venv module for python3.11, Mesa EGL for
-# the simulator's headless rendering (MUJOCO_GL=egl) and, with --tests, Chromium for the screenshot test.
+# the simulator's headless rendering (MUJOCO_GL=egl) and, with --tests, Chromium (screenshot test) and a C++
+# toolchain (the safe-stop test builds controller_manager_msgs with colcon and the rosidl generators).
 # Installs only what is missing (apt-get as root, or with sudo); elsewhere it names what to install.
 set -euo pipefail
 pkgs=(python3.11-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1)
-[[ "${1:-}" == "--tests" ]] && pkgs+=(chromium)
+[[ "${1:-}" == "--tests" ]] && pkgs+=(chromium cmake g++ make)  # make: the rosidl build in the safe-stop test
 command -v apt-get >/dev/null || { echo "[pai] not a Debian system: make sure these are installed: ${pkgs[*]}"; exit 0; }
 missing=()
 for p in "${pkgs[@]}"; do

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -103,6 +106,13 @@ def run(args) -> int:
         dataset = open_dataset(args.dataset_repo_id, args.root)
         result = replay_episode(dataset, args.episode_id, pipeline, options)
     acc, stats = result.accounting, result.stats
+    for note in acc.notes:
+        log.warning("%s", note)
+    if acc.frames_skipped:
+        log.warning("skipped frames: %s", acc.skip_summary())
+    if acc.frames_processed == 0:
+        raise InputError(f"replayed no frame of {acc.frames_total}: {acc.skip_summary() or 'the source holds none'} "
+                         f"(report: {result.output_dir / 'report.html'})")
     print(f"replayed {acc.frames_processed} frames ({sum(acc.frames_skipped.values())} skipped) in "
           f"{stats.wall_s:.1f} s: {stats.fps:.1f} frames/s, {stats.realtime_factor:.1f}x real time")
     for name, what in result.files.items():

@@ -38,12 +38,14 @@ class Accounting:
         frames_processed: observations that went through the pipeline.
         frames_skipped: reason -> observations (frames of the driving camera) not processed.
         error: the error that ended the replay early ("" when it ran to the end).
+        notes: what the user must know about the input although the replay ran (a truncated recording).
     """
 
     inputs: dict[str, InputCount] = field(default_factory=dict)
     frames_processed: int = 0
     frames_skipped: Counter = field(default_factory=Counter)
     error: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def input(self, name: str) -> InputCount:
         return self.inputs.setdefault(name, InputCount())
@@ -54,6 +56,15 @@ class Accounting:
     @property
     def frames_total(self) -> int:
         return self.frames_processed + sum(self.frames_skipped.values())
+
+    def skip_summary(self) -> str:
+        """Frames not processed, in one line grouped by kind ("12 no message yet on /a; 3 bad message (2
+        kinds)"): a kind is the reason up to its first colon, so values do not make one line each."""
+        kinds: dict[str, list[int]] = {}
+        for reason, n in self.frames_skipped.items():
+            kinds.setdefault(reason.split(":", 1)[0], []).append(n)
+        return "; ".join(f"{sum(ns)} {kind}" + (f" ({len(ns)} kinds)" if len(ns) > 1 else "")
+                         for kind, ns in sorted(kinds.items(), key=lambda kv: -sum(kv[1])))
 
     def check(self) -> list[str]:
         """Inputs whose counts do not add up (empty when every message is accounted for)."""
@@ -66,6 +77,7 @@ class Accounting:
             "frames_skipped": dict(self.frames_skipped),
             "frames_total": self.frames_total,
             "error": self.error,
+            "notes": list(self.notes),
             "inputs": {k: {"received": c.received, "used": c.used, "skipped": dict(c.skipped)}
                        for k, c in self.inputs.items()},
         }

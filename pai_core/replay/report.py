@@ -224,6 +224,9 @@ def write_report(output_dir: str | Path, sink: ReportSink, accounting: Accountin
     )
     files = "".join(f"<li><a href='{e(p)}'>{e(p)}</a> {e(d)}</li>" for p, d in outputs.items())
     error = f"<p class='error'>Replay stopped early: {e(accounting.error)}</p>" if accounting.error else ""
+    error += "".join(f"<p class='error'>{e(note)}</p>" for note in accounting.notes)
+    if accounting.frames_skipped:
+        error += f"<p>Skipped frames: {e(accounting.skip_summary())}</p>"
     images = "".join(f"<h2>{e(title)}</h2><img src='{e(src)}' alt='{e(title)}'>" for title, src in plots)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>pai replay report</title>
 <style>body{{font-family:sans-serif;max-width:1050px;margin:2em auto}}td,th{{padding:2px 10px;text-align:left;

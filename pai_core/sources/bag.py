@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -37,12 +37,14 @@ class BagTopics:
         joint_states_topic: sensor_msgs/JointState topic ("" when the policy has no state input).
         joint_names: joint names in the policy's state order.
         max_age_s: inputs further apart than this are never combined.
+        units: robot -> policy joint units (``units.JointUnits``), as the node applies them; None: as recorded.
     """
 
     cameras: dict[str, str]
     joint_states_topic: str = ""
     joint_names: list[str] = field(default_factory=list)
     max_age_s: float = 0.5
+    units: Any = None
 
     @classmethod
     def from_settings(cls, settings, policy_cameras: list[str], needs_state: bool) -> "BagTopics":
@@ -54,27 +56,59 @@ class BagTopics:
                 f"The settings map no camera topic to the policy's image features {missing}; "
                 f"cameras.features are {list(settings.camera_map.values())}, the policy expects {policy_cameras}"
             )
+        from ..units import JointUnits
+
         return cls(mapping, settings.joint_states_topic if needs_state else "", list(settings.joint_names),
-                   settings.max_input_age_s)
+                   settings.max_input_age_s, JointUnits.from_settings(settings) if needs_state else None)
+
+
+def bag_file(path: Path) -> Path:
+    """A rosbag2 folder as it is; a folder without metadata.yaml that holds one .mcap/.db3 file (an MCAP
+    written by another tool, a copied file) as that file."""
+    if not path.is_dir() or (path / "metadata.yaml").is_file():
+        return path
+    files = sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3"))
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise InputError(f"Bag folder {path} has no metadata.yaml and no .mcap/.db3 file; pass a rosbag2 folder or "
+                         "an .mcap/.db3 file")
+    raise InputError(f"Bag folder {path} has no metadata.yaml and {len(files)} recordings "
+                     f"({', '.join(f.name for f in files)}); pass one of them")
 
 
 def open_reader(path: str | Path):
-    """An opened ``AnyReader`` over a rosbag2 folder or a single .mcap/.db3 file (clear errors)."""
+    """An opened reader over a rosbag2 folder, a folder holding one .mcap/.db3, or a single .mcap/.db3
+    file (clear errors). A truncated .mcap that indexed readers refuse is salvaged with a stream reader
+    (``mcap_salvage.SalvagedMcap``: its ``truncated`` and ``describe()`` say where it breaks off)."""
     from rosbags.highlevel import AnyReader
 
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"Bag {path} does not exist; expected a rosbag2 folder (metadata.yaml) or a .mcap/.db3 file")
-    if path.is_dir() and not (path / "metadata.yaml").is_file():
-        raise InputError(f"Bag folder {path} has no metadata.yaml; pass the rosbag2 folder or its .mcap/.db3 file")
+    path = bag_file(path)
     if path.is_file() and path.suffix not in (".mcap", ".db3"):
         raise InputError(f"Bag file {path} is neither .mcap nor .db3")
     reader = AnyReader([path])
     try:
         reader.open()
     except Exception as exc:  # rosbags raises several types for damaged files
+        if path.suffix == ".mcap":
+            salvaged = _salvage(path)
+            if salvaged is not None:
+                return salvaged
         raise BagReadError(f"Could not open bag {path}: {type(exc).__name__}: {exc}") from exc
     return reader
+
+
+def _salvage(path: Path):
+    from .mcap_salvage import SalvagedMcap
+
+    try:
+        salvaged = SalvagedMcap(path)
+    except Exception:  # not even the start is readable: report the indexed reader's error
+        return None
+    return salvaged if salvaged.truncated and any(c.msgcount for c in salvaged.connections) else None
 
 
 class BagSource:
@@ -170,7 +204,10 @@ class BagSource:
             try:
                 stamp = stamp_to_sec(msg.header.stamp)
                 if topic == topics.joint_states_topic:
-                    assembler.add_state(stamp, np.asarray(joint_state_to_vector(msg, topics.joint_names), np.float32))
+                    state = joint_state_to_vector(msg, topics.joint_names)
+                    if topics.units is not None:
+                        state = topics.units.to_policy(state)
+                    assembler.add_state(stamp, np.asarray(state, np.float32))
                 else:
                     assembler.add_image(names[topic], stamp, image_msg_to_rgb(msg))
             except (PaiError, ValueError, KeyError) as exc:
@@ -197,6 +234,9 @@ class BagSource:
             count.skipped[reason] += 1
             acc.skip_frame(reason)
         self._finish(assembler, label)
+        if getattr(self.reader, "truncated", False):
+            self.accounting.notes.append(self.reader.describe())
+            return
         lost = self._account_unread("listed in the bag's index but unreadable (damaged data)")
         if lost:
             raise BagReadError(
