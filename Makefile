@@ -1,7 +1,8 @@
 # Two entry points for a fresh machine: `make demo` and `make test`. Both create the virtual
 # environment in .venv when it is missing (idempotent: a stamp file records the requirements it holds).
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# PYTHON: empty = python3.11, or with a sourced ROS 2 the Python its rclpy is built for (scripts/python_for_env.sh)
+PYTHON ?=
 VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ REQS := requirements/base.txt requirements/ros.txt requirements/constraints.txt 
 
 env: $(STAMP)
 
-$(STAMP): $(REQS) scripts/install_env.sh
+$(STAMP): $(REQS) scripts/install_env.sh scripts/python_for_env.sh
 	bash scripts/install_system.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_env.sh
 	touch $(STAMP)

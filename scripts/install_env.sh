@@ -5,17 +5,22 @@
 # On a machine with a sourced ROS 2 (ROS_DISTRO set) the venv sees the system rclpy and the
 # PyPI ROS wheels are skipped.
 set -euo pipefail
-PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
 cd "$(dirname "$0")/.."
+source scripts/python_for_env.sh
+choose_python
 
-if [[ ! -x "$VENV/bin/python" ]]; then
-  if [[ -n "${ROS_DISTRO:-}" ]]; then
-    echo "[pai] ROS 2 $ROS_DISTRO is sourced: the venv uses its rclpy (--system-site-packages)"
-    "$PYTHON" -m venv --system-site-packages "$VENV"
-  else
-    "$PYTHON" -m venv "$VENV"
+if [[ -x "$VENV/bin/python" ]]; then
+  have=$("$VENV/bin/python" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
+  if [[ "$have" != "$(basename "$PYTHON")" ]]; then
+    echo "[pai] error: $VENV was made with $have but this environment needs $PYTHON; remove $VENV (make clean-env)" >&2
+    exit 1
   fi
+elif [[ -n "${ROS_DISTRO:-}" ]]; then
+  echo "[pai] the venv sees the system rclpy (--system-site-packages); the PyPI ROS 2 wheels are skipped"
+  "$PYTHON" -m venv --system-site-packages "$VENV"
+else
+  "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q -c requirements/constraints.txt)
 # pip's noise about this machine's local index folders and LeRobot's (deliberately ignored) torch pins

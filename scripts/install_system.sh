@@ -4,7 +4,9 @@
 # toolchain (the safe-stop test builds controller_manager_msgs with colcon and the rosidl generators).
 # Installs only what is missing (apt-get as root, or with sudo); elsewhere it names what to install.
 set -euo pipefail
-pkgs=(python3.11-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1)
+source "$(dirname "$0")/python_for_env.sh"
+choose_python >/dev/null
+pkgs=("$(basename "$PYTHON")-venv" libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1)
 [[ "${1:-}" == "--tests" ]] && pkgs+=(chromium cmake g++ make)  # make: the rosidl build in the safe-stop test
 command -v apt-get >/dev/null || { echo "[pai] not a Debian system: make sure these are installed: ${pkgs[*]}"; exit 0; }
 missing=()

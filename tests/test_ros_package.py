@@ -127,3 +127,54 @@ def test_a_symlink_install_in_ros2_ws_links_the_repositorys_own_launch_and_confi
                               (share / "launch" / "introspect.launch.py", repo / "launch" / "introspect.launch.py")):
         assert installed.is_symlink() and installed.resolve() == source.resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"], "nothing written outside the repository"
+
+
+def test_the_docker_build_commands_give_an_install_that_runs_after_build_is_removed(tmp_path, policy_dir):
+    """What docker/Dockerfile runs: `colcon build` in ros2_ws, then `rm -rf build log`; the installed node must
+    still start (a --symlink-install would leave dangling links here)."""
+    import signal
+    import time
+
+    from tests.replay_helpers import CameraSpec, write_settings
+
+    assert os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"), "source scripts/test_env.sh (loopback-only DDS)"
+    for name in ("Dockerfile", "Dockerfile.gpu"):
+        dockerfile = (ROOT / "docker" / name).read_text()
+        assert "colcon build" in dockerfile and "rm -rf build log" in dockerfile, name
+        assert "--symlink-install" not in dockerfile, name
+    repo = tmp_path / "repo"
+    for folder in ("launch", "config"):
+        shutil.copytree(ROOT / folder, repo / folder)
+    shutil.copytree(ROOT / "ros2_ws" / "src" / "pai", repo / "ros2_ws" / "src" / "pai",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    ws = repo / "ros2_ws"
+    proc = subprocess.run([colcon(), "build"], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shutil.rmtree(ws / "build")
+    shutil.rmtree(ws / "log")
+    install = ws / "install" / "pai"
+    dangling = [p for p in install.rglob("*") if p.is_symlink() and not p.exists()]
+    assert not dangling, dangling
+    cams = [CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "rgb8"),
+            CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 10, "rgb8")]
+    settings = write_settings(tmp_path / "params.yaml", cams, policy_dir)
+    site = next((install / "lib").glob("python3*/site-packages"))
+    run_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    node = subprocess.Popen([sys.executable, str(install / "lib" / "pai" / "introspect"), "--ros-args", "--params-file",
+                             str(settings)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        end = time.monotonic() + 120
+        while time.monotonic() < end and node.poll() is None:
+            line = node.stdout.readline()
+            lines.append(line)
+            if "ready:" in line:
+                break
+        assert any("ready:" in line for line in lines), "".join(lines)
+    finally:
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
