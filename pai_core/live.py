@@ -297,7 +297,7 @@ class LiveRunner:
                 self._fresh.clear()
                 obs = self.assembler.take()
                 if obs is not None:
-                    obs.extra["stamp_ns"] = max(self._stamps_ns[k] for k in self.assembler.required)
+                    obs.stamp_ns = max(self._stamps_ns[k] for k in self.assembler.required)
         if obs is None:
             self._watchdog(now)
         else:
@@ -324,7 +324,7 @@ class LiveRunner:
         self.last_state_coverage = getattr(frame, "state_coverage", None)
         if obs.state is not None:
             self.state_window.append(np.asarray(obs.state, np.float64))
-        out.frame, out.stamp_ns = frame, int(obs.extra["stamp_ns"])
+        out.frame, out.stamp_ns = frame, int(obs.stamp_ns)
         out.actions = self.settings.publish_actions and not frame.alarm.active
         if out.actions and self.command_names is not None:
             out.command = JointCommand(self.command_names, self.units.to_robot(np.asarray(frame.result.action)))

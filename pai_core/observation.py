@@ -19,6 +19,8 @@ class Observation:
         env_state: optional ``observation.environment_state`` vector.
         frame_index: optional index of the frame in its episode or bag (for replay outputs).
         episode_index: optional episode the frame belongs to.
+        stamp_ns: the header stamp in integer nanoseconds where a source has one (the live node: the newest
+            input's stamp, copied to every output exactly); ``timestamp`` is the same instant in seconds.
     """
 
     images: dict[str, np.ndarray]
@@ -28,3 +30,4 @@ class Observation:
     frame_index: int = -1
     episode_index: int = -1
     extra: dict = field(default_factory=dict)
+    stamp_ns: int | None = None

@@ -221,12 +221,14 @@ def frame_messages(
     the frame's alarm is not active, the next action and the action chunk (policy units) and ``command``.
 
     Args:
-        stamp: exact (sec, nanosec) of the input header; default from ``frame.observation.timestamp``.
+        stamp: exact (sec, nanosec) of the input header; default the observation's ``stamp_ns`` (integer
+            nanoseconds, exact), else its ``timestamp`` in seconds.
         command: the next action in the robot's units, published on ``topics.JOINT_COMMAND`` as sensor_msgs/JointState.
     """
     obs, result = frame.observation, frame.result
     t = float(obs.timestamp)
-    stamp = stamp if stamp is not None else sec_to_stamp(t)
+    if stamp is None:
+        stamp = ns_to_stamp(obs.stamp_ns) if obs.stamp_ns is not None else sec_to_stamp(t)
     out: list[OutputMessage] = []
     overlays = render_overlays(obs, result, overlay_config or OverlayConfig())
     for camera, rgb in overlays.items():

@@ -42,7 +42,8 @@ class MessageSink:
         for f in frames:
             log = f.observation.extra.get("log_time_ns")
             if log is None:
-                log = int(round(float(f.observation.timestamp) * 1e9))
+                stamp_ns = f.observation.stamp_ns
+                log = int(stamp_ns) if stamp_ns is not None else int(round(float(f.observation.timestamp) * 1e9))
             if not self._started and self.pipeline.n_features:
                 self._send(feature_names_message(self.pipeline, f.observation.timestamp), log)
             self._started = True

@@ -165,7 +165,7 @@ class BagSource:
         self.close()
 
     def __iter__(self) -> Iterator[Observation]:
-        from ..ros_convert import image_msg_to_rgb, joint_state_to_vector, stamp_to_sec
+        from ..ros_convert import image_msg_to_rgb, joint_state_to_vector, stamp_to_ns, stamp_to_sec
 
         topics = self.topics
         acc = self.accounting
@@ -179,6 +179,7 @@ class BagSource:
         assembler = ObservationAssembler(features, needs_state=bool(topics.joint_states_topic), max_age_s=topics.max_age_s)
         frame_index = -1
         messages = 0
+        stamps_ns: dict[str, int] = {}  # assembler key -> header stamp of its newest message (exact)
         stream = self.reader.messages(connections=self._connections)
         while True:
             try:
@@ -210,6 +211,7 @@ class BagSource:
                     assembler.add_state(stamp, np.asarray(state, np.float32))
                 else:
                     assembler.add_image(names[topic], stamp, image_msg_to_rgb(msg))
+                stamps_ns[names[topic]] = stamp_to_ns(msg.header.stamp)
             except (PaiError, ValueError, KeyError) as exc:
                 reason = f"bad message: {exc}"
                 count.skipped[reason] += 1
@@ -227,6 +229,7 @@ class BagSource:
                     count.used += 1
                     obs.frame_index = frame_index
                     obs.episode_index = 0
+                    obs.stamp_ns = max(stamps_ns[k] for k in names.values() if k in stamps_ns)
                     obs.extra["log_time_ns"] = int(log_time)
                     yield obs
                     continue
