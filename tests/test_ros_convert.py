@@ -215,3 +215,15 @@ def test_rclpy_and_rosbags_messages_built_from_frame_messages_hold_the_same_valu
         assert_same_message(via_rclpy, via_rosbags, out.topic)
         if isinstance(out.fields.get("data"), np.ndarray):
             np.testing.assert_array_equal(via_rclpy.data, out.fields["data"], err_msg=out.topic)
+
+
+def test_one_qos_table_latches_alarm_stop_and_feature_names_for_every_publisher():
+    from pai_core import topics
+    from pai_core.ros_qos import is_latched, output_qos
+    from rclpy.qos import DurabilityPolicy
+
+    for topic in (topics.ALARM, topics.SAFE_STOP, topics.FEATURE_NAMES):
+        assert is_latched(topic) and is_latched(topics.resolve(topic))
+        assert output_qos(topic).durability == DurabilityPolicy.TRANSIENT_LOCAL
+    assert not is_latched(topics.OOD_SCORE) and output_qos(topics.OOD_SCORE).depth == 10
+    assert is_latched("/robot1/pai_introspector/alarm", namespace="/robot1/pai_introspector")

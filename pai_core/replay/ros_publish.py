@@ -7,13 +7,9 @@ raw, so they are byte-identical to the MCAP file's.
 
 from __future__ import annotations
 
-import importlib
-
 from ..errors import PaiError
-from ..topics import ALARM, FEATURE_NAMES, SAFE_STOP, resolve
+from ..ros_qos import message_class, output_qos
 from .encoding import Encoded
-
-LATCHED = (ALARM, FEATURE_NAMES, SAFE_STOP)  # transient local, as the node declares them
 
 
 class RosPublisher:
@@ -22,7 +18,6 @@ class RosPublisher:
     def __init__(self, namespace: str = "/pai_introspector", node_name: str = "pai_replay"):
         try:
             import rclpy
-            from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         except ImportError as exc:
             raise PaiError(f"--publish needs rclpy (ROS 2 Python), which is not importable here: {exc}") from exc
         self._rclpy = rclpy
@@ -30,19 +25,14 @@ class RosPublisher:
         if self._owns_context:
             rclpy.init()
         self.node = rclpy.create_node(node_name)
-        self._latched_names = {resolve(t, namespace=namespace) for t in LATCHED}
-        self._latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                   durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._default = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.namespace = namespace
         self._publishers: dict[str, object] = {}
 
     def _publisher(self, message: Encoded):
         pub = self._publishers.get(message.topic)
         if pub is None:
-            package, _, name = message.msgtype.split("/")
-            msg_class = getattr(importlib.import_module(f"{package}.msg"), name)
-            qos = self._latched if message.topic in self._latched_names else self._default
-            pub = self.node.create_publisher(msg_class, message.topic, qos)
+            pub = self.node.create_publisher(message_class(message.msgtype), message.topic,
+                                             output_qos(message.topic, self.namespace))
             self._publishers[message.topic] = pub
         return pub
 

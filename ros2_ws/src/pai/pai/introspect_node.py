@@ -19,7 +19,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 
@@ -28,14 +28,12 @@ from pai_core.errors import PaiError
 from pai_core.live import LiveRunner, Status, Tick, check_device, check_paths
 from pai_core.ros_convert import (OutputMessage, feature_names_message, frame_messages, image_msg_to_rgb,
                                   joint_state_to_vector, ns_to_stamp, stamp_to_ns)
+from pai_core.ros_qos import message_class, output_qos
 from pai_core.settings import PaiSettings, SettingsError
 
 from . import parameters, safe_stop_clients
-from .ros_msgs import message_class, to_rclpy
+from .ros_msgs import to_rclpy
 
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-STREAM = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-LATCHED_TOPICS = (topics.ALARM, topics.SAFE_STOP, topics.FEATURE_NAMES)
 LEVELS = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN, "error": DiagnosticStatus.ERROR}
 
 
@@ -139,8 +137,8 @@ class IntrospectNode(Node):
     def _publish(self, out: OutputMessage) -> None:
         pub = self._outputs.get(out.topic)
         if pub is None:
-            qos = LATCHED if out.topic in LATCHED_TOPICS else STREAM
-            pub = self._outputs[out.topic] = self.create_publisher(message_class(out.msgtype), out.topic, qos)
+            pub = self._outputs[out.topic] = self.create_publisher(message_class(out.msgtype), out.topic,
+                                                                   output_qos(out.topic))  # the shared table
         pub.publish(to_rclpy(out))
 
     def _publish_alarm(self, active: bool) -> None:

@@ -7,21 +7,12 @@ so the node and replay's MCAP hold identical values.
 from __future__ import annotations
 
 import array
-import importlib
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
 from pai_core.ros_convert import OutputMessage
-
-
-@lru_cache(maxsize=None)
-def message_class(msgtype: str) -> type:
-    """"sensor_msgs/msg/Image" or "std_msgs/Header" -> the rclpy message class."""
-    parts = msgtype.split("/")
-    package, name = parts[0], parts[-1]
-    return getattr(importlib.import_module(f"{package}.msg"), name)
+from pai_core.ros_qos import message_class
 
 
 def to_rclpy(message: OutputMessage) -> Any:
