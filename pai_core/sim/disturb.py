@@ -18,9 +18,6 @@ policy and pai see is the first one that shows it.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from .env import BLOCK_XY_BOUNDS, PickCubeSim, SimConfig
-from .scene import package_assets, scene_xml
+from .scene import scene_xml, write_scene
 
 Kind = Literal["push", "slip", "appear"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -225,26 +222,7 @@ def intruder_scene_xml() -> str:
 
 def intruder_scene_file(cache_dir: str | Path | None = None) -> Path:
     """Write ``intruder_scene_xml`` beside links to the robot model and meshes (as ``scene.scene_file``)."""
-    text = intruder_scene_xml()
-    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"pai-sim-scenes-{os.getuid()}"
-    folder = base / f"intruder-{digest}"
-    path = folder / "scene.xml"
-    if path.is_file():
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
-    assets = package_assets()
-    for name in ("so101_new_calib.xml", "assets"):
-        link = folder / name
-        if not link.exists():
-            try:
-                link.symlink_to(assets / name)
-            except FileExistsError:
-                pass
-    tmp = folder / f"scene.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return write_scene(intruder_scene_xml(), "intruder", cache_dir)
 
 
 def make_sim(config: SimConfig | None = None, disturbance: Disturbance | None = None) -> PickCubeSim:

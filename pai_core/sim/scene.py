@@ -106,13 +106,31 @@ def scene_xml(perturbation: str = "none") -> str:
 
 def scene_file(perturbation: str = "none", cache_dir: str | Path | None = None) -> Path:
     """Write the scene for ``perturbation`` into a cache folder that links the robot model and meshes."""
-    text = scene_xml(perturbation)
+    return write_scene(scene_xml(perturbation), perturbation, cache_dir)
+
+
+def write_scene(text: str, name: str, cache_dir: str | Path | None = None) -> Path:
+    """Scene XML ``text`` as ``scene.xml`` in a cache folder named by ``name`` and its digest, beside links to
+    the robot model and meshes (written atomically; reused when it exists)."""
     digest = hashlib.sha1(text.encode()).hexdigest()[:10]
     base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / f"pai-sim-scenes-{os.getuid()}"
-    folder = base / f"{perturbation}-{digest}"
+    folder = base / f"{name}-{digest}"
     path = folder / "scene.xml"
     if path.is_file():
         return path
+    folder.mkdir(parents=True, exist_ok=True)
+    assets = package_assets()
+    for asset in ("so101_new_calib.xml", "assets"):
+        link = folder / asset
+        if not link.exists():
+            try:
+                link.symlink_to(assets / asset)
+            except FileExistsError:
+                pass
+    tmp = folder / f"scene.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
     folder.mkdir(parents=True, exist_ok=True)
     assets = package_assets()
     for name in ("so101_new_calib.xml", "assets"):
