@@ -59,21 +59,25 @@ def run_step(name: str, argv: list[str], results: dict) -> dict:
     return results[name]
 
 
+def _child(queue, fn, args) -> None:
+    import resource
+
+    value = fn(*args)
+    queue.put(value | {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+
+
 def child_peak(fn, *args) -> dict:
-    """Peak RSS (bytes) of ``fn(*args)`` run in a fresh child (fork), so steps do not share a maximum."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        os.close(r)
-        value = fn(*args)
-        os.write(w, json.dumps(value).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    _, _, usage = os.wait4(pid, 0)
-    return json.loads(data) | {"peak_rss": usage.ru_maxrss * 1024}
+    """``fn(*args)`` (a dict) in a fresh spawned process, with that process's peak RSS (bytes) added: sides do
+    not share a maximum, and no torch thread pool is forked mid-use (a forked child can deadlock in it)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    value = queue.get(timeout=1800)
+    proc.join()
+    return value
 
 
 def _status() -> dict[str, int]:
