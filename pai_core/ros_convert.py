@@ -250,6 +250,12 @@ def frame_messages(
         out.append(OutputMessage(topics.OOD_SCORE, "std_msgs/msg/Float32", {"data": float(frame.ood_score)}, t))
     if frame.threshold is not None:
         out.append(OutputMessage(topics.OOD_THRESHOLD, "std_msgs/msg/Float32", {"data": float(frame.threshold)}, t))
+    thresholds = pipeline.signal_thresholds() if hasattr(pipeline, "signal_thresholds") else {}
+    for name, value in frame.signals.items():  # further signals, each on a topic of its own
+        out.append(OutputMessage(topics.SIGNAL.format(name=name), "std_msgs/msg/Float32", {"data": float(value)}, t))
+        if name in thresholds:
+            out.append(OutputMessage(topics.SIGNAL_THRESHOLD.format(name=name), "std_msgs/msg/Float32",
+                                     {"data": float(thresholds[name])}, t))
     out.append(OutputMessage(topics.ALARM, "std_msgs/msg/Bool", {"data": bool(frame.alarm.active)}, t))
     if actions and not frame.alarm.active:
         out.append(OutputMessage(topics.ACTION, "std_msgs/msg/Float32MultiArray",

@@ -96,3 +96,22 @@ def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_th
     assert table["signal_action_consistency"].notna().all() and table["signal_action_consistency"].iloc[0] == 0.0
     assert (table["signal_action_consistency_threshold"] == params.signals[0]["threshold"]).all()
 
+
+
+def test_each_further_signal_is_published_on_its_own_topic_with_its_threshold(policy_dir, tmp_path):
+    from pai_core.ood import OODParams
+    from pai_core.ros_convert import frame_messages
+    from pai_core.sae import SAEConfig, SparseAutoencoder, save_sae
+    from tests.conftest import random_observation
+
+    save_sae(SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8)), tmp_path / "sae")
+    OODParams(threshold=1e9, signals=[{"score": "action_consistency", "threshold": 0.25,
+                                       "signal_params": {"action_std": [1.0] * 6, "fps": 10.0}}]).save(
+        tmp_path / "sae" / "ood_params.json")
+    pipe = Pipeline.load(str(policy_dir), str(tmp_path / "sae"))
+    rng = np.random.default_rng(2)
+    frames = [pipe.step(random_observation(pipe.engine, rng, t=i / 10.0)) for i in range(3)]
+    msgs = {m.topic: m for m in frame_messages(frames[-1], pipe, None)}
+    assert msgs["~/signal/action_consistency"].fields == {"data": frames[-1].signals["action_consistency"]}
+    assert msgs["~/signal/action_consistency/threshold"].fields == {"data": 0.25}
+    assert frames[0].signals["action_consistency"] == 0.0 and frames[-1].signals["action_consistency"] > 0.0
