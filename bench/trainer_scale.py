@@ -36,22 +36,28 @@ SO101 = ["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.
 GB = 1e9
 
 
-CHILD = ("import resource, sys\nfrom pai_core.cli import main\nrc = main(sys.argv[1:])\n"
-         "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)")
+CHILD = (
+    "import resource, sys\nfrom pai_core.cli import main\nrc = main(sys.argv[1:])\n"
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(rc)"
+)
 
 
 def run_step(name: str, argv: list[str], results: dict) -> dict:
     """Run ``pai ARGV`` in a child process of its own; record wall time, its peak RSS and its JSON result."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", CHILD, *map(str, argv)], capture_output=True, text=True,
-                          env=os.environ | {"TQDM_DISABLE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"TQDM_DISABLE": "1"},
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"step {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     peak = int(proc.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) * 1024
     out = proc.stdout
     try:
-        parsed = json.loads(out[out.index("{"):]) if "{" in out else {}
+        parsed = json.loads(out[out.index("{") :]) if "{" in out else {}
     except ValueError:
         parsed = {}
     results[name] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / GB, 3), "result": parsed}
@@ -124,8 +130,10 @@ def scoring_memory(sizes: list[int], mmap: bool, folder: str) -> dict:
         scorer = PatchKnnScorer.load_file(path, mmap=mmap)
         g = torch.Generator().manual_seed(1)
         for i in range(30):
-            maps = {c: [torch.rand(1, 64, 120, 160, generator=g), torch.rand(1, 128, 60, 80, generator=g)]
-                    for c in ("front", "wrist")}
+            maps = {
+                c: [torch.rand(1, 64, 120, 160, generator=g), torch.rand(1, 128, 60, 80, generator=g)]
+                for c in ("front", "wrist")
+            }
             scorer.score_maps(maps, np.random.default_rng(i).normal(size=(1, 6)))
         out[str(n)] = _status() | {"file_bytes": path.stat().st_size}
         del scorer
@@ -140,15 +148,22 @@ def reference_memory() -> tuple[float, dict]:
     fits = {n: child_peak(fitting_memory, n, mem_dir) for n in (200, 1000)}
     d_file = fits[1000]["file_bytes"] - fits[200]["file_bytes"]
     builder_ratio = (fits[1000]["peak_rss"] - fits[200]["peak_rss"]) / d_file
-    print(f"ReferenceBuilder at real patch size, 200 -> 1000 frames (+{d_file / 1e6:.0f} MB of file): peak RSS "
-          f"+{(fits[1000]['peak_rss'] - fits[200]['peak_rss']) / 1e6:.0f} MB = {builder_ratio:.2f}x the file "
-          "(target <= 1.5x)")
+    print(
+        f"ReferenceBuilder at real patch size, 200 -> 1000 frames (+{d_file / 1e6:.0f} MB of file): peak RSS "
+        f"+{(fits[1000]['peak_rss'] - fits[200]['peak_rss']) / 1e6:.0f} MB = {builder_ratio:.2f}x the file "
+        "(target <= 1.5x)"
+    )
     run_mem = {mode: child_peak(scoring_memory, [200, 1000], mode == "mmap", mem_dir) for mode in ("mmap", "memory")}
-    grow = {mode: {k: (m["1000"][k] - m["200"][k]) / d_file for k in ("RssAnon", "RssFile")} for mode, m in run_mem.items()}
+    grow = {
+        mode: {k: (m["1000"][k] - m["200"][k]) / d_file for k in ("RssAnon", "RssFile")} for mode, m in run_mem.items()
+    }
     for mode, g in grow.items():
-        print(f"scoring against 200 then 1000 frames, reference {'memory-mapped' if mode == 'mmap' else 'copied into memory'}:"
-              f" anonymous RSS {g['RssAnon']:+.3f} MB per MB of reference, file-backed (page cache, reclaimable) "
-              f"{g['RssFile']:+.3f}")
+        print(
+            f"scoring against 200 then 1000 frames, reference "
+            f"{'memory-mapped' if mode == 'mmap' else 'copied into memory'}:"
+            f" anonymous RSS {g['RssAnon']:+.3f} MB per MB of reference, file-backed (page cache, reclaimable) "
+            f"{g['RssFile']:+.3f}"
+        )
     return builder_ratio, grow
 
 
@@ -179,39 +194,115 @@ def main() -> None:
 
     work = Path(args.output_dir or tempfile.mkdtemp(prefix="pai-trainer-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    cams = {"observation.images.front": (args.height, args.width), "observation.images.wrist": (args.height, args.width)}
+    cams = {
+        "observation.images.front": (args.height, args.width),
+        "observation.images.wrist": (args.height, args.width),
+    }
     t0 = time.perf_counter()
     ds_root, dark_root = work / "dataset", work / "dark"
     if not ds_root.exists():
-        make_lerobot_dataset(ds_root, "bench/so101", cameras=cams, episodes=args.episodes, frames=args.frames,
-                             fps=30, use_videos=True, state_names=SO101)
-        make_lerobot_dataset(dark_root, "bench/so101_dark", cameras=cams, episodes=1, frames=args.frames, fps=30,
-                             use_videos=True, state_names=SO101, seed=7, variant="dark")
+        make_lerobot_dataset(
+            ds_root,
+            "bench/so101",
+            cameras=cams,
+            episodes=args.episodes,
+            frames=args.frames,
+            fps=30,
+            use_videos=True,
+            state_names=SO101,
+        )
+        make_lerobot_dataset(
+            dark_root,
+            "bench/so101_dark",
+            cameras=cams,
+            episodes=1,
+            frames=args.frames,
+            fps=30,
+            use_videos=True,
+            state_names=SO101,
+            seed=7,
+            variant="dark",
+        )
     policy = work / "policy"
     if not policy.exists():
-        make_act_policy(policy, cameras=cams, dim_model=args.dim_model, n_heads=8, dim_feedforward=3200 if
-                        args.dim_model == 512 else 4 * args.dim_model, n_encoder_layers=4, chunk_size=100,
-                        n_action_steps=100)
-    print(f"generated {args.episodes} x {args.frames} frames, two {args.height}x{args.width} AV1 cameras, "
-          f"ACT d{args.dim_model} in {time.perf_counter() - t0:.0f} s ({work})\n", flush=True)
+        make_act_policy(
+            policy,
+            cameras=cams,
+            dim_model=args.dim_model,
+            n_heads=8,
+            dim_feedforward=3200 if args.dim_model == 512 else 4 * args.dim_model,
+            n_encoder_layers=4,
+            chunk_size=100,
+            n_action_steps=100,
+        )
+    print(
+        f"generated {args.episodes} x {args.frames} frames, two {args.height}x{args.width} AV1 cameras, "
+        f"ACT d{args.dim_model} in {time.perf_counter() - t0:.0f} s ({work})\n",
+        flush=True,
+    )
 
     results: dict = {}
     held = str(args.episodes - 1)
-    train_eps = [str(e) for e in range(args.episodes - 1)]
-    run_step("record-activations", ["record-activations", "--dataset-repo-id", "bench/so101", "--root", ds_root,
-                                    "--policy-path", policy, "--output-dir", work / "acts", "--frames-per-batch", 8],
-             results)
-    run_step("train-sae", ["train-sae", "--activations", work / "acts", "--output-dir", work / "sae", "--steps",
-                           args.sae_steps, "--batch-size", args.sae_batch, "--val-fraction", 1 / args.episodes,
-                           "--checkpoint-every", 10**6], results)
+    run_step(
+        "record-activations",
+        [
+            "record-activations",
+            "--dataset-repo-id",
+            "bench/so101",
+            "--root",
+            ds_root,
+            "--policy-path",
+            policy,
+            "--output-dir",
+            work / "acts",
+            "--frames-per-batch",
+            8,
+        ],
+        results,
+    )
+    run_step(
+        "train-sae",
+        [
+            "train-sae",
+            "--activations",
+            work / "acts",
+            "--output-dir",
+            work / "sae",
+            "--steps",
+            args.sae_steps,
+            "--batch-size",
+            args.sae_batch,
+            "--val-fraction",
+            1 / args.episodes,
+            "--checkpoint-every",
+            10**6,
+        ],
+        results,
+    )
     from pai_core.preflight import smallest_alpha
 
     alpha = max(0.05, smallest_alpha(args.frames))
     per_ref_frame = 0
     for label in ("calibrate-ood", "calibrate-ood small"):  # the full reference, then a third of it
-        argv = ["calibrate-ood", "--sae-path", work / "sae", "--policy-path", policy, "--dataset-repo-id",
-                "bench/so101", "--root", ds_root, "--episodes", held, "--alpha", alpha, "--score", "patch_knn",
-                "--batch-size", 8]
+        argv = [
+            "calibrate-ood",
+            "--sae-path",
+            work / "sae",
+            "--policy-path",
+            policy,
+            "--dataset-repo-id",
+            "bench/so101",
+            "--root",
+            ds_root,
+            "--episodes",
+            held,
+            "--alpha",
+            alpha,
+            "--score",
+            "patch_knn",
+            "--batch-size",
+            8,
+        ]
         if label.endswith("small"):
             argv += ["--reference-max-gb", results["calibrate-ood"]["reference"]["frames"] * per_ref_frame / 3 / GB]
         run_step(label, argv, results)
@@ -219,26 +310,93 @@ def main() -> None:
         results[label]["reference"] = summary
         per_ref_frame = summary["bytes_per_frame"]
     run_step("calibrate-ood", argv[:-2], results)  # leave the full reference in place for the steps below
-    results["calibrate-ood"]["reference"] = json.loads((work / "sae" / "ood_params.json").read_text())["reference_summary"]
-    run_step("evaluate-ood", ["evaluate-ood", "--sae-path", work / "sae", "--policy-path", policy, "--id", ds_root,
-                              "--id-episodes", held, "--ood", dark_root, "--output-dir", work / "eval"], results)
-    run_step("record-features", ["record-features", "--dataset-repo-id", "bench/so101", "--root", ds_root,
-                                 "--policy-path", policy, "--sae-path", work / "sae", "--episodes", held,
-                                 "--output-dir", work / "features"], results)
-    run_step("analyse-features", ["analyse-features", "--record-dir", work / "features", "--output-dir",
-                                  work / "analysis", "--top-features", 4, "--clips-per-feature", 1], results)
-    run_step("replay", ["replay", "--dataset-repo-id", "bench/so101", "--root", ds_root, "--episode-id", held,
-                        "--policy-path", policy, "--sae-path", work / "sae", "--output-dir", work / "replay",
-                        "--no-progress"], results)
+    results["calibrate-ood"]["reference"] = json.loads((work / "sae" / "ood_params.json").read_text())[
+        "reference_summary"
+    ]
+    run_step(
+        "evaluate-ood",
+        [
+            "evaluate-ood",
+            "--sae-path",
+            work / "sae",
+            "--policy-path",
+            policy,
+            "--id",
+            ds_root,
+            "--id-episodes",
+            held,
+            "--ood",
+            dark_root,
+            "--output-dir",
+            work / "eval",
+        ],
+        results,
+    )
+    run_step(
+        "record-features",
+        [
+            "record-features",
+            "--dataset-repo-id",
+            "bench/so101",
+            "--root",
+            ds_root,
+            "--policy-path",
+            policy,
+            "--sae-path",
+            work / "sae",
+            "--episodes",
+            held,
+            "--output-dir",
+            work / "features",
+        ],
+        results,
+    )
+    run_step(
+        "analyse-features",
+        [
+            "analyse-features",
+            "--record-dir",
+            work / "features",
+            "--output-dir",
+            work / "analysis",
+            "--top-features",
+            4,
+            "--clips-per-feature",
+            1,
+        ],
+        results,
+    )
+    run_step(
+        "replay",
+        [
+            "replay",
+            "--dataset-repo-id",
+            "bench/so101",
+            "--root",
+            ds_root,
+            "--episode-id",
+            held,
+            "--policy-path",
+            policy,
+            "--sae-path",
+            work / "sae",
+            "--output-dir",
+            work / "replay",
+            "--no-progress",
+        ],
+        results,
+    )
 
     # ---------------------------------------------------------------- reference memory: measured slopes
     small, full = results["calibrate-ood small"], results["calibrate-ood"]
     d_ref = (full["reference"]["frames"] - small["reference"]["frames"]) * per_ref_frame
     d_rss = (full["peak_rss_gb"] - small["peak_rss_gb"]) * GB
     fit_ratio = d_rss / d_ref if d_ref > 0 else float("nan")
-    print(f"\npatch_knn fitting: reference {small['reference']['frames']} -> {full['reference']['frames']} frames "
-          f"(+{d_ref / 1e6:.0f} MB of file) raised peak RSS by {d_rss / 1e6:.0f} MB: {fit_ratio:.2f}x the file "
-          "(end to end; a few MB of RSS noise weigh heavily at this size)")
+    print(
+        f"\npatch_knn fitting: reference {small['reference']['frames']} -> {full['reference']['frames']} frames "
+        f"(+{d_ref / 1e6:.0f} MB of file) raised peak RSS by {d_rss / 1e6:.0f} MB: {fit_ratio:.2f}x the file "
+        "(end to end; a few MB of RSS noise weigh heavily at this size)"
+    )
     builder_ratio, grow = reference_memory()
     cli_ratio, fit_ratio = fit_ratio, builder_ratio  # the CLI's slope is within RSS noise at this size
 
@@ -248,18 +406,25 @@ def main() -> None:
     ratio = n_target / n_now
     tokens_per_frame = json.loads((work / "acts" / "activations.json").read_text())["tokens_per_frame"]
     d = args.dim_model
-    lines = [f"\nextrapolation to {args.target_episodes} episodes x {args.target_frames} frames = {n_target} frames "
-             f"({ratio:.0f}x the {n_now} measured), this CPU:"]
+    lines = [
+        f"\nextrapolation to {args.target_episodes} episodes x {args.target_frames} frames = {n_target} frames "
+        f"({ratio:.0f}x the {n_now} measured), this CPU:"
+    ]
     rec = results["record-activations"]
     rec_s = rec["wall_s"] / n_now * n_target
     disk = n_target * tokens_per_frame * d * 2
-    lines.append(f"  record-activations: {rec['wall_s']:.0f} s / {n_now} frames x {n_target} = {rec_s / 3600:.1f} h; "
-                 f"disk {n_target} x {tokens_per_frame} tokens x {d} x 2 B = {disk / GB:.1f} GB; memory bounded by "
-                 f"one shard (peak {rec['peak_rss_gb']:.2f} GB now, constant)")
+    lines.append(
+        f"  record-activations: {rec['wall_s']:.0f} s / {n_now} frames x {n_target} = {rec_s / 3600:.1f} h; "
+        f"disk {n_target} x {tokens_per_frame} tokens x {d} x 2 B = {disk / GB:.1f} GB; memory bounded by "
+        f"one shard (peak {rec['peak_rss_gb']:.2f} GB now, constant)"
+    )
     sae_tok_s = float(json.loads((work / "sae" / "metrics.json").read_text()).get("tokens_per_s", 0.0))
     sae_s = args.target_sae_steps * 4096 / sae_tok_s if sae_tok_s else float("nan")
-    lines.append(f"  train-sae: {sae_tok_s:.0f} tokens/s measured; {args.target_sae_steps} steps x 4096 tokens = "
-                 f"{sae_s / 3600:.1f} h (memory: a buffer of 8 shards, constant; peak {results['train-sae']['peak_rss_gb']:.2f} GB)")
+    lines.append(
+        f"  train-sae: {sae_tok_s:.0f} tokens/s measured; {args.target_sae_steps} steps x 4096 tokens = "
+        f"{sae_s / 3600:.1f} h (memory: a buffer of 8 shards, constant; "
+        f"peak {results['train-sae']['peak_rss_gb']:.2f} GB)"
+    )
     ref_full = per_ref_frame * n_target * (args.episodes - 1 + 1) / args.episodes  # train + calibration episodes
     ref_kept = min(ref_full, args.reference_max_gb * GB)
     fixed = small["peak_rss_gb"] * GB - small["reference"]["frames"] * per_ref_frame * max(fit_ratio, 1.0)
@@ -267,24 +432,40 @@ def main() -> None:
     forwards = full["reference"]["frames"] + args.frames
     cal_s = full["wall_s"] / forwards * (min(ref_full, ref_kept) / per_ref_frame + n_target / args.episodes)
     over = ref_full > ref_kept
-    lines.append(f"  calibrate-ood patch_knn: reference {per_ref_frame / 1e6:.3f} MB/frame x {n_target} frames = "
-                 f"{ref_full / GB:.1f} GB {'>' if over else '<='} --reference-max-gb {args.reference_max_gb:g}: "
-                 f"{ref_kept / per_ref_frame:.0f} frames kept{' for coverage' if over else ''}; peak RAM = {fixed / GB:.2f} GB fixed + "
-                 f"{max(fit_ratio, 1.0):.2f} x {ref_kept / GB:.1f} GB = {cal_peak / GB:.1f} GB; time about "
-                 f"{cal_s / 3600:.1f} h (forwards of the kept reference frames and the calibration frames)")
+    lines.append(
+        f"  calibrate-ood patch_knn: reference {per_ref_frame / 1e6:.3f} MB/frame x {n_target} frames = "
+        f"{ref_full / GB:.1f} GB {'>' if over else '<='} --reference-max-gb {args.reference_max_gb:g}: "
+        f"{ref_kept / per_ref_frame:.0f} frames kept{' for coverage' if over else ''}; "
+        f"peak RAM = {fixed / GB:.2f} GB fixed + "
+        f"{max(fit_ratio, 1.0):.2f} x {ref_kept / GB:.1f} GB = {cal_peak / GB:.1f} GB; time about "
+        f"{cal_s / 3600:.1f} h (forwards of the kept reference frames and the calibration frames)"
+    )
     per_frame_s = {k: results[k]["wall_s"] / args.frames for k in ("evaluate-ood", "record-features", "replay")}
     for k, s in per_frame_s.items():
         lines.append(f"  {k}: {s:.2f} s/frame; constant memory (peak {results[k]['peak_rss_gb']:.2f} GB)")
     worst = max([cal_peak] + [results[k]["peak_rss_gb"] * GB for k in results if k != "calibrate-ood"])
-    lines.append(f"  largest peak: {worst / GB:.1f} GB: {'fits' if worst < args.memory_gb * GB else 'does NOT fit'} in "
-                 f"{args.memory_gb:g} GB")
-    lines.append(f"  GPU: record-activations ({rec_s / 3600:.1f} h here), train-sae ({sae_s / 3600:.1f} h here) and the "
-                 "patch_knn calibration are forward- or matmul-bound: run them on a GPU for a dataset of this size")
+    lines.append(
+        f"  largest peak: {worst / GB:.1f} GB: {'fits' if worst < args.memory_gb * GB else 'does NOT fit'} in "
+        f"{args.memory_gb:g} GB"
+    )
+    lines.append(
+        f"  GPU: record-activations ({rec_s / 3600:.1f} h here), train-sae ({sae_s / 3600:.1f} h here) and the "
+        "patch_knn calibration are forward- or matmul-bound: run them on a GPU for a dataset of this size"
+    )
     print("\n".join(lines))
-    results["extrapolation"] = {"frames": n_target, "record_activations_h": rec_s / 3600, "activations_disk_gb": disk / GB,
-                                "train_sae_h": sae_s / 3600, "reference_gb": ref_full / GB, "reference_kept_gb": ref_kept / GB,
-                                "calibration_peak_gb": cal_peak / GB, "fit_ratio": fit_ratio, "cli_fit_ratio": cli_ratio,
-                                "runtime_anon_growth_per_mb": grow, "largest_peak_gb": worst / GB}
+    results["extrapolation"] = {
+        "frames": n_target,
+        "record_activations_h": rec_s / 3600,
+        "activations_disk_gb": disk / GB,
+        "train_sae_h": sae_s / 3600,
+        "reference_gb": ref_full / GB,
+        "reference_kept_gb": ref_kept / GB,
+        "calibration_peak_gb": cal_peak / GB,
+        "fit_ratio": fit_ratio,
+        "cli_fit_ratio": cli_ratio,
+        "runtime_anon_growth_per_mb": grow,
+        "largest_peak_gb": worst / GB,
+    }
     (work / "trainer_scale.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nwritten {work / 'trainer_scale.json'}")
 

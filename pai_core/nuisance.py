@@ -35,8 +35,9 @@ class Nuisance:
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality={self.jpeg_quality} must be within 1-100")
         if not self.gain > 0 or self.noise_sigma < 0 or self.blur_sigma < 0:
-            raise ValueError(f"gain={self.gain} must be > 0, noise_sigma={self.noise_sigma} and "
-                             f"blur_sigma={self.blur_sigma} >= 0")
+            raise ValueError(
+                f"gain={self.gain} must be > 0, noise_sigma={self.noise_sigma} and blur_sigma={self.blur_sigma} >= 0"
+            )
 
     def apply(self, rgb: np.ndarray, seed: int = 0) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> the same scene under this condition (deterministic in ``seed``)."""
@@ -57,7 +58,9 @@ class Nuisance:
 
     def observe(self, obs: Observation, seed: int = 0) -> Observation:
         """``obs`` with every camera image under this condition."""
-        return replace(obs, images={k: self.apply(np.asarray(v), seed + i) for i, (k, v) in enumerate(obs.images.items())})
+        return replace(
+            obs, images={k: self.apply(np.asarray(v), seed + i) for i, (k, v) in enumerate(obs.images.items())}
+        )
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,17 @@ class NuisanceRange:
     blur_sigma: tuple[float, float] = (0.0, 0.8)
 
     def sample(self, rng: np.random.Generator, gain: float | None = None) -> Nuisance:
-        q = int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)) \
-            if rng.random() < self.jpeg_probability else None
-        return Nuisance(q, float(rng.uniform(*self.gain)) if gain is None else gain,
-                        float(rng.uniform(*self.noise_sigma)), float(rng.uniform(*self.blur_sigma)))
+        q = (
+            int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1))
+            if rng.random() < self.jpeg_probability
+            else None
+        )
+        return Nuisance(
+            q,
+            float(rng.uniform(*self.gain)) if gain is None else gain,
+            float(rng.uniform(*self.noise_sigma)),
+            float(rng.uniform(*self.blur_sigma)),
+        )
 
     def variants(self, n: int, rng: np.random.Generator) -> list[Nuisance]:
         """``n`` conditions whose exposures span the range evenly, both ends included (a random one for

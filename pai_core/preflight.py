@@ -37,8 +37,10 @@ def check_alpha(frames: int, alpha: float, what: str) -> None:
     need = frames_needed(alpha)
     if frames < need:
         allowed = f"alpha >= {smallest_alpha(frames)}" if frames >= 1 else "no alpha"
-        raise InputError(f"alpha={alpha:g} needs at least {need} calibration frames, but {what} hold {frames}: "
-                         f"add episodes (--episodes) or use {allowed}")
+        raise InputError(
+            f"alpha={alpha:g} needs at least {need} calibration frames, but {what} hold {frames}: "
+            f"add episodes (--episodes) or use {allowed}"
+        )
 
 
 def episode_frames(dataset, episodes: Sequence[int]) -> dict[int, int]:
@@ -56,8 +58,10 @@ def check_dataset_for_policy(dataset, engine, episodes: Sequence[int], policy_na
     have = list(dataset.meta.camera_keys)
     missing = [k for k in engine.image_shapes if k not in have]
     if missing:
-        raise InputError(f"{name} lacks cameras {missing} that {policy} needs; it has {have}"
-                         " (record them, or use a policy trained on these cameras)")
+        raise InputError(
+            f"{name} lacks cameras {missing} that {policy} needs; it has {have}"
+            " (record them, or use a policy trained on these cameras)"
+        )
     features = dataset.meta.features
     if engine.state_dim:
         state = features.get("observation.state")
@@ -66,12 +70,16 @@ def check_dataset_for_policy(dataset, engine, episodes: Sequence[int], policy_na
         size = int(math.prod(state["shape"]))
         if size != engine.state_dim:
             names = state.get("names")
-            raise InputError(f"{name} has a {size}-value observation.state{f' {names}' if names else ''}; "
-                             f"{policy} needs {engine.state_dim} values")
+            raise InputError(
+                f"{name} has a {size}-value observation.state{f' {names}' if names else ''}; "
+                f"{policy} needs {engine.state_dim} values"
+            )
     frames = episode_frames(dataset, episodes)
     if not episodes or sum(frames.values()) == 0:
-        raise InputError(f"{name}: episodes {list(episodes)} hold no frames "
-                         f"(it has {dataset.meta.total_episodes} episodes, {dataset.meta.total_frames} frames)")
+        raise InputError(
+            f"{name}: episodes {list(episodes)} hold no frames "
+            f"(it has {dataset.meta.total_episodes} episodes, {dataset.meta.total_frames} frames)"
+        )
     return frames
 
 

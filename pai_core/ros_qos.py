@@ -38,7 +38,7 @@ def output_qos(topic: str, namespace: str = f"/{topics.NODE_NAME}") -> Any:
 
 @lru_cache(maxsize=None)
 def message_class(msgtype: str) -> type:
-    """"sensor_msgs/msg/Image" or "std_msgs/Header" -> the rclpy message class."""
+    """ "sensor_msgs/msg/Image" or "std_msgs/Header" -> the rclpy message class."""
     parts = msgtype.split("/")
     package, name = parts[0], parts[-1]
     return getattr(importlib.import_module(f"{package}.msg"), name)

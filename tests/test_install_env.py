@@ -27,8 +27,10 @@ def test_a_sourced_jazzy_selects_the_python_its_rclpy_is_built_for(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "PICKED=python3.12" in proc.stdout and "its rclpy is built for python3.12" in proc.stdout
     plain = {k: v for k, v in os.environ.items() if k not in ("ROS_DISTRO", "PYTHON")}
-    assert "PICKED=python3.11" in run("source scripts/python_for_env.sh && choose_python && echo PICKED=$PYTHON",
-                                      plain).stdout
+    assert (
+        "PICKED=python3.11"
+        in run("source scripts/python_for_env.sh && choose_python && echo PICKED=$PYTHON", plain).stdout
+    )
 
 
 def test_a_python_that_cannot_import_the_sourced_rclpy_is_one_clear_error_before_any_install(tmp_path):
@@ -40,7 +42,9 @@ def test_a_python_that_cannot_import_the_sourced_rclpy_is_one_clear_error_before
 
 
 def test_ros_distro_without_an_rclpy_says_to_source_the_setup_file(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"ROS_DISTRO": "nosuchdistro",
-                                                                      "VENV": str(tmp_path / "venv")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "ROS_DISTRO": "nosuchdistro",
+        "VENV": str(tmp_path / "venv"),
+    }
     proc = run("bash scripts/install_env.sh", env)
     assert proc.returncode == 1 and "source /opt/ros/nosuchdistro/setup.bash" in proc.stderr

@@ -8,7 +8,6 @@ import math
 from dataclasses import replace
 
 import numpy as np
-import pytest
 
 from pai_core.cli import main
 from pai_core.ood import ActionConsistency, OODParams, ScoreBatch, joint_thresholds, score_episodes
@@ -44,7 +43,9 @@ def test_chunks_that_agree_where_they_overlap_score_zero_and_a_change_of_mind_do
     assert s[0] == 0.0 and (s[1:] > 1.0).all()
     # dropped frames: stamps two ticks apart compare with a shift of two steps, so steady stays steady
     scorer.reset()
-    every_other = [(r, o) for i, (r, o) in enumerate(zip(steady, chunks_of(engine, rng, lambda t, k, a: 0)[1])) if i % 2 == 0]
+    every_other = [
+        (r, o) for i, (r, o) in enumerate(zip(steady, chunks_of(engine, rng, lambda t, k, a: 0)[1])) if i % 2 == 0
+    ]
     obs2 = [replace(o, timestamp=2 * i / 10.0) for i, (_, o) in enumerate(every_other)]
     res2 = [steady[2 * i] for i in range(len(obs2))]
     assert np.allclose(scorer.score(ScoreBatch(res2, obs2, np.zeros((len(obs2), 1)))).scores, 0.0, atol=1e-10)
@@ -64,15 +65,35 @@ def test_joint_thresholds_keep_one_false_alarm_rate_over_two_signals():
 
 
 def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_the_pipeline_watches_both(
-        ood_world, tmp_path, capsys):
+    ood_world, tmp_path, capsys
+):
     import shutil
 
     base, policy, held = ood_world
     sae = tmp_path / "sae"
     shutil.copytree(base / "sae", sae)
-    assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
-                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", "patch_knn",
-                 "--signals", "action_consistency"]) == 0
+    assert (
+        main(
+            [
+                "calibrate-ood",
+                "--sae-path",
+                str(sae),
+                "--policy-path",
+                str(policy),
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(base / "train"),
+                "--alpha",
+                "0.1",
+                "--score",
+                "patch_knn",
+                "--signals",
+                "action_consistency",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["empirical_rate_on_calibration"] <= 0.1 and "action_consistency" in printed["signals"]
     params = OODParams.load(sae / "ood_params.json")
@@ -82,20 +103,41 @@ def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_th
     fresh = score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)
     assert all(set(e.signals) == {"action_consistency"} and e.signals["action_consistency"][0] == 0.0 for e in fresh)
     frames = np.concatenate([e.scores / params.threshold for e in fresh])
-    either = np.maximum(frames, np.concatenate([e.signals["action_consistency"] for e in fresh]) / params.signals[0]["threshold"])
+    either = np.maximum(
+        frames, np.concatenate([e.signals["action_consistency"] for e in fresh]) / params.signals[0]["threshold"]
+    )
     assert np.mean(either > 1.0) <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / either.size)
     dark = score_episodes(pipe, open_dataset("pai/synthetic", base / "dark"), progress=False)
     assert all(e.alarm.any() for e in dark)
     # replay writes the signal beside the appearance score
-    assert main(["replay", "--dataset-repo-id", "pai/synthetic", "--root", str(base / "fresh"), "--episode-id", "0",
-                 "--policy-path", str(policy), "--sae-path", str(sae), "--output-dir", str(tmp_path / "replay"),
-                 "--no-progress", "--no-video", "--no-mcap"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(base / "fresh"),
+                "--episode-id",
+                "0",
+                "--policy-path",
+                str(policy),
+                "--sae-path",
+                str(sae),
+                "--output-dir",
+                str(tmp_path / "replay"),
+                "--no-progress",
+                "--no-video",
+                "--no-mcap",
+            ]
+        )
+        == 0
+    )
     import pandas as pd
 
     table = pd.read_parquet(tmp_path / "replay" / "ood.parquet")
     assert table["signal_action_consistency"].notna().all() and table["signal_action_consistency"].iloc[0] == 0.0
     assert (table["signal_action_consistency_threshold"] == params.signals[0]["threshold"]).all()
-
 
 
 def test_each_further_signal_is_published_on_its_own_topic_with_its_threshold(policy_dir, tmp_path):
@@ -105,9 +147,12 @@ def test_each_further_signal_is_published_on_its_own_topic_with_its_threshold(po
     from tests.conftest import random_observation
 
     save_sae(SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=2, k=8)), tmp_path / "sae")
-    OODParams(threshold=1e9, signals=[{"score": "action_consistency", "threshold": 0.25,
-                                       "signal_params": {"action_std": [1.0] * 6, "fps": 10.0}}]).save(
-        tmp_path / "sae" / "ood_params.json")
+    OODParams(
+        threshold=1e9,
+        signals=[
+            {"score": "action_consistency", "threshold": 0.25, "signal_params": {"action_std": [1.0] * 6, "fps": 10.0}}
+        ],
+    ).save(tmp_path / "sae" / "ood_params.json")
     pipe = Pipeline.load(str(policy_dir), str(tmp_path / "sae"))
     rng = np.random.default_rng(2)
     frames = [pipe.step(random_observation(pipe.engine, rng, t=i / 10.0)) for i in range(3)]

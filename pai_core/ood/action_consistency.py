@@ -60,8 +60,14 @@ class ActionConsistency:
         return Fitted(cls(std, float(job.dataset.fps), o.get("lags", 3), o.get("horizon", 10)), list(job.episodes))
 
     def save(self, folder: Path) -> dict:
-        return {"signal_params": {"action_std": self.action_std.tolist(), "fps": self.fps, "lags": self.lags,
-                                  "horizon": self.horizon}}
+        return {
+            "signal_params": {
+                "action_std": self.action_std.tolist(),
+                "fps": self.fps,
+                "lags": self.lags,
+                "horizon": self.horizon,
+            }
+        }
 
     @classmethod
     def load(cls, params: OODParams) -> "ActionConsistency":
@@ -85,7 +91,7 @@ class ActionConsistency:
             h = min(self.horizon, chunk.shape[0], earlier.shape[0] - shift)
             if shift < 1 or h < 1:
                 continue  # same tick, or no overlap left
-            diffs.append(float(np.mean((chunk[:h] - earlier[shift:shift + h]) ** 2)))
+            diffs.append(float(np.mean((chunk[:h] - earlier[shift : shift + h]) ** 2)))
         return float(np.mean(diffs)) if diffs else 0.0
 
     def leaving_out(self, episode: int | None):

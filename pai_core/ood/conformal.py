@@ -30,10 +30,13 @@ def calibrate(scores: np.ndarray, alpha: float, bins: int = 50) -> OODParams:
     threshold = conformal_threshold(scores, alpha)
     qs = {f"q{int(q * 1000):03d}": float(np.quantile(scores, q)) for q in (0.0, 0.5, 0.9, 0.99, 0.999, 1.0)}
     counts, edges = np.histogram(scores, bins=bins)
-    return OODParams(threshold=threshold, alpha=alpha, n_calibration=int(scores.size), calibration_quantiles=qs,
-                     histogram={"edges": edges.tolist(), "counts": counts.tolist()})
-
-
+    return OODParams(
+        threshold=threshold,
+        alpha=alpha,
+        n_calibration=int(scores.size),
+        calibration_quantiles=qs,
+        histogram={"edges": edges.tolist(), "counts": counts.tolist()},
+    )
 
 
 def joint_thresholds(scores: dict[str, np.ndarray], alpha: float) -> tuple[dict[str, float], float]:
@@ -58,5 +61,3 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
         raise ValueError(f"AUROC needs scores of both kinds, got {neg.size} in-distribution and {pos.size} OOD")
     ranks = pd.Series(np.concatenate([neg, pos])).rank(method="average").to_numpy()
     return float((ranks[neg.size :].sum() - pos.size * (pos.size + 1) / 2) / (neg.size * pos.size))
-
-

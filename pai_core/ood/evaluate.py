@@ -42,9 +42,16 @@ class EpisodeScores:
         return np.zeros(self.scores.shape, bool) if self.coverage is None else self.coverage > 1.0
 
 
-def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_size: int = 16,
-                   progress: bool = True, leave_out_own_episode: bool = False, nuisance=None,
-                   seed: int = 0) -> list[EpisodeScores]:
+def score_episodes(
+    pipe,
+    dataset,
+    episodes: Sequence[int] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    leave_out_own_episode: bool = False,
+    nuisance=None,
+    seed: int = 0,
+) -> list[EpisodeScores]:
     """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
     frame scores; the pipeline is the only place a score is computed. With ``leave_out_own_episode``
     (calibrating on episodes that are also in the scorer's reference) each episode is scored without
@@ -69,8 +76,9 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
         frames = iter_episode(dataset, ep)  # image and video datasets alike
         if nuisance is not None:
             rng = np.random.default_rng([seed, ep])
-            frames = (nuisance.sample(rng).observe(o, int(rng.integers(2**31))) if rng.random() < 0.5 else o
-                      for o in frames)
+            frames = (
+                nuisance.sample(rng).observe(o, int(rng.integers(2**31))) if rng.random() < 0.5 else o for o in frames
+            )
         scorer = getattr(pipe, "scorer", None)
         leave = scorer.leaving_out(ep) if leave_out_own_episode and scorer is not None else nullcontext()
         with leave:
@@ -84,9 +92,18 @@ def score_episodes(pipe, dataset, episodes: Sequence[int] | None = None, batch_s
                     signals.append(frame.signals)
                 bar.update(len(obs))
         cov = None if any(c is None for c in coverage) else np.asarray(coverage, np.float64)
-        out.append(EpisodeScores(str(dataset.repo_id), ep, np.asarray(scores, np.float64),
-                                 np.asarray(stamps, np.float64), np.asarray(alarm, bool), np.stack(errors), cov,
-                                 {k: np.asarray([f[k] for f in signals], np.float64) for k in (signals[0] if signals else {})}))
+        out.append(
+            EpisodeScores(
+                str(dataset.repo_id),
+                ep,
+                np.asarray(scores, np.float64),
+                np.asarray(stamps, np.float64),
+                np.asarray(alarm, bool),
+                np.stack(errors),
+                cov,
+                {k: np.asarray([f[k] for f in signals], np.float64) for k in (signals[0] if signals else {})},
+            )
+        )
     bar.close()
     return out
 
@@ -116,24 +133,53 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
     per_id, per_ood = [], []
     for e in id_eps:
         first = _first(e.alarm)
-        per_id.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
-                       "false_alarm_rate": float(np.mean(e.scores > threshold)), "alarm_raised": first is not None,
-                       "first_alarm_frame": first, "uncovered_frames": frame_ranges(e.uncovered)})
+        per_id.append(
+            {
+                "dataset": e.dataset,
+                "episode": e.episode,
+                "frames": int(e.scores.size),
+                "false_alarm_rate": float(np.mean(e.scores > threshold)),
+                "alarm_raised": first is not None,
+                "first_alarm_frame": first,
+                "uncovered_frames": frame_ranges(e.uncovered),
+            }
+        )
     for e in ood_eps:
         first, above = _first(e.alarm), _first(e.scores > threshold)
-        per_ood.append({"dataset": e.dataset, "episode": e.episode, "frames": int(e.scores.size),
-                        "tpr": float(np.mean(e.scores > threshold)), "detected": first is not None,
-                        "delay_frames": first, "delay_s": None if first is None else float(e.timestamps[first] - e.timestamps[0]),
-                        "first_above_frame": above, "uncovered_frames": frame_ranges(e.uncovered)})
+        per_ood.append(
+            {
+                "dataset": e.dataset,
+                "episode": e.episode,
+                "frames": int(e.scores.size),
+                "tpr": float(np.mean(e.scores > threshold)),
+                "detected": first is not None,
+                "delay_frames": first,
+                "delay_s": None if first is None else float(e.timestamps[first] - e.timestamps[0]),
+                "first_above_frame": above,
+                "uncovered_frames": frame_ranges(e.uncovered),
+            }
+        )
     delays = [r["delay_frames"] for r in per_ood if r["delay_frames"] is not None]
     by_dataset = {}
     for name in dict.fromkeys(e.dataset for e in ood_eps):
         s = np.concatenate([e.scores for e in ood_eps if e.dataset == name])
-        by_dataset[name] = {"auroc": auroc(id_s, s), "tpr_at_threshold": float(np.mean(s > threshold)), "frames": int(s.size)}
+        by_dataset[name] = {
+            "auroc": auroc(id_s, s),
+            "tpr_at_threshold": float(np.mean(s > threshold)),
+            "frames": int(s.size),
+        }
     per_signal = {}
-    for name in (id_eps[0].signals if id_eps else {}):
-        per_signal[name] = {"auroc": auroc(np.concatenate([e.signals[name] for e in id_eps]),
-                                           np.concatenate([e.signals[name] for e in ood_eps]))} if ood_eps else {}
+    for name in id_eps[0].signals if id_eps else {}:
+        per_signal[name] = (
+            {
+                "auroc": auroc(
+                    np.concatenate([e.signals[name] for e in id_eps]),
+                    np.concatenate([e.signals[name] for e in ood_eps]),
+                )
+            }
+            if ood_eps
+            else {}
+        )
     return {
         "threshold": threshold,
         "signals": per_signal,
@@ -141,8 +187,10 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
         "auroc": auroc(id_s, ood_s),
         "tpr_at_threshold": float(np.mean(ood_s > threshold)),
         "false_positive_rate_at_threshold": float(np.mean(id_s > threshold)),
-        "uncovered_frames": {"in_distribution": int(sum(e.uncovered.sum() for e in id_eps)),
-                             "ood": int(sum(e.uncovered.sum() for e in ood_eps))},
+        "uncovered_frames": {
+            "in_distribution": int(sum(e.uncovered.sum() for e in id_eps)),
+            "ood": int(sum(e.uncovered.sum() for e in ood_eps)),
+        },
         "episodes_with_false_alarm": float(np.mean([r["alarm_raised"] for r in per_id])) if per_id else None,
         "ood_episodes_detected": float(np.mean([r["detected"] for r in per_ood])) if per_ood else None,
         "mean_detection_delay_frames": float(np.mean(delays)) if delays else None,

@@ -58,8 +58,11 @@ class OODParams:
     source_dir: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
-                or not math.isfinite(self.threshold):
+        if (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not math.isfinite(self.threshold)
+        ):
             raise ValueError(f"threshold={self.threshold!r} must be a finite number")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha={self.alpha!r} must be a number within (0, 1)")
@@ -74,9 +77,15 @@ class OODParams:
     def signal(self, index: int) -> "OODParams":
         """The parameters of ``signals[index]`` as OOD parameters of their own (to load its scorer)."""
         entry = dict(self.signals[index])
-        return OODParams(threshold=float(entry.pop("threshold")), alpha=self.alpha, score=entry.pop("score"),
-                         **entry, policy=self.policy, policy_fingerprint=self.policy_fingerprint,
-                         source_dir=self.source_dir)
+        return OODParams(
+            threshold=float(entry.pop("threshold")),
+            alpha=self.alpha,
+            score=entry.pop("score"),
+            **entry,
+            policy=self.policy,
+            policy_fingerprint=self.policy_fingerprint,
+            source_dir=self.source_dir,
+        )
 
     @property
     def reference_path(self) -> Path:
@@ -98,5 +107,3 @@ class OODParams:
             return params
         except (OSError, TypeError, ValueError) as exc:
             raise ModelError(f"Could not load OOD parameters from {path}: {exc}") from exc
-
-

@@ -126,7 +126,7 @@ class CameraReference:
             best = None
             for dy in range(nb):
                 for dx in range(nb):
-                    d = (bank[:, :, dy:dy + h, dx:dx + w] - grid[i]).pow_(2).sum(1).amin(0)
+                    d = (bank[:, :, dy : dy + h, dx : dx + w] - grid[i]).pow_(2).sum(1).amin(0)
                     best = d if best is None else torch.minimum(best, d)
             out[i] = best.sqrt_()
         return out
@@ -144,13 +144,22 @@ class PatchKnnScorer:
     reference frames, save beside ``ood_params.json``; ``score_maps`` scores backbone maps and joint states."""
 
     name: ClassVar[str] = "patch_knn"
-    description: ClassVar[str] = ("largest distance of the frame's backbone patches to those of clean frames in the "
-                                  "nearest joint states")
+    description: ClassVar[str] = (
+        "largest distance of the frame's backbone patches to those of clean frames in the nearest joint states"
+    )
     needs_vision_features: ClassVar[bool] = True
 
-    def __init__(self, cameras: dict[str, CameraReference], states, state_mean, state_std, episodes,
-                 config: PatchKnnConfig | None = None, coverage_radius: float = float("inf"),
-                 memory_mapped: bool = False):
+    def __init__(
+        self,
+        cameras: dict[str, CameraReference],
+        states,
+        state_mean,
+        state_std,
+        episodes,
+        config: PatchKnnConfig | None = None,
+        coverage_radius: float = float("inf"),
+        memory_mapped: bool = False,
+    ):
         self.cameras = cameras
         self.states = torch.as_tensor(states).float()  # (N, S) standardised
         self.state_mean = torch.as_tensor(state_mean).float()
@@ -171,16 +180,29 @@ class PatchKnnScorer:
 
         ref, episodes = job.reference
         o = job.options
-        scorer, summary = fit_patch_reference(job.pipe, ref, episodes, PatchKnnConfig(k_frames=o.get("knn_k") or 32),
-                                              o.get("max_bytes"), o.get("stride", 1), job.batch_size,
-                                              o.get("nuisance_variants", 0))
+        scorer, summary = fit_patch_reference(
+            job.pipe,
+            ref,
+            episodes,
+            PatchKnnConfig(k_frames=o.get("knn_k") or 32),
+            o.get("max_bytes"),
+            o.get("stride", 1),
+            job.batch_size,
+            o.get("nuisance_variants", 0),
+        )
         leave_out = ref is job.dataset and bool(set(episodes) & set(job.episodes))
         scorer.summary = summary | {"episodes": list(episodes), "leave_own_episode_out": leave_out}
         return Fitted(scorer, list(job.episodes), leave_out)
 
     @classmethod
-    def from_grids(cls, grids: dict[str, torch.Tensor], states: np.ndarray, episodes: np.ndarray,
-                   config: PatchKnnConfig | None = None, max_stat_frames: int = 1000) -> "PatchKnnScorer":
+    def from_grids(
+        cls,
+        grids: dict[str, torch.Tensor],
+        states: np.ndarray,
+        episodes: np.ndarray,
+        config: PatchKnnConfig | None = None,
+        max_stat_frames: int = 1000,
+    ) -> "PatchKnnScorer":
         """grids: camera -> (N, C, H, W) ``patch_grid`` of N clean reference frames; states (N, S) joint
         states; episodes (N,) episode ids (at least two episodes). In-memory convenience over
         ``ReferenceBuilder``."""
@@ -200,10 +222,14 @@ class PatchKnnScorer:
     def describe(self) -> dict:
         """Size and placement of the reference, for diagnostics and reports."""
         device = next(iter(self.cameras.values())).patches.device
-        return {"frames": self.n_frames, "episodes": int(self.episodes.unique().numel()),
-                "size_mb": round(self.nbytes / 1e6, 1), "device": str(device),
-                "memory_mapped": bool(self.memory_mapped and device.type == "cpu"),
-                "coverage_radius": round(self.coverage_radius, 4)}
+        return {
+            "frames": self.n_frames,
+            "episodes": int(self.episodes.unique().numel()),
+            "size_mb": round(self.nbytes / 1e6, 1),
+            "device": str(device),
+            "memory_mapped": bool(self.memory_mapped and device.type == "cpu"),
+            "coverage_radius": round(self.coverage_radius, 4),
+        }
 
     def _nearest(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) standardised states -> (B, K) indices of the nearest reference frames and (B,) distance to
@@ -257,7 +283,9 @@ class PatchKnnScorer:
         self.to(first.device)  # score where the policy runs (a GPU keeps the node's latency low)
         states = _states(states, len(first)).to(first.device)
         if states.shape[1] != self.states.shape[1]:
-            raise ModelError(f"patch_knn reference states have {self.states.shape[1]} values, the frame {states.shape[1]}")
+            raise ModelError(
+                f"patch_knn reference states have {self.states.shape[1]} values, the frame {states.shape[1]}"
+            )
         exclude = None
         if self.leave_out is not None:
             exclude = torch.full((len(states),), int(self.leave_out), device=states.device)
@@ -266,8 +294,10 @@ class PatchKnnScorer:
         for cam, ref in self.cameras.items():
             grid = patch_grid([m.detach() for m in maps[cam]], self.config.max_grid)
             if grid.shape[1:] != ref.patches.shape[1:]:
-                raise ModelError(f"patch_knn reference for {cam} has patches {tuple(ref.patches.shape[1:])} but the "
-                                 f"frame gives {tuple(grid.shape[1:])}; recalibrate with `pai calibrate-ood --score patch_knn`")
+                raise ModelError(
+                    f"patch_knn reference for {cam} has patches {tuple(ref.patches.shape[1:])} but the "
+                    f"frame gives {tuple(grid.shape[1:])}; recalibrate with `pai calibrate-ood --score patch_knn`"
+                )
             frame, z = ref.score(ref.distances(ref.standardise(grid), neighbours, self.config.neighbourhood))
             total = frame if total is None else torch.maximum(total, frame)
             out_maps[cam] = z.cpu().numpy()
@@ -298,14 +328,23 @@ class PatchKnnScorer:
         from safetensors.torch import save_file
 
         c = self.config
-        tensors = {"states": self.states, "state_mean": self.state_mean, "state_std": self.state_std,
-                   "episodes": self.episodes,
-                   "config": torch.tensor([c.k_frames, c.neighbourhood, *c.max_grid], dtype=torch.long),
-                   "coverage": torch.tensor([self.coverage_radius, c.coverage_margin], dtype=torch.float64)}
+        tensors = {
+            "states": self.states,
+            "state_mean": self.state_mean,
+            "state_std": self.state_std,
+            "episodes": self.episodes,
+            "config": torch.tensor([c.k_frames, c.neighbourhood, *c.max_grid], dtype=torch.long),
+            "coverage": torch.tensor([self.coverage_radius, c.coverage_margin], dtype=torch.float64),
+        }
         for cam, ref in self.cameras.items():
-            tensors |= {f"{cam}/patches": ref.patches, f"{cam}/channel_mean": ref.channel_mean,
-                        f"{cam}/channel_std": ref.channel_std, f"{cam}/patch_mean": ref.patch_mean,
-                        f"{cam}/patch_std": ref.patch_std, f"{cam}/q": torch.tensor([ref.q_z, ref.q_raw])}
+            tensors |= {
+                f"{cam}/patches": ref.patches,
+                f"{cam}/channel_mean": ref.channel_mean,
+                f"{cam}/channel_std": ref.channel_std,
+                f"{cam}/patch_mean": ref.patch_mean,
+                f"{cam}/patch_std": ref.patch_std,
+                f"{cam}/q": torch.tensor([ref.q_z, ref.q_raw]),
+            }
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
         return Path(path)
 
@@ -323,11 +362,27 @@ class PatchKnnScorer:
             k, nb, gh, gw = (int(v) for v in t["config"])
             radius, margin = (float(v) for v in t["coverage"]) if "coverage" in t else (float("inf"), 3.0)
             cams = sorted({key.rsplit("/", 1)[0] for key in t if key.endswith("/patches")})
-            refs = {cam: CameraReference(t[f"{cam}/patches"], t[f"{cam}/channel_mean"], t[f"{cam}/channel_std"],
-                                         t[f"{cam}/patch_mean"], t[f"{cam}/patch_std"], *t[f"{cam}/q"].tolist())
-                    for cam in cams}
-            return cls(refs, t["states"], t["state_mean"], t["state_std"], t["episodes"],
-                       PatchKnnConfig(k, nb, (gh, gw), margin), radius, memory_mapped=mmap)
+            refs = {
+                cam: CameraReference(
+                    t[f"{cam}/patches"],
+                    t[f"{cam}/channel_mean"],
+                    t[f"{cam}/channel_std"],
+                    t[f"{cam}/patch_mean"],
+                    t[f"{cam}/patch_std"],
+                    *t[f"{cam}/q"].tolist(),
+                )
+                for cam in cams
+            }
+            return cls(
+                refs,
+                t["states"],
+                t["state_mean"],
+                t["state_std"],
+                t["episodes"],
+                PatchKnnConfig(k, nb, (gh, gw), margin),
+                radius,
+                memory_mapped=mmap,
+            )
         except Exception as exc:
             raise ModelError(f"Could not load the patch_knn reference {path}: {exc}") from exc
 
@@ -396,7 +451,7 @@ class ReferenceBuilder:
             std = (self._squares[cam] / count - mean.pow(2)).clamp_min(0).sqrt()
             mean, std = mean.float()[:, None, None], std.float()[:, None, None] + 1e-6
             for i in range(0, patches.shape[0], CHUNK):  # in place, a chunk at a time
-                patches[i:i + CHUNK] = ((patches[i:i + CHUNK].float() - mean) / std).half()
+                patches[i : i + CHUNK] = ((patches[i : i + CHUNK].float() - mean) / std).half()
             refs[cam] = CameraReference(patches, mean, std)
         scorer = PatchKnnScorer(refs, (states - s_mean) / s_std, s_mean, s_std, episodes, config)
         # leave-one-episode-out on (a subsample of) the reference frames: per-patch statistics and coverage
@@ -404,8 +459,14 @@ class ReferenceBuilder:
         probe_t = torch.from_numpy(probe)
         neighbours, _ = scorer._nearest(scorer.states[probe_t], exclude=scorer.episodes[probe_t])
         for ref in refs.values():
-            dist = torch.cat([ref.distances(ref.patches[probe_t[i:i + CHUNK]].float(), neighbours[i:i + CHUNK],
-                                            config.neighbourhood) for i in range(0, len(probe), CHUNK)])
+            dist = torch.cat(
+                [
+                    ref.distances(
+                        ref.patches[probe_t[i : i + CHUNK]].float(), neighbours[i : i + CHUNK], config.neighbourhood
+                    )
+                    for i in range(0, len(probe), CHUNK)
+                ]
+            )
             ref.patch_mean, ref.patch_std = dist.mean(0), dist.std(0) + 1e-6
             z = (dist - ref.patch_mean) / ref.patch_std
             ref.q_z = float(torch.quantile(z.flatten(1).amax(1), QUANTILE))
@@ -419,8 +480,8 @@ def coverage_radius(states: torch.Tensor, episodes: torch.Tensor, chunk: int = 2
     frame of another episode: how far apart the reference's episodes are where they cover the space."""
     nearest = []
     for i in range(0, len(states), chunk):
-        d = torch.cdist(states[i:i + chunk], states)
-        d[episodes[i:i + chunk, None] == episodes[None]] = float("inf")
+        d = torch.cdist(states[i : i + chunk], states)
+        d[episodes[i : i + chunk, None] == episodes[None]] = float("inf")
         nearest.append(d.amin(1))
     near = torch.cat(nearest)
     near = near[torch.isfinite(near)]

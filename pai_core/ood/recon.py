@@ -24,8 +24,10 @@ def frame_scores(token_error: np.ndarray, params: OODParams | None = None) -> np
         raise ValueError(f"{params.score} scores do not come from reconstruction errors")
     mean, std = np.asarray(params.token_mean), np.asarray(params.token_std)
     if mean.size != token_error.shape[1]:
-        raise ModelError(f"ood_params.json standardises {mean.size} token positions but the policy produced "
-                         f"{token_error.shape[1]} tokens; recalibrate with `pai calibrate-ood` for this input size")
+        raise ModelError(
+            f"ood_params.json standardises {mean.size} token positions but the policy produced "
+            f"{token_error.shape[1]} tokens; recalibrate with `pai calibrate-ood` for this input size"
+        )
     return ((token_error - mean) / std).mean(axis=1)
 
 
@@ -98,8 +100,10 @@ class ReconZ:
         from .evaluate import score_episodes
 
         if len(job.episodes) < 2:
-            raise InputError(f"--score {cls.name} needs at least two calibration episodes (a quarter fit the "
-                             f"standardiser, the others set the threshold); got {job.episodes}")
+            raise InputError(
+                f"--score {cls.name} needs at least two calibration episodes (a quarter fit the "
+                f"standardiser, the others set the threshold); got {job.episodes}"
+            )
         n_fit = max(1, len(job.episodes) // 4)
         fit_eps = score_episodes(job.pipe, job.dataset, job.episodes[:n_fit], job.batch_size)
         mean, std = fit_token_standardizer(np.concatenate([e.token_error for e in fit_eps]))
@@ -136,5 +140,5 @@ def fit_episode_count(score: str, frames: list[int]) -> list[int]:
     """Frames per episode of the calibration episodes whose scores set the threshold (for the alpha check
     before any work): all of them, except the quarter ``sae_recon_z`` fits its standardiser on."""
     if score == ReconZ.name and len(frames) >= 2:
-        return frames[max(1, len(frames) // 4):]
+        return frames[max(1, len(frames) // 4) :]
     return frames

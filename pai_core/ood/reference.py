@@ -33,8 +33,9 @@ def _batches(pipe, dataset, episode: int, keep: np.ndarray | None, batch_size: i
         yield batch, pipe.engine.step_batch(batch)
 
 
-def fit_token_reference(pipe, dataset, episodes: Sequence[int], k: int = 5, stride: int = 1,
-                        batch_size: int = 16) -> KnnScorer:
+def fit_token_reference(
+    pipe, dataset, episodes: Sequence[int], k: int = 5, stride: int = 1, batch_size: int = 16
+) -> KnnScorer:
     """``token_knn``: the encoder-input tokens of every ``stride``-th frame of ``episodes``."""
     from tqdm.auto import tqdm
 
@@ -56,8 +57,15 @@ def frame_bytes(pipe, dataset, episode: int, config: PatchKnnConfig) -> int:
     return sum(2 * patch_grid([m.cpu() for m in levels], config.max_grid)[0].numel() for levels in maps.values())
 
 
-def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnnConfig, max_bytes: float | None,
-                         stride: int = 1, copies: int = 1) -> tuple[dict[int, np.ndarray], dict]:
+def plan_patch_reference(
+    pipe,
+    dataset,
+    episodes: Sequence[int],
+    config: PatchKnnConfig,
+    max_bytes: float | None,
+    stride: int = 1,
+    copies: int = 1,
+) -> tuple[dict[int, np.ndarray], dict]:
     """Which frame offsets of each episode the reference keeps: every ``stride``-th, then, when they (with
     ``copies`` entries each: the frame and its nuisance variants) exceed ``max_bytes``, the subset that
     keeps the joint states covered. Returns (episode -> offsets, plan)."""
@@ -67,15 +75,21 @@ def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKn
     candidates = {ep: np.arange(0, len(t["frame_index"]), stride) for ep, t in tables.items()}
     total = sum(len(c) for c in candidates.values())
     per_frame = frame_bytes(pipe, dataset, episodes[0], config) * copies
-    plan = {"candidate_frames": total, "bytes_per_frame": per_frame, "budget_bytes": max_bytes,
-            "entries_per_frame": copies}
+    plan = {
+        "candidate_frames": total,
+        "bytes_per_frame": per_frame,
+        "budget_bytes": max_bytes,
+        "entries_per_frame": copies,
+    }
     if max_bytes is None or total * per_frame <= max_bytes:
         plan["frames"] = total
         return candidates, plan
     n_keep = int(max_bytes // per_frame)
     if n_keep < 2:
-        raise InputError(f"--reference-max-gb {max_bytes / 1e9:g} holds {n_keep} reference frames of "
-                         f"{per_frame / 1e6:.2f} MB; give at least {2 * per_frame / 1e9:.3f}")
+        raise InputError(
+            f"--reference-max-gb {max_bytes / 1e9:g} holds {n_keep} reference frames of "
+            f"{per_frame / 1e6:.2f} MB; give at least {2 * per_frame / 1e9:.3f}"
+        )
     if any("observation.state" not in t for t in tables.values()):
         chosen = np.linspace(0, total - 1, n_keep).round().astype(int)  # no joint states: even spacing
     else:
@@ -85,15 +99,28 @@ def plan_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKn
     offsets = np.concatenate([candidates[ep] for ep in episodes])
     keep = {ep: offsets[chosen][owner[chosen] == ep] for ep in episodes}
     plan["frames"] = int(len(chosen))
-    log.info("patch_knn reference: %d of %d frames (%.2f GB budget, %.2f MB a frame), chosen to cover the joint "
-             "states", len(chosen), total, max_bytes / 1e9, per_frame / 1e6)
+    log.info(
+        "patch_knn reference: %d of %d frames (%.2f GB budget, %.2f MB a frame), chosen to cover the joint states",
+        len(chosen),
+        total,
+        max_bytes / 1e9,
+        per_frame / 1e6,
+    )
     return {ep: k for ep, k in keep.items() if len(k)}, plan
 
 
-def fit_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnnConfig | None = None,
-                        max_bytes: float | None = None, stride: int = 1, batch_size: int = 16,
-                        nuisance_variants: int = 0, nuisance: NuisanceRange | None = None,
-                        seed: int = 0) -> tuple[PatchKnnScorer, dict]:
+def fit_patch_reference(
+    pipe,
+    dataset,
+    episodes: Sequence[int],
+    config: PatchKnnConfig | None = None,
+    max_bytes: float | None = None,
+    stride: int = 1,
+    batch_size: int = 16,
+    nuisance_variants: int = 0,
+    nuisance: NuisanceRange | None = None,
+    seed: int = 0,
+) -> tuple[PatchKnnScorer, dict]:
     """``patch_knn`` from clean reference ``episodes`` of ``dataset``: (scorer, plan with sizes).
 
     With ``nuisance_variants`` each kept frame also enters the reference as that many copies under camera
@@ -114,8 +141,9 @@ def fit_patch_reference(pipe, dataset, episodes: Sequence[int], config: PatchKnn
 
     def add(batch, results, ep):
         maps, states = vision_batch(results, batch)
-        builder.add({cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()},
-                    states, ep)
+        builder.add(
+            {cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()}, states, ep
+        )
 
     for ep, offsets in keep.items():
         for batch, results in _batches(pipe, dataset, ep, offsets, batch_size):

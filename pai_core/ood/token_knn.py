@@ -25,7 +25,9 @@ class KnnScorer:
     the SAE reconstruction error reached 0.41-0.77 (docs/demo.md)."""
 
     name: ClassVar[str] = "token_knn"
-    description: ClassVar[str] = "mean distance of the frame's encoder-input tokens to its k nearest clean reference frames"
+    description: ClassVar[str] = (
+        "mean distance of the frame's encoder-input tokens to its k nearest clean reference frames"
+    )
     needs_vision_features: ClassVar[bool] = False
 
     def __init__(self, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, k: int = 5):
@@ -68,8 +70,10 @@ class KnnScorer:
     def save(self, folder: Path) -> dict:
         from safetensors.numpy import save_file
 
-        save_file({"reference": self.reference.numpy(), "mean": self.mean.numpy(), "std": self.std.numpy()},
-                  str(Path(folder) / REFERENCE_FILE))
+        save_file(
+            {"reference": self.reference.numpy(), "mean": self.mean.numpy(), "std": self.std.numpy()},
+            str(Path(folder) / REFERENCE_FILE),
+        )
         return {"reference": REFERENCE_FILE, "knn_k": self.k}
 
     def score(self, batch: ScoreBatch) -> ScoreOutput:
@@ -99,10 +103,10 @@ class KnnScorer:
 
         x = torch.as_tensor(input_tokens).detach().float().cpu().reshape(len(input_tokens), -1)
         if x.shape[1] != self.reference.shape[1]:
-            raise ModelError(f"token_knn reference frames have {self.reference.shape[1]} values but the policy "
-                             f"produced {x.shape[1]}; recalibrate with `pai calibrate-ood --score token_knn`")
+            raise ModelError(
+                f"token_knn reference frames have {self.reference.shape[1]} values but the policy "
+                f"produced {x.shape[1]}; recalibrate with `pai calibrate-ood --score token_knn`"
+            )
         q = (x - self.mean) / self.std
         d = torch.cdist(q, self.reference).pow(2) / q.shape[1]
         return d.topk(self.k, dim=1, largest=False).values.mean(1).numpy().astype(np.float64)
-
-

@@ -46,8 +46,10 @@ class SalvagedMcap:
                 counts[record.channel_id] = counts.get(record.channel_id, 0) + 1
                 self.first_ns = record.log_time if not self.first_ns else min(self.first_ns, record.log_time)
                 self.last_ns = max(self.last_ns, record.log_time)
-        self.connections = [SalvagedConnection(cid, ch.topic, self._schemas.get(ch.schema_id, ""), counts.get(cid, 0))
-                            for cid, ch in channels.items()]
+        self.connections = [
+            SalvagedConnection(cid, ch.topic, self._schemas.get(ch.schema_id, ""), counts.get(cid, 0))
+            for cid, ch in channels.items()
+        ]
 
     def _records(self) -> Iterator[tuple[str, object, int]]:
         """("channel" | "message", record, bytes read so far) up to the cut; records where the file breaks off."""
@@ -87,9 +89,11 @@ class SalvagedMcap:
         return self.typestore.deserialize_cdr(raw, msgtype)
 
     def describe(self) -> str:
-        return (f"{self.path} is truncated at byte {self.truncated_at:,} of {self.size:,} "
-                f"({100 * self.truncated_at / max(self.size, 1):.0f} %): its complete chunks were read "
-                f"({sum(c.msgcount for c in self.connections)} messages); whatever was recorded after them is lost")
+        return (
+            f"{self.path} is truncated at byte {self.truncated_at:,} of {self.size:,} "
+            f"({100 * self.truncated_at / max(self.size, 1):.0f} %): its complete chunks were read "
+            f"({sum(c.msgcount for c in self.connections)} messages); whatever was recorded after them is lost"
+        )
 
     def close(self) -> None:
         pass
