@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import InputError
 from .layout import TokenLayout
+from .outputs import prepare_output_dir
 
 MANIFEST = "activations.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -138,7 +139,7 @@ def record_activations(
 
     cfg = config or RecordConfig()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "activation recording folder (--output-dir)")
     episodes = select_episodes(dataset, episodes)
     engine = Introspector.from_pretrained(
         str(policy_path), IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False)

@@ -89,6 +89,7 @@ def run(args) -> int:
     params = Path(args.ood_params) if args.ood_params else Path(args.sae_path) / "ood_params.json"
     if not params.is_file():
         raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")
+    from ..outputs import prepare_output_dir
     from ..preflight import check_dataset_for_policy
     from ..sources.dataset import select_episodes
 
@@ -103,7 +104,7 @@ def run(args) -> int:
     result.update({"alpha": pipe.ood.alpha, "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
                    "id": args.id, "ood": args.ood})
     out = Path(args.output_dir or args.sae_path)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "evaluation folder (--output-dir)")
     (out / "ood_evaluation.json").write_text(json.dumps(result, indent=2))
     png = plot_evaluation(id_eps, ood_eps, result, out / "ood_evaluation.png")
     summary = {k: result[k] for k in ("auroc", "tpr_at_threshold", "false_positive_rate_at_threshold",

@@ -17,6 +17,7 @@ from ..overlay import OverlayConfig
 from ..pipeline import Pipeline
 from .accounting import Accounting
 from .runner import RunConfig, RunStats, run
+from ..outputs import prepare_output_dir
 
 
 @dataclass
@@ -64,7 +65,7 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
     from .tables import TableSink
 
     out = Path(options.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "replay output folder (--output-dir)")
     sinks: list = [TableSink(out, pipeline)]
     video = messages = None
     if options.video:

@@ -39,5 +39,9 @@ def load_sae(path: str | Path, device: str = "cpu") -> SparseAutoencoder:
     except (TypeError, ValueError) as exc:
         raise ModelError(f"Could not read SAE config {cfg_file}: {exc}") from exc
     sae = SparseAutoencoder(config)
-    sae.load_state_dict(load_file(str(weights)))
+    try:
+        sae.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # a truncated or foreign file: safetensors and torch raise several types
+        raise ModelError(f"SAE weights {weights} are damaged or do not match {cfg_file} "
+                         f"({type(exc).__name__}: {exc})") from exc
     return sae.to(device).eval()

@@ -22,6 +22,7 @@ from ..errors import InputError, ModelError
 from .io import save_sae
 from .loss import aux_k_loss, normalized_mse
 from .model import SAEConfig, SparseAutoencoder
+from ..outputs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -197,7 +198,7 @@ def train_sae(
 
     cfg = config or TrainConfig()
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "SAE folder (--output-dir)")
     ckpt_path = out / CHECKPOINT
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
