@@ -250,7 +250,7 @@ def frame_messages(
         out.append(OutputMessage(topics.OOD_SCORE, "std_msgs/msg/Float32", {"data": float(frame.ood_score)}, t))
     if frame.threshold is not None:
         out.append(OutputMessage(topics.OOD_THRESHOLD, "std_msgs/msg/Float32", {"data": float(frame.threshold)}, t))
-    thresholds = pipeline.signal_thresholds() if hasattr(pipeline, "signal_thresholds") else {}
+    thresholds = pipeline.signal_thresholds()
     for name, value in frame.signals.items():  # further signals, each on a topic of its own
         out.append(OutputMessage(topics.SIGNAL.format(name=name), "std_msgs/msg/Float32", {"data": float(value)}, t))
         if name in thresholds:

@@ -10,6 +10,20 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+def wait_for(predicate, timeout: float, what: str):
+    """``predicate()``'s first truthy value within ``timeout`` seconds (polled every 50 ms), else a failure
+    naming ``what`` (for tests that wait on ROS topics, services and processes)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Under CI a skipped test fails the run: a suite that passes by skipping (no rclpy, no Chromium, no
     colcon) has not tested what it claims."""
@@ -70,23 +84,29 @@ def ood_world(tmp_path_factory):
     return base, policy, held_eps
 
 
-@pytest.fixture
-def calibrate_copy(ood_world, tmp_path, capsys):
-    """Calibrate a copy of ``ood_world``'s SAE with ``pai calibrate-ood --score SCORE`` (alpha 0.1, the
-    SAE's held-out episodes) and return (the copy's directory, its OODParams)."""
+def calibrate_world_copy(world, sae, score: str, *extra: str):
+    """Copy ``ood_world``'s SAE to ``sae`` and run ``pai calibrate-ood --score SCORE`` on it (alpha 0.1, the
+    SAE's held-out episodes, ``extra`` flags); returns its OODParams (the command's output stays captured)."""
     import shutil
 
     from pai_core.cli import main
     from pai_core.ood import OODParams
 
-    base, policy, _ = ood_world
+    base, policy, _ = world
+    shutil.copytree(base / "sae", sae)
+    assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
+                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", score, *extra]) == 0
+    return OODParams.load(sae / "ood_params.json")
+
+
+@pytest.fixture
+def calibrate_copy(ood_world, tmp_path, capsys):
+    """``calibrate_world_copy`` into this test's folder: returns (the copy's directory, its OODParams)."""
 
     def calibrate(score: str):
         sae = tmp_path / f"sae_{score}"
-        shutil.copytree(base / "sae", sae)
-        assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
-                     "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", score]) == 0
+        params = calibrate_world_copy(ood_world, sae, score)
         capsys.readouterr()
-        return sae, OODParams.load(sae / "ood_params.json")
+        return sae, params
 
     return calibrate

@@ -48,36 +48,13 @@ def test_nuisance_changes_the_image_as_named_and_deterministically():
 @pytest.fixture(scope="module")
 def two_detectors(ood_world, tmp_path_factory):
     """patch_knn calibrated as before (no nuisance) and with a nuisance-augmented reference."""
-    import shutil
+    from tests.conftest import calibrate_world_copy
 
-    from pai_core.cli import main
-
-    base, policy, _ = ood_world
+    _, policy, _ = ood_world
     out = {}
     for name, extra in (("plain", []), ("nuisance", ["--reference-nuisance", "4"])):
         sae = tmp_path_factory.mktemp("nuisance") / name
-        shutil.copytree(base / "sae", sae)
-        assert (
-            main(
-                [
-                    "calibrate-ood",
-                    "--sae-path",
-                    str(sae),
-                    "--policy-path",
-                    str(policy),
-                    "--dataset-repo-id",
-                    "pai/synthetic",
-                    "--root",
-                    str(base / "train"),
-                    "--alpha",
-                    "0.1",
-                    "--score",
-                    "patch_knn",
-                    *extra,
-                ]
-            )
-            == 0
-        )
+        calibrate_world_copy(ood_world, sae, "patch_knn", *extra)
         out[name] = Pipeline.load(str(policy), str(sae))
     return out
 

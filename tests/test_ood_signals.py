@@ -67,33 +67,11 @@ def test_joint_thresholds_keep_one_false_alarm_rate_over_two_signals():
 def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_the_pipeline_watches_both(
     ood_world, tmp_path, capsys
 ):
-    import shutil
+    from tests.conftest import calibrate_world_copy
 
-    base, policy, held = ood_world
+    base, policy, _ = ood_world
     sae = tmp_path / "sae"
-    shutil.copytree(base / "sae", sae)
-    assert (
-        main(
-            [
-                "calibrate-ood",
-                "--sae-path",
-                str(sae),
-                "--policy-path",
-                str(policy),
-                "--dataset-repo-id",
-                "pai/synthetic",
-                "--root",
-                str(base / "train"),
-                "--alpha",
-                "0.1",
-                "--score",
-                "patch_knn",
-                "--signals",
-                "action_consistency",
-            ]
-        )
-        == 0
-    )
+    calibrate_world_copy(ood_world, sae, "patch_knn", "--signals", "action_consistency")
     printed = json.loads(capsys.readouterr().out)
     assert printed["empirical_rate_on_calibration"] <= 0.1 and "action_consistency" in printed["signals"]
     params = OODParams.load(sae / "ood_params.json")

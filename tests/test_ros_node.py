@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import wait_for
+
 rclpy = pytest.importorskip("rclpy")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,16 +220,6 @@ class Probe:
             time.sleep(0.02)
         assert future.done(), f"service {client.srv_name} did not answer within {timeout} s"
         return future.result()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def stamp_of(msg) -> tuple[int, int]:

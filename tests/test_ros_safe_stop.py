@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import wait_for
+
 rclpy = pytest.importorskip("rclpy")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,16 +129,6 @@ def node_env(extra_python: list[str] = (), extra_libs: list[str] = ()) -> dict:
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def wait_for(predicate, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Robot:

@@ -45,6 +45,12 @@ def pai(*argv) -> int:
     return main([str(a) for a in argv])
 
 
+def record(ds, policy, out, *extra) -> int:
+    """``pai record-activations`` of ``policy`` over the whole dataset into ``out``."""
+    return pai("record-activations", "--dataset-repo-id", REPO, "--root", ds.root, "--policy-path", policy,
+               "--output-dir", out, *extra)
+
+
 @pytest.fixture(scope="module")
 def trained(world):
     """``pai record-activations`` then ``pai train-sae`` on the video dataset: (recording summary, SAE dir)."""
@@ -55,22 +61,7 @@ def trained(world):
     acts, sae = base / "acts", base / "sae"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert (
-            pai(
-                "record-activations",
-                "--dataset-repo-id",
-                REPO,
-                "--root",
-                ds.root,
-                "--policy-path",
-                policy,
-                "--output-dir",
-                acts,
-                "--shard-frames",
-                20,
-            )
-            == 0
-        )
+        assert record(ds, policy, acts, "--shard-frames", 20) == 0
     recorded = json.loads(out.getvalue())
     assert (
         pai(
@@ -253,20 +244,7 @@ def test_an_alpha_the_calibration_frames_cannot_give_is_refused_before_any_scori
 def test_a_policy_camera_the_dataset_lacks_is_named_before_any_forward(world, tmp_path, capsys):
     _, ds, _ = world
     other = make_act_policy(tmp_path / "policy", cameras={"observation.images.top": (96, 128)})
-    assert (
-        pai(
-            "record-activations",
-            "--dataset-repo-id",
-            REPO,
-            "--root",
-            ds.root,
-            "--policy-path",
-            other,
-            "--output-dir",
-            tmp_path / "acts",
-        )
-        == 1
-    )
+    assert record(ds, other, tmp_path / "acts") == 1
     err = capsys.readouterr().err
     assert "lacks cameras ['observation.images.top']" in err and "observation.images.wrist" in err
     assert not list((tmp_path / "acts").glob("*.safetensors"))
@@ -275,20 +253,7 @@ def test_a_policy_camera_the_dataset_lacks_is_named_before_any_forward(world, tm
 def test_a_state_of_another_size_is_named_with_the_datasets_joint_names(world, tmp_path, capsys):
     _, ds, _ = world
     other = make_act_policy(tmp_path / "policy", cameras=CAMERAS, state_dim=7, action_dim=7)
-    assert (
-        pai(
-            "record-activations",
-            "--dataset-repo-id",
-            REPO,
-            "--root",
-            ds.root,
-            "--policy-path",
-            other,
-            "--output-dir",
-            tmp_path / "acts",
-        )
-        == 1
-    )
+    assert record(ds, other, tmp_path / "acts") == 1
     err = capsys.readouterr().err
     assert "6-value observation.state" in err and "shoulder_pan.pos" in err and "needs 7 values" in err
 

@@ -244,9 +244,6 @@ class PatchKnnScorer:
         near = d.topk(k, dim=1, largest=False)
         return near.indices, near.values[:, 0]
 
-    def _neighbours(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
-        return self._nearest(states, exclude)[0]
-
     def reset(self) -> None:
         pass
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..nuisance import NuisanceRange
+from ..sources.dataset import episode_length
 from .patch_knn import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
 from .token_knn import KnnScorer
 
@@ -41,7 +42,7 @@ def fit_token_reference(
 
     tokens = []
     for ep in tqdm(episodes, desc="reference frames", unit="ep"):
-        keep = np.arange(0, _length(dataset, ep), stride)
+        keep = np.arange(0, episode_length(dataset, ep), stride)
         for _, results in _batches(pipe, dataset, ep, keep, batch_size):
             tokens += [r.input_tokens.float().cpu().numpy() for r in results]
     return KnnScorer.from_tokens(np.stack(tokens), k=k)
@@ -161,12 +162,6 @@ def fit_patch_reference(
         raise InputError(f"patch_knn reference frames: {exc}") from exc
     plan |= scorer.describe()
     return scorer, plan
-
-
-def _length(dataset, episode: int) -> int:
-    from ..sources.dataset import episode_length
-
-    return episode_length(dataset, episode)
 
 
 __all__ = ["fit_patch_reference", "fit_token_reference", "frame_bytes", "plan_patch_reference"]

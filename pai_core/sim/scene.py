@@ -131,16 +131,3 @@ def write_scene(text: str, name: str, cache_dir: str | Path | None = None) -> Pa
     tmp.write_text(text)
     tmp.replace(path)
     return path
-    folder.mkdir(parents=True, exist_ok=True)
-    assets = package_assets()
-    for name in ("so101_new_calib.xml", "assets"):
-        link = folder / name
-        if not link.exists():
-            try:
-                link.symlink_to(assets / name)
-            except FileExistsError:
-                pass
-    tmp = folder / f"scene.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
