@@ -7,6 +7,7 @@ and ``ACTPolicy.forward`` for the loss. The result is a LeRobot ``pretrained_mod
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -30,6 +31,8 @@ class TrainConfig:
     dim_model, n_heads, dim_feedforward, n_encoder_layers: ACT transformer size.
     chunk_size, n_action_steps: predicted and executed actions per forward pass.
     seed: torch seed.
+    save_every: also save ``checkpoints/<step>/pretrained_model`` every this many steps (0: none); the
+        learning rate is constant, so the checkpoint at step N is the policy ``--steps N`` gives.
     threads: torch CPU threads.
     batch_norm: train the backbone with BatchNorm and fold its statistics into LeRobot's
         ``FrozenBatchNorm2d`` for saving (``swap_batch_norm``): a ResNet trained from scratch learns far
@@ -51,6 +54,7 @@ class TrainConfig:
     chunk_size: int = 20
     n_action_steps: int = 10
     seed: int = 0
+    save_every: int = 0
     threads: int = 2
     batch_norm: bool = True
     use_vae: bool = False
@@ -61,6 +65,8 @@ class TrainConfig:
             raise InputError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise InputError(f"n_action_steps={self.n_action_steps} must be within 1..chunk_size ({self.chunk_size})")
+        if self.save_every < 0:
+            raise InputError(f"save_every={self.save_every} must be 0 (no checkpoints) or a number of steps")
         if self.steps < 1 or (self.max_minutes is not None and self.max_minutes <= 0):
             raise InputError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
 
@@ -140,15 +146,11 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            save_policy(copy.deepcopy(policy), pre, post, cfg.output_dir / "checkpoints" / f"{step:06d}", cfg.batch_norm)
+            policy.train()
     bar.close()
-    policy.eval()
-    if cfg.batch_norm:
-        swap_batch_norm(policy.model.backbone, trainable=False)
-    out = cfg.output_dir / "pretrained_model"
-    out.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(out)
-    pre.save_pretrained(out)
-    post.save_pretrained(out)
+    out = save_policy(policy, pre, post, cfg.output_dir, cfg.batch_norm)
     summary = {
         "policy_path": str(out),
         "steps": step,
@@ -162,6 +164,20 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     (cfg.output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
     plot_losses(losses, cfg.output_dir / "training_loss.png")
     return summary
+
+
+def save_policy(policy, pre, post, folder: Path, batch_norm: bool) -> Path:
+    """Write ``folder/pretrained_model`` (an ordinary LeRobot ACT: trained BatchNorm folded into
+    ``FrozenBatchNorm2d``); ``policy`` is changed in place, so pass a copy mid-training."""
+    policy.eval()
+    if batch_norm:
+        swap_batch_norm(policy.model.backbone, trainable=False)
+    out = folder / "pretrained_model"
+    out.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(out)
+    pre.save_pretrained(out)
+    post.save_pretrained(out)
+    return out
 
 
 def swap_batch_norm(module, trainable: bool) -> None:
