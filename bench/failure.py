@@ -339,6 +339,13 @@ def onset_delays(records: Sequence[EpisodeRecord], detector: str) -> list[int]:
             and window(r)[0] <= r.detectors[detector].alarm_step <= window(r)[1]]
 
 
+def frames_above(records: Sequence[EpisodeRecord], detector: str) -> Rate:
+    """Frames whose statistic is above the threshold (score / threshold > 1; pai: any signal), over the
+    given episodes: in clean episodes, the per-frame false-alarm rate to hold against alpha."""
+    stats = [s for r in records for s in r.detectors[detector].stats]
+    return Rate(sum(s > 1.0 for s in stats), len(stats))
+
+
 def median(values: list[int]) -> float | None:
     return float(np.median(values)) if values else None
 
@@ -363,8 +370,9 @@ def fired_signals(records: Sequence[EpisodeRecord]) -> dict[str, int]:
     return out
 
 
-def targets(records: Sequence[EpisodeRecord], kinds: dict[str, str], detector: str = PAI) -> dict:
-    """The issue's three targets for one detector, with the counts behind each."""
+def targets(records: Sequence[EpisodeRecord], kinds: dict[str, str], detector: str = PAI,
+            alpha: float | None = None) -> dict:
+    """The issue's targets for one detector, with the counts behind each (the per-frame one needs alpha)."""
     nuisance = [c for c, k in kinds.items() if k in ("clean", "nuisance")]
     per = {c: false_stops([r for r in records if r.condition == c], detector) for c in nuisance}
     tested = {c: r for c, r in per.items() if r.n}
@@ -381,7 +389,14 @@ def targets(records: Sequence[EpisodeRecord], kinds: dict[str, str], detector: s
                   "rate": ca.rate, "plus_minus": ca.plus_minus},
         "auroc": {"target": AUROC_TARGET, "met": auc is not None and auc >= AUROC_TARGET, "value": auc,
                   "failed": sum(not r.success for r in records), "successful": sum(r.success for r in records)},
+        "clean_frames": _clean_frames_target(records, detector, alpha),
     }
+
+
+def _clean_frames_target(records: Sequence[EpisodeRecord], detector: str, alpha: float | None) -> dict:
+    fr = frames_above([r for r in records if r.kind == "clean"], detector)
+    return {"target": alpha, "met": alpha is not None and fr.n > 0 and fr.rate <= alpha, "k": fr.k, "n": fr.n,
+            "rate": fr.rate, "interval95": fr.interval()}
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -579,7 +594,7 @@ def run_benchmark(cfg: FailureBenchConfig, pipe, seed_rule: SeedRule | None = No
 
 
 # ------------------------------------------------------------------------------------------ results
-def summarise(records: Sequence[EpisodeRecord], detectors: list[str]) -> dict:
+def summarise(records: Sequence[EpisodeRecord], detectors: list[str], alpha: float | None = None) -> dict:
     """Metrics per condition and pooled (all episodes; and clean + nuisance only), per detector, and the
     targets for pai and the seed's rule."""
     kinds = dict.fromkeys([r.condition for r in records])
@@ -598,7 +613,7 @@ def summarise(records: Sequence[EpisodeRecord], detectors: list[str]) -> dict:
                        "detectors": {d: detector_metrics(records, d) for d in detectors}},
             "pooled_clean_and_nuisance": {"episodes": len(quiet), "detectors": {
                 d: detector_metrics(quiet, d) for d in detectors} if quiet else {}},
-            "targets": {d: targets(records, kinds, d) for d in detectors if d in (PAI, SEED_RULE)}}
+            "targets": {d: targets(records, kinds, d, alpha) for d in detectors if d in (PAI, SEED_RULE)}}
 
 
 def _fmt_auc(v: float | None) -> str:
@@ -697,6 +712,11 @@ def format_table(result: dict) -> str:
         au = t["auroc"]
         lines.append(f"  pooled episode ROC-AUC >= {AUROC_TARGET}: {_fmt_auc(au['value'])} ({au['failed']} failed vs "
                      f"{au['successful']} successful episodes): {'met' if au['met'] else 'NOT met'}")
+        cf = t.get("clean_frames")
+        if cf and cf["n"]:
+            lo, hi = cf["interval95"]
+            lines.append(f"  clean frames above threshold <= alpha {cf['target']}: {cf['k']}/{cf['n']} = "
+                         f"{cf['rate']:.4f} (95 % {lo:.4f}-{hi:.4f}): {'met' if cf['met'] else 'NOT met'}")
     lines.append("  (+-: half width of the 95 % Wilson interval of a rate measured on that many episodes)")
     return "\n".join(lines) + "\n"
 
@@ -773,7 +793,7 @@ def run(cfg: FailureBenchConfig, output_dir: Path, setup: dict | None = None, pr
             "episode_statistic": "max of score/threshold (pai: over its signals) within [onset, lost]; successes: "
                                  "over the episode",
             "lead_time": "lost - alarm step, over caught failures"},
-        "summary": summarise(records, detectors),
+        "summary": summarise(records, detectors, float(pipe.ood.alpha)),
         "episodes": [r.to_dict() for r in records],
     }
     result["seconds"] = round(time.perf_counter() - start, 1)

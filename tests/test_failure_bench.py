@@ -165,6 +165,18 @@ def test_the_false_stop_target_needs_every_clean_and_nuisance_condition_measured
     assert t["false_stops"]["met"] and t["auroc"]["value"] is None and not t["auroc"]["met"]
 
 
+def test_clean_frames_above_threshold_are_held_against_alpha_frame_by_frame():
+    clean = [rec(True, [0.1] * 99 + [1.5], 99, condition="clean", kind="clean"),  # 1 of 100 frames above
+             rec(False, [0.5] * 100, None, condition="clean", kind="clean")]  # a failure's frames count too
+    noisy = [rec(True, [2.0] * 10, 0, condition="jpeg50")]  # nuisance frames are not the clean rate
+    kinds = {"clean": "clean", "jpeg50": "nuisance"}
+    t = fb.targets(clean + noisy, kinds, alpha=0.01)["clean_frames"]
+    assert (t["k"], t["n"], t["met"]) == (1, 200, True)
+    t = fb.targets(clean + noisy, kinds, alpha=0.001)["clean_frames"]
+    assert t["rate"] == 0.005 and not t["met"]
+    assert not fb.targets(noisy, kinds, alpha=0.01)["clean_frames"]["met"]  # no clean frame: not measured
+
+
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
