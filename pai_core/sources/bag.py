@@ -116,12 +116,19 @@ class BagSource:
 
     Use as a context manager (closes the reader). Iteration raises ``BagReadError`` when the bag breaks
     off; observations before that point have been yielded and are counted.
+
+    Args:
+        keep_messages: also put the recorded messages that make each observation into
+            ``obs.extra["messages"]``: ``(topic, msgtype, raw CDR)`` per input, the other inputs first and the
+            driving camera last (what ``bag_replay`` publishes into the live node).
     """
 
-    def __init__(self, path: str | Path, topics: BagTopics, accounting: Accounting | None = None):
+    def __init__(self, path: str | Path, topics: BagTopics, accounting: Accounting | None = None,
+                 keep_messages: bool = False):
         self.path = Path(path)
         self.topics = topics
         self.accounting = accounting if accounting is not None else Accounting()
+        self.keep_messages = keep_messages
         self.reader = open_reader(self.path)
         try:
             self._connections = self._check_topics()
@@ -180,6 +187,7 @@ class BagSource:
         frame_index = -1
         messages = 0
         stamps_ns: dict[str, int] = {}  # assembler key -> header stamp of its newest message (exact)
+        raw_newest: dict[str, tuple[str, Any]] = {}  # topic -> (msgtype, raw CDR) of its newest usable message
         stream = self.reader.messages(connections=self._connections)
         while True:
             try:
@@ -212,6 +220,8 @@ class BagSource:
                 else:
                     assembler.add_image(names[topic], stamp, image_msg_to_rgb(msg))
                 stamps_ns[names[topic]] = stamp_to_ns(msg.header.stamp)
+                if self.keep_messages:
+                    raw_newest[topic] = (conn.msgtype, raw)
             except (PaiError, ValueError, KeyError) as exc:
                 reason = f"bad message: {exc}"
                 count.skipped[reason] += 1
@@ -231,6 +241,9 @@ class BagSource:
                     obs.episode_index = 0
                     obs.stamp_ns = max(stamps_ns[k] for k in names.values() if k in stamps_ns)
                     obs.extra["log_time_ns"] = int(log_time)
+                    if self.keep_messages:
+                        order = [t for t in names if t != self.driving] + [self.driving]
+                        obs.extra["messages"] = [(t, *raw_newest[t]) for t in order]
                     yield obs
                     continue
                 reason = f"inputs further apart than max_input_age_s={topics.max_age_s}"

@@ -4,9 +4,10 @@ What ``ros2 bag play`` would do, plus the bookkeeping a comparison needs: the ca
 messages are published with their recorded header stamps on the node's input topics (sensor-data QoS,
 as the node subscribes), paced by the recorded timing (``--rate``), and in lock-step with the node: the
 next frame goes out only after the node answered the previous one, so a slow engine drops nothing.
-Frames are grouped exactly as offline ``pai replay --bag`` groups them (one observation per message of
-the first camera, with the newest message of every other input), so the node sees the observations
-offline replay sees and their scores can be compared.
+Frames are grouped by offline replay's own ``pai_core.sources.bag.BagSource`` (one observation per message of
+the first camera, with the newest message of every other input; ``keep_messages`` hands over the recorded
+messages), so the node sees the observations offline ``pai replay --bag`` sees and their scores can be compared.
+The node's outputs are subscribed with the node's own QoS table and message classes (``pai_core.ros_qos``).
 
 The node creates its output publishers when it publishes its first frame, and messages sent before a
 subscriber has matched are lost; two warm-up frames (the first frame, stamped 2 s and 1 s earlier) let
@@ -33,23 +34,19 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import Bool, Float32, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from pai_core import topics
 from pai_core.errors import InputError, PaiError
-from pai_core.ros_convert import image_msg_to_rgb, joint_state_to_vector, stamp_to_ns
+from pai_core.ros_convert import stamp_to_ns
+from pai_core.ros_qos import message_class, output_qos
 from pai_core.settings import PaiSettings, load_settings
-from pai_core.sources.bag import IMAGE_TYPES, JOINT_STATE_TYPE, open_reader
+from pai_core.sources.bag import BagReadError, BagSource, BagTopics, open_reader
 
-LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-STREAM = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 WARMUP_OFFSETS_NS = (2_000_000_000, 1_000_000_000)
-MSG_CLASSES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage,
-               JOINT_STATE_TYPE: JointState}
 
 
 @dataclass
@@ -76,63 +73,50 @@ class ReplayArgs:
 
 
 # ------------------------------------------------------------------------------------------- the bag
-def _inputs(settings: PaiSettings, reader) -> tuple[list, str, list[str]]:
-    """Bag connections of the node's inputs, the driving camera topic and the required topics."""
-    found: dict[str, list] = collections.defaultdict(list)
-    for conn in reader.connections:
-        found[conn.topic].append(conn)
-    listing = ", ".join(f"{t} ({c[0].msgtype})" for t, c in sorted(found.items())) or "none"
-    wanted = {t: IMAGE_TYPES for t in settings.camera_map}
-    if settings.joint_states_topic in found:
-        wanted[settings.joint_states_topic] = (JOINT_STATE_TYPE,)
-    conns = []
-    for topic, types in wanted.items():
-        if topic not in found:
-            raise InputError(f"Bag has no topic {topic!r} (from cameras.topics of the params file); "
-                             f"its topics are {listing}")
-        for conn in found[topic]:
-            if conn.msgtype not in types:
-                raise InputError(f"Bag topic {topic!r} has type {conn.msgtype}, expected one of {list(types)}")
-            conns.append(conn)
-    return conns, next(iter(settings.camera_map)), list(wanted)
-
-
-def frame_groups(reader, settings: PaiSettings, skipped: collections.Counter) -> Iterator[Group]:
-    """One group per driving-camera message, as offline replay's ``BagSource`` forms observations;
-    frames that cannot form one are counted in ``skipped`` by reason."""
-    conns, driving, required = _inputs(settings, reader)
-    if not reader.is2:
-        raise InputError("bag_replay plays rosbag2 recordings (CDR); convert ROS 1 bags with `rosbags-convert`")
-    newest: dict[str, tuple[int, Any]] = {}
-    index = -1
-    for conn, log_ns, raw in reader.messages(connections=conns):
-        topic = conn.topic
-        if topic == driving:
-            index += 1
+def bag_topics(settings: PaiSettings, bag: Path) -> BagTopics:
+    """The node's inputs as ``BagSource`` topics: every camera the node subscribes to, and the joint states when
+    the policy takes a state (its config.json says so; for a hub id: when the bag has the topic). No units: the
+    messages go out as recorded and the node converts them, as it does for the robot's."""
+    needs_state = _policy_needs_state(settings.policy_path)
+    if needs_state is None:
+        reader = open_reader(bag)
         try:
-            msg = deserialize_message(bytes(raw), MSG_CLASSES[conn.msgtype])
-            if conn.msgtype == JOINT_STATE_TYPE:
-                joint_state_to_vector(msg, settings.joint_names)
+            needs_state = any(c.topic == settings.joint_states_topic for c in reader.connections)
+        finally:
+            reader.close()
+    return BagTopics(dict(settings.camera_map), settings.joint_states_topic if needs_state else "",
+                     list(settings.joint_names), settings.max_input_age_s, units=None)
+
+
+def _policy_needs_state(policy_path: str) -> bool | None:
+    """Whether a local policy folder's config.json declares observation.state; None when it cannot be read."""
+    config = Path(policy_path).expanduser() / "config.json"
+    try:
+        features = json.loads(config.read_text()).get("input_features", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "observation.state" in features if isinstance(features, dict) else None
+
+
+def frame_groups(source: BagSource, error: list[str]) -> Iterator[Group]:
+    """One group per observation ``BagSource`` forms (exactly as offline ``pai replay --bag`` forms them), its
+    recorded messages deserialized for rclpy; frames it cannot form are counted in ``source.accounting``. A bag that
+    breaks off ends the groups and leaves its error in ``error``."""
+    if not getattr(source.reader, "is2", True):  # a salvaged MCAP is CDR
+        raise InputError("bag_replay plays rosbag2 recordings (CDR); convert ROS 1 bags with `rosbags-convert`")
+    try:
+        for obs in source:
+            messages = []
+            for topic, msgtype, raw in obs.extra["messages"]:
+                try:
+                    messages.append((topic, deserialize_message(bytes(raw), message_class(msgtype))))
+                except Exception as exc:  # CDR rosbags reads but rclpy does not: the node could not take it
+                    source.accounting.skip_frame(f"{source.driving}: not publishable with rclpy: {exc}")
+                    break
             else:
-                image_msg_to_rgb(msg)
-        except Exception as exc:  # bad CDR, encoding, joint names: the node would drop it too
-            if topic == driving:
-                skipped[f"{driving}: bad message: {exc}"] += 1
-            continue
-        stamp = stamp_to_ns(msg.header.stamp)
-        if topic != driving:
-            newest[topic] = (stamp, msg)
-            continue
-        others = [t for t in required if t != driving]
-        missing = [t for t in others if t not in newest]
-        if missing:
-            skipped["no message yet on " + ", ".join(missing)] += 1
-            continue
-        stamps = [stamp] + [newest[t][0] for t in others]
-        if (max(stamps) - min(stamps)) / 1e9 > settings.max_input_age_s:
-            skipped[f"inputs further apart than max_input_age_s={settings.max_input_age_s}"] += 1
-            continue
-        yield Group(index, max(stamps), log_ns, [(t, newest[t][1]) for t in others] + [(driving, msg)])
+                yield Group(obs.frame_index, int(obs.stamp_ns), int(obs.extra["log_time_ns"]), messages)
+    except BagReadError as exc:
+        error.append(str(exc))
 
 
 # --------------------------------------------------------------------------------------- the outputs
@@ -144,12 +128,14 @@ class Outputs:
         self.got: dict[str, list[tuple[float, Any]]] = collections.defaultdict(list)
         self.overlay = f"overlay/{topics.camera_short(first_camera)}/compressed"
         self.subs = {}
-        stream = {"ood_score": Float32, "ood_threshold": Float32, "attention_share": Float32MultiArray,
-                  "features": Float32MultiArray, self.overlay: CompressedImage}
-        for name, cls in stream.items():
-            self.subs[name] = node.create_subscription(cls, f"{ns}/{name}", lambda m, n=name: self._add(n, m), STREAM)
-        for name, cls in (("alarm", Bool), ("feature_names", String)):
-            self.subs[name] = node.create_subscription(cls, f"{ns}/{name}", lambda m, n=name: self._add(n, m), LATCHED)
+        outputs = {"ood_score": "std_msgs/msg/Float32", "ood_threshold": "std_msgs/msg/Float32",
+                   "attention_share": "std_msgs/msg/Float32MultiArray", "features": "std_msgs/msg/Float32MultiArray",
+                   self.overlay: "sensor_msgs/msg/CompressedImage", "alarm": "std_msgs/msg/Bool",
+                   "feature_names": "std_msgs/msg/String"}
+        for name, msgtype in outputs.items():  # types and QoS (latched or streamed) from the node's own table
+            topic = f"{ns}/{name}"
+            self.subs[name] = node.create_subscription(message_class(msgtype), topic,
+                                                       lambda m, n=name: self._add(n, m), output_qos(topic, ns))
 
     def _add(self, name: str, msg: Any) -> None:
         with self.cond:
@@ -379,7 +365,7 @@ def plot(rows: list[dict], path: Path, with_offline: bool) -> None:
 
 
 def write_results(args: ReplayArgs, rows: list[dict], received: int, skipped: collections.Counter,
-                  n_features: int, seconds: float, bag_frames: int) -> dict:
+                  n_features: int, seconds: float, bag_frames: int, bag_error: str = "") -> dict:
     import pandas as pd
 
     out = args.output
@@ -398,6 +384,7 @@ def write_results(args: ReplayArgs, rows: list[dict], received: int, skipped: co
         plot(rows, figure, comparison is not None)
     summary = {
         "bag": str(args.bag), "node": args.node, "rate": args.rate, "seconds": round(seconds, 2),
+        "bag_error": bag_error,
         "bag_frames": bag_frames, "frames_published": len(rows), "frames_skipped": dict(skipped),
         "warmup_frames": len(WARMUP_OFFSETS_NS), "outputs_received": received,
         "frames_answered": len(answered), "frames_unanswered": len(rows) - len(answered),
@@ -414,15 +401,17 @@ def write_results(args: ReplayArgs, rows: list[dict], received: int, skipped: co
 
 def replay(args: ReplayArgs) -> dict:
     settings = load_settings(args.params_file)
-    reader = open_reader(args.bag)
-    skipped: collections.Counter = collections.Counter()
-    try:
-        conns, driving, used = _inputs(settings, reader)
-        bag_frames = sum(c.msgcount for c in conns if c.topic == driving)
-        groups = frame_groups(reader, settings, skipped)
+    topics_ = bag_topics(settings, args.bag)
+    error: list[str] = []
+    with BagSource(args.bag, topics_, keep_messages=True) as source:
+        bag_frames = len(source)
+        skipped = source.accounting.frames_skipped
+        groups = frame_groups(source, error)
         first = next(groups, None)
         if first is None:
-            raise InputError(f"Bag {args.bag} has no complete frame to play (skipped: {dict(skipped)})")
+            raise InputError(f"Bag {args.bag} has no complete frame to play (skipped: {dict(skipped)}"
+                             + (f"; {error[0]}" if error else "") + ")")
+        used = list(topics_.cameras) + ([topics_.joint_states_topic] if topics_.joint_states_topic else [])
         session = BagReplay(args, settings)
         try:
             n_features = session.wait_for_node(used)
@@ -432,9 +421,8 @@ def replay(args: ReplayArgs) -> dict:
             seconds = time.monotonic() - start
         finally:
             session.close()
-    finally:
-        reader.close()
-    return write_results(args, rows, received, skipped, n_features, seconds, bag_frames)
+    return write_results(args, rows, received, collections.Counter(skipped), n_features, seconds, bag_frames,
+                         error[0] if error else "")
 
 
 def _chain(first: Group, rest: Iterator[Group]) -> Iterator[Group]:
@@ -468,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = replay(args)
     except (PaiError, KeyboardInterrupt) as exc:
         print(f"[bag_replay] error: {exc}", file=sys.stderr)
+        return 2
+    if summary["bag_error"]:
+        print(f"[bag_replay] error: {summary['bag_error']} ({summary['frames_published']} frames played; "
+              f"{args.output / 'summary.json'})", file=sys.stderr)
         return 2
     diff = summary["max_abs_score_diff_vs_offline"]
     print(f"[bag_replay] {summary['frames_answered']} of {summary['frames_published']} frames answered "
