@@ -22,8 +22,9 @@ OVERRIDES = ("policy_path", "sae_path", "device")
 
 
 def _on_exit(event, context):
-    """The node is the launch: end with it, and fail when it failed."""
-    error = exit_error("pai_introspector", event.returncode)
+    """The node is the launch: end with it, and fail when it failed (an exception raised in an event handler makes
+    ros2 launch log it and exit 1)."""
+    error = exit_error("pai_introspector", event.returncode, shutting_down=context.is_shutdown)
     if error:
         raise LaunchError(error)
     return [EmitEvent(event=Shutdown(reason="pai_introspector exited"))]

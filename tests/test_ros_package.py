@@ -58,21 +58,42 @@ def test_the_launch_file_starts_the_installed_executable_with_the_installed_conf
     overrides = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
                      and getattr(n.targets[0], "id", "") == "OVERRIDES")
     assert ast.literal_eval(overrides) == ("policy_path", "sae_path", "device")
-    # the launch ends with the node, and fails when it fails: an OnProcessExit handler on the node
+    # the launch ends with the node, and fails when it fails: an OnProcessExit handler on the node that raises
+    # (launch logs an exception raised in an event handler and exits 1) or emits Shutdown for a clean exit
     handler = calls["OnProcessExit"]
-    assert {k.arg for k in handler.keywords} == {"target_action", "on_exit"}
+    assert {k.arg: getattr(k.value, "id", None) for k in handler.keywords} == {"target_action": "node",
+                                                                               "on_exit": "_on_exit"}
     assert "check_config" in calls and "RegisterEventHandler" in calls
+    on_exit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_on_exit")
+    assert [a.arg for a in on_exit.args.args] == ["event", "context"]
+    check = next(n for n in ast.walk(on_exit) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "exit_error")
+    assert ast.unparse(check) == "exit_error('pai_introspector', event.returncode, shutting_down=context.is_shutdown)"
+    raised = [ast.unparse(n.exc) for n in ast.walk(on_exit) if isinstance(n, ast.Raise)]
+    assert raised == ["LaunchError(error)"]
+    returned = [ast.unparse(n.value) for n in ast.walk(on_exit) if isinstance(n, ast.Return)]
+    assert returned == ["[EmitEvent(event=Shutdown(reason='pai_introspector exited'))]"]
+    imports = {a.name: n.module for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert imports["OnProcessExit"] == "launch.event_handlers" and imports["Shutdown"] == "launch.events"
+    assert imports["exit_error"] == imports["LaunchError"] == "pai.launch_checks"
     entry = (install / "lib" / "python3.11" / "site-packages").glob("pai-*.egg-info/entry_points.txt")
     assert "introspect = pai.introspect_node:main" in next(entry).read_text()
     assert next((install / "lib").glob("python3*/site-packages/pai/launch_checks.py")).is_file()
 
 
-def test_the_launch_checks_refuse_a_missing_config_and_turn_a_failed_node_into_a_failed_launch(tmp_path):
+def launch_checks():
+    """The package's launch_checks module (what the launch file imports), from the source tree."""
     sys.path.insert(0, str(ROOT / "ros2_ws" / "src" / "pai"))
     try:
-        from pai.launch_checks import LaunchError, check_config, exit_error, overrides
+        from pai import launch_checks as module
     finally:
         sys.path.pop(0)
+    return module
+
+
+def test_the_launch_checks_refuse_a_missing_config_and_turn_a_failed_node_into_a_failed_launch(tmp_path):
+    checks = launch_checks()
+    LaunchError, check_config, exit_error, overrides = (checks.LaunchError, checks.check_config, checks.exit_error,
+                                                        checks.overrides)
     config = tmp_path / "introspect.yaml"
     config.write_text("/**: {ros__parameters: {}}\n")
     assert check_config(str(config)) == str(config)
@@ -81,6 +102,11 @@ def test_the_launch_checks_refuse_a_missing_config_and_turn_a_failed_node_into_a
     assert exit_error("pai_introspector", 0) is None and exit_error("pai_introspector", -2) is None
     assert exit_error("pai_introspector", 2) == "pai_introspector ended with exit code 2 (its error line is above)"
     assert exit_error("pai_introspector", -11) == "pai_introspector ended with signal 11"
+    assert exit_error("pai_introspector", 1) == "pai_introspector ended with exit code 1"
+    # SIGTERM is launch's own escalation while it shuts down, a failure at any other time
+    assert exit_error("pai_introspector", -15, shutting_down=True) is None
+    assert exit_error("pai_introspector", -15) == "pai_introspector ended with signal 15"
+    assert exit_error("pai_introspector", 2, shutting_down=True) is not None
     assert overrides({"policy_path": "", "sae_path": "sae", "device": "cuda"}) == {"sae_path": "sae", "device": "cuda"}
 
 
@@ -108,6 +134,9 @@ def test_the_installed_node_rejects_an_invalid_parameters_file_with_a_clear_erro
                            "--params-file", str(bad)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "rate_hz=-5.0 must be positive" in proc.stderr
+    # what the launch file's OnProcessExit handler makes of this exit: a failed launch
+    assert launch_checks().exit_error("pai_introspector", proc.returncode) == \
+        "pai_introspector ended with exit code 2 (its error line is above)"
 
 
 def test_a_symlink_install_in_ros2_ws_links_the_repositorys_own_launch_and_config_files(tmp_path):
@@ -173,8 +202,11 @@ def test_the_docker_build_commands_give_an_install_that_runs_after_build_is_remo
                 break
         assert any("ready:" in line for line in lines), "".join(lines)
     finally:
-        node.send_signal(signal.SIGINT)
+        node.send_signal(signal.SIGINT)  # what ros2 launch sends its nodes on ctrl-c
         try:
             node.wait(timeout=30)
         except subprocess.TimeoutExpired:
             node.kill()
+            node.wait(timeout=30)
+    # ... and the launch file's OnProcessExit handler takes that exit as a clean end, not a failure
+    assert launch_checks().exit_error("pai_introspector", node.returncode) is None, node.returncode

@@ -26,9 +26,12 @@ def overrides(values: dict) -> dict:
     return {name: value for name, value in values.items() if value}
 
 
-def exit_error(name: str, returncode: int | None) -> str | None:
-    """Why the node's exit is a failure of the launch, or None for a clean exit (0, or SIGINT at shutdown)."""
-    if returncode in (0, None, -2):
+def exit_error(name: str, returncode: int | None, shutting_down: bool = False) -> str | None:
+    """Why the node's exit is a failure of the launch, or None for a clean exit: 0, SIGINT (ctrl-c reaches the node
+    too), and while the launch itself shuts down also SIGTERM (launch escalates SIGINT to SIGTERM after its
+    sigterm_timeout). Anything else fails it: exit 2 (bad parameters, a missing folder, no GPU), a crash, a kill."""
+    clean = (0, None, -2, -15) if shutting_down else (0, None, -2)
+    if returncode in clean:
         return None
     what = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
     hint = " (its error line is above)" if returncode == 2 else ""
