@@ -17,6 +17,7 @@ COMMANDS = [
     "train_sae",
     "calibrate_ood",
     "evaluate_ood",
+    "push",
     "replay",
     "check_inputs",
     "record_features",
@@ -36,6 +37,7 @@ typical workflow:
   pai train-sae --dataset-repo-id ID --policy-path DIR --output-dir SAE   record tokens, train the SAE
   pai calibrate-ood --sae-path SAE --policy-path DIR --dataset-repo-id ID  conformal OOD threshold
   pai evaluate-ood --sae-path SAE --policy-path DIR --id DS --ood DS      AUROC, false alarms, delay
+  pai push --sae-path SAE --repo-id USER/NAME   the calibrated SAE to the hub, as one unit
   pai replay --bag REC --config config/introspect.yaml --output-dir OUT   videos, Parquet, MCAP, report
   pai check-inputs --bag REC --policy-path DIR [--config YAML]  joint states vs the policy's units
   pai record-features --dataset-repo-id ID --policy-path DIR --sae-path SAE --output-dir REC   activations

@@ -7,6 +7,7 @@ why replay through the node and replay offline give identical numbers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,12 @@ from .alarm import AlarmConfig, AlarmPolicy, AlarmState
 from .engine import FrameResult, IntrospectionConfig, Introspector
 from .errors import ModelError
 from .features import FeatureExtractor
+from .hub import locate_sae
 from .observation import Observation
 from .ood import OODParams, ReconMse, ScoreBatch, Scorer, load_scorer
 from .sae import load_sae
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,17 +122,20 @@ class Pipeline:
         labels: dict[int, str] = {}
         engine_config = engine_config or IntrospectionConfig(device=device)
         if sae_path:
-            sae = load_sae(sae_path, device=device)
+            sae_dir = locate_sae(sae_path).path  # a hub id: its snapshot holds the OOD files and labels too
+            sae = load_sae(sae_dir, device=device)
             engine_config.token_layer = sae.config.layer
             extractor = FeatureExtractor(sae)
-            ood_file = Path(ood_params_path) if ood_params_path else Path(sae_path) / "ood_params.json"
+            ood_file = Path(ood_params_path) if ood_params_path else sae_dir / "ood_params.json"
             if not load_ood:
                 pass
             elif ood_file.is_file():
                 ood = OODParams.load(ood_file)
             elif ood_params_path:
                 ood = OODParams.load(ood_file)  # raises a clear ModelError
-            labels_file = Path(labels_path) if labels_path else Path(sae_path) / "labels.json"
+            else:
+                log.warning("SAE %s has no ood_params.json: features only, no OOD alarm (pai calibrate-ood)", sae_path)
+            labels_file = Path(labels_path) if labels_path else sae_dir / "labels.json"
             if labels_file.is_file():
                 labels = load_labels(labels_file)
         engine = Introspector.from_pretrained(policy_path, engine_config)

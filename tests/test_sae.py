@@ -116,7 +116,7 @@ def test_aux_loss_revives_latents_that_never_win_the_top_k(trained):
     revived = {}
     for coef in (0.0, 1.0 / 32):
         torch.manual_seed(0)
-        sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=4, k=K, aux_k=32, dead_steps=1024))
+        sae = SparseAutoencoder(SAEConfig(d_in=64, expansion_factor=4, k=K, aux_k=32, dead_tokens=1024))
         with torch.no_grad():
             sae.b_pre.copy_(x.mean(0))
             sae.W_enc[:, :128] *= 0.05

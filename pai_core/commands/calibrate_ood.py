@@ -15,8 +15,10 @@ def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate-ood", help="set the OOD threshold for a target false-alarm rate",
                        description="Score held-out in-distribution episodes through the pipeline and set the "
                                    "threshold as the split-conformal quantile for false-alarm rate ALPHA per frame. "
-                                   "Writes ood_params.json and ood_calibration.png into the SAE directory.")
-    p.add_argument("--sae-path", required=True, help="SAE directory from `pai train-sae`")
+                                   "Writes ood_params.json, ood_calibration.png and the score's reference file into "
+                                   "the SAE directory (or a copy of it, --output-dir); --upload-to-hub then publishes "
+                                   "the calibrated SAE as one unit.")
+    p.add_argument("--sae-path", required=True, help="SAE directory from `pai train-sae`, or a hub id")
     p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
     p.add_argument("--dataset-repo-id", required=True, help="LeRobot dataset repo id")
     p.add_argument("--root", default=None, help="local copy of the dataset")
@@ -53,7 +55,40 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
+    p.add_argument("--output-dir", default=None,
+                   help="write the calibrated SAE here: a copy of the SAE's files with the new OOD files (needed for "
+                        "a hub SAE, whose snapshot in the hub cache is read-only)")
+    h = p.add_argument_group("hub")
+    h.add_argument("--upload-to-hub", action="store_true",
+                   help="publish the calibrated SAE folder (weights, card, OOD parameters, reference, labels)")
+    h.add_argument("--hub-repo-id", default=None, help="hub model repo (default: the --sae-path hub id)")
+    h.add_argument("--hub-private", action="store_true", help="make a new hub repo private")
     return p
+
+
+def output_location(args, sae) -> tuple[Path, str | None]:
+    """(ood_params.json to write, hub repo to publish to), checked before any scoring: a hub SAE's snapshot is
+    never written into, and an upload needs the folder holding ood_params.json to be the SAE's."""
+    from ..errors import InputError
+    from ..hub import WEIGHTS
+    from ..outputs import prepare_output_dir
+
+    if args.output and args.output_dir:
+        raise InputError("give --output (an ood_params.json path) or --output-dir (a calibrated SAE folder), not both")
+    repo_id = args.hub_repo_id or sae.repo_id
+    if args.upload_to_hub and not repo_id:
+        raise InputError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
+    if args.output_dir:
+        folder = prepare_output_dir(args.output_dir, "calibrated SAE folder (--output-dir)")
+        return folder / "ood_params.json", repo_id
+    if sae.repo_id and not args.output:
+        raise InputError(f"--sae-path {args.sae_path} is a hub repo (its snapshot in the hub cache is read-only): pass "
+                         "--output-dir DIR for the calibrated SAE folder")
+    out = Path(args.output) if args.output else sae.path / "ood_params.json"
+    if args.upload_to_hub and not (out.parent / WEIGHTS).is_file():
+        raise InputError(f"--upload-to-hub publishes the SAE folder holding ood_params.json, but {out.parent} holds "
+                         "no SAE; use --output-dir DIR instead of --output")
+    return out, repo_id
 
 
 def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
@@ -122,8 +157,12 @@ def run(args) -> int:
         raise InputError(f"--alpha {args.alpha} must be within (0, 1)")
     if args.reference_max_gb is not None and not args.reference_max_gb > 0:
         raise InputError(f"--reference-max-gb {args.reference_max_gb} must be > 0")
+    from ..hub import copy_sae, locate_sae, upload_sae
+
+    sae = locate_sae(args.sae_path)
+    out, repo_id = output_location(args, sae)
     dataset = open_dataset(args.dataset_repo_id, args.root)
-    pipe = Pipeline.load(args.policy_path, args.sae_path, device=args.device, load_ood=False)
+    pipe = Pipeline.load(args.policy_path, str(sae.path), device=args.device, load_ood=False)
     episodes = args.episodes
     if not episodes:
         episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)
@@ -133,7 +172,6 @@ def run(args) -> int:
     frames = check_dataset_for_policy(dataset, pipe.engine, episodes, args.policy_path)
     check_alpha(sum(fit_episode_count(args.score, list(frames.values()))), args.alpha,
                 f"calibration episodes {episodes} of {args.dataset_repo_id}")
-    out = Path(args.output) if args.output else Path(args.sae_path) / "ood_params.json"
     reference = None
     if args.score in ("token_knn", "patch_knn"):
         ref, ref_episodes = reference_set(pipe, args, dataset, episodes)
@@ -144,6 +182,8 @@ def run(args) -> int:
     options = {"knn_k": args.knn_k, "stride": args.reference_stride, "batch_size": args.batch_size,
                "nuisance_variants": args.reference_nuisance,
                "max_bytes": None if args.reference_max_gb is None else args.reference_max_gb * 1e9}
+    if args.output_dir and out.parent.resolve() != sae.path.resolve():
+        copy_sae(sae.path, out.parent, with_ood=False)  # the SAE's files beside the OOD files written below
     job = FitJob(pipe, dataset, episodes, reference, options)
     fitted = scorer_class(args.score).fit(job)
     fields = fitted.scorer.save(out.parent)
@@ -195,6 +235,9 @@ def run(args) -> int:
         result["empirical_rate_on_calibration"] = round(float(np.mean(np.max(np.stack(
             [per_signal[args.score] / params.threshold] + [per_signal[s["score"]] / s["threshold"]
                                                           for s in params.signals]), axis=0) > 1.0)), 6)
+    if args.upload_to_hub:
+        result["uploaded"] = upload_sae(out.parent, repo_id, private=args.hub_private,
+                                        commit_message="Upload SAE calibrated with pai calibrate-ood")
     print(json.dumps(result, indent=2))
     return 0
 

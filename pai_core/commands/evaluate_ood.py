@@ -86,7 +86,12 @@ def run(args) -> int:
         alarm = AlarmConfig(n=args.alarm_n, m=args.alarm_m, latch=True)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
-    params = Path(args.ood_params) if args.ood_params else Path(args.sae_path) / "ood_params.json"
+    from ..hub import locate_sae
+
+    sae = locate_sae(args.sae_path)  # a hub id: its snapshot holds ood_params.json
+    if sae.repo_id and not args.output_dir:
+        raise InputError(f"--sae-path {args.sae_path} is a hub repo (a read-only snapshot): pass --output-dir")
+    params = Path(args.ood_params) if args.ood_params else sae.path / "ood_params.json"
     if not params.is_file():
         raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")
     from ..outputs import prepare_output_dir

@@ -28,7 +28,8 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--expansion-factor", type=int, default=16, help="latents = expansion factor x dim_model")
     t.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
     t.add_argument("--aux-k", type=int, default=256, help="dead latents used by the AuxK loss")
-    t.add_argument("--dead-tokens", type=int, default=1_000_000, help="tokens without firing after which a latent is dead")
+    t.add_argument("--dead-tokens", type=int, default=None,
+                   help="tokens without firing after which a latent is dead (default: scaled with the run)")
     t.add_argument("--steps", type=int, default=5000, help="optimiser steps")
     t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -39,7 +40,9 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     h = p.add_argument_group("hub")
-    h.add_argument("--upload-to-hub", action="store_true", help="upload the SAE to the Hugging Face Hub")
+    h.add_argument("--upload-to-hub", action="store_true",
+                   help="upload the SAE now, without OOD parameters (calibrate first, then publish with `pai push` "
+                        "or `pai calibrate-ood --upload-to-hub` for a hub SAE with its alarm)")
     h.add_argument("--hub-repo-id", default=None, help="hub model repo (required with --upload-to-hub)")
     h.add_argument("--hub-private", action="store_true", help="make the hub repo private")
     return p
@@ -99,5 +102,8 @@ def run(args) -> int:
     if args.upload_to_hub:
         from ..hub import upload_sae
 
-        print(f"uploaded to {upload_sae(out, args.hub_repo_id, private=args.hub_private)}")
+        log.warning("uploading %s before calibration: the hub repo gets no OOD parameters, so an SAE loaded from it "
+                    "runs without an alarm. Run `pai calibrate-ood --sae-path %s ...`, then `pai push --sae-path %s "
+                    "--repo-id %s`", out, out, out, args.hub_repo_id)
+        print(f"uploaded to {upload_sae(out, args.hub_repo_id, private=args.hub_private)} (no OOD parameters yet)")
     return 0

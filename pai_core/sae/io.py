@@ -22,20 +22,15 @@ def save_sae(sae: SparseAutoencoder, out_dir: str | Path, metrics: dict | None =
 
 
 def load_sae(path: str | Path, device: str = "cpu") -> SparseAutoencoder:
-    """Load an SAE directory (or a hub id, fetched with ``huggingface_hub``)."""
-    path = Path(path)
-    if not path.exists():
-        try:
-            from huggingface_hub import snapshot_download
+    """Load an SAE directory or a hub id (its whole snapshot, ``hub.locate_sae``)."""
+    from ..hub import locate_sae
 
-            path = Path(snapshot_download(str(path)))
-        except Exception as exc:
-            raise ModelError(f"SAE {path} is neither a directory nor a reachable hub repo: {exc}") from exc
+    path = locate_sae(path).path
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
         raise ModelError(f"SAE directory {path} needs config.json and model.safetensors")
     try:
-        config = SAEConfig(**json.loads(cfg_file.read_text()))
+        config = SAEConfig.from_dict(json.loads(cfg_file.read_text()))
     except (TypeError, ValueError) as exc:
         raise ModelError(f"Could not read SAE config {cfg_file}: {exc}") from exc
     sae = SparseAutoencoder(config)

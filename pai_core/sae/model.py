@@ -22,7 +22,8 @@ class SAEConfig:
         expansion_factor: number of latents = ``expansion_factor * d_in``.
         k: active latents per token (TopK).
         aux_k: latents used by the auxiliary dead-latent loss (AuxK).
-        dead_steps: a latent that has not fired for this many training tokens counts as dead.
+        dead_tokens: a latent that has not fired for this many training tokens counts as dead and joins
+            AuxK (the trainer sets it from the run's length, ``TrainConfig.dead_window``).
         layer: encoder layer the tokens come from (as ``IntrospectionConfig.token_layer``).
         pooling: how a frame's feature vector pools token activations: "max" or "mean".
         policy: path or hub id of the policy the SAE was trained on (for the model card).
@@ -32,7 +33,7 @@ class SAEConfig:
     expansion_factor: int = 16
     k: int = 32
     aux_k: int = 256
-    dead_steps: int = 1_000_000
+    dead_tokens: int = 10_000_000
     layer: int = -1
     pooling: Literal["max", "mean"] = "max"
     policy: str = ""
@@ -43,6 +44,8 @@ class SAEConfig:
             raise ValueError(f"d_in={self.d_in} and expansion_factor={self.expansion_factor} must be positive")
         if not 0 < self.k <= self.n_latents:
             raise ValueError(f"k={self.k} must be within 1..n_latents ({self.n_latents})")
+        if self.aux_k < 1 or self.dead_tokens < 1:
+            raise ValueError(f"aux_k={self.aux_k} and dead_tokens={self.dead_tokens} must be >= 1")
         if self.pooling not in ("max", "mean"):
             raise ValueError(f"pooling={self.pooling!r} is not one of 'max', 'mean'")
 
@@ -52,6 +55,15 @@ class SAEConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SAEConfig":
+        """From ``config.json``. Files written before the rename call the window ``dead_steps`` (it always
+        counted tokens)."""
+        data = dict(data)
+        if "dead_steps" in data:
+            data.setdefault("dead_tokens", data.pop("dead_steps"))
+        return cls(**data)
 
 
 class SparseAutoencoder(nn.Module):

@@ -26,6 +26,8 @@ from ..outputs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+MAX_DEAD_WINDOW = 10_000_000  # openai/sparse_autoencoder's dead_toks_threshold
+DEAD_WINDOW_DIVISOR = 10  # default window: a tenth of the run's tokens
 
 
 @dataclass
@@ -37,7 +39,8 @@ class TrainConfig:
         k: active latents per token.
         aux_k: dead latents the AuxK loss uses per token.
         aux_coef: weight of the AuxK loss (1/32 in Gao et al.).
-        dead_tokens: a latent silent for this many training tokens counts as dead (feeds AuxK).
+        dead_tokens: a latent silent for this many training tokens counts as dead and feeds AuxK; None
+            (the default) scales the window with the run (``dead_window``).
         steps: optimiser steps in total (a resumed run continues up to it).
         batch_size: tokens per step.
         lr: Adam learning rate.
@@ -53,7 +56,7 @@ class TrainConfig:
     k: int = 32
     aux_k: int = 256
     aux_coef: float = 1.0 / 32.0
-    dead_tokens: int = 1_000_000
+    dead_tokens: int | None = None
     steps: int = 5_000
     batch_size: int = 4096
     lr: float = 1e-3
@@ -65,17 +68,28 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("expansion_factor", "k", "aux_k", "steps", "batch_size", "init_batches", "dead_tokens"):
+        for name in ("expansion_factor", "k", "aux_k", "steps", "batch_size", "init_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.dead_tokens is not None and self.dead_tokens < 1:
+            raise ValueError(f"dead_tokens={self.dead_tokens} must be >= 1 (or None to scale with the run)")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
 
+    @property
+    def dead_window(self) -> int:
+        """Training tokens a latent may stay silent before AuxK counts it dead: ``dead_tokens``, or else a
+        tenth of the run (``steps * batch_size`` / 10) capped at OpenAI's 10 M tokens. A fixed window of
+        1 M tokens never engaged AuxK in a 1.5 M-token run, while 47 % of the latents died."""
+        if self.dead_tokens is not None:
+            return self.dead_tokens
+        return max(self.batch_size, min(MAX_DEAD_WINDOW, self.steps * self.batch_size // DEAD_WINDOW_DIVISOR))
+
     def sae_config(self, d_in: int, policy: str = "", extra: dict | None = None) -> SAEConfig:
         return SAEConfig(d_in=d_in, expansion_factor=self.expansion_factor, k=self.k, aux_k=self.aux_k,
-                         dead_steps=self.dead_tokens, layer=self.layer, pooling=self.pooling,  # type: ignore[arg-type]
+                         dead_tokens=self.dead_window, layer=self.layer, pooling=self.pooling,  # type: ignore[arg-type]
                          policy=policy, extra=dict(extra or {}))
 
 
@@ -97,7 +111,7 @@ def training_step(
     values, indices = pre.topk(cfg.k, dim=-1)
     recon = torch.einsum("bk,bkd->bd", values, sae.W_dec[indices]) + sae.b_pre  # sparse decode
     fvu = normalized_mse(recon, x)
-    dead = sae.tokens_since_fired >= cfg.dead_steps
+    dead = sae.tokens_since_fired >= cfg.dead_tokens
     aux = aux_k_loss(pre, (x - recon).detach(), sae.W_dec, dead, cfg.aux_k)
     loss = fvu + aux_coef * aux
     optimizer.zero_grad(set_to_none=True)
@@ -122,9 +136,13 @@ def remove_parallel_decoder_grad_(sae: SparseAutoencoder) -> None:
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dict[str, float]:
+def evaluate_sae(
+    sae: SparseAutoencoder, batches: Iterable[torch.Tensor], dead_window: int | None = None
+) -> dict[str, float]:
     """Metrics over every token of ``batches``: FVU (squared error over total variance about the
-    tokens' mean), mean and max L0, fraction of latents that never fire, NaN count."""
+    tokens' mean), mean and max L0, NaN count, and the fraction of latents that never fire within the
+    first ``dead_window`` tokens (all of them when None or fewer; ``dead_window_tokens`` says how many),
+    so it means what the trainer's dead fraction over the same window means."""
     device = sae.b_pre.device
     n = 0
     sq_err = sum_l0 = 0.0
@@ -141,7 +159,8 @@ def evaluate_sae(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dic
         l0 = (z > 0).sum(-1)
         sum_l0 += float(l0.sum())
         max_l0 = max(max_l0, int(l0.max()))
-        fired |= (z > 0).any(0)
+        in_window = x.shape[0] if dead_window is None else max(0, min(x.shape[0], dead_window - n))
+        fired |= (z[:in_window] > 0).any(0)
         s1 += x.double().sum(0)
         s2 += x.double().pow(2).sum()
         n += x.shape[0]
@@ -154,21 +173,44 @@ def evaluate_sae(sae: SparseAutoencoder, batches: Iterable[torch.Tensor]) -> dic
         "mean_l0": sum_l0 / n,
         "max_l0": max_l0,
         "dead_fraction": float(1.0 - fired.float().mean()),
+        "dead_window_tokens": n if dead_window is None else min(n, dead_window),
         "nan_tokens": nan,
         "n_tokens": n,
     }
 
 
+def dead_latents(sae: SparseAutoencoder, trained_tokens: int, held: dict | None, auxk_steps: int, steps: int) -> dict:
+    """Dead latents, training and held-out, over one window of N tokens: N is the AuxK window, or fewer
+    when the run or the held-out set is shorter. Training: latents silent over the last N training
+    tokens (``tokens_since_fired``); held-out: latents that never fire on the first N held-out tokens."""
+    aux_window = sae.config.dead_tokens
+    window = held["dead_window_tokens"] if held else min(aux_window, trained_tokens)
+    since = sae.tokens_since_fired
+    out = {
+        "window_tokens": int(window),
+        "training": float((since >= window).float().mean()),
+        "held_out": held["dead_fraction"] if held else None,
+        "auxk_window_tokens": int(aux_window),
+        "auxk_dead_at_end": float((since >= aux_window).float().mean()),
+        "auxk_active_steps": int(auxk_steps),
+        "steps": int(steps),
+    }
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- loop
-def _save_checkpoint(path: Path, sae: SparseAutoencoder, optimizer, step: int, cfg: TrainConfig, history) -> None:
+def _save_checkpoint(
+    path: Path, sae: SparseAutoencoder, optimizer, step: int, cfg: TrainConfig, history, auxk_steps: torch.Tensor
+) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"step": step, "sae_config": sae.config.to_dict(), "train_config": asdict(cfg),
-                "model": sae.state_dict(), "optimizer": optimizer.state_dict(), "history": history}, tmp)
+                "model": sae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+                "auxk_steps": int(auxk_steps)}, tmp)
     os.replace(tmp, path)
 
 
 def _check_resumable(ckpt: dict, sae_cfg: SAEConfig, path: Path) -> None:
-    old = SAEConfig(**ckpt["sae_config"])
+    old = SAEConfig.from_dict(ckpt["sae_config"])
     for name in ("d_in", "expansion_factor", "k"):
         if getattr(old, name) != getattr(sae_cfg, name):
             raise ModelError(f"Checkpoint {path} has {name}={getattr(old, name)} but this run asks for "
@@ -205,6 +247,7 @@ def train_sae(
     sae = SparseAutoencoder(cfg.sae_config(d_in, policy, extra)).to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     step, history = 0, []
+    auxk_steps = torch.zeros((), dtype=torch.long, device=device)  # steps with a dead latent (no host sync)
     batches = iter(batches)
     if ckpt_path.is_file() and not resume:
         raise InputError(f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose "
@@ -215,6 +258,7 @@ def train_sae(
         sae.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         step, history = int(ckpt["step"]), list(ckpt["history"])
+        auxk_steps += int(ckpt.get("auxk_steps", 0))
         for _ in tqdm(range(step), desc="replay stream to checkpoint", unit="batch", disable=not progress):
             if next(batches, None) is None:
                 raise InputError(f"The activation stream ended after fewer than the checkpoint's {step} batches")
@@ -243,6 +287,7 @@ def train_sae(
         if x.shape[-1] != d_in:
             raise ModelError(f"Activation batch has width {x.shape[-1]}, the SAE expects {d_in}")
         step_stats = training_step(sae, optimizer, x, cfg.aux_coef)
+        auxk_steps += step_stats["dead"] > 0
         step += 1
         seen += x.shape[0]
         if step % log_every == 0 or step == cfg.steps or step % (cfg.checkpoint_every or cfg.steps) == 0:
@@ -252,13 +297,13 @@ def train_sae(
             history.append({"step": step, **{k: round(v, 6) for k, v in stats.items()}})
             bar.set_postfix(fvu=f"{stats['fvu']:.4f}", dead=f"{stats['dead']:.3f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            _save_checkpoint(ckpt_path, sae, optimizer, step, cfg, history)
+            _save_checkpoint(ckpt_path, sae, optimizer, step, cfg, history, auxk_steps)
         bar.update(1)
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    _save_checkpoint(ckpt_path, sae, optimizer, step, cfg, history)
+    _save_checkpoint(ckpt_path, sae, optimizer, step, cfg, history, auxk_steps)
     sae.eval()
     metrics: dict = {
         "steps": step,
@@ -268,8 +313,11 @@ def train_sae(
         "training": asdict(cfg),
         "history": history,
     }
+    trained = step * cfg.batch_size  # tokens_since_fired spans the whole run, resumed or not
+    held = None
     if held_out is not None:
-        metrics["held_out"] = evaluate_sae(sae, held_out())
+        held = metrics["held_out"] = evaluate_sae(sae, held_out(), dead_window=min(sae.config.dead_tokens, trained))
+    metrics["dead_latents"] = dead_latents(sae, trained, held, int(auxk_steps), step)
     save_sae(sae, out, metrics)
     (out / "README.md").write_text(model_card(sae.config, metrics))
     return TrainResult(sae, metrics)
@@ -298,6 +346,8 @@ norm, pre-encoder bias initialised to the mean token. Frame features pool token 
 
 Steps: {metrics.get("steps")}, tokens/s: {metrics.get("tokens_per_s") or 0:.4g}.
 
+{dead_latent_text(metrics.get("dead_latents"))}
+
 ## Recording
 
 ```json
@@ -310,4 +360,20 @@ Steps: {metrics.get("steps")}, tokens/s: {metrics.get("tokens_per_s") or 0:.4g}.
 from pai_core.pipeline import Pipeline
 pipe = Pipeline.load(policy_path, sae_path="<this directory or hub id>")
 ```
+
+The OOD alarm needs `ood_params.json` (and the reference file it names) from `pai calibrate-ood`;
+`pai push --sae-path DIR --repo-id ID` publishes the folder with them as one unit.
 """
+
+
+def dead_latent_text(dead: dict | None) -> str:
+    """The model card's dead-latent paragraph: training and held-out over the same window."""
+    if not dead:
+        return ""
+    n = f"{dead['window_tokens']:,}"
+    held = "" if dead["held_out"] is None else f"{dead['held_out']:.1%} never fire on the first {n} held-out tokens; "
+    return (f"## Dead latents\n\nOver a window of {n} tokens: {held}"
+            f"{dead['training']:.1%} did not fire over the last {n} training tokens. "
+            f"AuxK counted a latent dead after {dead['auxk_window_tokens']:,} silent training tokens and was "
+            f"active at {dead['auxk_active_steps']} of {dead['steps']} steps ({dead['auxk_dead_at_end']:.1%} "
+            "dead at the end).")
