@@ -13,6 +13,7 @@ import torch
 
 from .adapters import Capture, make_adapter
 from .attention import attention_rollout, decoder_relevance, split_by_camera
+from .cuda_graph import GraphMode, LiveGraph, check_graph_mode
 from .errors import InputError
 from .layout import TokenLayout
 from .observation import Observation
@@ -32,6 +33,8 @@ class IntrospectionConfig:
         resize_images: resize camera images whose size differs from the policy's training size; when
             False such an image is an error.
         keep_vision_features: return the vision backbone's feature maps per camera (for ``patch_knn``).
+        cuda_graph: "auto" (default: ``step`` replays a CUDA graph on a CUDA device, eager elsewhere or when
+            the capture fails), "on" (required; an error off CUDA) or "off" (``cuda_graph.py``, docs/gpu.md).
     """
 
     device: str = "cpu"
@@ -41,6 +44,10 @@ class IntrospectionConfig:
     keep_tokens: bool = True
     resize_images: bool = True
     keep_vision_features: bool = False
+    cuda_graph: GraphMode = "auto"
+
+    def __post_init__(self) -> None:
+        check_graph_mode(self.cuda_graph)
 
 
 @dataclass
@@ -107,6 +114,7 @@ class Introspector:
         self.state_dim = int(pcfg.robot_state_feature.shape[0]) if pcfg.robot_state_feature else 0
         self.env_state_dim = int(pcfg.env_state_feature.shape[0]) if pcfg.env_state_feature else 0
         self.action_dim = int(pcfg.action_feature.shape[0])
+        self.graph = LiveGraph(self, self.config.cuda_graph)  # graph.status says whether step replays a graph
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str, config: IntrospectionConfig | None = None) -> "Introspector":
@@ -134,6 +142,16 @@ class Introspector:
 
     # ------------------------------------------------------------------ inputs
     def _image_tensor(self, obs: Observation, key: str) -> torch.Tensor:
+        return self.image_to_model(torch.from_numpy(self.image_array(obs, key)).to(self.device, non_blocking=True))
+
+    @staticmethod
+    def image_to_model(image: torch.Tensor) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, H, W) float in [0, 1], contiguous: a channels-last view makes the backbone's
+        convolutions ~3 % slower on CPU."""
+        return image.permute(2, 0, 1).contiguous().float().div_(255.0)
+
+    def image_array(self, obs: Observation, key: str) -> np.ndarray:
+        """Camera ``key``'s image, checked and resized to the policy's training size: (H, W, 3) uint8, C order."""
         image = self._find_image(obs, key)
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             got = f"dtype {getattr(image, 'dtype', type(image).__name__)} shape {getattr(image, 'shape', '?')}"
@@ -148,9 +166,7 @@ class Introspector:
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         if not image.flags.writeable or not image.flags.c_contiguous:  # e.g. a view on a message buffer
             image = np.array(image, order="C")
-        tensor = torch.from_numpy(image).to(self.device, non_blocking=True)
-        # contiguous (C, H, W): a channels-last view makes the backbone's convolutions ~3 % slower on CPU
-        return tensor.permute(2, 0, 1).contiguous().float().div_(255.0)
+        return image
 
     def _find_image(self, obs: Observation, key: str) -> np.ndarray:
         if key in obs.images:
@@ -163,7 +179,8 @@ class Introspector:
             f"got {sorted(obs.images)}"
         )
 
-    def _vector(self, value, name: str, size: int) -> torch.Tensor:
+    def _vector(self, value, name: str, size: int) -> np.ndarray:
+        """A checked float32 copy of a state vector."""
         if value is None:
             raise InputError(f"Observation is missing {name}: the policy expects {size} values")
         arr = np.asarray(value, dtype=np.float32).reshape(-1) if np.ndim(value) <= 1 else np.asarray(value)
@@ -171,17 +188,23 @@ class Introspector:
             raise InputError(f"{name}: expected a vector of {size} values, got shape {np.shape(value)}")
         if not np.all(np.isfinite(arr)):
             raise InputError(f"{name}: values must be finite, got {arr.tolist()}")
-        return torch.from_numpy(arr.copy()).to(self.device)
+        return arr.copy()
 
-    def observation_to_dict(self, obs: Observation) -> dict[str, torch.Tensor]:
-        """The unbatched LeRobot observation dict (what ``preprocessor`` takes) for one observation."""
-        out = {key: self._image_tensor(obs, key) for key in self.camera_names}
+    def vector_arrays(self, obs: Observation) -> dict[str, np.ndarray]:
+        """The observation's checked state vectors by LeRobot feature name (float32)."""
+        out = {}
         if self.state_dim:
             out["observation.state"] = self._vector(obs.state, "observation.state", self.state_dim)
         if self.env_state_dim:
             out["observation.environment_state"] = self._vector(
                 obs.env_state, "observation.environment_state", self.env_state_dim
             )
+        return out
+
+    def observation_to_dict(self, obs: Observation) -> dict[str, torch.Tensor]:
+        """The unbatched LeRobot observation dict (what ``preprocessor`` takes) for one observation."""
+        out = {key: self._image_tensor(obs, key) for key in self.camera_names}
+        out.update({k: torch.from_numpy(v).to(self.device) for k, v in self.vector_arrays(obs).items()})
         return out
 
     def _preprocess(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
@@ -195,11 +218,15 @@ class Introspector:
     def step(self, obs: Observation) -> FrameResult:
         """Introspect one observation and return the next action to execute (LeRobot queueing)."""
         start = time.perf_counter()
-        batch = self._preprocess([obs])
-        actions, capture = self.adapter.forward(batch)
+        graphed = self.graph.run(obs)  # None: no CUDA graph (CPU, off, or its capture failed)
+        if graphed is None:
+            actions, capture = self.adapter.forward(self._preprocess([obs]))
+            reduced = None
+        else:
+            actions, capture, reduced = graphed
         action = self._next_action(actions)
         real_action = self.loaded.postprocessor(action)
-        return self._results([obs], actions, capture, start, next_actions=real_action)[0]
+        return self._results([obs], actions, capture, start, next_actions=real_action, reduced=reduced)[0]
 
     @torch.inference_mode()
     def step_batch(self, observations: Sequence[Observation]) -> list[FrameResult]:
@@ -222,16 +249,24 @@ class Introspector:
             queue.extend(actions[:, : cfg.n_action_steps].transpose(0, 1))
         return queue.popleft()
 
-    def _results(self, observations, actions, capture: Capture, start: float, next_actions) -> list[FrameResult]:
-        chunk = self.loaded.postprocessor(actions).detach().cpu().numpy()
+    def reduce_attention(self, capture: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S) decoder relevance and (B, S) rollout (None when rollout is off), on the engine's device."""
         relevance = decoder_relevance(capture.cross_attention, self.config.action_step)
+        rolled = attention_rollout(relevance, capture.encoder_attention) if self.config.rollout else None
+        return relevance, rolled
+
+    def _results(self, observations, actions, capture: Capture, start: float, next_actions,
+                 reduced: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[FrameResult]:
+        """``reduced``: (relevance, rollout) when already computed (the CUDA graph does it on the device)."""
+        chunk = self.loaded.postprocessor(actions).detach().cpu().numpy()
+        relevance, rolled = reduced if reduced is not None else self.reduce_attention(capture)
         layout = capture.layout
-        attn = {k: v.float().cpu().numpy() for k, v in split_by_camera(relevance, layout).items()}
+        rel_t = relevance.float().cpu()  # one copy of S values per frame; the maps are views of it
+        attn = {k: v.numpy() for k, v in split_by_camera(rel_t, layout).items()}
         rollout = {}
-        if self.config.rollout:
-            rolled = attention_rollout(relevance, capture.encoder_attention)
-            rollout = {k: v.float().cpu().numpy() for k, v in split_by_camera(rolled, layout).items()}
-        rel = relevance.float().cpu().numpy()
+        if rolled is not None:
+            rollout = {k: v.numpy() for k, v in split_by_camera(rolled.float().cpu(), layout).items()}
+        rel = rel_t.numpy()
         first = next_actions.detach().cpu().numpy() if next_actions is not None else chunk[:, 0]
         latency = (time.perf_counter() - start) * 1000.0
         results = []

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..layout import TokenLayout
 from .base import Capture
+from .graph_safe import DeviceFactories
 
 OBS_IMAGES = "observation.images"
 
@@ -114,6 +115,12 @@ class ACTAdapter:
         self._enc_attn = [None] * len(self._enc_attn)
         self._cross = self._tokens = None
         return actions, capture
+
+    def graph_safe(self, device: torch.device | str) -> DeviceFactories:
+        """Context for capturing ``forward`` as a CUDA graph: ``ACT.forward`` makes its zero latent on the CPU
+        and copies it over, which a capture refuses; inside this context it is made on ``device`` (same
+        zeros, so the same outputs). LeRobot's modeling_act.py stays untouched."""
+        return DeviceFactories(device)
 
     def remove_hooks(self) -> None:
         for handle in self._handles:

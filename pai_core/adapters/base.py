@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,5 +37,10 @@ class PolicyAdapter(Protocol):
     """Runs the policy's model once and returns ``(actions (B, T, A) normalised, Capture)``."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Capture]: ...
+
+    def graph_safe(self, device: torch.device | str) -> AbstractContextManager:
+        """A context inside which ``forward`` can be captured as a CUDA graph (``graph_safe.DeviceFactories``
+        for ACT); the policy's own code is never forked for it."""
+        ...
 
     def remove_hooks(self) -> None: ...
