@@ -109,3 +109,81 @@ def test_a_bag_without_the_nodes_camera_topic_is_an_error_naming_the_topic(playe
                           env=ros_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "/not/in/the/bag" in proc.stderr and "/pai_bag/front/image_raw" in proc.stderr
+
+
+def bag_replay_module():
+    """The package's bag_replay, imported from the source tree as ``python -m pai.bag_replay`` runs it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros2_ws" / "src" / "pai"))
+    try:
+        from pai import bag_replay
+    finally:
+        sys.path.pop(0)
+    return bag_replay
+
+
+def assert_groups_are_the_offline_observations(bag: Path, params: Path, policy_dir: Path) -> int:
+    """bag_replay's groups, decoded from the rclpy messages it publishes, are offline replay's observations: the
+    same frames, stamps, images and joint states, and the same frames skipped for the same reasons."""
+    from rclpy.serialization import serialize_message
+
+    from pai_core.policy import load_policy
+    from pai_core.replay.accounting import Accounting
+    from pai_core.ros_convert import image_msg_to_rgb, joint_state_to_vector
+    from pai_core.settings import load_settings
+    from pai_core.sources.bag import BagSource, BagTopics
+
+    bag_replay = bag_replay_module()
+    settings = load_settings(params)
+    loaded = load_policy(str(policy_dir))
+    cameras = [k for k in loaded.policy.config.input_features if k.startswith("observation.images.")]
+    offline_acc = Accounting()
+    with BagSource(bag, BagTopics.from_settings(settings, cameras, needs_state=True), offline_acc) as source:
+        offline = list(source)
+    error: list[str] = []
+    topics = bag_replay.bag_topics(settings, bag)
+    assert topics.joint_states_topic == "/joint_states", "the policy's config.json declares observation.state"
+    with BagSource(bag, topics, keep_messages=True) as source:
+        groups = list(bag_replay.frame_groups(source, error))
+        skipped = dict(source.accounting.frames_skipped)
+    assert error == [] and skipped == dict(offline_acc.frames_skipped)
+    assert len(groups) == len(offline) > 0
+    feature = settings.camera_map
+    for group, obs in zip(groups, offline):
+        assert (group.index, group.stamp_ns, group.log_ns) == (obs.frame_index, obs.stamp_ns,
+                                                               obs.extra["log_time_ns"])
+        topics_sent = [t for t, _ in group.messages]
+        assert topics_sent[-1] == CAMS[0].topic and sorted(topics_sent) == sorted([*feature, "/joint_states"])
+        for topic, msg in group.messages:
+            assert len(serialize_message(msg)) > 0  # an rclpy message, ready to publish
+            if topic == "/joint_states":
+                np.testing.assert_array_equal(np.float32(joint_state_to_vector(msg, settings.joint_names)), obs.state)
+            else:
+                np.testing.assert_array_equal(image_msg_to_rgb(msg), obs.images[feature[topic]])
+    return len(groups)
+
+
+def test_bag_replay_publishes_exactly_the_observations_offline_replay_forms_from_the_bag(played, policy_dir):
+    bag_replay = bag_replay_module()
+    from pai_core.sources import bag as bag_source
+
+    assert bag_replay.BagSource is bag_source.BagSource, "bag_replay groups through pai_core.sources.bag"
+    n = assert_groups_are_the_offline_observations(played["root"] / "bag", played["root"] / "params.yaml",
+                                                   policy_dir)
+    assert n == len(played["expected"])
+
+
+def test_bag_replay_groups_a_truncated_mcap_as_offline_replay_salvages_it(played, policy_dir, tmp_path):
+    rec = write_bag(tmp_path / "bag", "mcap", CAMS, duration_s=6.0, joint_offset_s=0.031)  # three 1 MB chunks
+    source_file = next(p for p in (tmp_path / "bag").iterdir() if p.suffix == ".mcap")
+    data = source_file.read_bytes()
+    damaged = tmp_path / "cut.mcap"
+    damaged.write_bytes(data[: int(len(data) * 0.7)])  # cut inside the last chunk
+    from pai_core.sources.bag import open_reader
+
+    reader = open_reader(damaged)
+    try:
+        assert getattr(reader, "truncated", False), "the cut file is read by the salvaging stream reader"
+    finally:
+        reader.close()
+    n = assert_groups_are_the_offline_observations(damaged, played["root"] / "params.yaml", policy_dir)
+    assert 0 < n < len(expected_frames(rec, CAMS[0].topic, 0.5))
