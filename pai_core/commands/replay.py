@@ -35,11 +35,18 @@ def register(sub) -> argparse.ArgumentParser:
                    help="policy config fields to override, e.g. temporal_ensemble_coeff=0.01 (JSON values)")
     p.add_argument("--device", help="torch device (default: from --config, else cpu)")
     p.add_argument("--output-dir", required=True, help="directory for every output")
-    p.add_argument("--batch-size", type=int, default=8, help="observations per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="observations per forward pass (default 8; 1 with --foxglove, so each frame is sent as soon "
+                        "as it is computed)")
     p.add_argument("--no-video", action="store_true", help="skip the overlay videos")
     p.add_argument("--no-mcap", action="store_true", help="skip replay.mcap")
     p.add_argument("--foxglove", nargs="?", type=int, const=8765, default=None, metavar="PORT",
-                   help="serve the replay live on ws://127.0.0.1:PORT for Foxglove (default port 8765)")
+                   help="serve the replay live on ws://HOST:PORT for Foxglove while it runs (default port 8765)")
+    p.add_argument("--foxglove-host", default="127.0.0.1", metavar="HOST",
+                   help="interface the Foxglove server listens on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.add_argument("--foxglove-keep", nargs="?", type=float, const=-1.0, default=None, metavar="SECONDS",
+                   help="after the replay, keep serving it (play, pause, seek, speed in Foxglove) until Ctrl-C, or "
+                        "for SECONDS; implies --foxglove")
     p.add_argument("--publish", action="store_true", help="also publish the node's topics with rclpy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -96,7 +103,9 @@ def run(args) -> int:
     _apply_overrides(pipeline, args.policy_overrides)
     options = ReplayOptions(
         output_dir=args.output_dir, batch_size=args.batch_size, video=not args.no_video, mcap=not args.no_mcap,
-        foxglove_port=args.foxglove, publish=args.publish, overlay=settings.overlay, progress=not args.no_progress,
+        foxglove_port=_foxglove_port(args), foxglove_host=args.foxglove_host,
+        foxglove_keep=args.foxglove_keep is not None, publish=args.publish, overlay=settings.overlay,
+        progress=not args.no_progress,
     )
     if args.bag:
         result = replay_bag(args.bag, settings, pipeline, options)
@@ -117,4 +126,28 @@ def run(args) -> int:
           f"{stats.wall_s:.1f} s: {stats.fps:.1f} frames/s, {stats.realtime_factor:.1f}x real time")
     for name, what in result.files.items():
         print(f"  {result.output_dir / name}: {what}")
+    _keep_serving(result, args.foxglove_keep)
     return 0
+
+
+def _foxglove_port(args) -> int | None:
+    """--foxglove PORT, or the default port when only --foxglove-keep is given."""
+    if args.foxglove is None and args.foxglove_keep is not None:
+        return 8765
+    return args.foxglove
+
+
+def _keep_serving(result, keep_s: float | None) -> None:
+    """--foxglove-keep: serve the finished replay with playback controls until Ctrl-C (or ``keep_s``)."""
+    server = result.foxglove
+    if server is None:
+        return
+    until = "Ctrl-C" if keep_s is None or keep_s < 0 else f"{keep_s:g} s or Ctrl-C"
+    print(f"serving the replay on {server.url} with playback controls (play, pause, seek, speed) until {until}",
+          flush=True)
+    try:
+        server.wait(None if keep_s is None or keep_s < 0 else keep_s)
+    except KeyboardInterrupt:
+        print("stopped serving")
+    finally:
+        server.close()

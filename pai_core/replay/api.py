@@ -24,12 +24,16 @@ from ..outputs import prepare_output_dir
 class ReplayOptions:
     """Args:
     output_dir: created if missing; existing outputs of the same names are replaced.
-    batch_size: observations per forward pass.
+    batch_size: observations per forward pass (default 8; 1 while serving Foxglove, so that each frame is
+        sent the moment it is computed instead of a batch at a time).
     video: write overlay videos.
     video_maps: overlays to write: "attention" and/or "ood" (OOD needs an SAE).
     mcap: write ``replay.mcap`` with the node's topics.
     compressed: also write the overlays as CompressedImage (jpeg) topics, like the node.
-    foxglove_port: serve the replay on ws://127.0.0.1:PORT while it runs (None: off).
+    foxglove_port: serve the replay on ws://HOST:PORT while it runs (None: off; 0: a free port).
+    foxglove_host: interface the Foxglove server listens on ("0.0.0.0": reachable from other machines).
+    foxglove_keep: after the replay, keep serving it with Foxglove's playback controls (play, pause, seek,
+        speed); ``ReplayResult.foxglove`` is that server, which the caller ``wait()``s for and ``close()``s.
     publish: publish the node's topics with rclpy while it runs (needs rclpy; see ``ros_publish``).
     namespace: node namespace the MCAP / published topics use.
     overlay: overlay look (the settings file's ``overlay`` block for bags).
@@ -37,16 +41,24 @@ class ReplayOptions:
     """
 
     output_dir: str | Path
-    batch_size: int = 8
+    batch_size: int | None = None
     video: bool = True
     video_maps: tuple[str, ...] = ("attention", "ood")
     mcap: bool = True
     compressed: bool = True
     foxglove_port: int | None = None
+    foxglove_host: str = "127.0.0.1"
+    foxglove_keep: bool = False
     publish: bool = False
     namespace: str = "/pai_introspector"
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = 1 if self.foxglove_port is not None else 8
+        if self.foxglove_keep and self.foxglove_port is None:
+            raise ValueError("ReplayOptions.foxglove_keep needs foxglove_port (the port to keep serving on)")
 
 
 @dataclass
@@ -56,6 +68,7 @@ class ReplayResult:
     accounting: Accounting
     files: dict[str, str]
     topics: dict[str, int]
+    foxglove: object | None = None  # foxglove_playback.PlaybackServer with ReplayOptions.foxglove_keep
 
 
 def replay(observations: Iterable[Observation], pipeline: Pipeline, options: ReplayOptions, accounting: Accounting,
@@ -78,10 +91,17 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
         from .mcap_sink import McapWriter
 
         writers.append(McapWriter(out / "replay.mcap"))
+    foxglove = None
     if options.foxglove_port is not None:
+        from ..foxglove_live import FoxgloveConfig, output_topics
         from .foxglove_sink import FoxgloveWriter
 
-        writers.append(FoxgloveWriter(options.foxglove_port))
+        foxglove = FoxgloveWriter(
+            output_topics(pipeline, options.compressed, options.namespace),
+            FoxgloveConfig(port=options.foxglove_port, host=options.foxglove_host, name=f"pai replay {source}".strip(),
+                           compressed=options.compressed, namespace=options.namespace),
+            keep=options.foxglove_keep)
+        writers.append(foxglove)
     if options.publish:
         from .ros_publish import RosPublisher
 
@@ -99,6 +119,10 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
         stats = run(observations, pipeline, sinks, accounting, RunConfig(options.batch_size, progress=options.progress), total)
     except PaiError as exc:
         error = exc
+    except BaseException:
+        if foxglove is not None and foxglove.playback is not None:
+            foxglove.playback.close()
+        raise
     files = _files(out, video)
     summary = {
         "source": source,
@@ -121,9 +145,12 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
     files["summary.json"] = "counts, timing and accounting"
     write_report(out, report, accounting, summary, files)
     files["report.html"] = "this report"
+    playback = foxglove.playback if foxglove is not None else None
     if error is not None:
+        if playback is not None:
+            playback.close()
         raise error
-    return ReplayResult(out, stats, accounting, files, messages.counts if messages else {})
+    return ReplayResult(out, stats, accounting, files, messages.counts if messages else {}, playback)
 
 
 def _files(out: Path, video) -> dict[str, str]:

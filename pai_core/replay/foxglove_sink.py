@@ -1,31 +1,43 @@
-"""``--foxglove``: stream the replay to a local Foxglove WebSocket server (foxglove-sdk) as it runs."""
+"""``--foxglove``: stream the replay to a Foxglove WebSocket server as it runs; ``--foxglove-keep``: then
+serve the whole replay again with Foxglove's playback controls.
+
+The server (``pai_core.foxglove_live``) starts with every topic's channel before the first frame, and each
+message goes out as soon as ``MessageSink`` has built it, frame by frame.
+"""
 
 from __future__ import annotations
 
-from .encoding import Encoded, msgdef
+from dataclasses import replace
+
+from ..foxglove_live import FoxgloveConfig, FoxgloveServer
+from .encoding import Encoded
 
 
 class FoxgloveWriter:
-    """Serves on ``ws://host:port``; every topic is a CDR channel with its ``ros2msg`` schema."""
+    """A ``MessageWriter``: every encoded message to the live server at once. With ``keep``, closing it
+    (the replay is over) switches to a ``PlaybackServer`` on the same port (``playback``; None when no
+    frame was sent), which the caller closes."""
 
-    def __init__(self, port: int = 8765, host: str = "127.0.0.1", name: str = "pai replay"):
-        import foxglove
-
-        self._foxglove = foxglove
-        self.server = foxglove.start_server(name=name, host=host, port=port)
+    def __init__(self, channels: dict[str, str], config: FoxgloveConfig | None = None, keep: bool = False):
+        self.config = replace(config or FoxgloveConfig(), record=keep)
+        self.keep = keep
+        self.server = FoxgloveServer(channels, self.config)
         self.port = self.server.port
-        self._channels: dict[str, object] = {}
+        self.playback = None
 
     def write(self, message: Encoded) -> None:
-        channel = self._channels.get(message.topic)
-        if channel is None:
-            schema = self._foxglove.Schema(name=message.msgtype, encoding="ros2msg",
-                                           data=msgdef(message.msgtype).encode())
-            channel = self._foxglove.Channel(message.topic, schema=schema, message_encoding="cdr")
-            self._channels[message.topic] = channel
-        channel.log(message.data, log_time=message.log_time_ns)
+        self.server.log(message)
 
     def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-        self.server.stop()
+        if not self.keep:
+            self.server.close()
+            return
+        from ..foxglove_playback import PlaybackServer
+
+        recording = self.server.finish()
+        if recording is None:
+            return
+        if not recording.times:
+            recording.path.unlink(missing_ok=True)
+            return
+        self.playback = PlaybackServer(recording, replace(self.config, port=self.port))
