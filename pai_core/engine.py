@@ -4,8 +4,8 @@ look at (attention maps, rollout, attention shares, encoder tokens)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -35,6 +35,8 @@ class IntrospectionConfig:
         keep_vision_features: return the vision backbone's feature maps per camera (for ``patch_knn``).
         cuda_graph: "auto" (default: ``step`` replays a CUDA graph on a CUDA device, eager elsewhere or when
             the capture fails), "on" (required; an error off CUDA) or "off" (``cuda_graph.py``, docs/gpu.md).
+        model_dtype: "float32", "bfloat16" or "float16": the policy's weights and inputs (``load_policy``).
+        policy_overrides: policy config fields set before the policy is built (``policy.apply_overrides``).
     """
 
     device: str = "cpu"
@@ -45,6 +47,8 @@ class IntrospectionConfig:
     resize_images: bool = True
     keep_vision_features: bool = False
     cuda_graph: GraphMode = "auto"
+    model_dtype: str = "float32"
+    policy_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_graph_mode(self.cuda_graph)
@@ -120,7 +124,7 @@ class Introspector:
     def from_pretrained(cls, path_or_repo_id: str, config: IntrospectionConfig | None = None) -> "Introspector":
         """Load a LeRobot ``pretrained_model`` directory or hub id and wrap it."""
         config = config or IntrospectionConfig()
-        return cls(load_policy(path_or_repo_id, device=config.device), config)
+        return cls(load_policy(path_or_repo_id, config.device, config.model_dtype, config.policy_overrides), config)
 
     @classmethod
     def wrap(cls, policy, preprocessor, postprocessor, config: IntrospectionConfig | None = None) -> "Introspector":
@@ -133,7 +137,7 @@ class Introspector:
         if getattr(self, "_fingerprint", None) is None:
             from .policy import policy_fingerprint
 
-            self._fingerprint = policy_fingerprint(self.policy)
+            self._fingerprint = self.loaded.fingerprint or policy_fingerprint(self.policy)
         return self._fingerprint
 
     def reset(self) -> None:

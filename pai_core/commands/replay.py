@@ -4,27 +4,32 @@ out as overlay videos, Parquet tables, an MCAP of the node's topics and an HTML 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+
+from ..policy import MODEL_DTYPES
 
 log = logging.getLogger(__name__)
 
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "replay", help="replay a rosbag or a LeRobot episode: videos, Parquet, MCAP, report",
-        description="Replay a rosbag2 recording (--bag) or a LeRobot dataset episode (--dataset-repo-id) "
+        "replay", help="replay a rosbag or LeRobot episodes: videos, Parquet, MCAP, report",
+        description="Replay a rosbag2 recording (--bag) or LeRobot dataset episodes (--dataset-repo-id) "
                     "through the same pipeline as the live node.",
         epilog="examples:\n"
                "  pai replay --bag rec/ --config config/introspect.yaml --output-dir out/replay\n"
                "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --episode-id 0 \\\n"
-               "      --policy-path outputs/train/act/pretrained_model --output-dir out/ep0",
+               "      --policy-path outputs/train/act/pretrained_model --output-dir out/ep0\n"
+               "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --policy-path DIR \\\n"
+               "      --saliency ig --saliency-action-dim 5 --output-dir out/all   # every episode, gripper IG",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source (one of)")
     src.add_argument("--bag", help="rosbag2 folder (metadata.yaml) or a .mcap / .db3 file")
     src.add_argument("--dataset-repo-id", help="LeRobot dataset repo id (local under --root, else the hub)")
     p.add_argument("--root", help="local dataset root directory")
-    p.add_argument("--episode-id", type=int, default=0, help="dataset episode to replay (default 0)")
+    p.add_argument("--episode-id", type=int, nargs="+", default=None, metavar="N",
+                   help="dataset episode(s) to replay; one: its outputs go straight into --output-dir; several or "
+                        "none (default: every episode): one episode_<N> folder each and episodes.json")
     p.add_argument("--config", default=None,
                    help="settings file (ROS parameters YAML, as the node); required for --bag "
                         "(default config/introspect.yaml): topic mapping, models, overlay, alarm")
@@ -32,7 +37,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--sae-path", help="SAE directory ('' for none; default: from --config)")
     p.add_argument("--ood-params-path", help="ood_params.json (default: beside the SAE)")
     p.add_argument("--policy-overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="policy config fields to override, e.g. temporal_ensemble_coeff=0.01 (JSON values)")
+                   help="policy config fields set before the policy is built (JSON values), e.g. "
+                        "temporal_ensemble_coeff=0.01 n_action_steps=1 (temporal ensembling needs 1 step)")
+    p.add_argument("--model-dtype", choices=MODEL_DTYPES, default="float32",
+                   help="run the policy in this dtype (default float32, as saved); actions stay float32")
     p.add_argument("--device", help="torch device (default: from --config, else cpu)")
     p.add_argument("--output-dir", required=True, help="directory for every output")
     p.add_argument("--batch-size", type=int, default=None,
@@ -49,7 +57,47 @@ def register(sub) -> argparse.ArgumentParser:
                         "for SECONDS; implies --foxglove")
     p.add_argument("--publish", action="store_true", help="also publish the node's topics with rclpy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_saliency_args(p)
     return p
+
+
+def add_saliency_args(p: argparse.ArgumentParser) -> None:
+    from ..saliency import AGGREGATIONS, NORMALISATIONS, SaliencyConfig
+
+    d = SaliencyConfig()
+    g = p.add_argument_group("saliency (integrated gradients; the seed's gradient saliency)")
+    g.add_argument("--saliency", choices=["none", "ig"], default="none",
+                   help="'ig': also write <camera>_saliency.mp4 and saliency.parquet (one backward pass per "
+                        "integration step: about --saliency-steps x the cost of the replay)")
+    g.add_argument("--saliency-aggregation", choices=AGGREGATIONS, default=d.aggregation,
+                   help="how the selected actions become one number: sum (default) or norm")
+    g.add_argument("--saliency-action-step", type=int, default=None, metavar="T",
+                   help="only step T of the action chunk (0: the next action; default: every step)")
+    g.add_argument("--saliency-action-dim", type=int, default=None, metavar="A",
+                   help="only action dimension A, e.g. the gripper (default: every dimension)")
+    g.add_argument("--saliency-steps", type=int, default=d.steps, help=f"integration steps (default {d.steps})")
+    g.add_argument("--saliency-batch-size", type=int, default=d.batch_size,
+                   help=f"interpolated inputs per forward/backward pass (default {d.batch_size})")
+    g.add_argument("--saliency-normalisation", choices=NORMALISATIONS, default=d.normalisation,
+                   help="per-frame display scale over all cameras and the state: percentile (default) or linear")
+    g.add_argument("--saliency-percentile", type=float, default=d.percentile,
+                   help=f"clip percentile of percentile normalisation (default {d.percentile})")
+
+
+def saliency_config(args):
+    """The ``SaliencyConfig`` of the ``--saliency-*`` flags, or None without ``--saliency ig``."""
+    from ..errors import InputError
+    from ..saliency import SaliencyConfig
+
+    if args.saliency == "none":
+        return None
+    try:
+        return SaliencyConfig(aggregation=args.saliency_aggregation, action_step=args.saliency_action_step,
+                              action_dim=args.saliency_action_dim, steps=args.saliency_steps,
+                              batch_size=args.saliency_batch_size, normalisation=args.saliency_normalisation,
+                              percentile=args.saliency_percentile)
+    except ValueError as exc:
+        raise InputError(f"--saliency ig: {exc}") from exc
 
 
 def _settings(args):
@@ -74,38 +122,42 @@ def _settings(args):
     return dataclasses.replace(settings, **changes)
 
 
-def _apply_overrides(pipeline, overrides: list[str]) -> None:
-    from ..errors import InputError
+def load_pipeline(settings, args):
+    """``Pipeline.from_settings`` with the policy built in ``--model-dtype`` and with ``--policy-overrides``."""
+    from ..engine import IntrospectionConfig
+    from ..pipeline import Pipeline
+    from ..policy import parse_overrides
 
-    cfg = pipeline.engine.policy.config
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not hasattr(cfg, key):
-            raise InputError(f"--policy-overrides {item!r}: expected KEY=VALUE with KEY a field of {type(cfg).__name__}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        setattr(cfg, key, value)
+    engine_config = IntrospectionConfig(device=settings.device, model_dtype=args.model_dtype,
+                                        policy_overrides=parse_overrides(args.policy_overrides))
+    pipeline = Pipeline.load(settings.policy_path, settings.sae_path, settings.ood_params_path, settings.device,
+                             settings.alarm, settings.feature_labels_path, engine_config=engine_config)
+    if settings.threshold > 0:
+        pipeline.threshold_override = settings.threshold
+    return pipeline
 
 
 def run(args) -> int:
     from ..errors import InputError
-    from ..pipeline import Pipeline
-    from ..replay.api import ReplayOptions, replay_bag, replay_episode
+    from ..replay.api import ReplayOptions, replay_bag, replay_episode, replay_episodes
 
     if bool(args.bag) == bool(args.dataset_repo_id):
         raise InputError("pass exactly one source: --bag PATH or --dataset-repo-id ID")
     settings = _settings(args)
     if not settings.policy_path:
         raise InputError("no policy: pass --policy-path or set policy_path in --config")
-    pipeline = Pipeline.from_settings(settings)
-    _apply_overrides(pipeline, args.policy_overrides)
+    if args.bag and args.episode_id is not None:
+        raise InputError("--episode-id selects dataset episodes; a --bag is replayed whole")
+    saliency = saliency_config(args)
+    if args.foxglove_keep is not None and (args.episode_id is None or len(args.episode_id) > 1) and not args.bag:
+        raise InputError("--foxglove-keep serves one replay: pick one dataset episode with --episode-id N")
+    pipeline = load_pipeline(settings, args)
     options = ReplayOptions(
         output_dir=args.output_dir, batch_size=args.batch_size, video=not args.no_video, mcap=not args.no_mcap,
         foxglove_port=_foxglove_port(args), foxglove_host=args.foxglove_host,
         foxglove_keep=args.foxglove_keep is not None, publish=args.publish, overlay=settings.overlay,
         progress=not args.no_progress,
+        saliency=saliency,
     )
     if args.bag:
         result = replay_bag(args.bag, settings, pipeline, options)
@@ -113,7 +165,21 @@ def run(args) -> int:
         from ..sources.dataset import open_dataset
 
         dataset = open_dataset(args.dataset_repo_id, args.root)
-        result = replay_episode(dataset, args.episode_id, pipeline, options)
+        if args.episode_id is None or len(args.episode_id) > 1:
+            results = replay_episodes(dataset, args.episode_id, pipeline, options)
+            for episode, result in results.items():
+                _report(result, f"episode {episode}: ")
+            print(f"  {options.output_dir}/episodes.json: {len(results)} episodes")
+            return 0
+        result = replay_episode(dataset, args.episode_id[0], pipeline, options)
+    _report(result)
+    _keep_serving(result, args.foxglove_keep)
+    return 0
+
+
+def _report(result, prefix: str = "") -> None:
+    from ..errors import InputError
+
     acc, stats = result.accounting, result.stats
     for note in acc.notes:
         log.warning("%s", note)
@@ -122,12 +188,10 @@ def run(args) -> int:
     if acc.frames_processed == 0:
         raise InputError(f"replayed no frame of {acc.frames_total}: {acc.skip_summary() or 'the source holds none'} "
                          f"(report: {result.output_dir / 'report.html'})")
-    print(f"replayed {acc.frames_processed} frames ({sum(acc.frames_skipped.values())} skipped) in "
+    print(f"{prefix}replayed {acc.frames_processed} frames ({sum(acc.frames_skipped.values())} skipped) in "
           f"{stats.wall_s:.1f} s: {stats.fps:.1f} frames/s, {stats.realtime_factor:.1f}x real time")
     for name, what in result.files.items():
         print(f"  {result.output_dir / name}: {what}")
-    _keep_serving(result, args.foxglove_keep)
-    return 0
 
 
 def _foxglove_port(args) -> int | None:

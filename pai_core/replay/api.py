@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..errors import PaiError
 from ..observation import Observation
 from ..overlay import OverlayConfig
 from ..pipeline import Pipeline
+from ..saliency import SaliencyConfig
 from .accounting import Accounting
 from .runner import RunConfig, RunStats, run
 from ..outputs import prepare_output_dir
@@ -37,6 +38,8 @@ class ReplayOptions:
     publish: publish the node's topics with rclpy while it runs (needs rclpy; see ``ros_publish``).
     namespace: node namespace the MCAP / published topics use.
     overlay: overlay look (the settings file's ``overlay`` block for bags).
+    saliency: integrated-gradients settings; when given, ``saliency.parquet`` and (with ``video``)
+        ``<camera>_saliency.mp4`` are written too (``replay.saliency_sink``). None: off.
     progress: tqdm progress bar.
     """
 
@@ -53,6 +56,7 @@ class ReplayOptions:
     namespace: str = "/pai_introspector"
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
     progress: bool = True
+    saliency: SaliencyConfig | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size is None:
@@ -86,6 +90,12 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
 
         video = VideoSink(out, fps, options.overlay, options.video_maps, pipeline=pipeline)
         sinks.append(video)
+    saliency = None
+    if options.saliency is not None:
+        from .saliency_sink import SaliencySink
+
+        saliency = SaliencySink(out, pipeline, options.saliency, fps, options.overlay, video=options.video)
+        sinks.append(saliency)
     writers: list = []
     if options.mcap:
         from .mcap_sink import McapWriter
@@ -124,6 +134,8 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
             foxglove.playback.close()
         raise
     files = _files(out, video)
+    if saliency is not None:
+        files |= saliency.files
     summary = {
         "source": source,
         "policy": pipeline.engine.loaded.source,
@@ -205,3 +217,36 @@ def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOpt
         if missing and result is None:
             count.skipped["not read: replay stopped early"] = missing
     return result
+
+
+def replay_episodes(dataset, episodes: Sequence[int] | None, pipeline: Pipeline, options: ReplayOptions
+                    ) -> dict[int, ReplayResult]:
+    """Replay several episodes (None or empty: every episode, the seed's default), each into its own
+    ``episode_<index>`` folder under ``options.output_dir`` with every output of ``replay_episode``; the
+    pipeline (and its alarm) starts over for each. ``episodes.json`` beside them lists every episode's frames,
+    alarm frames and folder. An episode that fails stops the run after its outputs are written."""
+    import dataclasses
+
+    from ..preflight import check_dataset_for_policy
+    from ..sources.dataset import select_episodes
+
+    chosen = select_episodes(dataset, episodes)
+    check_dataset_for_policy(dataset, pipeline.engine, chosen, pipeline.engine.loaded.source)
+    out = prepare_output_dir(Path(options.output_dir), "replay output folder (--output-dir)")
+    results: dict[int, ReplayResult] = {}
+    index: dict[str, dict] = {}
+    for episode in chosen:
+        folder = out / f"episode_{episode:06d}"
+        result = replay_episode(dataset, episode, pipeline, dataclasses.replace(options, output_dir=folder))
+        results[episode] = result
+        acc = result.accounting
+        index[str(episode)] = {"folder": folder.name, "frames processed": acc.frames_processed,
+                               "frames skipped": sum(acc.frames_skipped.values()),
+                               "alarm frames": _alarm_frames(folder), "frames/s": round(result.stats.fps, 2)}
+        (out / "episodes.json").write_text(json.dumps({"dataset": str(dataset.repo_id), "episodes": index}, indent=2))
+    return results
+
+
+def _alarm_frames(folder: Path) -> int:
+    summary = folder / "summary.json"
+    return int(json.loads(summary.read_text()).get("alarm frames", 0)) if summary.is_file() else 0

@@ -1,4 +1,5 @@
-"""Overlay videos per camera (attention, and OOD error maps when an SAE is loaded), H.264 via PyAV."""
+"""Overlay videos per camera (attention, and OOD error maps when an SAE is loaded), H.264 via PyAV, and with
+two or more cameras one side-by-side video of all of them per overlay kind."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from ..overlay import OverlayConfig, Scale, render_overlays
@@ -22,6 +24,16 @@ def ood_map_scale(pipeline: Pipeline) -> Scale | dict[str, Scale] | None:
     if pipeline.ood is None or pipeline.threshold is None:
         return None
     return pipeline.scorer.map_scale(float(pipeline.threshold))
+
+
+def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
+    """RGB images of any sizes -> one (H, sum of widths, 3) image, left to right, each scaled to the height H of
+    the tallest (aspect kept), so cameras of different resolutions line up."""
+    height = max(img.shape[0] for img in images)
+    scaled = [img if img.shape[0] == height else
+              cv2.resize(img, (max(1, round(img.shape[1] * height / img.shape[0])), height), interpolation=cv2.INTER_LINEAR)
+              for img in images]
+    return np.hstack(scaled)
 
 
 class Mp4Writer:
@@ -59,7 +71,9 @@ class Mp4Writer:
 
 
 class VideoSink:
-    """``<camera>_attention.mp4`` per camera, plus ``<camera>_ood.mp4`` for frames with OOD maps.
+    """``<camera>_attention.mp4`` per camera, plus ``<camera>_ood.mp4`` for frames with OOD maps; with two or
+    more cameras also ``side_by_side_attention.mp4`` (and ``side_by_side_ood.mp4``): every camera in one frame,
+    in the policy's camera order (the seed's combined video).
 
     Args:
         fps: frame rate of the written videos (the source's frame rate, so they play in real time).
@@ -83,15 +97,20 @@ class VideoSink:
             self.writers[key] = Mp4Writer(self.output_dir / f"{camera_short(camera)}_{kind}.mp4", self.fps)
         return self.writers[key]
 
+    def write_overlays(self, overlays: dict[str, np.ndarray], kind: str) -> None:
+        """One frame of ``kind`` overlays (camera -> RGB): each camera's video and the side-by-side one."""
+        for camera, rgb in overlays.items():
+            self._writer(camera, kind).write(rgb)
+        if len(overlays) > 1:
+            self._writer("side_by_side", kind).write(side_by_side(list(overlays.values())))
+
     def write(self, frames: Sequence[Frame]) -> None:
         for f in frames:
             if "attention" in self.maps:
-                for camera, rgb in render_overlays(f.observation, f.result, self.overlay).items():
-                    self._writer(camera, "attention").write(rgb)
+                self.write_overlays(render_overlays(f.observation, f.result, self.overlay), "attention")
             if "ood" in self.maps and f.ood_maps:
-                overlays = render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps, scale=self.ood_scale)
-                for camera, rgb in overlays.items():
-                    self._writer(camera, "ood").write(rgb)
+                self.write_overlays(render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps,
+                                                    scale=self.ood_scale), "ood")
 
     def close(self) -> None:
         for writer in self.writers.values():
