@@ -1,11 +1,16 @@
 """Encoder tokens of a LeRobot dataset on disk, for SAE training.
 
 A recording is a directory of safetensors shards plus ``activations.json`` (policy, layer, widths,
-sampling). Each shard holds one run of consecutive frames of one episode:
+sampling, datasets). It may span several datasets (the seed's ``[repo_a,repo_b]``: ``parse_datasets``);
+each shard holds one run of consecutive frames of one episode of one dataset:
 
     tokens        (N, S, D)  encoder tokens of N frames (S tokens each, D = dim_model)
     episode_index (N,)       int64
     frame_index   (N,)       int64
+    dataset_index (N,)       int64, the dataset's position in the manifest's ``datasets`` list
+
+Shards of one dataset are named ``episode_<e>_frame_<f>.safetensors``; with several datasets the name
+starts with ``dataset_<d>_``, so the same episode index of two datasets never collides.
 
 Shards are written to a temporary name and renamed, so a shard that exists is complete: recording
 again into the same directory skips finished shards (resume after an interruption). The trainer only
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .distributed import merged_shards
 from .errors import InputError
 from .layout import TokenLayout
 from .outputs import prepare_output_dir
@@ -47,6 +53,7 @@ class RecordConfig:
             camera's tokens over ``block`` x ``block`` spatial blocks (the seed's token sampling).
         block: block edge in tokens for ``sampling="blocks"``.
         device: torch device of the policy ("cpu", "cuda").
+        model_dtype: dtype the policy runs in: "float32" (as saved), "bfloat16" or "float16".
     """
 
     batch_size: int = 16
@@ -56,6 +63,7 @@ class RecordConfig:
     sampling: Literal["all", "blocks"] = "all"
     block: int = 2
     device: str = "cpu"
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_frames < 1:
@@ -66,6 +74,8 @@ class RecordConfig:
             raise ValueError(f"sampling={self.sampling!r} is not one of 'all', 'blocks'")
         if self.block < 1:
             raise ValueError(f"block={self.block} must be >= 1")
+        if self.model_dtype not in DTYPES:
+            raise ValueError(f"model_dtype={self.model_dtype!r} is not one of {sorted(DTYPES)}")
 
 
 def sample_tokens(tokens: torch.Tensor, layout: TokenLayout, block: int) -> torch.Tensor:
@@ -78,17 +88,74 @@ def sample_tokens(tokens: torch.Tensor, layout: TokenLayout, block: int) -> torc
     return torch.cat(keep, dim=1)
 
 
-def shard_name(episode: int, start: int) -> str:
-    return f"episode_{episode:06d}_frame_{start:06d}.safetensors"
+def shard_name(episode: int, start: int, dataset: int | None = None) -> str:
+    """The shard of ``episode`` from frame ``start``; ``dataset``: its index when recording several datasets."""
+    prefix = f"dataset_{dataset:02d}_" if dataset is not None else ""
+    return f"{prefix}episode_{episode:06d}_frame_{start:06d}.safetensors"
 
 
-def _manifest(policy_path: str, dataset, d_model: int, n_tokens: int, layout: TokenLayout, cfg: RecordConfig,
-              fingerprint: str = "") -> dict:
+@dataclass(frozen=True)
+class DatasetRef:
+    """One dataset of a recording: a LeRobot repo id and its local root (None: the hub / HF cache)."""
+
+    repo_id: str
+    root: str | None = None
+
+
+def _split_list(value: str | Sequence[str] | None) -> list[str]:
+    """"a,b", "[a, b]" (the seed's form), ["a", "b"] or ["a,b"] -> ["a", "b"]."""
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        text = item.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        out += [part.strip().strip("'\"") for part in text.split(",")]
+    return out
+
+
+def parse_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | None = None) -> list[DatasetRef]:
+    """The datasets of ``--dataset-repo-id a,b --root r1,r2`` (or the seed's ``[a,b]``): one root for each repo
+    id in the same order, or no root at all (every dataset from the hub / HF cache)."""
+    ids, dirs = _split_list(repo_ids), _split_list(roots)
+    if not ids or any(not i for i in ids):
+        raise InputError(f"--dataset-repo-id {repo_ids!r}: expected one repo id or a comma-separated list (a,b)")
+    if dirs and len(dirs) != len(ids):
+        raise InputError(f"--root {roots!r} lists {len(dirs)} folders for {len(ids)} datasets {ids}; give one root per "
+                         "dataset, in the same order, separated by commas (or none)")
+    if any(not d for d in dirs):
+        raise InputError(f"--root {roots!r} has an empty entry; give one folder per dataset")
+    refs = [DatasetRef(i, d or None) for i, d in zip(ids, dirs or [None] * len(ids))]
+    seen = set()
+    for ref in refs:
+        key = (ref.repo_id, str(Path(ref.root).resolve()) if ref.root else None)
+        if key in seen:
+            raise InputError(f"--dataset-repo-id: dataset {ref.repo_id!r}{f' at {ref.root}' if ref.root else ''} is "
+                             "listed twice")
+        seen.add(key)
+    return refs
+
+
+def open_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | None = None) -> list:
+    """``parse_datasets`` and open each one (``sources.dataset.open_dataset``)."""
+    from .sources.dataset import open_dataset
+
+    return [open_dataset(ref.repo_id, ref.root) for ref in parse_datasets(repo_ids, roots)]
+
+
+def _manifest(policy_path: str, datasets: Sequence, d_model: int, n_tokens: int, layout: TokenLayout,
+              cfg: RecordConfig, fingerprint: str = "", episodes: Sequence[Sequence[int]] = ()) -> dict:
+    one = len(datasets) == 1
     return {
         "policy": str(policy_path),
         "policy_fingerprint": fingerprint,
-        "dataset": str(dataset.repo_id),
-        "dataset_root": str(dataset.root),
+        # one dataset: its id and root; several: the ids joined and no single root (``datasets`` lists them)
+        "dataset": _dataset_key(datasets),
+        "dataset_root": str(datasets[0].root) if one else "",
+        "datasets": [{"repo_id": str(d.repo_id), "root": str(d.root), "episodes": list(map(int, eps))}
+                     for d, eps in zip(datasets, episodes or [[]] * len(datasets))],
         "d_model": d_model,
         "tokens_per_frame": n_tokens,
         "layer": cfg.layer,
@@ -102,6 +169,10 @@ def _manifest(policy_path: str, dataset, d_model: int, n_tokens: int, layout: To
             "cameras": {c.name: [c.start, c.height, c.width] for c in layout.cameras},
         },
     }
+
+
+def _dataset_key(datasets: Sequence) -> str:
+    return ",".join(str(d.repo_id) for d in datasets)
 
 
 def _check_same_recording(out: Path, manifest: dict) -> None:
@@ -129,6 +200,9 @@ def record_activations(
 ) -> dict:
     """Run the engine over ``episodes`` of ``dataset`` and write token shards to ``output_dir``.
 
+    ``dataset`` may be a list of datasets (``open_datasets``): every episode of each is recorded into one
+    recording, the union of their frames; ``episodes`` then must be None.
+
     Returns a summary: frames recorded now, frames skipped because their shard already existed, shards.
     """
     from tqdm.auto import tqdm
@@ -138,32 +212,44 @@ def record_activations(
     from .sources.dataset import episode_bounds, iter_episode, select_episodes
 
     cfg = config or RecordConfig()
+    datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
+    if not datasets:
+        raise InputError("record_activations needs at least one dataset")
+    if len(datasets) > 1 and episodes:
+        raise InputError(f"--episodes {list(episodes)} selects episodes of one dataset; with {len(datasets)} datasets "
+                         "every episode of each is recorded (record a dataset alone to choose episodes)")
     out = Path(output_dir)
     out = prepare_output_dir(out, "activation recording folder (--output-dir)")
-    episodes = select_episodes(dataset, episodes)
+    chosen = [select_episodes(ds, episodes) for ds in datasets]
     engine = Introspector.from_pretrained(
-        str(policy_path), IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False)
+        str(policy_path), IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False,
+                                              model_dtype=cfg.model_dtype)
     )
-    check_dataset_for_policy(dataset, engine, episodes, str(policy_path))
-    _check_same_recording(out, {"policy": str(policy_path), "dataset": str(dataset.repo_id), "layer": cfg.layer,
+    for ds, eps in zip(datasets, chosen):
+        check_dataset_for_policy(ds, engine, eps, str(policy_path))
+    _check_same_recording(out, {"policy": str(policy_path), "dataset": _dataset_key(datasets), "layer": cfg.layer,
                                 "dtype": cfg.dtype, "sampling": cfg.sampling, "block": cfg.block,
                                 "shard_frames": cfg.shard_frames})
-    plan: list[tuple[int, int, int]] = []  # (episode, first absolute index, last absolute index + 1)
+    multi = len(datasets) > 1
+    plan: list[tuple[int, int, int, int]] = []  # (dataset, episode, first absolute index, last absolute index + 1)
     done_frames = 0
-    for ep in episodes:
-        start, stop = episode_bounds(dataset, ep)
-        for s in range(start, stop, cfg.shard_frames):
-            e = min(s + cfg.shard_frames, stop)
-            if (out / shard_name(ep, s - start)).is_file():
-                done_frames += e - s
-            else:
-                plan.append((ep, s, e))
-    total = done_frames + sum(e - s for _, s, e in plan)
+    for d, (ds, eps) in enumerate(zip(datasets, chosen)):
+        for ep in eps:
+            start, stop = episode_bounds(ds, ep)
+            for s in range(start, stop, cfg.shard_frames):
+                e = min(s + cfg.shard_frames, stop)
+                if (out / shard_name(ep, s - start, d if multi else None)).is_file():
+                    done_frames += e - s
+                else:
+                    plan.append((d, ep, s, e))
+    total = done_frames + sum(e - s for _, _, s, e in plan)
     manifest: dict | None = None  # written (or checked against the one on disk) after the first batch
     bar = tqdm(total=total, initial=done_frames, unit="frame", desc="record activations", disable=not progress)
     recorded = 0
-    for ep, s, e in plan:
+    for d, ep, s, e in plan:
+        dataset = datasets[d]
         ep_start = episode_bounds(dataset, ep)[0]
+        name = shard_name(ep, s - ep_start, d if multi else None)
         chunks, eps, frames = [], [], []
         shard = iter_episode(dataset, ep, s - ep_start, e - ep_start)  # image and video datasets alike
         while obs := list(islice(shard, cfg.batch_size)):
@@ -172,28 +258,29 @@ def record_activations(
             if cfg.sampling == "blocks":
                 tokens = sample_tokens(tokens, results[0].layout, cfg.block)
             if manifest is None:
-                manifest = _manifest(str(policy_path), dataset, tokens.shape[-1], tokens.shape[1], results[0].layout, cfg,
-                                     engine.fingerprint)
+                manifest = _manifest(str(policy_path), datasets, tokens.shape[-1], tokens.shape[1], results[0].layout,
+                                     cfg, engine.fingerprint, chosen)
                 _check_same_recording(out, manifest)
                 (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
             chunks.append(tokens.to("cpu", DTYPES[cfg.dtype]))
             eps += [o.episode_index for o in obs]
             frames += [o.frame_index for o in obs]
             bar.update(len(obs))
-        tmp = out / (shard_name(ep, s - ep_start) + ".tmp")
+        tmp = out / (name + ".tmp")
         save_file(
             {
                 "tokens": torch.cat(chunks).contiguous(),
                 "episode_index": torch.tensor(eps, dtype=torch.int64),
                 "frame_index": torch.tensor(frames, dtype=torch.int64),
+                "dataset_index": torch.full((len(eps),), d, dtype=torch.int64),
             },
             str(tmp),
         )
-        os.replace(tmp, out / shard_name(ep, s - ep_start))
+        os.replace(tmp, out / name)
         recorded += e - s
     bar.close()
     if total == 0:
-        raise InputError(f"Nothing to record: episodes {episodes} of dataset {dataset.repo_id!r} have no frames")
+        raise InputError(f"Nothing to record: episodes {episodes} of dataset {_dataset_key(datasets)!r} have no frames")
     return {"frames_recorded": recorded, "frames_skipped_existing": done_frames, "frames_total": total,
             "shards": len(list(out.glob("*.safetensors")))}
 
@@ -208,7 +295,7 @@ class ActivationStore:
             raise InputError(f"{self.path} is not an activation recording: {MANIFEST} is missing "
                              "(record one with `pai record-activations`)")
         self.manifest: dict = json.loads(manifest.read_text())
-        self.shards: list[Path] = sorted(self.path.glob("*.safetensors"))
+        self.shards: list[Path] = merged_shards(self.path)  # its own, and every rank's part (distributed.py)
         if not self.shards:
             raise InputError(f"Activation recording {self.path} has no shards (*.safetensors)")
 
@@ -218,10 +305,33 @@ class ActivationStore:
 
     @staticmethod
     def shard_episode(shard: Path) -> int:
-        return int(shard.name.split("_")[1])
+        """The shard's episode index within its dataset."""
+        parts = shard.name.split("_")
+        return int(parts[parts.index("episode") + 1])
 
-    def episodes(self) -> list[int]:
+    @staticmethod
+    def shard_dataset(shard: Path) -> int:
+        """The shard's dataset index (its position in the manifest's ``datasets``; 0 for one dataset)."""
+        parts = shard.name.split("_")
+        return int(parts[1]) if parts[0] == "dataset" else 0
+
+    def shard_key(self, shard: Path) -> tuple[int, int]:
+        """(dataset index, episode index): what identifies an episode in a recording of several datasets."""
+        return self.shard_dataset(shard), self.shard_episode(shard)
+
+    def episodes(self) -> list[tuple[int, int]] | list[int]:
+        """The recorded episodes: indices for one dataset, (dataset, episode) keys for several."""
+        if len({self.shard_dataset(s) for s in self.shards}) > 1:
+            return sorted({self.shard_key(s) for s in self.shards})
         return sorted({self.shard_episode(s) for s in self.shards})
+
+    def episode_labels(self, shards: Sequence[Path]) -> list:
+        """The episodes of ``shards`` as the SAE's config records them: indices for a recording of one dataset,
+        ``"<repo id>:<episode>"`` for several (an index alone would not say which dataset)."""
+        names = [d.get("repo_id", str(i)) for i, d in enumerate(self.manifest.get("datasets", []))]
+        if len(names) <= 1:
+            return sorted({self.shard_episode(s) for s in shards})
+        return [f"{names[d]}:{e}" for d, e in sorted({self.shard_key(s) for s in shards})]
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
         """(train shards, held-out shards): whole episodes are held out when there are two or more,
@@ -229,12 +339,12 @@ class ActivationStore:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction} must be within (0, 1)")
         rng = np.random.default_rng(seed)
-        episodes = self.episodes()
-        if len(episodes) >= 2:
-            n_val = min(len(episodes) - 1, max(1, round(val_fraction * len(episodes))))
-            held = set(rng.choice(episodes, n_val, replace=False).tolist())
-            return ([s for s in self.shards if self.shard_episode(s) not in held],
-                    [s for s in self.shards if self.shard_episode(s) in held])
+        keys = sorted({self.shard_key(s) for s in self.shards})
+        if len(keys) >= 2:
+            n_val = min(len(keys) - 1, max(1, round(val_fraction * len(keys))))
+            held = {keys[i] for i in rng.choice(len(keys), n_val, replace=False).tolist()}
+            return ([s for s in self.shards if self.shard_key(s) not in held],
+                    [s for s in self.shards if self.shard_key(s) in held])
         if len(self.shards) >= 2:
             n_val = min(len(self.shards) - 1, max(1, round(val_fraction * len(self.shards))))
             held_idx = set(rng.choice(len(self.shards), n_val, replace=False).tolist())
@@ -305,6 +415,6 @@ def token_batches(
 
 
 __all__ = [
-    "ActivationStore", "MANIFEST", "RecordConfig", "read_shard", "record_activations", "sample_tokens",
-    "shard_name", "token_batches",
+    "ActivationStore", "DatasetRef", "MANIFEST", "RecordConfig", "open_datasets", "parse_datasets", "read_shard",
+    "record_activations", "sample_tokens", "shard_name", "token_batches",
 ]

@@ -1,4 +1,4 @@
-"""``pai record-activations``: encoder tokens of a LeRobot dataset's episodes into safetensors shards."""
+"""``pai record-activations``: encoder tokens of LeRobot datasets' episodes into safetensors shards."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ import json
 
 
 def add_dataset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--dataset-repo-id", required=required, help="LeRobot dataset repo id (hub id or local name)")
-    p.add_argument("--root", default=None, help="local copy of the dataset (default: the hub / HF cache)")
-    p.add_argument("--episodes", type=int, nargs="*", default=None, help="episode indices (default: all)")
+    p.add_argument("--dataset-repo-id", required=required,
+                   help="LeRobot dataset repo id (hub id or local name); several: a,b (or the seed's [a,b]), "
+                        "recorded together as one set of frames")
+    p.add_argument("--root", default=None,
+                   help="local copy of the dataset (default: the hub / HF cache); several datasets: r1,r2 in the "
+                        "order of --dataset-repo-id")
+    p.add_argument("--episodes", type=int, nargs="*", default=None,
+                   help="episode indices of a single dataset (default: all; several datasets: always all)")
 
 
 def add_record_args(p: argparse.ArgumentParser) -> None:
@@ -20,6 +25,8 @@ def add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-sampling", choices=["all", "blocks"], default="all",
                    help="'blocks' keeps latent+state tokens and averages camera tokens in blocks (the seed's way)")
     p.add_argument("--block", type=int, default=2, help="block edge in tokens for --token-sampling blocks")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype the policy runs in (default float32, as saved)")
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -41,16 +48,16 @@ def record_config(args):
 
     try:
         return RecordConfig(batch_size=args.frames_per_batch, shard_frames=args.shard_frames, layer=args.layer,
-                            dtype=args.dtype, sampling=args.token_sampling, block=args.block, device=args.device)
+                            dtype=args.dtype, sampling=args.token_sampling, block=args.block, device=args.device,
+                            model_dtype=args.model_dtype)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
 
 
 def run(args) -> int:
-    from ..activations import record_activations
-    from ..sources.dataset import open_dataset
+    from ..activations import open_datasets, record_activations
 
-    dataset = open_dataset(args.dataset_repo_id, args.root)
-    summary = record_activations(dataset, args.policy_path, args.output_dir, args.episodes, record_config(args))
+    datasets = open_datasets(args.dataset_repo_id, args.root)
+    summary = record_activations(datasets, args.policy_path, args.output_dir, args.episodes, record_config(args))
     print(json.dumps(summary, indent=2))
     return 0

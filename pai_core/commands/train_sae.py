@@ -61,10 +61,10 @@ def run(args) -> int:
     if args.dataset_repo_id:
         if not args.policy_path:
             raise InputError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
-        from ..sources.dataset import open_dataset
+        from ..activations import open_datasets  # one dataset, or several: a,b (--root r1,r2)
 
         acts = out / "activations"
-        record_activations(open_dataset(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes,
+        record_activations(open_datasets(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes,
                            record_config(args))
     else:
         acts = Path(args.activations)
@@ -83,8 +83,9 @@ def run(args) -> int:
         "activations": str(acts.resolve()),
         "dataset": m.get("dataset"),
         "dataset_root": m.get("dataset_root"),
-        "train_episodes": sorted({store.shard_episode(s) for s in train}),
-        "held_out_episodes": sorted({store.shard_episode(s) for s in held}),
+        "train_episodes": store.episode_labels(train),  # "repo:episode" for several datasets
+        "held_out_episodes": store.episode_labels(held),
+        "datasets": m.get("datasets", []),
         "tokens_per_frame": m.get("tokens_per_frame"),
         "sampling": m.get("sampling"),
         "dtype": m.get("dtype"),
