@@ -145,6 +145,14 @@ def test_the_node_feeds_a_degrees_policy_what_lerobot_reads_and_sends_actions_ba
               for row in world["ticks"]]
     offline = Pipeline.load(str(world["policy"])).engine.step_batch(
         [Observation(images={"observation.images.front": img}, state=s) for img, s in zip(world["images"], states)])
+    # offline `pai replay --bag ... --config degrees.yaml` reads the same bag into the same states
+    from pai_core.sources.bag import BagSource, BagTopics
+
+    topics = BagTopics.from_settings(load_settings(params), ["observation.images.front"], needs_state=True)
+    with BagSource(world["root"] / "bag", topics) as source:
+        replayed = [obs.state for obs in source]
+    assert len(replayed) == FRAMES
+    np.testing.assert_allclose(np.stack(replayed), np.stack(states), rtol=1e-6, atol=1e-4)
     with listener.lock:
         chunks = [np.asarray(m.data).reshape(4, 6) for m in listener.got["action_chunk"]][-FRAMES:]
         actions = [np.asarray(m.data) for m in listener.got["action"]][-FRAMES:]
