@@ -43,7 +43,8 @@ class _State:
 
 
 class PlaybackServer:
-    """Serves ``recording`` with playback controls until ``close()``; deletes its file when closed."""
+    """Serves ``recording`` with playback controls until ``close()``. The recording's (temporary) file is
+    removed from its folder once open; its space is freed when the server closes or the process ends."""
 
     def __init__(self, recording: Recording, config: FoxgloveConfig | None = None, autoplay: bool = True,
                  retry_s: float = 3.0):
@@ -68,9 +69,13 @@ class PlaybackServer:
         self._lock = threading.Lock()
         self._state = _State(PlaybackStatus.Paused, self.times[0], autoplay=autoplay)
         self._closed = threading.Event()
-        self.server = start_server(self.config, self.context, retry_s=retry_s, server_listener=_Listener(self),
-                                   capabilities=[Capability.Time],
-                                   playback_time_range=(self.times[0], self.times[-1]))
+        try:
+            self.server = start_server(self.config, self.context, retry_s=retry_s, server_listener=_Listener(self),
+                                       capabilities=[Capability.Time],
+                                       playback_time_range=(self.times[0], self.times[-1]))
+        except BaseException:
+            self._file.close()
+            raise
         self.server.broadcast_time(self.times[0])
         self._thread = threading.Thread(target=self._play, name="pai-foxglove-playback", daemon=True)
         self._thread.start()

@@ -169,7 +169,7 @@ def test_a_client_that_connects_after_the_replay_plays_it_back_with_foxglove_kee
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 1200  # imports, policy loading and 12 frames on a loaded CPU
         while not any("with playback controls" in line for line in lines):
             assert proc.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "".join(lines)
@@ -215,7 +215,10 @@ def test_a_client_that_connects_after_the_replay_plays_it_back_with_foxglove_kee
         client.close()
 
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0, "".join(lines)
+        try:
+            assert proc.wait(timeout=300) == 0, "".join(lines)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("Ctrl-C did not end the command:\n" + "".join(lines)) from None
         assert any("stopped serving" in line for line in lines)
         assert (out_dir / "report.html").is_file()
     finally:
