@@ -81,7 +81,7 @@ class FoxgloveConfig:
             raise ValueError("FoxgloveConfig.record needs a server of its own: set a port (0 for any free one)")
 
 
-def output_topics(pipeline: "Pipeline", compressed: bool = True,
+def output_topics(pipeline: Pipeline, compressed: bool = True,
                   namespace: str = f"/{topics.NODE_NAME}") -> dict[str, str]:
     """Absolute topic -> ROS type of every message ``ros_convert.frame_messages`` gives for ``pipeline``
     (what a server advertises before the first frame). A topic missing here still reaches clients: the
@@ -270,7 +270,7 @@ class FoxgloveLive:
         queue: frames that may wait for the worker.
     """
 
-    def __init__(self, pipeline: "Pipeline", config: FoxgloveConfig | None = None, background: bool = True,
+    def __init__(self, pipeline: Pipeline, config: FoxgloveConfig | None = None, background: bool = True,
                  queue: int = 2):
         if queue < 1:
             raise ValueError(f"FoxgloveLive queue={queue} must be at least 1")
@@ -293,7 +293,7 @@ class FoxgloveLive:
     def url(self) -> str:
         return self.server.url
 
-    def log(self, frame: "Frame", time_ns: int | None = None) -> None:
+    def log(self, frame: Frame, time_ns: int | None = None) -> None:
         """Send ``frame`` (``Pipeline.step``'s output). Its time is ``time_ns``, else the observation's
         ``stamp_ns``, else now (wall clock). Keep the observation's arrays unchanged after the call."""
         if self._error is not None:
@@ -321,7 +321,7 @@ class FoxgloveLive:
                 self._cond.wait(left)
         return True
 
-    def _send(self, frame: "Frame", t: int) -> None:
+    def _send(self, frame: Frame, t: int) -> None:
         if not self.server.watched():
             self.unwatched += 1
             return
@@ -362,7 +362,7 @@ class FoxgloveLive:
             self._worker.join(timeout=10)
             self._worker = None
 
-    def finish(self) -> "PlaybackServer | None":
+    def finish(self) -> PlaybackServer | None:
         """End the live stream. With ``record``, serve what was sent again with playback controls (play,
         pause, seek, speed) on the same port and return that server (``wait()`` / ``close()`` it)."""
         from .foxglove_playback import PlaybackServer
@@ -380,11 +380,11 @@ class FoxgloveLive:
         self._stop_worker()
         self.server.close()
 
-    def __enter__(self) -> "FoxgloveLive":
+    def __enter__(self) -> FoxgloveLive:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-__all__ = ["FoxgloveConfig", "FoxgloveLive", "FoxgloveServer", "Recording", "SUBPROTOCOL", "output_topics"]
+__all__ = ["SUBPROTOCOL", "FoxgloveConfig", "FoxgloveLive", "FoxgloveServer", "Recording", "output_topics"]

@@ -193,7 +193,7 @@ class PlaybackServer:
         self.server.stop()
         self._file.close()
 
-    def __enter__(self) -> "PlaybackServer":
+    def __enter__(self) -> PlaybackServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -116,7 +116,7 @@ def _lockstep(dataset, client: FoxgloveClient, wait_s: float, late: list[int]):
     for k, obs in enumerate(iter_episode(dataset, 0, last=5)):
         if k:
             try:
-                client.wait(lambda: len(client.on(f"{NS}/alarm")) >= k, wait_s, f"frame {k - 1}")
+                client.wait(lambda k=k: len(client.on(f"{NS}/alarm")) >= k, wait_s, f"frame {k - 1}")
             except AssertionError:
                 late.append(k)
         yield obs
