@@ -341,8 +341,9 @@ def onset_delays(records: Sequence[EpisodeRecord], detector: str) -> list[int]:
 
 def frames_above(records: Sequence[EpisodeRecord], detector: str) -> Rate:
     """Frames whose statistic is above the threshold (score / threshold > 1; pai: any signal), over the
-    given episodes: in clean episodes, the per-frame false-alarm rate to hold against alpha."""
-    stats = [s for r in records for s in r.detectors[detector].stats]
+    given successful episodes: in clean ones, the per-frame false-alarm rate to hold against alpha (a failed
+    episode's frames may rightly be unfamiliar: the policy wanders where no recording went)."""
+    stats = [s for r in records if r.success for s in r.detectors[detector].stats]
     return Rate(sum(s > 1.0 for s in stats), len(stats))
 
 
@@ -715,7 +716,7 @@ def format_table(result: dict) -> str:
         cf = t.get("clean_frames")
         if cf and cf["n"]:
             lo, hi = cf["interval95"]
-            lines.append(f"  clean frames above threshold <= alpha {cf['target']}: {cf['k']}/{cf['n']} = "
+            lines.append(f"  frames of successful clean episodes above threshold <= alpha {cf['target']}: {cf['k']}/{cf['n']} = "
                          f"{cf['rate']:.4f} (95 % {lo:.4f}-{hi:.4f}): {'met' if cf['met'] else 'NOT met'}")
     lines.append("  (+-: half width of the 95 % Wilson interval of a rate measured on that many episodes)")
     return "\n".join(lines) + "\n"

@@ -289,7 +289,9 @@ class LiveRunner:
         out = Tick()
         if self._reset_pending is not None:
             self._reset_pending = None
-            self.pipeline.alarm.reset()
+            # monitoring starts over: the alarm window and latch, the scorers' history (action consistency
+            # must not compare a chunk with one from before the reset) and LeRobot's action queue
+            self.pipeline.reset()
             self._published = None  # a reset always (re)publishes the latched alarm topics
         obs = None
         with self._lock:

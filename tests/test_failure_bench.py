@@ -167,7 +167,8 @@ def test_the_false_stop_target_needs_every_clean_and_nuisance_condition_measured
 
 def test_clean_frames_above_threshold_are_held_against_alpha_frame_by_frame():
     clean = [rec(True, [0.1] * 99 + [1.5], 99, condition="clean", kind="clean"),  # 1 of 100 frames above
-             rec(False, [0.5] * 100, None, condition="clean", kind="clean")]  # a failure's frames count too
+             rec(True, [0.5] * 100, None, condition="clean", kind="clean"),
+             rec(False, [3.0] * 50, 2, condition="clean", kind="clean")]  # a failure's frames may be novel
     noisy = [rec(True, [2.0] * 10, 0, condition="jpeg50")]  # nuisance frames are not the clean rate
     kinds = {"clean": "clean", "jpeg50": "nuisance"}
     t = fb.targets(clean + noisy, kinds, alpha=0.01)["clean_frames"]

@@ -290,3 +290,16 @@ def test_a_topic_only_safe_stop_and_diagnostics_name_every_part(policy):
     assert inputs.level == "warn" and inputs.values["malformed"] == "{'/cam/front': 1}"
     assert inputs.values["clock jumps back"] == "{'/cam/front': 1}"
     assert not math.isnan(float(status(r, "engine").values["rate_hz"]))
+
+
+def test_a_reset_starts_monitoring_over_lerobots_action_queue_and_the_scorers_history_included(policy):
+    """What the demo's ROS replay found: the node's reset cleared only the alarm, so action consistency compared
+    the first frames after it with chunks from before (bag_replay's warm-up frames) and the clean bag alarmed."""
+    r, _, _ = runner(policy)
+    feed(r, EPOCH_NS)
+    assert r.tick().frame is not None
+    queue = r.pipeline.engine.policy._action_queue
+    assert len(queue) == 1  # n_action_steps 2: one action of the chunk still queued
+    assert r.request_reset()[0]
+    r.tick()  # the reset is applied on the runner's thread, at its next tick
+    assert len(r.pipeline.engine.policy._action_queue) == 0

@@ -139,7 +139,7 @@ def test_the_demo_runs_end_to_end_on_tiny_settings_and_a_second_run_reuses_every
     replay and the live ROS node over loopback DDS), on a few episodes and a few training steps."""
     from pai_core.sim.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(tmp_path / "demo", train_episodes=3, calib_episodes=2, test_episodes=1, ood_episodes=1,
+    cfg = DemoConfig(tmp_path / "demo", policy="train", train_episodes=3, calib_episodes=2, test_episodes=1, ood_episodes=1,
                      perturbations=["lighting"], replay_perturbation="lighting", train_steps=3, train_minutes=1.0,
                      batch_size=4, eval_episodes=1, sae_steps=50, alpha=0.05)
     report = run_demo(cfg)

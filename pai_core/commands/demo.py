@@ -15,7 +15,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small version: few episodes, short training (minutes)")
     p.add_argument("--force", default="", help="comma-separated stage names to rerun even if their outputs exist")
     p.add_argument("--only", default="", help="comma-separated stage names to run (others must exist)")
-    p.add_argument("--train-steps", type=int, default=None, help="policy training steps (default 1700; 60 with --quick)")
+    p.add_argument("--train-policy", action="store_true",
+                   help="train the policy here instead of using the shipped demo policy (docs/demo_policy.md)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="policy training steps with --train-policy (default 1700; 60 with --quick)")
     p.add_argument("--train-minutes", type=float, default=None,
                    help="optional clock bound on policy training (minutes; default none: bounded by steps)")
     p.add_argument("--no-ros", action="store_true", help="skip the replay through the ROS node")
@@ -26,6 +29,13 @@ def run(args) -> int:
     from ..sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.preset(args.output_dir, quick=args.quick)
+    if args.train_policy:
+        cfg.policy = "train"
+    elif args.train_steps is not None or args.train_minutes is not None:
+        from ..errors import InputError
+
+        if cfg.policy == "shipped":
+            raise InputError("--train-steps and --train-minutes need --train-policy (default: the shipped policy)")
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     if args.train_steps is not None:

@@ -46,6 +46,8 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--chunk-size", type=int, default=20)
     t.add_argument("--n-action-steps", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-from", default=None,
+                   help="start from this pretrained_model folder (e.g. a checkpoint) instead of a new model")
     t.add_argument("--save-every", type=int, default=0,
                    help="also save checkpoints/<step>/pretrained_model every N steps (default 0: none)")
     t.add_argument("--frozen-batch-norm", action="store_true",
@@ -93,6 +95,7 @@ def run(args) -> int:
         summary = train_policy(TrainConfig(args.dataset, args.output, args.repo_id, args.steps, args.max_minutes,
                                            args.batch_size, args.lr, args.dim_model, chunk_size=args.chunk_size,
                                            n_action_steps=args.n_action_steps, seed=args.seed, save_every=args.save_every,
+                                           init_from=args.init_from,
                                            batch_norm=not args.frozen_batch_norm, use_vae=args.use_vae))
         print(f"trained {summary['steps']} steps in {summary['seconds']} s (stopped by {summary['stopped_by']}), "
               f"final loss {summary['final_loss']:.4f}; policy: {summary['policy_path']}")

@@ -12,12 +12,18 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 from ..errors import PaiError
 from .scene import PERTURBATIONS
 
 REPO_ID = "pai/so101_pick_cube"
+# The shipped demo policy (docs/demo_policy.md): trained once with `pai sim train-policy` for longer than the
+# demo can afford on a CPU; `pai demo --train-policy` trains one instead.
+SHIPPED_POLICY = Path(__file__).resolve().parent / "demo_policy"
+
+
+PolicySource = Literal["shipped", "train"]
 
 
 @dataclass
@@ -32,36 +38,49 @@ class DemoConfig:
         ood_episodes: episodes per perturbation.
         perturbations: perturbations recorded and evaluated.
         replay_perturbation: the perturbed episode replayed offline and through ROS.
-        train_steps, batch_size: policy training (bounded by steps: the same command gives the same policy;
-            1,669 steps took 605 s on an idle 2-core CPU); train_minutes: an optional extra clock bound.
+        policy: "shipped" copies the shipped demo policy (``SHIPPED_POLICY``, made by the same recording and
+            ``pai sim train-policy`` command, docs/demo_policy.md); "train" trains one here.
+        train_steps, batch_size: policy training with ``policy="train"`` (bounded by steps: the same command
+            gives the same policy; 1,669 steps took 605 s on an idle 2-core CPU); train_minutes: an optional
+            extra clock bound.
         eval_episodes: closed-loop episodes for the success rate.
         sae_steps: SAE optimiser steps.
         alpha: target false-alarm rate per frame.
+        reference_nuisance: camera-nuisance variants of every patch_knn reference frame (JPEG, exposure,
+            noise, blur; ``pai calibrate-ood --reference-nuisance``), chosen by bench/failure.py in closed loop.
+        signals: further OOD signals calibrated jointly with the patch score (``--signals``).
         ros: also replay through rclpy (loopback).
     """
 
     output_dir: Path
-    train_episodes: int = 40
+    train_episodes: int = 120
     calib_episodes: int = 8
     test_episodes: int = 4
     ood_episodes: int = 3
     perturbations: list[str] = field(default_factory=lambda: [p for p in PERTURBATIONS if p != "none"])
     replay_perturbation: str = "distractor"
+    policy: PolicySource = "shipped"
     train_steps: int = 1700
     train_minutes: float | None = None
     batch_size: int = 8
-    eval_episodes: int = 10
+    eval_episodes: int = 20
     sae_steps: int = 1500
     alpha: float = 0.01
+    reference_nuisance: int = 4
+    signals: list[str] = field(default_factory=lambda: ["action_consistency"])
     ros: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in get_args(PolicySource):
+            raise PaiError(f"DemoConfig.policy={self.policy!r}: expected one of {get_args(PolicySource)}")
 
     @classmethod
     def preset(cls, output_dir: str | Path, quick: bool = False) -> "DemoConfig":
         if not quick:
             return cls(Path(output_dir))
-        return cls(Path(output_dir), train_episodes=6, calib_episodes=3, test_episodes=1, ood_episodes=1,
+        return cls(Path(output_dir), policy="train", train_episodes=6, calib_episodes=3, test_episodes=1, ood_episodes=1,
                    perturbations=["lighting", "distractor", "occlusion"], train_steps=60, train_minutes=2.0,
-                   eval_episodes=2, sae_steps=300, alpha=0.05)
+                   eval_episodes=2, sae_steps=300, alpha=0.05, reference_nuisance=2)
 
 
 @dataclass
@@ -111,10 +130,14 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
     for p in dict.fromkeys([*cfg.perturbations, cfg.replay_perturbation]):
         rec(f"record_{p}", ds / f"ood_{p}", cfg.ood_episodes, 7000,
             perturbation=p, bag=bags / p if p == cfg.replay_perturbation else None)
-    stages.append(Stage("train_policy", [policy / "model.safetensors"], lambda: _pai(
-        "sim", "train-policy", "--dataset", ds / "train", "--output", out / "policy", "--steps", cfg.train_steps,
-        *(["--max-minutes", cfg.train_minutes] if cfg.train_minutes else []), "--batch-size", cfg.batch_size),
-        "small ACT on the clean episodes"))
+    if cfg.policy == "shipped":
+        stages.append(Stage("train_policy", [policy / "model.safetensors"], lambda: _copy_shipped_policy(out / "policy"),
+                            f"the shipped demo policy ({SHIPPED_POLICY})"))
+    else:
+        stages.append(Stage("train_policy", [policy / "model.safetensors"], lambda: _pai(
+            "sim", "train-policy", "--dataset", ds / "train", "--output", out / "policy", "--steps", cfg.train_steps,
+            *(["--max-minutes", cfg.train_minutes] if cfg.train_minutes else []), "--batch-size", cfg.batch_size),
+            "small ACT on the clean episodes"))
     stages.append(Stage("evaluate_policy", [out / "policy" / "eval" / "evaluation.json"], lambda: _pai(
         "sim", "evaluate-policy", "--policy-path", policy, "--episodes", cfg.eval_episodes,
         "--output", out / "policy" / "eval"), "closed-loop success rate"))
@@ -124,8 +147,9 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         "--aux-k", 64), "activations + TopK SAE"))
     stages.append(Stage("calibrate_ood", [sae / "ood_params.json"], lambda: _pai(
         "calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
-        "--root", ds / "calibration", "--alpha", cfg.alpha, "--score", "patch_knn"),
-        "conformal threshold on held-out clean episodes (patch_knn score, docs/demo.md)"))
+        "--root", ds / "calibration", "--alpha", cfg.alpha, "--score", "patch_knn",
+        "--reference-nuisance", cfg.reference_nuisance, *(["--signals", *cfg.signals] if cfg.signals else [])),
+        "conformal threshold on held-out clean episodes (patch_knn + action consistency, docs/demo.md)"))
     stages.append(Stage("evaluate_ood", [out / "ood_eval" / "ood_evaluation.json"], lambda: _evaluate_ood(cfg),
                         "AUROC, false alarms, detection delay per perturbation"))
     stages.append(Stage("features", [out / "features" / "analysis" / "index.html"], lambda: _features(cfg),
@@ -139,6 +163,16 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         stages.append(Stage("replay_ros", ros_outputs,
                             lambda: _replay_ros(cfg), "both bags through the live ROS node (rclpy, loopback DDS)"))
     return stages
+
+
+def _copy_shipped_policy(dest: Path) -> None:
+    """The shipped policy's folder (pretrained_model/, training.json, training_loss.png) into ``dest``."""
+    import shutil
+
+    if not (SHIPPED_POLICY / "pretrained_model" / "model.safetensors").is_file():
+        raise PaiError(f"The shipped demo policy is missing from {SHIPPED_POLICY}; train one with --train-policy")
+    print(f"[pai demo] using the shipped demo policy {SHIPPED_POLICY} (docs/demo_policy.md)", flush=True)
+    shutil.copytree(SHIPPED_POLICY, dest, dirs_exist_ok=True)
 
 
 class StageSkipped(PaiError):

@@ -33,6 +33,8 @@ class TrainConfig:
     seed: torch seed.
     save_every: also save ``checkpoints/<step>/pretrained_model`` every this many steps (0: none); the
         learning rate is constant, so the checkpoint at step N is the policy ``--steps N`` gives.
+    init_from: start from this ``pretrained_model`` folder (e.g. a checkpoint, to go on at a lower
+        learning rate) instead of a new model; its ACT sizes are used and the size arguments ignored.
     threads: torch CPU threads.
     batch_norm: train the backbone with BatchNorm and fold its statistics into LeRobot's
         ``FrozenBatchNorm2d`` for saving (``swap_batch_norm``): a ResNet trained from scratch learns far
@@ -55,12 +57,17 @@ class TrainConfig:
     n_action_steps: int = 10
     seed: int = 0
     save_every: int = 0
+    init_from: Path | None = None
     threads: int = 2
     batch_norm: bool = True
     use_vae: bool = False
 
     def __post_init__(self) -> None:
         self.dataset_root, self.output_dir = Path(self.dataset_root), Path(self.output_dir)
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
+            if not (self.init_from / "model.safetensors").is_file():
+                raise InputError(f"init_from={self.init_from}: no such pretrained_model folder (model.safetensors)")
         if self.dim_model % self.n_heads:
             raise InputError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
@@ -117,7 +124,12 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     frames = EpisodeFrames.load(dataset, progress)
     if frames.size < cfg.batch_size:
         raise InputError(f"Dataset {cfg.dataset_root} has {frames.size} frames, fewer than batch_size={cfg.batch_size}")
-    policy = ACTPolicy(policy_cfg)
+    if cfg.init_from is not None:
+        policy = ACTPolicy.from_pretrained(cfg.init_from)
+        policy_cfg = policy.config
+        policy_cfg.optimizer_lr = policy_cfg.optimizer_lr_backbone = cfg.lr
+    else:
+        policy = ACTPolicy(policy_cfg)
     if cfg.batch_norm:
         swap_batch_norm(policy.model.backbone, trainable=True)
     policy.train()
