@@ -7,8 +7,9 @@ joint state, as the seed):
 
     attribution_i = (x_i - x'_i) * (1 / n) * sum_k  df/dx_i (x' + a_k (x - x')),   a_k = (k + 1/2) / n
 
-and the attributions add up to ``f(x) - f(x')`` (completeness) up to the quadrature error, which the
-midpoint rule keeps small with few steps; each result reports the gap. Inputs are the raw values the
+and the attributions add up to ``f(x) - f(x')`` (completeness) up to the quadrature error. ACT's ReLUs make
+the gradient jump along the path, so that error falls only about as 1 / n (on a tiny ACT: 25 % of the change
+at 8 steps, 4 % at 32, 2 % at 128); each result reports it (``completeness_gap``). Inputs are the raw values the
 policy sees before its normaliser: pixels in [0, 1] at the policy's image size, joints in robot units.
 ``f`` is taken on the model's normalised actions, so every action dimension counts alike.
 
