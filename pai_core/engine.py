@@ -17,7 +17,7 @@ from .cuda_graph import GraphMode, LiveGraph, check_graph_mode
 from .errors import InputError
 from .layout import TokenLayout
 from .observation import Observation
-from .policy import LoadedPolicy, load_policy
+from .policy import LoadedPolicy, ModelDtype, check_model_dtype, load_policy
 
 
 @dataclass
@@ -47,11 +47,12 @@ class IntrospectionConfig:
     resize_images: bool = True
     keep_vision_features: bool = False
     cuda_graph: GraphMode = "auto"
-    model_dtype: str = "float32"
+    model_dtype: ModelDtype = "float32"
     policy_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_graph_mode(self.cuda_graph)
+        check_model_dtype(self.model_dtype)
 
 
 @dataclass
