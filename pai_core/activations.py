@@ -415,6 +415,15 @@ def token_batches(
 
 
 __all__ = [
-    "ActivationStore", "DatasetRef", "MANIFEST", "RecordConfig", "open_datasets", "parse_datasets", "read_shard",
-    "record_activations", "sample_tokens", "shard_name", "token_batches",
+    "MANIFEST",
+    "ActivationStore",
+    "DatasetRef",
+    "RecordConfig",
+    "open_datasets",
+    "parse_datasets",
+    "read_shard",
+    "record_activations",
+    "sample_tokens",
+    "shard_name",
+    "token_batches",
 ]
