@@ -37,6 +37,7 @@ PAD = 1e3  # feature value outside the image: no patch is ever matched there
 QUANTILE = 0.99
 COVERAGE_QUANTILE = 0.9
 CHUNK = 64  # frames standardised or probed at a time (bounds the float32 temporaries)
+SEARCH_CHUNK = 8192  # reference frames per block of the joint-state search (bounds its (B, chunk) distances)
 
 
 @dataclass
@@ -159,6 +160,7 @@ class PatchKnnScorer:
         config: PatchKnnConfig | None = None,
         coverage_radius: float = float("inf"),
         memory_mapped: bool = False,
+        search_chunk: int | None = SEARCH_CHUNK,
     ):
         self.cameras = cameras
         self.states = torch.as_tensor(states).float()  # (N, S) standardised
@@ -168,6 +170,7 @@ class PatchKnnScorer:
         self.config = config or PatchKnnConfig()
         self.coverage_radius = float(coverage_radius)
         self.memory_mapped = memory_mapped
+        self.search_chunk = search_chunk  # reference frames per block of ``nearest_states`` (None: one block)
         self.leave_out: int | None = None  # episode whose frames are not neighbours (``leaving_out``)
         self.summary: dict = {}  # how the reference was made (budget, episodes), saved into ood_params.json
 
@@ -234,15 +237,13 @@ class PatchKnnScorer:
     def _nearest(self, states: torch.Tensor, exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) standardised states -> (B, K) indices of the nearest reference frames and (B,) distance to
         the nearest (frames of the query's own episode left out when ``exclude`` gives each one's episode)."""
-        d = torch.cdist(states, self.states)
-        k = min(self.config.k_frames, d.shape[1])
-        if exclude is not None:
-            d[exclude[:, None] == self.episodes[None]] = float("inf")
-            k = min(k, int(torch.isfinite(d).sum(1).min()))  # never a left-out frame as a neighbour
+        k = min(self.config.k_frames, len(self.states))
+        if exclude is not None:  # never a left-out frame as a neighbour
+            k = min(k, len(self.states) - int((self.episodes[None] == exclude.unique()[:, None]).sum(1).max()))
             if k < 1:
                 raise ModelError("patch_knn: leaving the frame's own episode out leaves no reference frame")
-        near = d.topk(k, dim=1, largest=False)
-        return near.indices, near.values[:, 0]
+        indices, distances = nearest_states(states, self.states, k, self.search_chunk, exclude, self.episodes)
+        return indices, distances[:, 0]
 
     def reset(self) -> None:
         pass
@@ -470,6 +471,56 @@ class ReferenceBuilder:
             ref.q_raw = float(torch.quantile(dist.flatten(1).amax(1), QUANTILE))
         scorer.coverage_radius = coverage_radius(scorer.states, scorer.episodes) * config.coverage_margin
         return scorer
+
+
+def nearest_states(
+    queries: torch.Tensor,
+    reference: torch.Tensor,
+    k: int,
+    chunk: int | None = SEARCH_CHUNK,
+    query_episodes: torch.Tensor | None = None,
+    reference_episodes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest reference states of each query, searched ``chunk`` reference frames at a time.
+
+    Args:
+        queries: (B, S) states; reference: (N, S) states, on the same device.
+        chunk: reference frames per block: the distances held at once are (B, chunk + k) instead of (B, N)
+            (None: one block). The result does not depend on it: pairwise distances are computed without
+            the matrix-product shortcut (whose rounding depends on the block's shape) and ties are broken
+            by the lower reference index, in every block and in the merge.
+        query_episodes, reference_episodes: (B,), (N,) episode ids; reference frames of the query's own
+            episode are never neighbours (their distance is inf).
+    Returns:
+        (B, k) reference indices and (B, k) distances, nearest first.
+    """
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk={chunk} must be >= 1 (or None for one block)")
+    n = len(reference)
+    step = n if chunk is None else chunk
+    best_d = best_i = None  # (B, k) so far, kept in reference order so that ties resolve by index
+    for start in range(0, n, step):
+        block = reference[start : start + step]
+        d = torch.cdist(queries, block, compute_mode="donot_use_mm_for_euclid_dist")
+        if query_episodes is not None:
+            d[query_episodes[:, None] == reference_episodes[None, start : start + step]] = float("inf")
+        idx = torch.arange(start, start + len(block), device=d.device).expand(len(queries), -1)
+        if best_d is not None:
+            d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+        best_d, best_i = _smallest(d, idx, min(k, d.shape[1]))
+    order = torch.sort(best_d, dim=1, stable=True).indices  # nearest first; equal distances by index
+    return best_i.gather(1, order), best_d.gather(1, order)
+
+
+def _smallest(d: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest of each row of (B, M) ``d`` (``idx`` increasing along each row), ties to the lowest
+    index, kept in row order. ``topk`` alone may return any of several equal values."""
+    kth = d.topk(k, dim=1, largest=False).values[:, -1:]
+    below, equal = d < kth, d == kth
+    take = below | (equal & (equal.cumsum(1) <= k - below.sum(1, keepdim=True)))
+    positions = torch.arange(d.shape[1], 0, -1, device=d.device)  # earlier columns rank higher
+    pos = (take * positions).topk(k, dim=1).indices.sort(1).values
+    return d.gather(1, pos), idx.gather(1, pos)
 
 
 def coverage_radius(states: torch.Tensor, episodes: torch.Tensor, chunk: int = 2048) -> float:
