@@ -162,16 +162,15 @@ class FoxgloveServer:
         self._last_time: int | None = None
         self._mcap = self._record_path = None
         self.server = None
-        if self.config.port is None:
-            self.context = foxglove.Context.default()
-        else:
-            self.context = foxglove.Context()
+        self.context = foxglove.Context.default() if self.config.port is None else foxglove.Context()
+        # channels before the server: a client that connects at once gets them all in its first advertisement
+        self._channels = {topic: channel(self.context, topic, msgtype) for topic, msgtype in channels.items()}
+        if self.config.port is not None:
             if self.config.record:
                 self._record_path = _temp_mcap()
                 self._mcap = foxglove.open_mcap(self._record_path, allow_overwrite=True, context=self.context)
             self.server = start_server(self.config, self.context, capabilities=[Capability.Time],
                                        server_listener=_Resend(self))
-        self._channels = {topic: channel(self.context, topic, msgtype) for topic, msgtype in channels.items()}
         self._latched_topics = {topics.resolve(t, namespace=self.config.namespace) for t in LATCHED}
         self._closed = False
 

@@ -147,13 +147,19 @@ def test_after_the_loop_the_recording_is_served_with_playback_controls(alarm_pip
     t0, step = 5_000_000_000, 200_000_000
     fox = FoxgloveLive(pipe, FoxgloveConfig(port=0, record=True, compressed=False), background=False)
     port = fox.server.port
+    watching = FoxgloveClient(port)  # connected to the live stream
+    _subscribed(fox, watching, len(output_topics(pipe, compressed=False)))
     frames = []
     for i in range(6):
         frames.append(pipe.step(random_observation(pipe.engine, rng)))
         fox.log(frames[-1], time_ns=t0 + i * step)
+    watching.wait(lambda: len(watching.on(f"{NS}/alarm")) == 6, 30, "the live frames")
     player = fox.finish()
     try:
         assert player.port == port
+        # the live client is told the run is over, then the live server closes its connection
+        watching.wait(lambda: watching.closed_at is not None, 30, "the live connection to close")
+        assert any("reconnect" in s["message"] for s in watching.statuses), watching.statuses
         client = FoxgloveClient(port)
         client.wait(lambda: client.server_info, 30, "server info")
         info = client.server_info
