@@ -227,6 +227,7 @@ def train_sae(
     policy: str = "",
     extra: dict | None = None,
     progress: bool = True,
+    parallel=None,
 ) -> TrainResult:
     """Train an SAE on ``batches`` ((batch, d_in) tensors, a deterministic stream) and save it.
 
@@ -235,6 +236,8 @@ def train_sae(
         resume: continue from ``output_dir/checkpoint.pt``; the stream is replayed (read, not trained
             on) up to the checkpoint's step so the run continues on the same batches.
         policy, extra: recorded in config.json (the policy the tokens came from, recording details).
+        parallel: data-parallel hook (``distributed.SAEDataParallel``): ``prepare(sae)`` before the first step,
+            and each step runs through ``parallel.step(training_step, ...)``; None for one process.
     """
     from tqdm.auto import tqdm
 
@@ -276,6 +279,8 @@ def train_sae(
             sae.b_pre.copy_(torch.cat(first).to(device, torch.float32).mean(0))
         batches = itertools.chain(first, batches)
     bar = tqdm(total=cfg.steps, initial=step, desc="train SAE", unit="step", disable=not progress)
+    if parallel is not None:
+        parallel.prepare(sae)
     seen, start = 0, time.perf_counter()
     stats: dict[str, float] = {}
     log_every = 50
@@ -286,7 +291,8 @@ def train_sae(
         x = x.to(device, torch.float32)
         if x.shape[-1] != d_in:
             raise ModelError(f"Activation batch has width {x.shape[-1]}, the SAE expects {d_in}")
-        step_stats = training_step(sae, optimizer, x, cfg.aux_coef)
+        step_stats = (training_step(sae, optimizer, x, cfg.aux_coef) if parallel is None
+                      else parallel.step(training_step, sae, optimizer, x, cfg.aux_coef))
         auxk_steps += step_stats["dead"] > 0
         step += 1
         seen += x.shape[0]
