@@ -6,8 +6,8 @@ topic is one of the live node's (``/pai_introspector/overlay/<camera>``, ``atten
 this server open in the same Foxglove layout (``config/foxglove_layout.json``).
 
 Channels are created when the server starts, so a client that connects before the first frame already
-sees every topic. ``FoxgloveConfig(record=True)`` keeps what was sent (an MCAP file in the temporary
-folder) so that ``finish()`` can hand it to ``foxglove_playback.PlaybackServer``, which serves it again
+sees every topic. ``FoxgloveConfig(record=True)`` keeps what was sent (an MCAP in an unnamed temporary
+file, gone when the process ends, even if it is killed) so that ``finish()`` can hand it to ``foxglove_playback.PlaybackServer``, which serves it again
 with Foxglove's playback controls.
 """
 
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import foxglove
 from foxglove.websocket import Capability, ServerListener
@@ -138,15 +136,15 @@ def channel(context, topic: str, msgtype: str, schema: bytes | None = None):
 
 @dataclass
 class Recording:
-    """What a live server sent, for playback: an MCAP file of every message and each frame's log time.
+    """What a live server sent, for playback: an MCAP of every message and each frame's log time.
 
     Args:
-        path: the MCAP file (a temporary file the playback server deletes when it has opened it).
+        file: the finished MCAP (an unnamed temporary file; whoever takes the recording closes it).
         times: sorted log times (ns) of the frames sent, one per frame.
         latched: topic -> the last message of a latched topic (``LATCHED``), re-sent on subscribe and seek.
     """
 
-    path: Path
+    file: BinaryIO
     times: list[int]
     latched: dict[str, bytes]
 
@@ -160,15 +158,15 @@ class FoxgloveServer:
         self._latched: dict[str, tuple[bytes, int]] = {}
         self._times: list[int] = []
         self._last_time: int | None = None
-        self._mcap = self._record_path = None
+        self._mcap = self._record_file = None
         self.server = None
         self.context = foxglove.Context.default() if self.config.port is None else foxglove.Context()
         # channels before the server: a client that connects at once gets them all in its first advertisement
         self._channels = {topic: channel(self.context, topic, msgtype) for topic, msgtype in channels.items()}
         if self.config.port is not None:
             if self.config.record:
-                self._record_path = _temp_mcap()
-                self._mcap = foxglove.open_mcap(self._record_path, allow_overwrite=True, context=self.context)
+                self._record_file = tempfile.TemporaryFile(prefix="pai-foxglove-", suffix=".mcap")
+                self._mcap = foxglove.open_mcap(self._record_file, context=self.context)
             self.server = start_server(self.config, self.context, capabilities=[Capability.Time],
                                        server_listener=_Resend(self))
         self._latched_topics = {topics.resolve(t, namespace=self.config.namespace) for t in LATCHED}
@@ -218,8 +216,8 @@ class FoxgloveServer:
         if self.server is not None and self.config.record:
             self.server.publish_status("pai: the run is over; reconnect to play it back", foxglove.StatusLevel.Info)
         self.close(keep_recording=True)
-        if self._record_path is not None:
-            recording = Recording(Path(self._record_path), list(self._times),
+        if self._record_file is not None:
+            recording = Recording(self._record_file, list(self._times),
                                   {topic: data for topic, (data, _t) in self._latched.items()})
         return recording
 
@@ -233,8 +231,8 @@ class FoxgloveServer:
             self.server.stop()
         if self._mcap is not None:
             self._mcap.close()
-        if self._record_path is not None and not keep_recording:
-            Path(self._record_path).unlink(missing_ok=True)
+        if self._record_file is not None and not keep_recording:
+            self._record_file.close()
 
 
 class _Resend(ServerListener):
@@ -245,12 +243,6 @@ class _Resend(ServerListener):
 
     def on_subscribe(self, client, channel_view) -> None:
         self.owner.resend_latched(channel_view.topic)
-
-
-def _temp_mcap() -> str:
-    fd, path = tempfile.mkstemp(prefix="pai-foxglove-", suffix=".mcap")
-    os.close(fd)
-    return path
 
 
 class FoxgloveLive:
@@ -371,7 +363,7 @@ class FoxgloveLive:
         recording = self.server.finish()
         if recording is None or not recording.times:
             if recording is not None:
-                recording.path.unlink(missing_ok=True)
+                recording.file.close()
             return None
         return PlaybackServer(recording, replace(self.config, port=port))
 

@@ -43,8 +43,7 @@ class _State:
 
 
 class PlaybackServer:
-    """Serves ``recording`` with playback controls until ``close()``. The recording's (temporary) file is
-    removed from its folder once open; its space is freed when the server closes or the process ends."""
+    """Serves ``recording`` with playback controls until ``close()``, which closes the recording's file."""
 
     def __init__(self, recording: Recording, config: FoxgloveConfig | None = None, autoplay: bool = True,
                  retry_s: float = 3.0):
@@ -52,12 +51,13 @@ class PlaybackServer:
         from mcap.reader import make_reader
 
         if not recording.times:
+            recording.file.close()
             raise ValueError("PlaybackServer: the recording holds no frame")
         self.config = config or FoxgloveConfig()
         self.times = list(recording.times)
         self.latched = dict(recording.latched)
-        self._file = open(recording.path, "rb")
-        recording.path.unlink(missing_ok=True)  # the open file keeps the data until closed, even if killed
+        self._file = recording.file
+        self._file.seek(0)
         self._reader = make_reader(self._file)
         summary = self._reader.get_summary()
         schemas = summary.schemas if summary else {}
@@ -169,7 +169,7 @@ class PlaybackServer:
     def _send_frame(self, i: int) -> None:
         t = self.times[i]
         self.server.broadcast_time(t)
-        for _schema, ch, msg in self._reader.iter_messages(start_time=t, end_time=t + 1):
+        for _schema, ch, msg in self._reader.iter_messages(starting_at=t, ending_at=t):
             self._channels[ch.topic].log(msg.data, log_time=msg.log_time)
 
     # ---------------------------------------------------------------------------------------- control

@@ -38,6 +38,6 @@ class FoxgloveWriter:
         if recording is None:
             return
         if not recording.times:
-            recording.path.unlink(missing_ok=True)
+            recording.file.close()
             return
         self.playback = PlaybackServer(recording, replace(self.config, port=self.port))
