@@ -185,6 +185,11 @@ def main(args: list[str] | None = None) -> int:
     except PaiError as exc:  # bad configuration or model: one clear line, non-zero exit
         print(f"[pai_introspector] error: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        # ctrl-c between start-up and spin: rclpy's signal handler shut the context down and the executor
+        # raised its own error; that is the clean end ros2 launch asked for
     finally:
         if node is not None:
             node.shutdown()
