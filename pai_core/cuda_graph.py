@@ -216,9 +216,14 @@ class GraphStep:
                 self._store(self._forward())
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: CUDA work of other threads (SAE, overlays) does not invalidate this capture
-        with (fix(device) if fix else nullcontext()), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._store(self._forward())
+        caller = torch.cuda.current_stream(device)
+        try:
+            # thread_local: CUDA work of other threads (SAE, overlays) does not invalidate this capture
+            with (fix(device) if fix else nullcontext()), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._store(self._forward())
+        except Exception:
+            torch.cuda.set_stream(caller)  # a failed capture_end leaves the capture stream current
+            raise
         self.graph, self._key = graph, key
         self.captures += 1
 
