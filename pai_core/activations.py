@@ -380,17 +380,27 @@ def token_batches(
     buffer_shards: int = 8,
     repeat: bool = False,
     device: str | torch.device = "cpu",
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[torch.Tensor]:
     """Stream (batch_size, D) float32 token batches from shards with bounded memory.
 
     Shuffling is two-level: shard order per epoch, then tokens within a buffer of ``buffer_shards``
     shards. The stream is a deterministic function of ``seed``, so a resumed training run can replay it
     to the batch where it stopped. Without ``repeat`` the last partial batch is yielded too.
+
+    With ``world > 1`` (data-parallel training, ``distributed.rank_batches``) only rows ``rank * b`` to
+    ``(rank + 1) * b`` of every global batch are gathered, b = batch_size / world, and the final partial
+    batch is shared out as evenly as it goes: the ranks together see exactly the batches one process sees.
     """
     if not shards:
         raise InputError("token_batches needs at least one shard")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if batch_size < 1 or batch_size % world:
+        raise InputError(f"batch_size={batch_size} must be a positive multiple of the {world} ranks")
+    if not 0 <= rank < world:
+        raise InputError(f"rank={rank} must be within 0..{world - 1}")
+    local = batch_size // world
+    lo, hi = rank * local, (rank + 1) * local
     epoch = 0
     carry: torch.Tensor | None = None
     while True:
@@ -401,16 +411,17 @@ def token_batches(
             if carry is not None:
                 parts.insert(0, carry)
             buf = torch.cat(parts)
-            if shuffle:
-                buf = buf[torch.from_numpy(rng.permutation(buf.shape[0]))]
+            rows = torch.from_numpy(rng.permutation(buf.shape[0])) if shuffle else torch.arange(buf.shape[0])
             n_full = buf.shape[0] // batch_size * batch_size
             for b in range(0, n_full, batch_size):
-                yield buf[b : b + batch_size].to(device, torch.float32, non_blocking=True)
-            carry = buf[n_full:] if n_full < buf.shape[0] else None
+                yield buf[rows[b + lo : b + hi]].to(device, torch.float32, non_blocking=True)
+            carry = buf[rows[n_full:]] if n_full < buf.shape[0] else None
         epoch += 1
         if not repeat:
             if carry is not None:
-                yield carry.to(device, torch.float32)
+                share = np.array_split(np.arange(carry.shape[0]), world)[rank]
+                if len(share):
+                    yield carry[torch.from_numpy(share)].to(device, torch.float32)
             return
 
 

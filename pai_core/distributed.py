@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence, get_args
 
-import numpy as np
 import torch
 
 from .errors import InputError
@@ -207,36 +206,9 @@ def rank_batches(
     The final partial batch (without ``repeat``) is shared out as evenly as it goes.
 
     Yields (batch_size / world, D) float32 tensors on ``device``."""
-    from .activations import read_shard
+    from .activations import token_batches
 
-    if not shards:
-        raise InputError("rank_batches needs at least one shard")
-    if batch_size < 1 or batch_size % ranks.world:
-        raise InputError(f"batch_size={batch_size} must be a positive multiple of the {ranks.world} ranks")
-    local = batch_size // ranks.world
-    lo, hi = ranks.rank * local, (ranks.rank + 1) * local
-    epoch = 0
-    carry: torch.Tensor | None = None
-    while True:
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(shards)) if shuffle else np.arange(len(shards))
-        for i in range(0, len(order), buffer_shards):
-            parts = [read_shard(shards[j])["tokens"].flatten(0, 1) for j in order[i : i + buffer_shards]]
-            if carry is not None:
-                parts.insert(0, carry)
-            buf = torch.cat(parts)
-            rows = torch.from_numpy(rng.permutation(buf.shape[0])) if shuffle else torch.arange(buf.shape[0])
-            n_full = buf.shape[0] // batch_size * batch_size
-            for b in range(0, n_full, batch_size):
-                yield buf[rows[b + lo : b + hi]].to(device, torch.float32, non_blocking=True)
-            carry = buf[rows[n_full:]] if n_full < buf.shape[0] else None
-        epoch += 1
-        if not repeat:
-            if carry is not None:
-                share = np.array_split(np.arange(carry.shape[0]), ranks.world)[ranks.rank]
-                if len(share):
-                    yield carry[torch.from_numpy(share)].to(device, torch.float32)
-            return
+    return token_batches(shards, batch_size, shuffle, seed, buffer_shards, repeat, device, ranks.rank, ranks.world)
 
 
 class SAEDataParallel:
