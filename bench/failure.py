@@ -43,9 +43,10 @@ import math
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence, get_args
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 
@@ -112,16 +113,19 @@ def build_conditions(disturb_step: int = -1) -> dict[str, Condition]:
     """Every condition, in table order; ``disturb_step`` (-1: each kind's default) moves push and appear."""
     out = [Condition("clean", "clean", PERTURBATIONS["none"])]
     out += [Condition(p, "perturbation", PERTURBATIONS[p], perturbation=p) for p in PERTURBATIONS if p != "none"]
-    out += [Condition(f"jpeg{q}", "nuisance", f"JPEG quality {q}", nuisance=Nuisance(jpeg_quality=q))
-            for q in (90, 75, 50)]
-    out += [Condition(f"exposure{g:g}", "nuisance", f"exposure x{g:g}", nuisance=Nuisance(gain=g))
-            for g in (0.85, 0.95, 1.05, 1.15)]
-    out += [Condition("noise3", "nuisance", "Gaussian sensor noise, sigma 3 grey levels",
-                      nuisance=Nuisance(noise_sigma=3)),
-            Condition("blur0.7", "nuisance", "Gaussian blur, sigma 0.7 px", nuisance=Nuisance(blur_sigma=0.7)),
-            Condition("frame_repeat", "nuisance", "every other frame: the previous image again", frames="repeat"),
-            Condition("frame_skip", "nuisance", "every other frame lost (no forward; the robot holds)",
-                      frames="skip")]
+    out += [
+        Condition(f"jpeg{q}", "nuisance", f"JPEG quality {q}", nuisance=Nuisance(jpeg_quality=q)) for q in (90, 75, 50)
+    ]
+    out += [
+        Condition(f"exposure{g:g}", "nuisance", f"exposure x{g:g}", nuisance=Nuisance(gain=g))
+        for g in (0.85, 0.95, 1.05, 1.15)
+    ]
+    out += [
+        Condition("noise3", "nuisance", "Gaussian sensor noise, sigma 3 grey levels", nuisance=Nuisance(noise_sigma=3)),
+        Condition("blur0.7", "nuisance", "Gaussian blur, sigma 0.7 px", nuisance=Nuisance(blur_sigma=0.7)),
+        Condition("frame_repeat", "nuisance", "every other frame: the previous image again", frames="repeat"),
+        Condition("frame_skip", "nuisance", "every other frame lost (no forward; the robot holds)", frames="skip"),
+    ]
     for kind, what in DISTURBANCES.items():
         step = disturb_step if kind != "slip" else -1
         out.append(Condition(kind, "disturbance", what, disturbance=Disturbance(kind, step=step)))
@@ -304,8 +308,13 @@ def caught(records: Sequence[EpisodeRecord], detector: str) -> Rate:
 def premature(records: Sequence[EpisodeRecord], detector: str) -> Rate:
     """Failed episodes whose alarm rose before the cause was visible (a disturbance's onset)."""
     failed = [r for r in records if not r.success]
-    return Rate(sum(r.detectors[detector].alarm_step is not None and r.detectors[detector].alarm_step < r.onset_step
-                    for r in failed), len(failed))
+    return Rate(
+        sum(
+            r.detectors[detector].alarm_step is not None and r.detectors[detector].alarm_step < r.onset_step
+            for r in failed
+        ),
+        len(failed),
+    )
 
 
 def failure_auroc(records: Sequence[EpisodeRecord], detector: str) -> float | None:
@@ -334,9 +343,13 @@ def lead_times(records: Sequence[EpisodeRecord], detector: str) -> list[int]:
 
 def onset_delays(records: Sequence[EpisodeRecord], detector: str) -> list[int]:
     """Steps from the onset to the alarm, over caught failures (how fast a disturbance is noticed)."""
-    return [r.detectors[detector].alarm_step - r.onset_step for r in records if not r.success
-            and r.detectors[detector].alarm_step is not None
-            and window(r)[0] <= r.detectors[detector].alarm_step <= window(r)[1]]
+    return [
+        r.detectors[detector].alarm_step - r.onset_step
+        for r in records
+        if not r.success
+        and r.detectors[detector].alarm_step is not None
+        and window(r)[0] <= r.detectors[detector].alarm_step <= window(r)[1]
+    ]
 
 
 def frames_above(records: Sequence[EpisodeRecord], detector: str) -> Rate:
@@ -356,10 +369,21 @@ def detector_metrics(records: Sequence[EpisodeRecord], detector: str) -> dict:
     fs, ca, pre = false_stops(records, detector), caught(records, detector), premature(records, detector)
     leads, delays = lead_times(records, detector), onset_delays(records, detector)
     auc = failure_auroc(records, detector)
-    return {"false_stops": fs.k, "successful_episodes": fs.n, "false_stop_rate": fs.rate,
-            "false_stop_interval95": fs.interval(), "caught": ca.k, "failed_episodes": ca.n, "catch_rate": ca.rate,
-            "catch_interval95": ca.interval(), "premature_alarms": pre.k, "auroc": auc,
-            "lead_time_median": median(leads), "lead_times": leads, "onset_delay_median": median(delays)}
+    return {
+        "false_stops": fs.k,
+        "successful_episodes": fs.n,
+        "false_stop_rate": fs.rate,
+        "false_stop_interval95": fs.interval(),
+        "caught": ca.k,
+        "failed_episodes": ca.n,
+        "catch_rate": ca.rate,
+        "catch_interval95": ca.interval(),
+        "premature_alarms": pre.k,
+        "auroc": auc,
+        "lead_time_median": median(leads),
+        "lead_times": leads,
+        "onset_delay_median": median(delays),
+    }
 
 
 def fired_signals(records: Sequence[EpisodeRecord]) -> dict[str, int]:
@@ -371,8 +395,9 @@ def fired_signals(records: Sequence[EpisodeRecord]) -> dict[str, int]:
     return out
 
 
-def targets(records: Sequence[EpisodeRecord], kinds: dict[str, str], detector: str = PAI,
-            alpha: float | None = None) -> dict:
+def targets(
+    records: Sequence[EpisodeRecord], kinds: dict[str, str], detector: str = PAI, alpha: float | None = None
+) -> dict:
     """The issue's targets for one detector, with the counts behind each (the per-frame one needs alpha)."""
     nuisance = [c for c, k in kinds.items() if k in ("clean", "nuisance")]
     per = {c: false_stops([r for r in records if r.condition == c], detector) for c in nuisance}
@@ -381,23 +406,44 @@ def targets(records: Sequence[EpisodeRecord], kinds: dict[str, str], detector: s
     ca = caught(records, detector)
     auc = failure_auroc(records, detector)
     return {
-        "false_stops": {"target": FALSE_STOP_TARGET, "met": fs_met,
-                        "per_condition": {c: {"k": r.k, "n": r.n, "rate": r.rate, "plus_minus": r.plus_minus}
-                                          for c, r in per.items()},
-                        "untested": [c for c, r in per.items() if not r.n],
-                        "missed": [c for c, r in tested.items() if r.rate > FALSE_STOP_TARGET]},
-        "catch": {"target": CATCH_TARGET, "met": ca.n > 0 and ca.rate >= CATCH_TARGET, "k": ca.k, "n": ca.n,
-                  "rate": ca.rate, "plus_minus": ca.plus_minus},
-        "auroc": {"target": AUROC_TARGET, "met": auc is not None and auc >= AUROC_TARGET, "value": auc,
-                  "failed": sum(not r.success for r in records), "successful": sum(r.success for r in records)},
+        "false_stops": {
+            "target": FALSE_STOP_TARGET,
+            "met": fs_met,
+            "per_condition": {
+                c: {"k": r.k, "n": r.n, "rate": r.rate, "plus_minus": r.plus_minus} for c, r in per.items()
+            },
+            "untested": [c for c, r in per.items() if not r.n],
+            "missed": [c for c, r in tested.items() if r.rate > FALSE_STOP_TARGET],
+        },
+        "catch": {
+            "target": CATCH_TARGET,
+            "met": ca.n > 0 and ca.rate >= CATCH_TARGET,
+            "k": ca.k,
+            "n": ca.n,
+            "rate": ca.rate,
+            "plus_minus": ca.plus_minus,
+        },
+        "auroc": {
+            "target": AUROC_TARGET,
+            "met": auc is not None and auc >= AUROC_TARGET,
+            "value": auc,
+            "failed": sum(not r.success for r in records),
+            "successful": sum(r.success for r in records),
+        },
         "clean_frames": _clean_frames_target(records, detector, alpha),
     }
 
 
 def _clean_frames_target(records: Sequence[EpisodeRecord], detector: str, alpha: float | None) -> dict:
     fr = frames_above([r for r in records if r.kind == "clean"], detector)
-    return {"target": alpha, "met": alpha is not None and fr.n > 0 and fr.rate <= alpha, "k": fr.k, "n": fr.n,
-            "rate": fr.rate, "interval95": fr.interval()}
+    return {
+        "target": alpha,
+        "met": alpha is not None and fr.n > 0 and fr.rate <= alpha,
+        "k": fr.k,
+        "n": fr.n,
+        "rate": fr.rate,
+        "interval95": fr.interval(),
+    }
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -410,15 +456,21 @@ def resolve_inputs(policy_path: str, sae_path: str, ood_params: str, demo_dir: s
     origin["policy"] = "given" if policy_path else f"demo {demo}"
     origin["sae"] = "given" if sae_path else f"demo {demo}"
     if not (policy / "config.json").is_file():
-        missing.append(f"policy: no LeRobot pretrained_model at {policy}"
-                       + ("" if policy_path else " (run `make demo` or `pai demo --quick`, or pass --policy-path)"))
+        missing.append(
+            f"policy: no LeRobot pretrained_model at {policy}"
+            + ("" if policy_path else " (run `make demo` or `pai demo --quick`, or pass --policy-path)")
+        )
     if not (sae / "model.safetensors").is_file():
-        missing.append(f"SAE: no model.safetensors in {sae}"
-                       + ("" if sae_path else " (run `make demo` or `pai demo --quick`, or pass --sae-path)"))
+        missing.append(
+            f"SAE: no model.safetensors in {sae}"
+            + ("" if sae_path else " (run `make demo` or `pai demo --quick`, or pass --sae-path)")
+        )
     params = Path(ood_params) if ood_params else sae / "ood_params.json"
     if not params.is_file():
-        missing.append(f"OOD parameters: no {params} (run `pai calibrate-ood --sae-path {sae} --policy-path "
-                       f"{policy} ...` on held-out clean episodes)")
+        missing.append(
+            f"OOD parameters: no {params} (run `pai calibrate-ood --sae-path {sae} --policy-path "
+            f"{policy} ...` on held-out clean episodes)"
+        )
     if missing:
         raise InputError("Cannot run the failure benchmark; missing:\n  " + "\n  ".join(missing))
     return policy, sae, params, origin
@@ -454,13 +506,21 @@ def train_seed_rule(pipe, cfg: FailureBenchConfig):
     extra = pipe.extractor.sae.config.extra
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(extra.get("dtype"), torch.float32)
     tap = TokenTap(pipe, dtype)
-    tokens, source = training_tokens(pipe, tap, argparse.Namespace(train_root=cfg.train_root,
-                                                                   batch_size=cfg.batch_size))
+    tokens, source = training_tokens(
+        pipe, tap, argparse.Namespace(train_root=cfg.train_root, batch_size=cfg.batch_size)
+    )
     pipe.reset()
-    print(f"[failure] seed's rule: whole-frame SAE on {tokens.shape[0]} training frames of "
-          f"{tuple(tokens.shape[1:])} tokens from {source}", flush=True)
-    model, info = train_whole_frame_sae(tokens, WholeFrameSAEConfig(
-        n_features=cfg.baseline_features, l1_coef=cfg.baseline_l1, steps=cfg.baseline_steps, sigma=cfg.sigma))
+    print(
+        f"[failure] seed's rule: whole-frame SAE on {tokens.shape[0]} training frames of "
+        f"{tuple(tokens.shape[1:])} tokens from {source}",
+        flush=True,
+    )
+    model, info = train_whole_frame_sae(
+        tokens,
+        WholeFrameSAEConfig(
+            n_features=cfg.baseline_features, l1_coef=cfg.baseline_l1, steps=cfg.baseline_steps, sigma=cfg.sigma
+        ),
+    )
     info["source"] = source
     return SeedRule(model, dtype, pipe.alarm.config), info
 
@@ -472,16 +532,26 @@ def load_pipeline(cfg: FailureBenchConfig):
     from pai_core.pipeline import Pipeline
     from pai_core.sim.env import ACTION_NAMES, CAMERA, JOINT_NAMES
 
-    pipe = Pipeline.load(cfg.policy_path, cfg.sae_path, cfg.ood_params, device=cfg.device,
-                         alarm=AlarmConfig(n=cfg.alarm_n, m=cfg.alarm_m, latch=True),
-                         engine_config=IntrospectionConfig(device=cfg.device, rollout=False))
+    pipe = Pipeline.load(
+        cfg.policy_path,
+        cfg.sae_path,
+        cfg.ood_params,
+        device=cfg.device,
+        alarm=AlarmConfig(n=cfg.alarm_n, m=cfg.alarm_m, latch=True),
+        engine_config=IntrospectionConfig(device=cfg.device, rollout=False),
+    )
     engine = pipe.engine
-    if CAMERA not in engine.image_shapes or engine.state_dim != len(JOINT_NAMES) \
-            or engine.action_dim != len(ACTION_NAMES):
-        raise InputError(f"{cfg.policy_path} is not a policy for the SO-101 simulation: it takes cameras "
-                         f"{list(engine.image_shapes)}, state {engine.state_dim}, actions {engine.action_dim}; "
-                         f"the simulation gives {CAMERA}, {len(JOINT_NAMES)} joints and takes {len(ACTION_NAMES)} "
-                         "actions")
+    if (
+        CAMERA not in engine.image_shapes
+        or engine.state_dim != len(JOINT_NAMES)
+        or engine.action_dim != len(ACTION_NAMES)
+    ):
+        raise InputError(
+            f"{cfg.policy_path} is not a policy for the SO-101 simulation: it takes cameras "
+            f"{list(engine.image_shapes)}, state {engine.state_dim}, actions {engine.action_dim}; "
+            f"the simulation gives {CAMERA}, {len(JOINT_NAMES)} joints and takes {len(ACTION_NAMES)} "
+            "actions"
+        )
     if pipe.ood is None or pipe.threshold is None:
         raise InputError(f"{cfg.sae_path} has no OOD parameters: the alarm has no threshold")
     return pipe
@@ -498,8 +568,9 @@ def _ratio(score: float, threshold: float) -> float:
     return score / threshold if threshold > 0 else (math.inf if score > threshold else 0.0)
 
 
-def run_episode(pipe, sim, condition: Condition, seed: int, cfg: FailureBenchConfig,
-                seed_rule: SeedRule | None = None) -> EpisodeRecord:
+def run_episode(
+    pipe, sim, condition: Condition, seed: int, cfg: FailureBenchConfig, seed_rule: SeedRule | None = None
+) -> EpisodeRecord:
     """One closed-loop episode: per step the condition's camera, ``Pipeline.step``, its action to the sim."""
     from pai_core.alarm import AlarmPolicy
     from pai_core.sim.disturb import Disturber
@@ -556,13 +627,25 @@ def run_episode(pipe, sim, condition: Condition, seed: int, cfg: FailureBenchCon
             break
     steps = step + 1
     onset = disturber.applied_at if disturber is not None and disturber.applied_at is not None else 0
-    return EpisodeRecord(condition.name, condition.kind, seed, bool(success), steps, onset,
-                         None if success else steps - 1, frame_steps, traces, signal_at_alarm, reason,
-                         disturber.info if disturber is not None and disturber.applied_at is not None else None)
+    return EpisodeRecord(
+        condition.name,
+        condition.kind,
+        seed,
+        bool(success),
+        steps,
+        onset,
+        None if success else steps - 1,
+        frame_steps,
+        traces,
+        signal_at_alarm,
+        reason,
+        disturber.info if disturber is not None and disturber.applied_at is not None else None,
+    )
 
 
-def run_benchmark(cfg: FailureBenchConfig, pipe, seed_rule: SeedRule | None = None,
-                  progress: bool = True) -> list[EpisodeRecord]:
+def run_benchmark(
+    cfg: FailureBenchConfig, pipe, seed_rule: SeedRule | None = None, progress: bool = True
+) -> list[EpisodeRecord]:
     """Every condition's episodes; one simulator per scene, sized to the policy's camera."""
     from tqdm import tqdm
 
@@ -584,8 +667,10 @@ def run_benchmark(cfg: FailureBenchConfig, pipe, seed_rule: SeedRule | None = No
                 bar.set_description(f"failure bench: {name}")
                 records.append(run_episode(pipe, sims[cond.scene], cond, cfg.seed + i, cfg, seed_rule))
                 mine = [r for r in records if r.condition == name]
-                bar.set_postfix(ok=f"{sum(r.success for r in mine)}/{len(mine)}",
-                                alarmed=sum(r.alarm_step is not None for r in mine))
+                bar.set_postfix(
+                    ok=f"{sum(r.success for r in mine)}/{len(mine)}",
+                    alarmed=sum(r.alarm_step is not None for r in mine),
+                )
                 bar.update()
     finally:
         bar.close()
@@ -603,18 +688,30 @@ def summarise(records: Sequence[EpisodeRecord], detectors: list[str], alpha: flo
     per = {}
     for c, kind in kinds.items():
         mine = [r for r in records if r.condition == c]
-        per[c] = {"kind": kind, "episodes": len(mine), "successes": sum(r.success for r in mine),
-                  "fired": fired_signals(mine), "detectors": {d: detector_metrics(mine, d) for d in detectors}}
+        per[c] = {
+            "kind": kind,
+            "episodes": len(mine),
+            "successes": sum(r.success for r in mine),
+            "fired": fired_signals(mine),
+            "detectors": {d: detector_metrics(mine, d) for d in detectors},
+        }
         if kind == "disturbance":
             per[c]["disturbed"] = sum(r.disturbance is not None for r in mine)
     quiet = [r for r in records if r.kind in ("clean", "nuisance")]
-    return {"conditions": per,
-            "pooled": {"episodes": len(records), "successes": sum(r.success for r in records),
-                       "fired": fired_signals(records),
-                       "detectors": {d: detector_metrics(records, d) for d in detectors}},
-            "pooled_clean_and_nuisance": {"episodes": len(quiet), "detectors": {
-                d: detector_metrics(quiet, d) for d in detectors} if quiet else {}},
-            "targets": {d: targets(records, kinds, d, alpha) for d in detectors if d in (PAI, SEED_RULE)}}
+    return {
+        "conditions": per,
+        "pooled": {
+            "episodes": len(records),
+            "successes": sum(r.success for r in records),
+            "fired": fired_signals(records),
+            "detectors": {d: detector_metrics(records, d) for d in detectors},
+        },
+        "pooled_clean_and_nuisance": {
+            "episodes": len(quiet),
+            "detectors": {d: detector_metrics(quiet, d) for d in detectors} if quiet else {},
+        },
+        "targets": {d: targets(records, kinds, d, alpha) for d in detectors if d in (PAI, SEED_RULE)},
+    }
 
 
 def _fmt_auc(v: float | None) -> str:
@@ -631,14 +728,25 @@ def format_table(result: dict) -> str:
     dets = result["detectors"]
     base = SEED_RULE in dets
     cfg = result["config"]
-    lines.append(f"\nClosed-loop failure benchmark: {len(s['conditions'])} conditions x {cfg['episodes']} episodes "
-                 f"(cube seeds {cfg['seed']}-{cfg['seed'] + cfg['episodes'] - 1}), max {cfg['max_steps']} steps, "
-                 f"alarm {cfg['alarm_n']} of {cfg['alarm_m']} latched")
-    lines.append(textwrap.fill(
-        f"pai: {' + '.join(result['signals'])} (thresholds "
-        + ", ".join(f"{k} {v:.4g}" for k, v in result["thresholds"].items()) + ")"
-        + (f"; seed: whole-frame SAE, mean + {cfg['sigma']:g} sigma ({result['seed_threshold']:.4g})" if base else ""),
-        118, subsequent_indent="  "))
+    lines.append(
+        f"\nClosed-loop failure benchmark: {len(s['conditions'])} conditions x {cfg['episodes']} episodes "
+        f"(cube seeds {cfg['seed']}-{cfg['seed'] + cfg['episodes'] - 1}), max {cfg['max_steps']} steps, "
+        f"alarm {cfg['alarm_n']} of {cfg['alarm_m']} latched"
+    )
+    lines.append(
+        textwrap.fill(
+            f"pai: {' + '.join(result['signals'])} (thresholds "
+            + ", ".join(f"{k} {v:.4g}" for k, v in result["thresholds"].items())
+            + ")"
+            + (
+                f"; seed: whole-frame SAE, mean + {cfg['sigma']:g} sigma ({result['seed_threshold']:.4g})"
+                if base
+                else ""
+            ),
+            118,
+            subsequent_indent="  ",
+        )
+    )
     short = {name: "".join(part[0] for part in name.split("_")) for name in result["signals"]}
     cols = [PAI, SEED_RULE] if base else [PAI]
 
@@ -647,10 +755,16 @@ def format_table(result: dict) -> str:
 
     widths = {"fs": 7, "ca": 7, "au": 5, "ld": 8}
     span = {k: len(cells(["x"] * len(cols), w)) for k, w in widths.items()}
-    head = (f"{'condition':<13} {'kind':<12} {'ok/eps':>6} | {'false stops':<{span['fs']}} | {'caught':<{span['ca']}} | "
-            f"{'AUROC':<{span['au']}} | {'lead (n)':<{span['ld']}} | fired")
-    sub = (f"{'':<13} {'':<12} {'':>6} | " + " | ".join(cells(cols, w) for w in widths.values()) + " | "
-           + "/".join(short.values()))
+    head = (
+        f"{'condition':<13} {'kind':<12} {'ok/eps':>6} | {'false stops':<{span['fs']}} | {'caught':<{span['ca']}} | "
+        f"{'AUROC':<{span['au']}} | {'lead (n)':<{span['ld']}} | fired"
+    )
+    sub = (
+        f"{'':<13} {'':<12} {'':>6} | "
+        + " | ".join(cells(cols, w) for w in widths.values())
+        + " | "
+        + "/".join(short.values())
+    )
     lines += [head, sub, "-" * len(head)]
 
     def row(name: str, kind: str, block: dict) -> str:
@@ -667,57 +781,94 @@ def format_table(result: dict) -> str:
         lines.append(row(name, block["kind"], block))
     lines.append("-" * len(head))
     lines.append(row("pooled", "", s["pooled"]))
-    lines.append("fired: episodes whose pai alarm named each signal (" + ", ".join(
-        f"{a} = {n}" for n, a in short.items()) + ")")
-    lines.append("false stops: successful episodes whose alarm rose; caught: failed episodes alarmed within "
-                 "[onset, lost];\nlead: steps from the alarm to the lost step (median, episodes)")
+    lines.append(
+        "fired: episodes whose pai alarm named each signal (" + ", ".join(f"{a} = {n}" for n, a in short.items()) + ")"
+    )
+    lines.append(
+        "false stops: successful episodes whose alarm rose; caught: failed episodes alarmed within "
+        "[onset, lost];\nlead: steps from the alarm to the lost step (median, episodes)"
+    )
     applied = [f"{c} {b['disturbed']}/{b['episodes']}" for c, b in s["conditions"].items() if "disturbed" in b]
     if applied:
-        lines.append(textwrap.fill("disturbances applied: " + ", ".join(applied) + " (slip only once the cube is "
-                                   "held; an episode without it counts as the clean scene's, onset 0)", 118))
+        lines.append(
+            textwrap.fill(
+                "disturbances applied: " + ", ".join(applied) + " (slip only once the cube is "
+                "held; an episode without it counts as the clean scene's, onset 0)",
+                118,
+            )
+        )
 
-    lines.append(f"\nEach detector alone (pooled; false stops over clean + nuisance conditions, "
-                 f"{s['pooled_clean_and_nuisance']['episodes']} episodes)")
-    head2 = (f"{'detector':<34} {'false stops':>12} {'caught':>12} {'premature':>9} {'AUROC':>6} "
-             f"{'lead med (n)':>13} {'onset->alarm':>12}")
+    lines.append(
+        f"\nEach detector alone (pooled; false stops over clean + nuisance conditions, "
+        f"{s['pooled_clean_and_nuisance']['episodes']} episodes)"
+    )
+    head2 = (
+        f"{'detector':<34} {'false stops':>12} {'caught':>12} {'premature':>9} {'AUROC':>6} "
+        f"{'lead med (n)':>13} {'onset->alarm':>12}"
+    )
     lines += [head2, "-" * len(head2)]
     quiet = s["pooled_clean_and_nuisance"]["detectors"]
     for det in dets:
         name = {PAI: "pai (the node's alarm: any signal)", SEED_RULE: "seed's rule (whole-frame SAE)"}.get(
-            det, f"pai: {det} alone")
+            det, f"pai: {det} alone"
+        )
         m = s["pooled"]["detectors"][det]
         fs = f"{quiet[det]['false_stops']}/{quiet[det]['successful_episodes']}" if quiet else "-"
         delay = "-" if m["onset_delay_median"] is None else f"{m['onset_delay_median']:g}"
-        lines.append(f"{name:<34} {fs:>12} {str(m['caught']) + '/' + str(m['failed_episodes']):>12} "
-                     f"{m['premature_alarms']:>9} {_fmt_auc(m['auroc']):>6} {_fmt_lead(m):>13} {delay:>12}")
+        lines.append(
+            f"{name:<34} {fs:>12} {str(m['caught']) + '/' + str(m['failed_episodes']):>12} "
+            f"{m['premature_alarms']:>9} {_fmt_auc(m['auroc']):>6} {_fmt_lead(m):>13} {delay:>12}"
+        )
 
     for det, t in s["targets"].items():
         who = "pai's alarm (the node's)" if det == PAI else "the seed's rule"
         lines.append(f"\nTargets, {who}:")
         fs = t["false_stops"]
-        parts = [f"{c} {v['k']}/{v['n']}" + (f" = {100 * v['rate']:.0f} % (+-{100 * v['plus_minus']:.0f} %)"
-                                               if v["n"] else "") for c, v in fs["per_condition"].items()]
+        parts = [
+            f"{c} {v['k']}/{v['n']}"
+            + (f" = {100 * v['rate']:.0f} % (+-{100 * v['plus_minus']:.0f} %)" if v["n"] else "")
+            for c, v in fs["per_condition"].items()
+        ]
         verdict = "met" if fs["met"] else "NOT met" + (f" (over: {', '.join(fs['missed'])})" if fs["missed"] else "")
         if fs["untested"]:
             verdict += f"; untested, no successful episode: {', '.join(fs['untested'])}"
-        lines.append(textwrap.fill(f"  false stops <= {100 * FALSE_STOP_TARGET:.0f} % of successful episodes in every "
-                                   f"clean and nuisance condition: {verdict}", 118, subsequent_indent="    "))
+        lines.append(
+            textwrap.fill(
+                f"  false stops <= {100 * FALSE_STOP_TARGET:.0f} % of successful episodes in every "
+                f"clean and nuisance condition: {verdict}",
+                118,
+                subsequent_indent="    ",
+            )
+        )
         lines.append(textwrap.fill("; ".join(parts), 118, initial_indent="    ", subsequent_indent="    "))
         ca = t["catch"]
         rate = "-" if ca["rate"] is None else f"{100 * ca['rate']:.0f} %"
-        lines.append(textwrap.fill(
-            f"  >= {100 * CATCH_TARGET:.0f} % of failing episodes alarmed before lost: {ca['k']}/{ca['n']} = {rate}: "
-            f"{'met' if ca['met'] else 'NOT met'}"
-            + (f" (with {ca['n']} failing episodes the rate is known to +-{100 * ca['plus_minus']:.0f} %)"
-               if ca["n"] else ""), 118, subsequent_indent="    "))
+        lines.append(
+            textwrap.fill(
+                f"  >= {100 * CATCH_TARGET:.0f} % of failing episodes alarmed before lost: "
+                f"{ca['k']}/{ca['n']} = {rate}: "
+                f"{'met' if ca['met'] else 'NOT met'}"
+                + (
+                    f" (with {ca['n']} failing episodes the rate is known to +-{100 * ca['plus_minus']:.0f} %)"
+                    if ca["n"]
+                    else ""
+                ),
+                118,
+                subsequent_indent="    ",
+            )
+        )
         au = t["auroc"]
-        lines.append(f"  pooled episode ROC-AUC >= {AUROC_TARGET}: {_fmt_auc(au['value'])} ({au['failed']} failed vs "
-                     f"{au['successful']} successful episodes): {'met' if au['met'] else 'NOT met'}")
+        lines.append(
+            f"  pooled episode ROC-AUC >= {AUROC_TARGET}: {_fmt_auc(au['value'])} ({au['failed']} failed vs "
+            f"{au['successful']} successful episodes): {'met' if au['met'] else 'NOT met'}"
+        )
         cf = t.get("clean_frames")
         if cf and cf["n"]:
             lo, hi = cf["interval95"]
-            lines.append(f"  frames of successful clean episodes above threshold <= alpha {cf['target']}: {cf['k']}/{cf['n']} = "
-                         f"{cf['rate']:.4f} (95 % {lo:.4f}-{hi:.4f}): {'met' if cf['met'] else 'NOT met'}")
+            lines.append(
+                f"  frames of successful clean episodes above threshold <= alpha {cf['target']}: {cf['k']}/{cf['n']} = "
+                f"{cf['rate']:.4f} (95 % {lo:.4f}-{hi:.4f}): {'met' if cf['met'] else 'NOT met'}"
+            )
     lines.append("  (+-: half width of the 95 % Wilson interval of a rate measured on that many episodes)")
     return "\n".join(lines) + "\n"
 
@@ -738,8 +889,10 @@ def plot(result: dict, path: Path) -> Path:
     x = np.arange(len(names))
     width = 0.8 / len(dets)
     fig, axes = plt.subplots(2, 1, figsize=(max(9.0, 0.62 * len(names) + 2.5), 7.8), sharex=True)
-    panels = (("false_stops", "successful_episodes", "false stops\n(% of successful episodes)", FALSE_STOP_TARGET),
-              ("caught", "failed_episodes", "failures caught before lost\n(% of failed episodes)", CATCH_TARGET))
+    panels = (
+        ("false_stops", "successful_episodes", "false stops\n(% of successful episodes)", FALSE_STOP_TARGET),
+        ("caught", "failed_episodes", "failures caught before lost\n(% of failed episodes)", CATCH_TARGET),
+    )
     for ax, (k_key, n_key, title, target) in zip(axes, panels):
         for j, det in enumerate(dets):
             ks = [per[c]["detectors"][det][k_key] for c in names]
@@ -760,11 +913,15 @@ def plot(result: dict, path: Path) -> Path:
             for ax in axes:
                 ax.axvline(i - 0.5, color="grey", lw=0.6)
     axes[1].set_xticks(x)
-    axes[1].set_xticklabels([f"{c}\n({per[c]['successes']}/{per[c]['episodes']} ok)" for c in names], rotation=60,
-                            ha="right", fontsize=8)
+    axes[1].set_xticklabels(
+        [f"{c}\n({per[c]['successes']}/{per[c]['episodes']} ok)" for c in names], rotation=60, ha="right", fontsize=8
+    )
     cfg = result["config"]
-    axes[0].set_title(f"Closed-loop failure benchmark: {cfg['episodes']} episodes per condition, alarm "
-                      f"{cfg['alarm_n']} of {cfg['alarm_m']}", fontsize=11)
+    axes[0].set_title(
+        f"Closed-loop failure benchmark: {cfg['episodes']} episodes per condition, alarm "
+        f"{cfg['alarm_n']} of {cfg['alarm_m']}",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -775,15 +932,19 @@ def run(cfg: FailureBenchConfig, output_dir: Path, setup: dict | None = None, pr
     """Load, run every episode, summarise; writes failure.json and failure.png and returns the result."""
     start = time.perf_counter()
     pipe = load_pipeline(cfg)
-    seed_rule, base_info = (train_seed_rule(pipe, cfg) if cfg.baseline == "seed" else (None, {}))
+    seed_rule, base_info = train_seed_rule(pipe, cfg) if cfg.baseline == "seed" else (None, {})
     records = run_benchmark(cfg, pipe, seed_rule, progress)
     signals = signal_names(pipe)
     detectors = [PAI, *signals] + ([SEED_RULE] if seed_rule is not None else [])
     result = {
-        "config": asdict(cfg), "setup": setup or {}, "signals": signals,
+        "config": asdict(cfg),
+        "setup": setup or {},
+        "signals": signals,
         "thresholds": {pipe.ood.score: float(pipe.threshold)} | pipe.signal_thresholds(),
-        "alpha": float(pipe.ood.alpha), "seed_threshold": seed_rule.threshold if seed_rule else None,
-        "baseline": base_info, "detectors": detectors,
+        "alpha": float(pipe.ood.alpha),
+        "seed_threshold": seed_rule.threshold if seed_rule else None,
+        "baseline": base_info,
+        "detectors": detectors,
         "conditions": {c: build_conditions(cfg.disturb_step)[c].what for c in cfg.conditions},
         "definitions": {
             "onset_step": "first step whose frame shows the cause: the disturbance step, else 0",
@@ -792,8 +953,9 @@ def run(cfg: FailureBenchConfig, output_dir: Path, setup: dict | None = None, pr
             "caught": "a failed episode whose alarm rose within [onset, lost]",
             "premature": "a failed episode whose alarm rose before the onset",
             "episode_statistic": "max of score/threshold (pai: over its signals) within [onset, lost]; successes: "
-                                 "over the episode",
-            "lead_time": "lost - alarm step, over caught failures"},
+            "over the episode",
+            "lead_time": "lost - alarm step, over caught failures",
+        },
         "summary": summarise(records, detectors, float(pipe.ood.alpha)),
         "episodes": [r.to_dict() for r in records],
     }
@@ -807,21 +969,33 @@ def run(cfg: FailureBenchConfig, output_dir: Path, setup: dict | None = None, pr
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy-path", default="",
-                    help="LeRobot pretrained_model (default DEMO_DIR/policy/pretrained_model)")
+    ap.add_argument(
+        "--policy-path", default="", help="LeRobot pretrained_model (default DEMO_DIR/policy/pretrained_model)"
+    )
     ap.add_argument("--sae-path", default="", help="SAE folder with ood_params.json (default DEMO_DIR/sae)")
     ap.add_argument("--ood-params", default="", help="ood_params.json (default SAE_PATH/ood_params.json)")
     ap.add_argument("--demo-dir", default="outputs/demo", help="`make demo` outputs to reuse (default outputs/demo)")
     ap.add_argument("--output-dir", default="outputs/failure_bench", help="failure.json and failure.png go here")
     ap.add_argument("--episodes", type=int, default=None, help="episodes per condition (quick 2, full 10)")
-    ap.add_argument("--conditions", nargs="*", default=None, choices=CONDITION_NAMES, metavar="NAME",
-                    help=f"conditions to run (default all): {' '.join(CONDITION_NAMES)}")
+    ap.add_argument(
+        "--conditions",
+        nargs="*",
+        default=None,
+        choices=CONDITION_NAMES,
+        metavar="NAME",
+        help=f"conditions to run (default all): {' '.join(CONDITION_NAMES)}",
+    )
     ap.add_argument("--seed", type=int, default=10_000, help="episode i places the cube with seed SEED + i")
-    ap.add_argument("--max-steps", type=int, default=None,
-                    help="steps after which an episode failed (quick 60, full 90)")
+    ap.add_argument(
+        "--max-steps", type=int, default=None, help="steps after which an episode failed (quick 60, full 90)"
+    )
     ap.add_argument("--disturb-step", type=int, default=-1, help="step of push and appear (default 10 and 8)")
-    ap.add_argument("--skipped-frame", choices=["hold", "repeat"], default="hold",
-                    help="frame_skip: the robot holds its pose on a tick without a frame, or repeats the last action")
+    ap.add_argument(
+        "--skipped-frame",
+        choices=["hold", "repeat"],
+        default="hold",
+        help="frame_skip: the robot holds its pose on a tick without a frame, or repeats the last action",
+    )
     ap.add_argument("--alarm-n", type=int, default=3, help="frames above threshold among the last M raising the alarm")
     ap.add_argument("--alarm-m", type=int, default=5, help="alarm window in frames")
     ap.add_argument("--no-baseline", action="store_true", help="leave out the seed's rule")
@@ -829,8 +1003,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-l1", type=float, default=1e-3, help="whole-frame SAE L1 coefficient")
     ap.add_argument("--baseline-features", type=int, default=0, help="whole-frame SAE features (0: S*D, the seed's)")
     ap.add_argument("--sigma", type=float, default=2.5, help="the seed's threshold: mean + SIGMA std")
-    ap.add_argument("--train-root", default="", help="clean dataset for the baseline's training tokens (default: the "
-                                                     "SAE's activation recording)")
+    ap.add_argument(
+        "--train-root",
+        default="",
+        help="clean dataset for the baseline's training tokens (default: the SAE's activation recording)",
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes: 2 episodes, 60 steps, 500 baseline steps")
     ap.add_argument("--device", default="cpu", help="torch device of the policy and SAE")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -840,20 +1017,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy, sae, params, origin = resolve_inputs(args.policy_path, args.sae_path, args.ood_params, args.demo_dir)
         cfg = FailureBenchConfig(
-            str(policy), str(sae), str(params), conditions=args.conditions or list(CONDITION_NAMES),
-            episodes=args.episodes or (2 if args.quick else 10), seed=args.seed,
-            max_steps=args.max_steps or (60 if args.quick else 90), disturb_step=args.disturb_step,
-            skipped_frame=args.skipped_frame, baseline="none" if args.no_baseline else "seed",
-            baseline_steps=args.baseline_steps or (500 if args.quick else 2000), baseline_l1=args.baseline_l1,
-            baseline_features=args.baseline_features, sigma=args.sigma, train_root=args.train_root,
-            alarm_n=args.alarm_n, alarm_m=args.alarm_m, device=args.device)
+            str(policy),
+            str(sae),
+            str(params),
+            conditions=args.conditions or list(CONDITION_NAMES),
+            episodes=args.episodes or (2 if args.quick else 10),
+            seed=args.seed,
+            max_steps=args.max_steps or (60 if args.quick else 90),
+            disturb_step=args.disturb_step,
+            skipped_frame=args.skipped_frame,
+            baseline="none" if args.no_baseline else "seed",
+            baseline_steps=args.baseline_steps or (500 if args.quick else 2000),
+            baseline_l1=args.baseline_l1,
+            baseline_features=args.baseline_features,
+            sigma=args.sigma,
+            train_root=args.train_root,
+            alarm_n=args.alarm_n,
+            alarm_m=args.alarm_m,
+            device=args.device,
+        )
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
         print(f"[failure] policy {policy} ({origin['policy']}), SAE {sae} ({origin['sae']}), {params}", flush=True)
-        result = run(cfg, Path(args.output_dir), {"policy": str(policy), "sae": str(sae), "ood_params": str(params),
-                                                  "origin": origin}, progress=not args.no_progress)
+        result = run(
+            cfg,
+            Path(args.output_dir),
+            {"policy": str(policy), "sae": str(sae), "ood_params": str(params), "origin": origin},
+            progress=not args.no_progress,
+        )
     except (PaiError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -60,9 +60,11 @@ def bench_replay(pipeline, dataset, batch_size: int, out: Path) -> None:
     thread.join()
     arrivals = np.array([m.at for m in client.on(f"{NS}/alarm")])
     gaps = np.diff(arrivals)
-    print(f"replay batch {batch_size}: channels after {ms(advertised)}, first frame after {ms(arrivals[0] - t0)}, "
-          f"{len(arrivals)} frames, gaps between frames median {ms(np.median(gaps))}, min {ms(gaps.min())}, "
-          f"max {ms(gaps.max())}")
+    print(
+        f"replay batch {batch_size}: channels after {ms(advertised)}, first frame after {ms(arrivals[0] - t0)}, "
+        f"{len(arrivals)} frames, gaps between frames median {ms(np.median(gaps))}, min {ms(gaps.min())}, "
+        f"max {ms(gaps.max())}"
+    )
     client.close()
 
 
@@ -91,11 +93,18 @@ def bench_live(pipeline, frames: int) -> None:
             log_s.append(t2 - t1)
             latency_s.append(client.on(f"{NS}/alarm")[-1].at - t1)
         client.close()
-    med = lambda v: ms(float(np.median(v)))
-    p90 = lambda v: ms(float(np.percentile(v, 90)))
-    print(f"live: Pipeline.step median {med(step_s)}; log() in the loop median {med(log_s)} (p90 {p90(log_s)}); "
-          f"log() to the client holding the frame median {med(latency_s)} (p90 {p90(latency_s)}); "
-          f"{fox.dropped} dropped")
+
+    def med(v):
+        return ms(float(np.median(v)))
+
+    def p90(v):
+        return ms(float(np.percentile(v, 90)))
+
+    print(
+        f"live: Pipeline.step median {med(step_s)}; log() in the loop median {med(log_s)} (p90 {p90(log_s)}); "
+        f"log() to the client holding the frame median {med(latency_s)} (p90 {p90(latency_s)}); "
+        f"{fox.dropped} dropped"
+    )
 
 
 def bench_cli(policy: Path, sae: Path, ds: Path, out: Path) -> None:
@@ -104,17 +113,37 @@ def bench_cli(policy: Path, sae: Path, ds: Path, out: Path) -> None:
     port = free_port()
     client = FoxgloveClient(port, connect_timeout=300)
     t0 = time.monotonic()
-    cmd = [str(Path(sys.executable).with_name("pai")), "replay", "--dataset-repo-id", "bench/fox", "--root", str(ds),
-           "--episode-id", "0", "--policy-path", str(policy), "--sae-path", str(sae), "--output-dir", str(out),
-           "--no-video", "--no-mcap", "--no-progress", "--foxglove", str(port)]
+    cmd = [
+        str(Path(sys.executable).with_name("pai")),
+        "replay",
+        "--dataset-repo-id",
+        "bench/fox",
+        "--root",
+        str(ds),
+        "--episode-id",
+        "0",
+        "--policy-path",
+        str(policy),
+        "--sae-path",
+        str(sae),
+        "--output-dir",
+        str(out),
+        "--no-video",
+        "--no-mcap",
+        "--no-progress",
+        "--foxglove",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client.wait(lambda: client.channels, 300, "the advertisement")
     advertised = min(client.advertised_at.values()) - t0
     client.wait(lambda: client.on(f"{NS}/alarm"), 300, "the first frame")
     first = client.on(f"{NS}/alarm")[0].at - t0
     proc.wait()
-    print(f"cli: `pai replay --foxglove` start to channels {advertised:.2f} s (imports, policy and SAE loading), "
-          f"to the first frame {first:.2f} s")
+    print(
+        f"cli: `pai replay --foxglove` start to channels {advertised:.2f} s (imports, policy and SAE loading), "
+        f"to the first frame {first:.2f} s"
+    )
     client.close()
 
 
@@ -143,8 +172,10 @@ def main() -> None:
     make_lerobot_dataset(tmp / "ds", repo_id="bench/fox", cameras=cameras, episodes=1, frames=args.frames)
     dataset = open_dataset("bench/fox", tmp / "ds")
     pipeline = Pipeline.load(str(policy), str(sae))
-    print(f"two {args.height}x{args.width} cameras, dim_model {args.dim_model}, {args.frames} frames, "
-          f"{args.threads} threads")
+    print(
+        f"two {args.height}x{args.width} cameras, dim_model {args.dim_model}, {args.frames} frames, "
+        f"{args.threads} threads"
+    )
     for batch_size in (1, args.batch_size):
         bench_replay(pipeline, dataset, batch_size, tmp / f"out{batch_size}")
     bench_live(pipeline, args.frames)

@@ -42,8 +42,11 @@ SECTIONS = ("live", "bf16", "batch", "sae", "knn", "node", "replay")  # most wan
 
 def stats(ms: list[float]) -> dict:
     ms = sorted(ms)
-    return {"median_ms": round(statistics.median(ms), 3), "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3),
-            "runs": len(ms)}
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3),
+        "runs": len(ms),
+    }
 
 
 def sync() -> None:
@@ -80,9 +83,16 @@ def build(work: Path, height: int, width: int, dim_model: int = 512) -> dict:
     from pai_core.testing import make_act_policy
 
     cams = {"observation.images.front": (height, width), "observation.images.wrist": (height, width)}
-    policy = make_act_policy(work / "policy", cameras=cams, dim_model=dim_model, n_heads=8,
-                             dim_feedforward=3200 if dim_model >= 512 else 4 * dim_model, n_encoder_layers=4,
-                             chunk_size=100, n_action_steps=100)
+    policy = make_act_policy(
+        work / "policy",
+        cameras=cams,
+        dim_model=dim_model,
+        n_heads=8,
+        dim_feedforward=3200 if dim_model >= 512 else 4 * dim_model,
+        n_encoder_layers=4,
+        chunk_size=100,
+        n_action_steps=100,
+    )
     save_sae(SparseAutoencoder(SAEConfig(d_in=dim_model, expansion_factor=16, k=32)), work / "sae")
     OODParams(threshold=1e30).save(work / "sae" / "ood_params.json")
     return {"policy": str(policy), "sae": str(work / "sae"), "cams": cams}
@@ -93,8 +103,14 @@ def observations(cams: dict, n: int) -> list:
     from pai_core.testing import synthetic_frame
 
     rng = np.random.default_rng(0)
-    return [Observation({k: synthetic_frame(h, w, i / n, seed=i) for k, (h, w) in cams.items()},
-                        state=rng.normal(size=6).astype(np.float32), timestamp=i / 30) for i in range(n)]
+    return [
+        Observation(
+            {k: synthetic_frame(h, w, i / n, seed=i) for k, (h, w) in cams.items()},
+            state=rng.normal(size=6).astype(np.float32),
+            timestamp=i / 30,
+        )
+        for i in range(n)
+    ]
 
 
 def engine(models: dict, **config):
@@ -114,17 +130,26 @@ def compare(a, b) -> dict:
     def tv(x, y, kind):
         return 0.5 * sum(float(np.abs(getattr(x, kind)[c] - getattr(y, kind)[c]).sum()) for c in getattr(x, kind))
 
-    cos = min(float(torch.nn.functional.cosine_similarity(x.tokens.float(), y.tokens.float(), dim=-1).min())
-              for x, y in zip(a, b))
-    return {"action_chunk_max_abs": act, "action_chunk_max_abs_over_range": act / span if span else None,
-            "attention_tv_max": max(tv(x, y, "attention") for x, y in zip(a, b)),
-            "rollout_tv_max": max(tv(x, y, "rollout") for x, y in zip(a, b)),
-            "camera_share_max_abs": max(abs(x.camera_share[c] - y.camera_share[c]) for x, y in zip(a, b)
-                                        for c in x.camera_share),
-            "token_cosine_min": cos,
-            "bit_identical": all(np.array_equal(x.action_chunk, y.action_chunk) and
-                                 all(np.array_equal(x.attention[c], y.attention[c]) for c in x.attention) and
-                                 torch.equal(x.tokens, y.tokens) for x, y in zip(a, b))}
+    cos = min(
+        float(torch.nn.functional.cosine_similarity(x.tokens.float(), y.tokens.float(), dim=-1).min())
+        for x, y in zip(a, b)
+    )
+    return {
+        "action_chunk_max_abs": act,
+        "action_chunk_max_abs_over_range": act / span if span else None,
+        "attention_tv_max": max(tv(x, y, "attention") for x, y in zip(a, b)),
+        "rollout_tv_max": max(tv(x, y, "rollout") for x, y in zip(a, b)),
+        "camera_share_max_abs": max(
+            abs(x.camera_share[c] - y.camera_share[c]) for x, y in zip(a, b) for c in x.camera_share
+        ),
+        "token_cosine_min": cos,
+        "bit_identical": all(
+            np.array_equal(x.action_chunk, y.action_chunk)
+            and all(np.array_equal(x.attention[c], y.attention[c]) for c in x.attention)
+            and torch.equal(x.tokens, y.tokens)
+            for x, y in zip(a, b)
+        ),
+    }
 
 
 def live(models: dict, obs: list, runs: int, dtype: str = "float32") -> dict:
@@ -136,6 +161,7 @@ def live(models: dict, obs: list, runs: int, dtype: str = "float32") -> dict:
     graph = engine(models, cuda_graph="on", model_dtype=dtype)
     one = obs[0]
     with torch.inference_mode():
+
         def plain():
             batch = eager.loaded.preprocessor(eager.observation_to_dict(one))
             eager.loaded.postprocessor(eager.policy.predict_action_chunk(batch))
@@ -156,10 +182,12 @@ def live(models: dict, obs: list, runs: int, dtype: str = "float32") -> dict:
             render_overlays(frame.observation, frame.result)
 
         out["pipeline_step_plus_overlays"] = stats(timed(everything, runs))
-        out["ratio_graph_step_to_plain_eager"] = round(out["step_graph"]["median_ms"] /
-                                                        out["plain_eager_forward"]["median_ms"], 3)
-        out["ratio_pipeline_to_plain_eager"] = round(out["pipeline_step_plus_overlays"]["median_ms"] /
-                                                      out["plain_eager_forward"]["median_ms"], 3)
+        out["ratio_graph_step_to_plain_eager"] = round(
+            out["step_graph"]["median_ms"] / out["plain_eager_forward"]["median_ms"], 3
+        )
+        out["ratio_pipeline_to_plain_eager"] = round(
+            out["pipeline_step_plus_overlays"]["median_ms"] / out["plain_eager_forward"]["median_ms"], 3
+        )
     return out
 
 
@@ -183,16 +211,23 @@ def batch(models: dict, obs: list, size: int = 32) -> dict:
             plain = timed(lambda e=e, mb=model_batch: e.policy.model(mb), 20, 3)
         full = timed(lambda e=e: e.step_batch(frames), 20, 3)
         p, f = statistics.median(plain), statistics.median(full)
-        out[dtype] = {"plain_forward_fps": round(size * 1000 / p, 1), "step_batch_every_output_fps":
-                      round(size * 1000 / f, 1), "ratio": round(p / f, 3), "batch": size}
+        out[dtype] = {
+            "plain_forward_fps": round(size * 1000 / p, 1),
+            "step_batch_every_output_fps": round(size * 1000 / f, 1),
+            "ratio": round(p / f, 3),
+            "batch": size,
+        }
     return out
 
 
 def _train_speed(params, step, tokens_per_step: int, runs: int) -> dict:
     """tokens/s and peak GiB of ``step`` (one optimiser step) on the GPU."""
     ms = timed(step, runs, 2)
-    return {"tokens_per_s": round(tokens_per_step * 1000 / statistics.median(ms)), "peak_gib": peak_gib(),
-            "parameters": sum(p.numel() for p in params)}
+    return {
+        "tokens_per_s": round(tokens_per_step * 1000 / statistics.median(ms)),
+        "peak_gib": peak_gib(),
+        "parameters": sum(p.numel() for p in params),
+    }
 
 
 def _ours(d: int = 512, tokens: int = 4096) -> dict:
@@ -203,7 +238,8 @@ def _ours(d: int = 512, tokens: int = 4096) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(tokens, d, device=DEVICE)
     return _train_speed(model.parameters(), lambda: training_step(model, opt, x, 1 / 32), tokens, 50) | {
-        "batch_tokens": tokens}
+        "batch_tokens": tokens
+    }
 
 
 def _seed(n_tokens: int = 77, d: int = 512, frames_per_step: int = 64) -> dict:
@@ -226,8 +262,11 @@ def _seed(n_tokens: int = 77, d: int = 512, frames_per_step: int = 64) -> dict:
 def sae(small: bool = False) -> dict:
     """small (--smoke): d 32, 10 tokens a frame, so the seed's SAE fits a CPU."""
     out = {}
-    runs = (("topk_per_token", lambda: _ours(32, 512)), ("seed_whole_frame", lambda: _seed(10, 32, 16))) if small \
+    runs = (
+        (("topk_per_token", lambda: _ours(32, 512)), ("seed_whole_frame", lambda: _seed(10, 32, 16)))
+        if small
         else (("topk_per_token", _ours), ("seed_whole_frame", _seed))
+    )
     for name, run in runs:
         reset_peak()
         out[name] = run()
@@ -244,8 +283,9 @@ def script(args: list[str], timeout: int) -> dict:
     """Run another benchmark; its stdout (JSON where it prints JSON) and how long it took."""
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s", "command": " ".join(args)}
     text = proc.stdout.strip()
@@ -253,8 +293,12 @@ def script(args: list[str], timeout: int) -> dict:
         result = json.loads(text)
     except ValueError:
         result = text[-4000:]
-    return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "output": result,
-            **({"stderr_tail": proc.stderr[-2000:]} if proc.returncode else {})}
+    return {
+        "rc": proc.returncode,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "output": result,
+        **({"stderr_tail": proc.stderr[-2000:]} if proc.returncode else {}),
+    }
 
 
 def main() -> int:
@@ -266,22 +310,31 @@ def main() -> int:
     parser.add_argument("--dim-model", type=int, default=None, help="ACT dim_model (512; --smoke 64)")
     parser.add_argument("--node-seconds", type=float, default=60.0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--smoke", action="store_true",
-                        help="CPU, 96x128 cameras, dim_model 64, 3 runs, no replay/node: checks the plumbing")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU, 96x128 cameras, dim_model 64, 3 runs, no replay/node: checks the plumbing",
+    )
     args = parser.parse_args()
     global DEVICE
     if args.smoke:
         DEVICE, args.runs = "cpu", 3
         args.only = [s for s in args.only if s not in ("replay", "node")]
     elif not torch.cuda.is_available():
-        print("bench/gpu.py needs a CUDA device (torch.cuda.is_available() is False); --smoke runs on the CPU",
-              file=sys.stderr)
+        print(
+            "bench/gpu.py needs a CUDA device (torch.cuda.is_available() is False); --smoke runs on the CPU",
+            file=sys.stderr,
+        )
         return 2
     args.height = args.height or (96 if args.smoke else 480)
     args.width = args.width or (128 if args.smoke else 640)
     dim_model = args.dim_model or (64 if args.smoke else 512)
-    report: dict = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (--smoke)",
-                    "torch": torch.__version__, "cameras": f"2 x {args.height}x{args.width}", "dim_model": dim_model}
+    report: dict = {
+        "device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (--smoke)",
+        "torch": torch.__version__,
+        "cameras": f"2 x {args.height}x{args.width}",
+        "dim_model": dim_model,
+    }
     work = Path(tempfile.mkdtemp(prefix="pai-bench-gpu-"))
 
     def save():
@@ -296,16 +349,37 @@ def main() -> int:
         "bf16": lambda: bf16(models, obs, args.runs),
         "batch": lambda: batch(models, obs, 4 if args.smoke else 32),
         "sae": lambda: sae(small=args.smoke),
-        "knn": lambda: script(["bench/patch_knn_scale.py", "--device", DEVICE]
-                              + (["--episodes", "4", "--frames", "50", "--runs", "2", "--batch", "1"] if args.smoke
-                                 else []), 300),
-        "replay": lambda: {"no_video": script(["bench/replay.py", "--device", "cuda", "--frames", "240",
-                                               "--no-video"], 150),
-                           "with_video": script(["bench/replay.py", "--device", "cuda", "--frames", "240"], 150)},
-        "node": lambda: (script(["bench/node.py", "--height", str(args.height), "--width", str(args.width), "--hz",
-                                 "30", "--dim-model", "512", "--device", "cuda", "--seconds", str(args.node_seconds)],
-                                int(args.node_seconds) + 240)
-                         if importlib.util.find_spec("rclpy") else {"skipped": "rclpy does not import here"}),
+        "knn": lambda: script(
+            ["bench/patch_knn_scale.py", "--device", DEVICE]
+            + (["--episodes", "4", "--frames", "50", "--runs", "2", "--batch", "1"] if args.smoke else []),
+            300,
+        ),
+        "replay": lambda: {
+            "no_video": script(["bench/replay.py", "--device", "cuda", "--frames", "240", "--no-video"], 150),
+            "with_video": script(["bench/replay.py", "--device", "cuda", "--frames", "240"], 150),
+        },
+        "node": lambda: (
+            script(
+                [
+                    "bench/node.py",
+                    "--height",
+                    str(args.height),
+                    "--width",
+                    str(args.width),
+                    "--hz",
+                    "30",
+                    "--dim-model",
+                    "512",
+                    "--device",
+                    "cuda",
+                    "--seconds",
+                    str(args.node_seconds),
+                ],
+                int(args.node_seconds) + 240,
+            )
+            if importlib.util.find_spec("rclpy")
+            else {"skipped": "rclpy does not import here"}
+        ),
     }
     for name in args.only:
         t0 = time.perf_counter()

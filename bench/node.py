@@ -42,9 +42,16 @@ def build_models(out: Path, args) -> dict:
 
     cams = {f"observation.images.cam{i}": (args.height, args.width) for i in range(args.cameras)}
     big = args.dim_model >= 256
-    policy = make_act_policy(out / "policy", cameras=cams, dim_model=args.dim_model, n_heads=8 if big else 4,
-                             dim_feedforward=3200 if big else 128, n_encoder_layers=4 if big else 2,
-                             chunk_size=100 if big else 10, n_action_steps=100 if big else 10)
+    policy = make_act_policy(
+        out / "policy",
+        cameras=cams,
+        dim_model=args.dim_model,
+        n_heads=8 if big else 4,
+        dim_feedforward=3200 if big else 128,
+        n_encoder_layers=4 if big else 2,
+        chunk_size=100 if big else 10,
+        n_action_steps=100 if big else 10,
+    )
     save_sae(SparseAutoencoder(SAEConfig(d_in=args.dim_model, expansion_factor=8, k=32)), out / "sae")
     OODParams(threshold=1e30).save(out / "sae" / "ood_params.json")
     return {"policy": str(policy), "sae": str(out / "sae"), "cams": cams}
@@ -62,8 +69,9 @@ def plain_forward_ms(models: dict, args, runs: int = 30) -> tuple[float, float, 
     torch.set_num_threads(args.threads)
     pipe = Pipeline.load(models["policy"], models["sae"], device=args.device)
     engine = pipe.engine
-    obs = Observation({k: synthetic_frame(h, w, 0.3) for k, (h, w) in models["cams"].items()},
-                      state=np.zeros(6, np.float32))
+    obs = Observation(
+        {k: synthetic_frame(h, w, 0.3) for k, (h, w) in models["cams"].items()}, state=np.zeros(6, np.float32)
+    )
 
     def sync():
         if args.device.startswith("cuda"):
@@ -89,10 +97,18 @@ def plain_forward_ms(models: dict, args, runs: int = 30) -> tuple[float, float, 
 def write_params(path: Path, models: dict, args) -> None:
     doc = yaml.safe_load((ROOT / "config" / "introspect.yaml").read_text())
     p = doc["/**"]["ros__parameters"]
-    p.update(policy_path=models["policy"], sae_path=models["sae"], device=args.device, rate_hz=float(args.rate),
-             joint_states_topic="/bench/joint_states", stale_timeout_s=30.0)
-    p["cameras"] = {"topics": [f"/bench/{k.rsplit('.', 1)[-1]}/image_raw" for k in models["cams"]],
-                    "features": list(models["cams"])}
+    p.update(
+        policy_path=models["policy"],
+        sae_path=models["sae"],
+        device=args.device,
+        rate_hz=float(args.rate),
+        joint_states_topic="/bench/joint_states",
+        stale_timeout_s=30.0,
+    )
+    p["cameras"] = {
+        "topics": [f"/bench/{k.rsplit('.', 1)[-1]}/image_raw" for k in models["cams"]],
+        "features": list(models["cams"]),
+    }
     p["safe_stop"] = {"service": ""}
     path.write_text(yaml.safe_dump(doc))
 
@@ -113,12 +129,20 @@ def run_node_bench(models: dict, args, params: Path) -> dict:
 
     from pai_core.testing import synthetic_frame
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "ros2_ws" / "src" / "pai"), str(ROOT),
-                                                       os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS=str(args.threads))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(ROOT / "ros2_ws" / "src" / "pai"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+        ),
+        OMP_NUM_THREADS=str(args.threads),
+    )
     log = open(params.with_suffix(".log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     ctx = Context()
     rclpy.init(context=ctx)
     node = Node("pai_bench", context=ctx)
@@ -149,10 +173,18 @@ def run_node_bench(models: dict, args, params: Path) -> dict:
 
     from diagnostic_msgs.msg import DiagnosticArray
 
-    node.create_subscription(Image, f"/pai_introspector/overlay/{first}", on_overlay,
-                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-    node.create_subscription(JointState, "/pai_introspector/joint_command", on_command,
-                             QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(
+        Image,
+        f"/pai_introspector/overlay/{first}",
+        on_overlay,
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
+    )
+    node.create_subscription(
+        JointState,
+        "/pai_introspector/joint_command",
+        on_command,
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE),
+    )
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
     cams = {k: node.create_publisher(Image, f"/bench/{k.rsplit('.', 1)[-1]}/image_raw", qos) for k in models["cams"]}
@@ -215,15 +247,20 @@ def run_node_bench(models: dict, args, params: Path) -> dict:
     lat, lat_all = sorted(latencies), sorted(latencies_all)
     inputs = diag.get("pai_introspector: inputs", {})
     return {
-        "published": published, "overlays": len(lat), "dropped": published - len(lat),
-        "commands": len(lat_all), "dropped_before_last_output": published - len(lat_all),
+        "published": published,
+        "overlays": len(lat),
+        "dropped": published - len(lat),
+        "commands": len(lat_all),
+        "dropped_before_last_output": published - len(lat_all),
         "node_superseded": inputs.get("superseded (dropped)", ""),
         "latency_ms_median": round(statistics.median(lat), 2) if lat else None,
         "latency_ms_p99": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2) if lat else None,
         "latency_all_outputs_ms_median": round(statistics.median(lat_all), 2) if lat_all else None,
         "latency_all_outputs_ms_p99": round(lat_all[min(len(lat_all) - 1, int(0.99 * len(lat_all)))], 2)
-        if lat_all else None,
-        "node_fps": round(len(lat) / wall, 2), "node_cpu_percent": round(100 * cpu / wall, 1),
+        if lat_all
+        else None,
+        "node_fps": round(len(lat) / wall, 2),
+        "node_cpu_percent": round(100 * cpu / wall, 1),
         "node_engine_latency_ms_median": diag.get("pai_introspector: engine", {}).get("latency_ms_median"),
     }
 
@@ -248,10 +285,14 @@ def main() -> int:
     models = build_models(work, args)
     plain_ms, pipeline_ms, graph = plain_forward_ms(models, args)
     write_params(work / "introspect.yaml", models, args)
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "plain_forward_ms": round(plain_ms, 2), "plain_forward_fps": round(1000 / plain_ms, 1),
-              "pipeline_step_ms": round(pipeline_ms, 2), "engine_step": graph,
-              **run_node_bench(models, args, work / "introspect.yaml")}
+    result = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "plain_forward_ms": round(plain_ms, 2),
+        "plain_forward_fps": round(1000 / plain_ms, 1),
+        "pipeline_step_ms": round(pipeline_ms, 2),
+        "engine_step": graph,
+        **run_node_bench(models, args, work / "introspect.yaml"),
+    }
     p99 = result["latency_all_outputs_ms_p99"]
     result["targets"] = {  # issue 14's live target, for two 480x640 cameras at 30 Hz for 60 s on a GPU
         "p99_all_outputs_le_10ms": p99 is not None and p99 <= 10.0,

@@ -111,16 +111,29 @@ def resolve_setup(args) -> Setup:
         return work / "datasets" / name
 
     if bool(args.policy_path) != bool(args.sae_path):
-        raise InputError("give both --policy-path and --sae-path (an SAE of that policy, with ood_params.json), "
-                         "or neither to use the demo's or build them")
+        raise InputError(
+            "give both --policy-path and --sae-path (an SAE of that policy, with ood_params.json), "
+            "or neither to use the demo's or build them"
+        )
     if args.policy_path:
         policy, origin["policy"] = Path(args.policy_path), "given"
     elif (demo / "policy/pretrained_model/model.safetensors").is_file():
         policy, origin["policy"] = demo / "policy/pretrained_model", f"demo {demo}"
     else:
         stages["train_policy"].run = lambda: _pai(
-            "sim", "train-policy", "--dataset", dataset("train"), "--output", work / "policy", "--steps",
-            cfg.train_steps, "--max-minutes", cfg.train_minutes, "--batch-size", cfg.batch_size)
+            "sim",
+            "train-policy",
+            "--dataset",
+            dataset("train"),
+            "--output",
+            work / "policy",
+            "--steps",
+            cfg.train_steps,
+            "--max-minutes",
+            cfg.train_minutes,
+            "--batch-size",
+            cfg.batch_size,
+        )
         ensure("train_policy")
         policy, origin["policy"] = work / "policy/pretrained_model", f"built in {work}"
     if args.sae_path:
@@ -135,17 +148,41 @@ def resolve_setup(args) -> Setup:
             raise InputError(f"{sae} holds an SAE of policy {trained_for}, not {policy}: delete it or pass --work-dir")
         if not (sae / "model.safetensors").is_file():
             print("[bench] train_sae: activations + TopK SAE", flush=True)
-            _pai("train-sae", "--dataset-repo-id", REPO_ID, "--root", dataset("train"), "--policy-path", policy,
-                 "--output-dir", sae, "--steps", cfg.sae_steps)
+            _pai(
+                "train-sae",
+                "--dataset-repo-id",
+                REPO_ID,
+                "--root",
+                dataset("train"),
+                "--policy-path",
+                policy,
+                "--output-dir",
+                sae,
+                "--steps",
+                cfg.sae_steps,
+            )
         if not (sae / "ood_params.json").is_file():
             print("[bench] calibrate_ood: conformal threshold on held-out clean episodes", flush=True)
-            _pai("calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
-                 "--root", dataset("calibration"), "--alpha", args.alpha)
+            _pai(
+                "calibrate-ood",
+                "--sae-path",
+                sae,
+                "--policy-path",
+                policy,
+                "--dataset-repo-id",
+                REPO_ID,
+                "--root",
+                dataset("calibration"),
+                "--alpha",
+                args.alpha,
+            )
         origin["sae"] = f"built in {work}"
     ood_params = Path(args.ood_params) if args.ood_params else sae / "ood_params.json"
     if not ood_params.is_file():
-        raise InputError(f"No OOD parameters at {ood_params}: run `pai calibrate-ood --sae-path {sae} ...` "
-                         "on held-out clean episodes first")
+        raise InputError(
+            f"No OOD parameters at {ood_params}: run `pai calibrate-ood --sae-path {sae} ...` "
+            "on held-out clean episodes first"
+        )
 
     # clean held-out episodes
     if args.clean:
@@ -163,8 +200,7 @@ def resolve_setup(args) -> Setup:
                 extra = work / "datasets/test_clean_extra"
                 if not (extra / "pai_sim.json").is_file():
                     print(f"[bench] recording {args.clean_episodes - have} more clean episodes", flush=True)
-                    _pai("sim", "record", "--output", extra, "--episodes", args.clean_episodes - have,
-                         "--seed", 8000)
+                    _pai("sim", "record", "--output", extra, "--episodes", args.clean_episodes - have, "--seed", 8000)
                 clean.append(extra)
                 origin["clean"] += f" + {n_episodes(extra)} recorded in {extra}"
 
@@ -252,8 +288,10 @@ def training_tokens(pipe, tap: TokenTap, args):
             return tokens, f"{acts} (episodes {sorted(train_eps) or 'all'}, {store.manifest['dtype']})"
     root = args.train_root or extra.get("dataset_root")
     if not root or not Path(root).is_dir():
-        raise InputError("No clean training frames for the baseline: the SAE's activation recording and dataset_root "
-                         "are missing; pass --train-root DATASET")
+        raise InputError(
+            "No clean training frames for the baseline: the SAE's activation recording and dataset_root "
+            "are missing; pass --train-root DATASET"
+        )
     episodes = sorted(train_eps) if not args.train_root and train_eps else None
     _, toks = score_dataset(tap, Path(root), args.batch_size, episodes)
     return torch.cat(toks), f"{root} (episodes {episodes or 'all'}, through the pipeline)"
@@ -262,18 +300,28 @@ def training_tokens(pipe, tap: TokenTap, args):
 # ------------------------------------------------------------------------------------------ report
 def summarise(ev: dict) -> dict:
     per = ev["ood_episodes"]
-    return {"auroc": ev["auroc"], "tpr_at_threshold": ev["tpr_at_threshold"],
-            "mean_detection_delay_frames": ev["mean_detection_delay_frames"],
-            "episodes_detected": sum(r["detected"] for r in per), "episodes": len(per),
-            "frames": ev["frames"]["ood"], "auroc_target_met": ev["auroc"] >= AUROC_TARGET}
+    return {
+        "auroc": ev["auroc"],
+        "tpr_at_threshold": ev["tpr_at_threshold"],
+        "mean_detection_delay_frames": ev["mean_detection_delay_frames"],
+        "episodes_detected": sum(r["detected"] for r in per),
+        "episodes": len(per),
+        "frames": ev["frames"]["ood"],
+        "auroc_target_met": ev["auroc"] >= AUROC_TARGET,
+    }
 
 
 def clean_summary(ev: dict, alpha: float) -> dict:
     per = ev["in_distribution_episodes"]
     fpr = ev["false_positive_rate_at_threshold"]
-    return {"frame_false_alarm_rate": fpr, "episodes_with_alarm": sum(r["alarm_raised"] for r in per),
-            "episodes": len(per), "frames": ev["frames"]["in_distribution"], "alpha": alpha,
-            "target_met": fpr <= alpha}
+    return {
+        "frame_false_alarm_rate": fpr,
+        "episodes_with_alarm": sum(r["alarm_raised"] for r in per),
+        "episodes": len(per),
+        "frames": ev["frames"]["in_distribution"],
+        "alpha": alpha,
+        "target_met": fpr <= alpha,
+    }
 
 
 def print_table(result: dict) -> None:
@@ -281,24 +329,33 @@ def print_table(result: dict) -> None:
 
     score = json.loads(Path(result["setup"]["ood_params"]).read_text()).get("score", "sae_recon_mse")
     names = {"pai": f"pai ({score}, conformal)", "seed": "seed (whole-frame SAE, 2.5 sigma)"}
-    print(f"\nOOD benchmark: AUROC target >= {AUROC_TARGET}, clean frame false alarms target <= alpha "
-          f"= {result['alpha']:g}; alarm {result['alarm']['n']} of {result['alarm']['m']} frames")
-    head = (f"{'perturbation':<13} {'detector':<35} {'AUROC':>6} {'target':>6} {'TPR@thr':>8} {'delay':>6} "
-            f"{'detected':>9}")
+    print(
+        f"\nOOD benchmark: AUROC target >= {AUROC_TARGET}, clean frame false alarms target <= alpha "
+        f"= {result['alpha']:g}; alarm {result['alarm']['n']} of {result['alarm']['m']} frames"
+    )
+    head = (
+        f"{'perturbation':<13} {'detector':<35} {'AUROC':>6} {'target':>6} {'TPR@thr':>8} {'delay':>6} {'detected':>9}"
+    )
     print(head + "\n" + "-" * len(head))
     for p, by in result["perturbations"].items():
         for i, (key, r) in enumerate(by.items()):
             delay = "-" if r["mean_detection_delay_frames"] is None else f"{r['mean_detection_delay_frames']:.1f}"
-            print(f"{p if i == 0 else '':<13} {names[key]:<35} {r['auroc']:>6.3f} "
-                  f"{'ok' if r['auroc_target_met'] else 'MISS':>6} {r['tpr_at_threshold']:>8.3f} {delay:>6} "
-                  f"{r['episodes_detected']:>4}/{r['episodes']:<4}")
+            print(
+                f"{p if i == 0 else '':<13} {names[key]:<35} {r['auroc']:>6.3f} "
+                f"{'ok' if r['auroc_target_met'] else 'MISS':>6} {r['tpr_at_threshold']:>8.3f} {delay:>6} "
+                f"{r['episodes_detected']:>4}/{r['episodes']:<4}"
+            )
     print("-" * len(head))
     for key, c in result["clean"].items():
-        print(f"clean held-out, {names[key]}: frame false alarms {c['frame_false_alarm_rate']:.4f} "
-              f"({'ok' if c['target_met'] else 'MISS'} vs alpha {c['alpha']:g}, {c['frames']} frames), "
-              f"episodes with an alarm {c['episodes_with_alarm']}/{c['episodes']}")
-    print(f"thresholds: pai {result['thresholds']['pai']:.5g} (conformal), "
-          f"seed {result['thresholds']['seed']:.5g} (mean + {result['baseline']['sigma']:g} sigma)")
+        print(
+            f"clean held-out, {names[key]}: frame false alarms {c['frame_false_alarm_rate']:.4f} "
+            f"({'ok' if c['target_met'] else 'MISS'} vs alpha {c['alpha']:g}, {c['frames']} frames), "
+            f"episodes with an alarm {c['episodes_with_alarm']}/{c['episodes']}"
+        )
+    print(
+        f"thresholds: pai {result['thresholds']['pai']:.5g} (conformal), "
+        f"seed {result['thresholds']['seed']:.5g} (mean + {result['baseline']['sigma']:g} sigma)"
+    )
     print("delay: mean frames from the episode start to the alarm over detected episodes\n")
 
 
@@ -331,7 +388,9 @@ def plot(clean: dict, perturbed: dict, result: dict, path: Path) -> Path:
             if col == 0:
                 ax.set_ylabel("frames")
                 ax.legend(fontsize=7)
-    axes[0, 0].annotate("pai: ood_params.json score, conformal threshold", (0, 1.25), xycoords="axes fraction", fontsize=9)
+    axes[0, 0].annotate(
+        "pai: ood_params.json score, conformal threshold", (0, 1.25), xycoords="axes fraction", fontsize=9
+    )
     axes[1, 0].annotate("seed: whole-frame SAE, mean + 2.5 sigma", (0, 1.25), xycoords="axes fraction", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -354,13 +413,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ood-params", default="", help="ood_params.json (default SAE_PATH/ood_params.json)")
     ap.add_argument("--clean", nargs="*", default=[], metavar="ROOT", help="clean held-out dataset roots")
     ap.add_argument("--ood", nargs="*", default=[], metavar="NAME=ROOT", help="perturbed dataset roots")
-    ap.add_argument("--train-root", default="", help="clean training dataset for the baseline (default: the "
-                                                     "SAE's activation recording or training dataset)")
-    ap.add_argument("--perturbations", nargs="*", default=None, choices=all_types,
-                    help=f"types to evaluate (default all: {' '.join(all_types)}; with --ood only those given)")
+    ap.add_argument(
+        "--train-root",
+        default="",
+        help="clean training dataset for the baseline (default: the SAE's activation recording or training dataset)",
+    )
+    ap.add_argument(
+        "--perturbations",
+        nargs="*",
+        default=None,
+        choices=all_types,
+        help=f"types to evaluate (default all: {' '.join(all_types)}; with --ood only those given)",
+    )
     ap.add_argument("--clean-episodes", type=int, default=None, help="clean held-out episodes (quick 3, full 8)")
-    ap.add_argument("--ood-episodes", type=int, default=None, help="episodes per perturbation when recorded "
-                                                                   "(quick 2, full 3)")
+    ap.add_argument(
+        "--ood-episodes", type=int, default=None, help="episodes per perturbation when recorded (quick 2, full 3)"
+    )
     ap.add_argument("--train-minutes", type=float, default=None, help="policy training budget when built here")
     ap.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate when calibrating here")
     ap.add_argument("--alarm-n", type=int, default=3, help="frames above threshold among the last M raising the alarm")
@@ -400,11 +468,21 @@ def main(argv: list[str] | None = None) -> int:
         tap = TokenTap(pipe, dtype)  # the baseline sees tokens stored as its training tokens were
 
         train_tokens, train_source = training_tokens(pipe, tap, args)
-        print(f"[bench] whole-frame SAE on {train_tokens.shape[0]} training frames of {tuple(train_tokens.shape[1:])} "
-              f"tokens from {train_source}", flush=True)
-        model, base_info = train_whole_frame_sae(train_tokens, WholeFrameSAEConfig(
-            n_features=args.baseline_features, l1_coef=args.baseline_l1, steps=args.baseline_steps,
-            sigma=args.sigma, seed=args.seed))
+        print(
+            f"[bench] whole-frame SAE on {train_tokens.shape[0]} training frames of {tuple(train_tokens.shape[1:])} "
+            f"tokens from {train_source}",
+            flush=True,
+        )
+        model, base_info = train_whole_frame_sae(
+            train_tokens,
+            WholeFrameSAEConfig(
+                n_features=args.baseline_features,
+                l1_coef=args.baseline_l1,
+                steps=args.baseline_steps,
+                sigma=args.sigma,
+                seed=args.seed,
+            ),
+        )
         base_info["source"] = train_source
 
         clean = {"pai": [], "seed": []}
@@ -422,21 +500,42 @@ def main(argv: list[str] | None = None) -> int:
 
     thresholds = {"pai": float(pipe.threshold), "seed": float(model.threshold)}
     alpha = float(pipe.ood.alpha)
-    result = {"alpha": alpha, "alarm": asdict(alarm), "thresholds": thresholds, "auroc_target": AUROC_TARGET,
-              "setup": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list)
-                            else {a: str(b) for a, b in v.items()} if isinstance(v, dict) else v)
-                        for k, v in asdict(setup).items()},
-              "baseline": base_info, "perturbations": {}, "clean": {}, "details": {}}
+    result = {
+        "alpha": alpha,
+        "alarm": asdict(alarm),
+        "thresholds": thresholds,
+        "auroc_target": AUROC_TARGET,
+        "setup": {
+            k: (
+                str(v)
+                if isinstance(v, Path)
+                else [str(x) for x in v]
+                if isinstance(v, list)
+                else {a: str(b) for a, b in v.items()}
+                if isinstance(v, dict)
+                else v
+            )
+            for k, v in asdict(setup).items()
+        },
+        "baseline": base_info,
+        "perturbations": {},
+        "clean": {},
+        "details": {},
+    }
     for key in ("pai", "seed"):
         all_ood = [e for p in perturbed for e in perturbed[p][key]]
         ev = evaluate_episodes(clean[key], all_ood, thresholds[key])
         result["clean"][key] = clean_summary(ev, alpha)
         result["details"][key] = ev
     for p in perturbed:
-        result["perturbations"][p] = {key: summarise(evaluate_episodes(clean[key], perturbed[p][key], thresholds[key]))
-                                      for key in ("pai", "seed")}
-    result["all_targets_met"] = {key: all(r[key]["auroc_target_met"] for r in result["perturbations"].values())
-                                 and result["clean"][key]["target_met"] for key in ("pai", "seed")}
+        result["perturbations"][p] = {
+            key: summarise(evaluate_episodes(clean[key], perturbed[p][key], thresholds[key])) for key in ("pai", "seed")
+        }
+    result["all_targets_met"] = {
+        key: all(r[key]["auroc_target_met"] for r in result["perturbations"].values())
+        and result["clean"][key]["target_met"]
+        for key in ("pai", "seed")
+    }
     result["seconds"] = round(time.perf_counter() - start, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ood_bench.json").write_text(json.dumps(result, indent=2))

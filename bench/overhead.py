@@ -33,14 +33,27 @@ def main() -> None:
     from pai_core import IntrospectionConfig, Introspector, Observation, render_overlays
     from pai_core.testing import make_act_policy
 
-    cams = {"observation.images.front": (args.height, args.width), "observation.images.wrist": (args.height, args.width)}
-    path = make_act_policy(tempfile.mkdtemp() + "/p", cameras=cams, dim_model=args.dim_model, n_heads=8,
-                           dim_feedforward=3200, n_encoder_layers=4, chunk_size=100, n_action_steps=100)
+    cams = {
+        "observation.images.front": (args.height, args.width),
+        "observation.images.wrist": (args.height, args.width),
+    }
+    path = make_act_policy(
+        tempfile.mkdtemp() + "/p",
+        cameras=cams,
+        dim_model=args.dim_model,
+        n_heads=8,
+        dim_feedforward=3200,
+        n_encoder_layers=4,
+        chunk_size=100,
+        n_action_steps=100,
+    )
     engine = Introspector.from_pretrained(str(path), IntrospectionConfig(device=args.device))
     policy, pre, post = engine.policy, engine.loaded.preprocessor, engine.loaded.postprocessor
     rng = np.random.default_rng(0)
-    obs = Observation(images={k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in cams.items()},
-                      state=rng.normal(size=6).astype(np.float32))
+    obs = Observation(
+        images={k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in cams.items()},
+        state=rng.normal(size=6).astype(np.float32),
+    )
     batch = pre(engine.observation_to_dict(obs))
     model_batch = dict(batch)
     model_batch["observation.images"] = [batch[k] for k in engine.camera_names]
@@ -79,7 +92,10 @@ def main() -> None:
             if name == "engine":
                 engine.adapter.remove_hooks()
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"device={args.device} threads={args.threads} dim_model={args.dim_model} cameras=2x{args.height}x{args.width} runs={args.runs}")
+    print(
+        f"device={args.device} threads={args.threads} dim_model={args.dim_model} "
+        f"cameras=2x{args.height}x{args.width} runs={args.runs}"
+    )
     for k, v in med.items():
         print(f"  {k:8s} median {v:8.1f} ms   p90 {np.percentile(times[k], 90):8.1f} ms")
     print(f"ratio engine/plain   = {med['engine'] / med['plain']:.3f}  (target <= 1.05; seed mapper 1.64)")

@@ -74,8 +74,16 @@ def build_scorer(n: int, cameras: int, states, episodes, device, chunk) -> Patch
         refs[f"observation.images.cam{i}"] = CameraReference(
             patches, torch.zeros(c, 1, 1), torch.ones(c, 1, 1), torch.zeros(GRID), torch.ones(GRID), 1.0, 1.0
         ).to(device)
-    return PatchKnnScorer(refs, states[:n], torch.zeros(6), torch.ones(6), episodes[:n], PatchKnnConfig(),
-                          coverage_radius=1.0, search_chunk=chunk).to(device)
+    return PatchKnnScorer(
+        refs,
+        states[:n],
+        torch.zeros(6),
+        torch.ones(6),
+        episodes[:n],
+        PatchKnnConfig(),
+        coverage_radius=1.0,
+        search_chunk=chunk,
+    ).to(device)
 
 
 def main() -> None:
@@ -83,9 +91,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--frames", type=int, default=400, help="frames per episode")
-    parser.add_argument("--patch-episodes", type=int, default=None,
-                        help="episodes whose patches are held (default: all on CUDA, 5 on the CPU; the rest is "
-                             "extrapolated: memory is linear in frames, patch distances do not depend on them)")
+    parser.add_argument(
+        "--patch-episodes",
+        type=int,
+        default=None,
+        help="episodes whose patches are held (default: all on CUDA, 5 on the CPU; the rest is "
+        "extrapolated: memory is linear in frames, patch distances do not depend on them)",
+    )
     parser.add_argument("--cameras", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=8192, help="reference frames per block of the state search")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="frames scored per call")
@@ -99,9 +111,14 @@ def main() -> None:
     patch_eps = args.patch_episodes or (args.episodes if device.type == "cuda" else min(5, args.episodes))
     n = patch_eps * args.frames
     states, episodes = joint_states(args.episodes, args.frames)
-    report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{args.threads}",
-                    "frames_full": n_full, "frames_held": n, "cameras": args.cameras, "chunk": args.chunk,
-                    "grid": [sum(CHANNELS), *GRID]}
+    report: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{args.threads}",
+        "frames_full": n_full,
+        "frames_held": n,
+        "cameras": args.cameras,
+        "chunk": args.chunk,
+        "grid": [sum(CHANNELS), *GRID],
+    }
 
     # the state search at full size: blocked and in one block, the same neighbours
     q_states = states[torch.randint(n_full, (max(args.batch),))].to(device)
@@ -111,9 +128,14 @@ def main() -> None:
         for b in args.batch:
             ms = timed(lambda b=b, chunk=chunk: nearest_states(q_states[:b], ref_states, 32, chunk), device, args.runs)
             search[f"chunk_{chunk or 'none'}_batch_{b}"] = stats(ms) | {
-                "distance_floats": b * (n_full if chunk is None else min(chunk, n_full) + 32)}
-    same = all(torch.equal(x, y) for x, y in zip(nearest_states(q_states, ref_states, 32, None),
-                                                   nearest_states(q_states, ref_states, 32, args.chunk)))
+                "distance_floats": b * (n_full if chunk is None else min(chunk, n_full) + 32)
+            }
+    same = all(
+        torch.equal(x, y)
+        for x, y in zip(
+            nearest_states(q_states, ref_states, 32, None), nearest_states(q_states, ref_states, 32, args.chunk)
+        )
+    )
     report["state_search_full_size"] = search | {"blocked_equals_one_block": same}
 
     # the reference and the whole score (state search over the held frames + patch distances)
@@ -123,20 +145,32 @@ def main() -> None:
     sync(device)
     build_s = time.perf_counter() - t0
     per_frame = scorer.nbytes / n
-    report["reference"] = {"bytes_held": scorer.nbytes, "bytes_per_frame": int(per_frame),
-                           "bytes_full_size": int(per_frame * n_full),
-                           "full_size_is": "measured" if n == n_full else f"extrapolated from {n} frames (linear)",
-                           "build_s": round(build_s, 2)}
+    report["reference"] = {
+        "bytes_held": scorer.nbytes,
+        "bytes_per_frame": int(per_frame),
+        "bytes_full_size": int(per_frame * n_full),
+        "full_size_is": "measured" if n == n_full else f"extrapolated from {n} frames (linear)",
+        "build_s": round(build_s, 2),
+    }
     h, w = 480, 640
     scoring = {}
     for b in args.batch:
-        maps = {cam: [torch.randn(b, CHANNELS[0], h // 4, w // 4, device=device),
-                      torch.randn(b, CHANNELS[1], h // 8, w // 8, device=device)] for cam in scorer.cameras}
+        maps = {
+            cam: [
+                torch.randn(b, CHANNELS[0], h // 4, w // 4, device=device),
+                torch.randn(b, CHANNELS[1], h // 8, w // 8, device=device),
+            ]
+            for cam in scorer.cameras
+        }
         probe = states[torch.randint(n, (b,))].numpy()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        ms = timed(lambda maps=maps, probe=probe: scorer.score_maps(maps, probe), device, max(5, args.runs // (4 if b > 1 else 1)))
+        ms = timed(
+            lambda maps=maps, probe=probe: scorer.score_maps(maps, probe),
+            device,
+            max(5, args.runs // (4 if b > 1 else 1)),
+        )
         row = stats(ms) | {"per_frame_ms": round(statistics.median(ms) / b, 3)}
         if device.type == "cuda":
             row["peak_extra_bytes"] = int(torch.cuda.max_memory_allocated(device) - base)
@@ -148,12 +182,14 @@ def main() -> None:
         extra = {}
         for b in args.batch:
             full = report["state_search_full_size"][f"chunk_{args.chunk}_batch_{b}"]["median_ms"]
-            held = statistics.median(timed(lambda b=b: nearest_states(q_states[:b], ref_states[:n], 32, args.chunk),
-                                           device, args.runs))
+            held = statistics.median(
+                timed(lambda b=b: nearest_states(q_states[:b], ref_states[:n], 32, args.chunk), device, args.runs)
+            )
             extra[f"batch_{b}_median_ms"] = round(scoring[f"batch_{b}"]["median_ms"] - held + full, 3)
         report["score_full_size_extrapolated"] = extra | {
             "how": "score at the held frames, with the state search over the held frames replaced by the one "
-                   "measured at full size (patch distances do not depend on the reference size)"}
+            "measured at full size (patch distances do not depend on the reference size)"
+        }
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

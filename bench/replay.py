@@ -53,19 +53,37 @@ def main() -> None:
     from tests import replay_helpers as rh
 
     tmp = Path(tempfile.mkdtemp(prefix="pai-bench-replay-"))
-    cams = {"observation.images.front": (args.height, args.width), "observation.images.wrist": (args.height, args.width)}
+    cams = {
+        "observation.images.front": (args.height, args.width),
+        "observation.images.wrist": (args.height, args.width),
+    }
     rh.CAMERAS.update(cams)
-    policy = make_act_policy(tmp / "policy", cameras=cams, dim_model=args.dim_model, n_heads=8,
-                             dim_feedforward=4 * args.dim_model, n_encoder_layers=4, chunk_size=100, n_action_steps=100)
+    policy = make_act_policy(
+        tmp / "policy",
+        cameras=cams,
+        dim_model=args.dim_model,
+        n_heads=8,
+        dim_feedforward=4 * args.dim_model,
+        n_encoder_layers=4,
+        chunk_size=100,
+        n_action_steps=100,
+    )
     sae = SparseAutoencoder(SAEConfig(d_in=args.dim_model, expansion_factor=8, k=32))
     save_sae(sae, tmp / "sae")
     OODParams(threshold=1e9).save(tmp / "sae" / "ood_params.json")
-    specs = [rh.CameraSpec("/front", "observation.images.front", args.rate, "rgb8"),
-             rh.CameraSpec("/wrist", "observation.images.wrist", args.rate, "rgb8", 0.003)]
+    specs = [
+        rh.CameraSpec("/front", "observation.images.front", args.rate, "rgb8"),
+        rh.CameraSpec("/wrist", "observation.images.wrist", args.rate, "rgb8", 0.003),
+    ]
     duration = args.frames / args.rate
     rh.write_bag(tmp / "bag", "mcap", specs, duration_s=duration, joint_rate_hz=2 * args.rate, joint_offset_s=-0.01)
-    settings = PaiSettings(policy_path=str(policy), sae_path=str(tmp / "sae"), device=args.device,
-                           joint_names=rh.JOINTS, cameras=CameraSettings([s.topic for s in specs], [s.feature for s in specs]))
+    settings = PaiSettings(
+        policy_path=str(policy),
+        sae_path=str(tmp / "sae"),
+        device=args.device,
+        joint_names=rh.JOINTS,
+        cameras=CameraSettings([s.topic for s in specs], [s.feature for s in specs]),
+    )
     pipeline = Pipeline.from_settings(settings)
 
     # plain batched forward on the same batch size
@@ -73,8 +91,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     from pai_core import Observation
 
-    obs = [Observation(images={k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in cams.items()},
-                       state=rng.normal(size=6).astype(np.float32)) for _ in range(args.batch_size)]
+    obs = [
+        Observation(
+            images={k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in cams.items()},
+            state=rng.normal(size=6).astype(np.float32),
+        )
+        for _ in range(args.batch_size)
+    ]
     batch = engine._preprocess(obs)
     model_batch = dict(batch)
     model_batch["observation.images"] = [batch[k] for k in engine.camera_names]
@@ -91,19 +114,29 @@ def main() -> None:
                 torch.cuda.synchronize()
         plain_fps = reps * args.batch_size / (time.perf_counter() - t0)
 
-    result = replay_bag(tmp / "bag", settings, pipeline,
-                        ReplayOptions(tmp / "out", batch_size=args.batch_size, video=not args.no_video, progress=False))
+    result = replay_bag(
+        tmp / "bag",
+        settings,
+        pipeline,
+        ReplayOptions(tmp / "out", batch_size=args.batch_size, video=not args.no_video, progress=False),
+    )
     s = result.stats
-    print(f"device {args.device}, {args.threads} threads, two {args.height}x{args.width} cameras, dim_model "
-          f"{args.dim_model}, batch {args.batch_size}, {result.accounting.frames_processed} frames at {args.rate:g} Hz")
+    print(
+        f"device {args.device}, {args.threads} threads, two {args.height}x{args.width} cameras, dim_model "
+        f"{args.dim_model}, batch {args.batch_size}, {result.accounting.frames_processed} frames at {args.rate:g} Hz"
+    )
     print(f"plain batched forward : {plain_fps:8.2f} frames/s")
-    print(f"replay end to end     : {s.fps:8.2f} frames/s  ({s.fps / plain_fps:.2f}x plain, "
-          f"{s.fps / args.rate:.2f}x real time; pipeline alone {s.frames / s.pipeline_s:.2f} frames/s)")
+    print(
+        f"replay end to end     : {s.fps:8.2f} frames/s  ({s.fps / plain_fps:.2f}x plain, "
+        f"{s.fps / args.rate:.2f}x real time; pipeline alone {s.frames / s.pipeline_s:.2f} frames/s)"
+    )
     if on_cuda:
         ratio = s.fps / plain_fps
-        print(f"target (issue 14)     : replay >= 0.9x plain: {'yes' if ratio >= 0.9 else 'NO'} ({ratio:.2f}x); "
-              f">= 580 frames/s at dim_model 512: {'yes' if s.fps >= 580 else 'NO'} ({s.fps:.0f}); "
-              f"{torch.cuda.get_device_name()}")
+        print(
+            f"target (issue 14)     : replay >= 0.9x plain: {'yes' if ratio >= 0.9 else 'NO'} ({ratio:.2f}x); "
+            f">= 580 frames/s at dim_model 512: {'yes' if s.fps >= 580 else 'NO'} ({s.fps:.0f}); "
+            f"{torch.cuda.get_device_name()}"
+        )
     print(f"outputs in {tmp / 'out'}")
 
 

@@ -54,29 +54,50 @@ def main() -> None:
 
         cams = {"observation.images.front": (args.height, args.width)}
         ds = make_lerobot_dataset(work / "ds", cameras=cams, episodes=args.episodes, frames=args.frames)
-        policy = make_act_policy(work / "policy", cameras=cams, dim_model=args.dim_model, n_heads=8,
-                                 dim_feedforward=3200, n_encoder_layers=4)
+        policy = make_act_policy(
+            work / "policy", cameras=cams, dim_model=args.dim_model, n_heads=8, dim_feedforward=3200, n_encoder_layers=4
+        )
         acts = work / "acts"
         t0 = time.perf_counter()
-        record_activations(ds, str(policy), acts, config=RecordConfig(batch_size=16, shard_frames=50, device=args.device))
+        record_activations(
+            ds, str(policy), acts, config=RecordConfig(batch_size=16, shard_frames=50, device=args.device)
+        )
         frames = args.episodes * args.frames
         print(f"recording: {frames / (time.perf_counter() - t0):.1f} frames/s on {args.device}")
     store = ActivationStore(acts)
     train, held = store.split(0.25)
-    print(f"tokens: {store.count_tokens(train)} train, {store.count_tokens(held)} held out, d_model {store.d_model}, "
-          f"{store.manifest['tokens_per_frame']} per frame")
-    cfg = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, dead_tokens=max(10 * args.batch_size, 100_000), checkpoint_every=0, device=args.device)
-    result = train_sae(token_batches(train, args.batch_size, repeat=True, device=args.device), store.d_model,
-                       work / "sae", cfg,
-                       held_out=lambda: token_batches(held, 8192, shuffle=False, device=args.device))
+    print(
+        f"tokens: {store.count_tokens(train)} train, {store.count_tokens(held)} held out, d_model {store.d_model}, "
+        f"{store.manifest['tokens_per_frame']} per frame"
+    )
+    cfg = TrainConfig(
+        expansion_factor=args.expansion_factor,
+        k=args.k,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        dead_tokens=max(10 * args.batch_size, 100_000),
+        checkpoint_every=0,
+        device=args.device,
+    )
+    result = train_sae(
+        token_batches(train, args.batch_size, repeat=True, device=args.device),
+        store.d_model,
+        work / "sae",
+        cfg,
+        held_out=lambda: token_batches(held, 8192, shuffle=False, device=args.device),
+    )
     held_metrics = result.metrics["held_out"]
     report = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu x{args.threads} threads",
-        "d_model": store.d_model, "n_latents": store.d_model * args.expansion_factor, "k": args.k,
-        "batch_size": args.batch_size, "steps": args.steps,
+        "d_model": store.d_model,
+        "n_latents": store.d_model * args.expansion_factor,
+        "k": args.k,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
         "train_tokens_per_s": round(result.metrics["tokens_per_s"]),
-        "held_out_fvu": round(held_metrics["fvu"], 4), "held_out_mean_l0": held_metrics["mean_l0"],
+        "held_out_fvu": round(held_metrics["fvu"], 4),
+        "held_out_mean_l0": held_metrics["mean_l0"],
         "held_out_dead_fraction": round(held_metrics["dead_fraction"], 4),
     }
     print(json.dumps(report, indent=2))

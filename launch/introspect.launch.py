@@ -9,13 +9,13 @@ the launch ends with the node: when it fails (bad parameters, no GPU, a crash), 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
 from pai.launch_checks import LaunchError, check_config, exit_error, overrides
 
 OVERRIDES = ("policy_path", "sae_path", "device")
@@ -46,11 +46,13 @@ def _node(context):
 
 def generate_launch_description():
     default_config = os.path.join(get_package_share_directory("pai"), "config", "introspect.yaml")
-    return LaunchDescription([
-        DeclareLaunchArgument("config", default_value=default_config, description="ROS 2 parameters file"),
-        DeclareLaunchArgument("policy_path", default_value="", description="overrides policy_path of the file"),
-        DeclareLaunchArgument("sae_path", default_value="", description="overrides sae_path of the file"),
-        DeclareLaunchArgument("device", default_value="", description="overrides device (cpu, cuda, cuda:1)"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
-        OpaqueFunction(function=_node),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("config", default_value=default_config, description="ROS 2 parameters file"),
+            DeclareLaunchArgument("policy_path", default_value="", description="overrides policy_path of the file"),
+            DeclareLaunchArgument("sae_path", default_value="", description="overrides sae_path of the file"),
+            DeclareLaunchArgument("device", default_value="", description="overrides device (cpu, cuda, cuda:1)"),
+            DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
+            OpaqueFunction(function=_node),
+        ]
+    )

@@ -10,6 +10,17 @@ from .pipeline import Frame, Pipeline
 __version__ = "0.1.0"
 
 __all__ = [
-    "CameraTokens", "Frame", "FrameResult", "InputError", "IntrospectionConfig", "Introspector", "ModelError",
-    "Observation", "OverlayConfig", "PaiError", "Pipeline", "TokenLayout", "render_overlays",
+    "CameraTokens",
+    "Frame",
+    "FrameResult",
+    "InputError",
+    "IntrospectionConfig",
+    "Introspector",
+    "ModelError",
+    "Observation",
+    "OverlayConfig",
+    "PaiError",
+    "Pipeline",
+    "TokenLayout",
+    "render_overlays",
 ]

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -103,7 +104,7 @@ class DatasetRef:
 
 
 def _split_list(value: str | Sequence[str] | None) -> list[str]:
-    """"a,b", "[a, b]" (the seed's form), ["a", "b"] or ["a,b"] -> ["a", "b"]."""
+    """ "a,b", "[a, b]" (the seed's form), ["a", "b"] or ["a,b"] -> ["a", "b"]."""
     if value is None:
         return []
     items = [value] if isinstance(value, str) else list(value)
@@ -123,8 +124,10 @@ def parse_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | N
     if not ids or any(not i for i in ids):
         raise InputError(f"--dataset-repo-id {repo_ids!r}: expected one repo id or a comma-separated list (a,b)")
     if dirs and len(dirs) != len(ids):
-        raise InputError(f"--root {roots!r} lists {len(dirs)} folders for {len(ids)} datasets {ids}; give one root per "
-                         "dataset, in the same order, separated by commas (or none)")
+        raise InputError(
+            f"--root {roots!r} lists {len(dirs)} folders for {len(ids)} datasets {ids}; give one root per "
+            "dataset, in the same order, separated by commas (or none)"
+        )
     if any(not d for d in dirs):
         raise InputError(f"--root {roots!r} has an empty entry; give one folder per dataset")
     refs = [DatasetRef(i, d or None) for i, d in zip(ids, dirs or [None] * len(ids))]
@@ -132,8 +135,9 @@ def parse_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | N
     for ref in refs:
         key = (ref.repo_id, str(Path(ref.root).resolve()) if ref.root else None)
         if key in seen:
-            raise InputError(f"--dataset-repo-id: dataset {ref.repo_id!r}{f' at {ref.root}' if ref.root else ''} is "
-                             "listed twice")
+            raise InputError(
+                f"--dataset-repo-id: dataset {ref.repo_id!r}{f' at {ref.root}' if ref.root else ''} is listed twice"
+            )
         seen.add(key)
     return refs
 
@@ -145,8 +149,16 @@ def open_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | No
     return [open_dataset(ref.repo_id, ref.root) for ref in parse_datasets(repo_ids, roots)]
 
 
-def _manifest(policy_path: str, datasets: Sequence, d_model: int, n_tokens: int, layout: TokenLayout,
-              cfg: RecordConfig, fingerprint: str = "", episodes: Sequence[Sequence[int]] = ()) -> dict:
+def _manifest(
+    policy_path: str,
+    datasets: Sequence,
+    d_model: int,
+    n_tokens: int,
+    layout: TokenLayout,
+    cfg: RecordConfig,
+    fingerprint: str = "",
+    episodes: Sequence[Sequence[int]] = (),
+) -> dict:
     one = len(datasets) == 1
     return {
         "policy": str(policy_path),
@@ -154,8 +166,10 @@ def _manifest(policy_path: str, datasets: Sequence, d_model: int, n_tokens: int,
         # one dataset: its id and root; several: the ids joined and no single root (``datasets`` lists them)
         "dataset": _dataset_key(datasets),
         "dataset_root": str(datasets[0].root) if one else "",
-        "datasets": [{"repo_id": str(d.repo_id), "root": str(d.root), "episodes": list(map(int, eps))}
-                     for d, eps in zip(datasets, episodes or [[]] * len(datasets))],
+        "datasets": [
+            {"repo_id": str(d.repo_id), "root": str(d.root), "episodes": list(map(int, eps))}
+            for d, eps in zip(datasets, episodes or [[]] * len(datasets))
+        ],
         "d_model": d_model,
         "tokens_per_frame": n_tokens,
         "layer": cfg.layer,
@@ -185,7 +199,8 @@ def _check_same_recording(out: Path, manifest: dict) -> None:
     diff = {k: (old.get(k), manifest[k]) for k in keys if k in manifest and old.get(k) != manifest[k]}
     if diff:
         raise InputError(
-            f"{out} already holds a different recording ({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
+            f"{out} already holds a different recording "
+            f"({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
             "choose another --output-dir or delete it"
         )
 
@@ -216,20 +231,31 @@ def record_activations(
     if not datasets:
         raise InputError("record_activations needs at least one dataset")
     if len(datasets) > 1 and episodes:
-        raise InputError(f"--episodes {list(episodes)} selects episodes of one dataset; with {len(datasets)} datasets "
-                         "every episode of each is recorded (record a dataset alone to choose episodes)")
+        raise InputError(
+            f"--episodes {list(episodes)} selects episodes of one dataset; with {len(datasets)} datasets "
+            "every episode of each is recorded (record a dataset alone to choose episodes)"
+        )
     out = Path(output_dir)
     out = prepare_output_dir(out, "activation recording folder (--output-dir)")
     chosen = [select_episodes(ds, episodes) for ds in datasets]
     engine = Introspector.from_pretrained(
-        str(policy_path), IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False,
-                                              model_dtype=cfg.model_dtype)
+        str(policy_path),
+        IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False, model_dtype=cfg.model_dtype),
     )
     for ds, eps in zip(datasets, chosen):
         check_dataset_for_policy(ds, engine, eps, str(policy_path))
-    _check_same_recording(out, {"policy": str(policy_path), "dataset": _dataset_key(datasets), "layer": cfg.layer,
-                                "dtype": cfg.dtype, "sampling": cfg.sampling, "block": cfg.block,
-                                "shard_frames": cfg.shard_frames})
+    _check_same_recording(
+        out,
+        {
+            "policy": str(policy_path),
+            "dataset": _dataset_key(datasets),
+            "layer": cfg.layer,
+            "dtype": cfg.dtype,
+            "sampling": cfg.sampling,
+            "block": cfg.block,
+            "shard_frames": cfg.shard_frames,
+        },
+    )
     multi = len(datasets) > 1
     plan: list[tuple[int, int, int, int]] = []  # (dataset, episode, first absolute index, last absolute index + 1)
     done_frames = 0
@@ -258,8 +284,16 @@ def record_activations(
             if cfg.sampling == "blocks":
                 tokens = sample_tokens(tokens, results[0].layout, cfg.block)
             if manifest is None:
-                manifest = _manifest(str(policy_path), datasets, tokens.shape[-1], tokens.shape[1], results[0].layout,
-                                     cfg, engine.fingerprint, chosen)
+                manifest = _manifest(
+                    str(policy_path),
+                    datasets,
+                    tokens.shape[-1],
+                    tokens.shape[1],
+                    results[0].layout,
+                    cfg,
+                    engine.fingerprint,
+                    chosen,
+                )
                 _check_same_recording(out, manifest)
                 (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
             chunks.append(tokens.to("cpu", DTYPES[cfg.dtype]))
@@ -281,8 +315,12 @@ def record_activations(
     bar.close()
     if total == 0:
         raise InputError(f"Nothing to record: episodes {episodes} of dataset {_dataset_key(datasets)!r} have no frames")
-    return {"frames_recorded": recorded, "frames_skipped_existing": done_frames, "frames_total": total,
-            "shards": len(list(out.glob("*.safetensors")))}
+    return {
+        "frames_recorded": recorded,
+        "frames_skipped_existing": done_frames,
+        "frames_total": total,
+        "shards": len(list(out.glob("*.safetensors"))),
+    }
 
 
 class ActivationStore:
@@ -292,8 +330,10 @@ class ActivationStore:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
-            raise InputError(f"{self.path} is not an activation recording: {MANIFEST} is missing "
-                             "(record one with `pai record-activations`)")
+            raise InputError(
+                f"{self.path} is not an activation recording: {MANIFEST} is missing "
+                "(record one with `pai record-activations`)"
+            )
         self.manifest: dict = json.loads(manifest.read_text())
         self.shards: list[Path] = merged_shards(self.path)  # its own, and every rank's part (distributed.py)
         if not self.shards:
@@ -343,15 +383,21 @@ class ActivationStore:
         if len(keys) >= 2:
             n_val = min(len(keys) - 1, max(1, round(val_fraction * len(keys))))
             held = {keys[i] for i in rng.choice(len(keys), n_val, replace=False).tolist()}
-            return ([s for s in self.shards if self.shard_key(s) not in held],
-                    [s for s in self.shards if self.shard_key(s) in held])
+            return (
+                [s for s in self.shards if self.shard_key(s) not in held],
+                [s for s in self.shards if self.shard_key(s) in held],
+            )
         if len(self.shards) >= 2:
             n_val = min(len(self.shards) - 1, max(1, round(val_fraction * len(self.shards))))
             held_idx = set(rng.choice(len(self.shards), n_val, replace=False).tolist())
-            return ([s for i, s in enumerate(self.shards) if i not in held_idx],
-                    [s for i, s in enumerate(self.shards) if i in held_idx])
-        raise InputError(f"Activation recording {self.path} has one shard of one episode; a held-out split needs "
-                         "two episodes (or a smaller shard_frames)")
+            return (
+                [s for i, s in enumerate(self.shards) if i not in held_idx],
+                [s for i, s in enumerate(self.shards) if i in held_idx],
+            )
+        raise InputError(
+            f"Activation recording {self.path} has one shard of one episode; a held-out split needs "
+            "two episodes (or a smaller shard_frames)"
+        )
 
     def count_tokens(self, shards: Sequence[Path] | None = None) -> int:
         from safetensors import safe_open

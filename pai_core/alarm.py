@@ -64,8 +64,11 @@ class AlarmPolicy:
         count = sum(self._window)
         self._below_run = 0 if above else self._below_run + 1
         if not self.state.active and count >= self.config.n:
-            what = f"{source} above {threshold:.4g}" if threshold != 1.0 or source == "OOD score" else \
-                f"{source} above its threshold"
+            what = (
+                f"{source} above {threshold:.4g}"
+                if threshold != 1.0 or source == "OOD score"
+                else f"{source} above its threshold"
+            )
             self.state = AlarmState(True, f"{what} in {count} of last {len(self._window)} frames", count)
         elif self.state.active and not self.config.latch and self._below_run >= self.config.clear_after:
             self.state = AlarmState(False, "", count)

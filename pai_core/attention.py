@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,9 +50,7 @@ def attention_rollout(relevance: torch.Tensor, encoder_attention: Sequence[torch
 
 def split_by_camera(token_mass: torch.Tensor, layout: TokenLayout) -> dict[str, torch.Tensor]:
     """Per-camera 2-D maps from per-token mass: (B, S) -> {camera: (B, h, w)}."""
-    return {
-        cam.name: token_mass[:, cam.start : cam.stop].reshape(-1, cam.height, cam.width) for cam in layout.cameras
-    }
+    return {cam.name: token_mass[:, cam.start : cam.stop].reshape(-1, cam.height, cam.width) for cam in layout.cameras}
 
 
 def normalize_maps(

@@ -41,8 +41,10 @@ class WholeFrameSAEConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.n_features < 0 or self.l1_coef < 0 or self.lr <= 0 or self.sigma < 0:
-            raise ValueError(f"n_features={self.n_features}, l1_coef={self.l1_coef}, sigma={self.sigma} must be "
-                             f">= 0 and lr={self.lr} > 0")
+            raise ValueError(
+                f"n_features={self.n_features}, l1_coef={self.l1_coef}, sigma={self.sigma} must be "
+                f">= 0 and lr={self.lr} > 0"
+            )
 
 
 class WholeFrameSAE(nn.Module):
@@ -65,8 +67,9 @@ class WholeFrameSAE(nn.Module):
     def _flat(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, S, D) -> (B, S*D), checking S and D (a different policy or layer gives other shapes)."""
         if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (self.n_tokens, self.d_model):
-            raise ValueError(f"whole-frame SAE expects tokens (B, {self.n_tokens}, {self.d_model}), "
-                             f"got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"whole-frame SAE expects tokens (B, {self.n_tokens}, {self.d_model}), got {tuple(tokens.shape)}"
+            )
         return tokens.reshape(tokens.shape[0], -1).float()
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,8 +88,9 @@ class WholeFrameSAE(nn.Module):
         return torch.cat(out).numpy().astype(np.float64) if out else np.empty(0)
 
 
-def train_whole_frame_sae(tokens: torch.Tensor,
-                          config: WholeFrameSAEConfig | None = None) -> tuple[WholeFrameSAE, dict]:
+def train_whole_frame_sae(
+    tokens: torch.Tensor, config: WholeFrameSAEConfig | None = None
+) -> tuple[WholeFrameSAE, dict]:
     """Fit the seed's whole-frame SAE on clean training frames (N, S, D) and set its threshold from the
     same frames' scores. Returns the model and a summary (losses, score mean/std, threshold)."""
     cfg = config or WholeFrameSAEConfig()
@@ -116,11 +120,19 @@ def train_whole_frame_sae(tokens: torch.Tensor,
     model.mean_score.fill_(mean)
     model.std_score.fill_(std)
     model.threshold.fill_(mean + cfg.sigma * std)
-    return model, {"frames": int(tokens.shape[0]), "inputs": int(tokens.shape[1] * tokens.shape[2]),
-                   "features": int(model.encoder.out_features), "steps": cfg.steps, "l1_coef": cfg.l1_coef,
-                   "first_mse": losses[0], "final_mse": float(np.mean(losses[-max(1, cfg.steps // 20):])),
-                   "train_score_mean": mean, "train_score_std": std, "sigma": cfg.sigma,
-                   "threshold": float(model.threshold)}
+    return model, {
+        "frames": int(tokens.shape[0]),
+        "inputs": int(tokens.shape[1] * tokens.shape[2]),
+        "features": int(model.encoder.out_features),
+        "steps": cfg.steps,
+        "l1_coef": cfg.l1_coef,
+        "first_mse": losses[0],
+        "final_mse": float(np.mean(losses[-max(1, cfg.steps // 20) :])),
+        "train_score_mean": mean,
+        "train_score_std": std,
+        "sigma": cfg.sigma,
+        "threshold": float(model.threshold),
+    }
 
 
 __all__ = ["WholeFrameSAE", "WholeFrameSAEConfig", "train_whole_frame_sae"]

@@ -72,10 +72,13 @@ def decide(mode: str, device: torch.device) -> GraphStatus:
         return GraphStatus(mode, False, "disabled by configuration; every step runs the eager forward")
     if device.type != "cuda":
         if mode == "on":
-            raise InputError(f"cuda_graph='on' needs a CUDA device, but the engine's device is {str(device)!r}; "
-                             "use device='cuda' or cuda_graph='auto'")
-        return GraphStatus(mode, False, f"device {str(device)!r} is not a CUDA device; every step runs the eager "
-                                        "forward")
+            raise InputError(
+                f"cuda_graph='on' needs a CUDA device, but the engine's device is {str(device)!r}; "
+                "use device='cuda' or cuda_graph='auto'"
+            )
+        return GraphStatus(
+            mode, False, f"device {str(device)!r} is not a CUDA device; every step runs the eager forward"
+        )
     return GraphStatus(mode, True, "captured at the first step")
 
 
@@ -94,8 +97,9 @@ class StaticInputs:
     def __init__(self, image_shapes: dict[str, tuple[int, int]], vectors: dict[str, int], device: torch.device):
         pin = device.type == "cuda"
         self.device = device
-        self.host_images = {k: torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=pin)
-                            for k, (h, w) in image_shapes.items()}
+        self.host_images = {
+            k: torch.empty((h, w, 3), dtype=torch.uint8, pin_memory=pin) for k, (h, w) in image_shapes.items()
+        }
         self.host_vectors = {k: torch.empty(n, dtype=torch.float32, pin_memory=pin) for k, n in vectors.items()}
         self.images = {k: torch.empty_like(v, device=device) for k, v in self.host_images.items()}
         self.vectors = {k: torch.empty_like(v, device=device) for k, v in self.host_vectors.items()}
@@ -151,7 +155,7 @@ class GraphStep:
         capture: capture a CUDA graph at the first ``run`` (needs a CUDA engine).
     """
 
-    def __init__(self, engine: "Introspector", capture: bool = True):
+    def __init__(self, engine: Introspector, capture: bool = True):
         if capture and engine.device.type != "cuda":
             raise InputError(f"a CUDA graph needs a CUDA device; the engine's device is {str(engine.device)!r}")
         self.engine = engine
@@ -160,7 +164,7 @@ class GraphStep:
         vectors = {"observation.state": engine.state_dim, "observation.environment_state": engine.env_state_dim}
         self.inputs = StaticInputs(engine.image_shapes, {k: n for k, n in vectors.items() if n}, self.device)
         self.outputs: StaticOutputs | None = None
-        self.layout: "TokenLayout | None" = None
+        self.layout: TokenLayout | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.captures = 0
         self._key: tuple | None = None
@@ -174,21 +178,37 @@ class GraphStep:
         actions, capture = engine.adapter.forward(engine.loaded.preprocessor(obs))
         relevance, rolled = engine.reduce_attention(capture)
         self.layout = capture.layout
-        return StaticOutputs(actions, relevance, rolled, capture.cross_attention, capture.tokens,
-                             capture.input_tokens, capture.vision_features)
+        return StaticOutputs(
+            actions,
+            relevance,
+            rolled,
+            capture.cross_attention,
+            capture.tokens,
+            capture.input_tokens,
+            capture.vision_features,
+        )
 
     def _store(self, out: StaticOutputs) -> None:
         """Copy fresh outputs into the static ones (allocated from the first outputs' shapes)."""
         if self.outputs is None:
             self.outputs = StaticOutputs(
-                _like(out.actions), _like(out.relevance), _like(out.rollout), _like(out.cross_attention),
-                _like(out.tokens), _like(out.input_tokens),
+                _like(out.actions),
+                _like(out.relevance),
+                _like(out.rollout),
+                _like(out.cross_attention),
+                _like(out.tokens),
+                _like(out.input_tokens),
                 {k: [torch.empty_like(m) for m in maps] for k, maps in out.vision.items()} if out.vision else None,
             )
         s = self.outputs
-        for dst, src in ((s.actions, out.actions), (s.relevance, out.relevance), (s.rollout, out.rollout),
-                         (s.cross_attention, out.cross_attention), (s.tokens, out.tokens),
-                         (s.input_tokens, out.input_tokens)):
+        for dst, src in (
+            (s.actions, out.actions),
+            (s.relevance, out.relevance),
+            (s.rollout, out.rollout),
+            (s.cross_attention, out.cross_attention),
+            (s.tokens, out.tokens),
+            (s.input_tokens, out.input_tokens),
+        ):
             _copy(dst, src)
         if s.vision:
             for cam, maps in s.vision.items():
@@ -198,8 +218,12 @@ class GraphStep:
     def _settings(self) -> tuple:
         """What the captured function depends on besides the inputs: a change recaptures."""
         cfg = self.engine.config
-        return (bool(getattr(self.engine.adapter, "keep_vision_features", False)), cfg.rollout, cfg.action_step,
-                cfg.token_layer)
+        return (
+            bool(getattr(self.engine.adapter, "keep_vision_features", False)),
+            cfg.rollout,
+            cfg.action_step,
+            cfg.token_layer,
+        )
 
     def _build(self) -> None:
         self.outputs = self.graph = None
@@ -211,7 +235,7 @@ class GraphStep:
         device = self.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), (fix(device) if fix else nullcontext()):
+        with torch.cuda.stream(side), fix(device) if fix else nullcontext():
             for _ in range(WARMUP_RUNS):
                 self._store(self._forward())
         torch.cuda.current_stream(device).wait_stream(side)
@@ -219,7 +243,7 @@ class GraphStep:
         caller = torch.cuda.current_stream(device)
         try:
             # thread_local: CUDA work of other threads (SAE, overlays) does not invalidate this capture
-            with (fix(device) if fix else nullcontext()), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with fix(device) if fix else nullcontext(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._store(self._forward())
         except Exception:
             torch.cuda.set_stream(caller)  # a failed capture_end leaves the capture stream current
@@ -228,7 +252,7 @@ class GraphStep:
         self.captures += 1
 
     # ------------------------------------------------------------------ one step
-    def run(self, obs: "Observation") -> tuple[torch.Tensor, Capture, tuple[torch.Tensor, torch.Tensor | None]]:
+    def run(self, obs: Observation) -> tuple[torch.Tensor, Capture, tuple[torch.Tensor, torch.Tensor | None]]:
         """One observation -> (actions (1, T, A), Capture, (relevance (1, S), rollout (1, S) or None)), all
         owned by the caller. Inputs are validated (and resized) exactly as the eager path does."""
         engine = self.engine
@@ -259,13 +283,13 @@ class LiveGraph:
     ``run`` returns None when the step must run eagerly: graphs off, or (mode "auto") the capture failed, in
     which case the reason is logged once and kept in ``status``."""
 
-    def __init__(self, engine: "Introspector", mode: str):
+    def __init__(self, engine: Introspector, mode: str):
         self.engine = engine
         self.status = decide(mode, engine.device)
         self._step: GraphStep | None = None
 
     @classmethod
-    def without_capture(cls, engine: "Introspector") -> "LiveGraph":
+    def without_capture(cls, engine: Introspector) -> LiveGraph:
         """Steps through the static buffers with the captured function called eagerly, on any device: the
         graph path minus the replay (tests on the CPU; on a GPU, tells a buffer problem from a graph one)."""
         live = cls(engine, "off")
@@ -277,7 +301,7 @@ class LiveGraph:
     def active(self) -> bool:
         return self.status.active
 
-    def run(self, obs: "Observation"):
+    def run(self, obs: Observation):
         if not self.status.active:
             return None
         if self._step is None:
@@ -295,15 +319,31 @@ class LiveGraph:
             self._step = None
             if self.status.mode == "on":
                 raise ModelError(f"cuda_graph='on': capturing the step as a CUDA graph failed: {exc}") from exc
-            self.status = GraphStatus(self.status.mode, False, f"capture failed ({type(exc).__name__}: {exc}); "
-                                                               "every step runs the eager forward")
+            self.status = GraphStatus(
+                self.status.mode,
+                False,
+                f"capture failed ({type(exc).__name__}: {exc}); every step runs the eager forward",
+            )
             log.warning("%s", self.status.describe())
             return None
         if self._step.captures > before:
-            self.status = GraphStatus(self.status.mode, True, f"captured on {self.engine.device} "
-                                      f"({len(self.engine.camera_names)} cameras)", self._step.captures)
+            self.status = GraphStatus(
+                self.status.mode,
+                True,
+                f"captured on {self.engine.device} ({len(self.engine.camera_names)} cameras)",
+                self._step.captures,
+            )
         return out
 
 
-__all__ = ["GRAPH_MODES", "GraphMode", "GraphStatus", "GraphStep", "LiveGraph", "StaticInputs", "StaticOutputs",
-           "check_graph_mode", "decide"]
+__all__ = [
+    "GRAPH_MODES",
+    "GraphMode",
+    "GraphStatus",
+    "GraphStep",
+    "LiveGraph",
+    "StaticInputs",
+    "StaticOutputs",
+    "check_graph_mode",
+    "decide",
+]

@@ -31,9 +31,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import torch
 
@@ -106,8 +107,15 @@ def split_episodes(frames: dict[int, int], world: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-def record_ranked(dataset, policy_path: str, output_dir: str | Path, episodes: Sequence[int] | None = None,
-                  config=None, ranks: Ranks = Ranks(), progress: bool = True) -> dict:
+def record_ranked(
+    dataset,
+    policy_path: str,
+    output_dir: str | Path,
+    episodes: Sequence[int] | None = None,
+    config=None,
+    ranks: Ranks = Ranks(),
+    progress: bool = True,
+) -> dict:
     """``record_activations`` split across ranks: this rank records its share of ``episodes`` into
     ``output_dir/rank_RRRRR``; after a barrier rank 0 writes the top-level manifest naming every part.
     Returns the job's summary (frames recorded over all ranks)."""
@@ -120,19 +128,24 @@ def record_ranked(dataset, policy_path: str, output_dir: str | Path, episodes: S
     if top.is_file():
         old = json.loads(top.read_text())
         if "parts" not in old:
-            raise InputError(f"{out} holds a one-process recording (pai record-activations); record the ranked "
-                             "one into another --output-dir")
+            raise InputError(
+                f"{out} holds a one-process recording (pai record-activations); record the ranked "
+                "one into another --output-dir"
+            )
         if len(old["parts"]) != ranks.world:
-            raise InputError(f"{out} was recorded by {len(old['parts'])} ranks, this job has {ranks.world}; resume "
-                             "with the same number of ranks or choose another --output-dir")
+            raise InputError(
+                f"{out} was recorded by {len(old['parts'])} ranks, this job has {ranks.world}; resume "
+                "with the same number of ranks or choose another --output-dir"
+            )
     episodes = select_episodes(dataset, episodes)
     bounds = {ep: episode_bounds(dataset, ep) for ep in episodes}
     frames = {ep: stop - start for ep, (start, stop) in bounds.items()}
     mine = split_episodes(frames, ranks.world)[ranks.rank]
     summary = {"frames_recorded": 0, "frames_skipped_existing": 0, "frames_total": 0}
     if mine:
-        done = record_activations(dataset, policy_path, out / PART.format(ranks.rank), mine, config,
-                                  progress=progress and ranks.is_main)
+        done = record_activations(
+            dataset, policy_path, out / PART.format(ranks.rank), mine, config, progress=progress and ranks.is_main
+        )
         summary = {k: done[k] for k in summary}
     summaries = _gather(summary, ranks)
     if ranks.is_main:
@@ -160,8 +173,18 @@ def _write_parts_manifest(out: Path, world: int) -> None:
     if not manifests:
         raise InputError(f"No rank recorded anything into {out}")
     first_name, first = next(iter(manifests.items()))
-    keys = ("policy", "policy_fingerprint", "dataset", "d_model", "tokens_per_frame", "layer", "dtype", "sampling",
-            "block", "layout")
+    keys = (
+        "policy",
+        "policy_fingerprint",
+        "dataset",
+        "d_model",
+        "tokens_per_frame",
+        "layer",
+        "dtype",
+        "sampling",
+        "block",
+        "layout",
+    )
     for name, m in manifests.items():
         diff = [k for k in keys if m.get(k) != first.get(k)]
         if diff:
@@ -183,8 +206,10 @@ def merged_shards(path: str | Path) -> list[Path]:
     seen: dict[str, Path] = {}
     for shard in shards:
         if shard.name in seen:
-            raise InputError(f"Recording {path} has shard {shard.name} twice ({seen[shard.name]} and {shard}); "
-                             "delete one part and record it again")
+            raise InputError(
+                f"Recording {path} has shard {shard.name} twice ({seen[shard.name]} and {shard}); "
+                "delete one part and record it again"
+            )
         seen[shard.name] = shard
     return sorted(shards, key=lambda p: p.name)
 
@@ -292,8 +317,15 @@ class SAEDataParallel:
         self._handles = []
 
 
-def train_ranked(activations: str | Path, output_dir: str | Path, config, ranks: Ranks = Ranks(),
-                 val_fraction: float = 0.2, resume: bool = False, progress: bool = True):
+def train_ranked(
+    activations: str | Path,
+    output_dir: str | Path,
+    config,
+    ranks: Ranks = Ranks(),
+    val_fraction: float = 0.2,
+    resume: bool = False,
+    progress: bool = True,
+):
     """Train an SAE on a recording with every rank of the job (``train_sae`` with ``SAEDataParallel``).
     ``config.batch_size`` is the global batch. Rank 0 writes ``output_dir`` (tokens/s over all ranks);
     the others train in a scratch folder that is removed. Returns rank 0's ``TrainResult`` (None elsewhere)."""
@@ -305,18 +337,23 @@ def train_ranked(activations: str | Path, output_dir: str | Path, config, ranks:
         raise InputError(f"--batch-size {config.batch_size} must be a multiple of the {ranks.world} ranks")
     out = Path(output_dir)
     if (out / CHECKPOINT).is_file() and not resume:  # checked on every rank, so all stop together
-        raise InputError(f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose "
-                         "another --output-dir")
+        raise InputError(
+            f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose another --output-dir"
+        )
     store = ActivationStore(activations)
     train, held = store.split(val_fraction, config.seed)
     m = store.manifest
     extra = {
-        "activations": str(Path(activations).resolve()), "dataset": m.get("dataset"),
+        "activations": str(Path(activations).resolve()),
+        "dataset": m.get("dataset"),
         "dataset_root": m.get("dataset_root"),
         "train_episodes": sorted({store.shard_episode(s) for s in train}),
         "held_out_episodes": sorted({store.shard_episode(s) for s in held}),
-        "tokens_per_frame": m.get("tokens_per_frame"), "sampling": m.get("sampling"), "dtype": m.get("dtype"),
-        "policy_fingerprint": m.get("policy_fingerprint", ""), "ranks": ranks.world,
+        "tokens_per_frame": m.get("tokens_per_frame"),
+        "sampling": m.get("sampling"),
+        "dtype": m.get("dtype"),
+        "policy_fingerprint": m.get("policy_fingerprint", ""),
+        "ranks": ranks.world,
     }
     scratch = None if ranks.is_main else Path(tempfile.mkdtemp(prefix=f"pai-sae-rank{ranks.rank}-"))
     target = out if scratch is None else scratch / "sae"
@@ -328,9 +365,14 @@ def train_ranked(activations: str | Path, output_dir: str | Path, config, ranks:
     try:
         result = train_sae(
             rank_batches(train, config.batch_size, ranks, seed=config.seed, repeat=True, device=device),
-            store.d_model, target, config,
+            store.d_model,
+            target,
+            config,
             held_out=(lambda: token_batches(held, 8192, shuffle=False, device=device)) if ranks.is_main else None,
-            resume=resume, policy=str(m.get("policy", "")), extra=extra, progress=progress and ranks.is_main,
+            resume=resume,
+            policy=str(m.get("policy", "")),
+            extra=extra,
+            progress=progress and ranks.is_main,
             parallel=parallel,
         )
     finally:
@@ -356,8 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .commands import record_activations as record_cmd
     from .commands import train_sae as train_cmd
 
-    parser = argparse.ArgumentParser(prog="torchrun ... -m pai_core.distributed",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="torchrun ... -m pai_core.distributed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for p in (record_cmd.register(sub), train_cmd.register(sub)):
         p.add_argument("--backend", default="auto", choices=BACKENDS, help="torch.distributed backend")
@@ -384,12 +429,15 @@ def _run(args, ranks: Ranks, record_cmd, train_cmd) -> dict:
     from .sources.dataset import open_dataset
 
     if "," in (args.dataset_repo_id or "") or "[" in (args.dataset_repo_id or ""):
-        raise InputError(f"--dataset-repo-id {args.dataset_repo_id!r}: a ranked recording takes one dataset; record "
-                         "each dataset into its own --output-dir")
+        raise InputError(
+            f"--dataset-repo-id {args.dataset_repo_id!r}: a ranked recording takes one dataset; record "
+            "each dataset into its own --output-dir"
+        )
     if args.command == "record-activations":
         dataset = open_dataset(args.dataset_repo_id, args.root)
-        return record_ranked(dataset, args.policy_path, args.output_dir, args.episodes,
-                             record_cmd.record_config(args), ranks)
+        return record_ranked(
+            dataset, args.policy_path, args.output_dir, args.episodes, record_cmd.record_config(args), ranks
+        )
     from .activations import ActivationStore
     from .sae.train import TrainConfig
 
@@ -401,26 +449,56 @@ def _run(args, ranks: Ranks, record_cmd, train_cmd) -> dict:
     if args.dataset_repo_id:
         if not args.policy_path:
             raise InputError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
-        record_ranked(open_dataset(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes,
-                      record_cmd.record_config(args), ranks)
+        record_ranked(
+            open_dataset(args.dataset_repo_id, args.root),
+            args.policy_path,
+            acts,
+            args.episodes,
+            record_cmd.record_config(args),
+            ranks,
+        )
     store = ActivationStore(acts)
     try:
-        cfg = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, aux_k=args.aux_k,
-                          dead_tokens=args.dead_tokens, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          checkpoint_every=args.checkpoint_every, layer=int(store.manifest["layer"]),
-                          pooling=args.pooling, seed=args.seed, device=args.device)
+        cfg = TrainConfig(
+            expansion_factor=args.expansion_factor,
+            k=args.k,
+            aux_k=args.aux_k,
+            dead_tokens=args.dead_tokens,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            checkpoint_every=args.checkpoint_every,
+            layer=int(store.manifest["layer"]),
+            pooling=args.pooling,
+            seed=args.seed,
+            device=args.device,
+        )
         cfg.sae_config(store.d_model)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     result = train_ranked(acts, args.output_dir, cfg, ranks, args.val_fraction, args.resume)
     if result is None:
         return {}
-    return {"output_dir": str(args.output_dir), **result.metrics.get("held_out", {}),
-            "tokens_per_s": result.metrics["tokens_per_s"], "ranks": ranks.world}
+    return {
+        "output_dir": str(args.output_dir),
+        **result.metrics.get("held_out", {}),
+        "tokens_per_s": result.metrics["tokens_per_s"],
+        "ranks": ranks.world,
+    }
 
 
-__all__ = ["BACKENDS", "Ranks", "SAEDataParallel", "barrier", "init_ranks", "merged_shards", "rank_batches",
-           "record_ranked", "split_episodes", "train_ranked"]
+__all__ = [
+    "BACKENDS",
+    "Ranks",
+    "SAEDataParallel",
+    "barrier",
+    "init_ranks",
+    "merged_shards",
+    "rank_batches",
+    "record_ranked",
+    "split_episodes",
+    "train_ranked",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,8 +4,9 @@ look at (attention maps, rollout, attention shares, encoder tokens)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,8 +110,9 @@ class Introspector:
         self.loaded = loaded
         self.policy = loaded.policy.eval()
         self.device = torch.device(self.config.device)
-        self.adapter = make_adapter(self.policy, token_layer=self.config.token_layer,
-                                    keep_vision_features=self.config.keep_vision_features)
+        self.adapter = make_adapter(
+            self.policy, token_layer=self.config.token_layer, keep_vision_features=self.config.keep_vision_features
+        )
         pcfg = self.policy.config
         self.camera_names: list[str] = list(pcfg.image_features)
         self.image_shapes: dict[str, tuple[int, int]] = {
@@ -122,13 +124,13 @@ class Introspector:
         self.graph = LiveGraph(self, self.config.cuda_graph)  # graph.status says whether step replays a graph
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str, config: IntrospectionConfig | None = None) -> "Introspector":
+    def from_pretrained(cls, path_or_repo_id: str, config: IntrospectionConfig | None = None) -> Introspector:
         """Load a LeRobot ``pretrained_model`` directory or hub id and wrap it."""
         config = config or IntrospectionConfig()
         return cls(load_policy(path_or_repo_id, config.device, config.model_dtype, config.policy_overrides), config)
 
     @classmethod
-    def wrap(cls, policy, preprocessor, postprocessor, config: IntrospectionConfig | None = None) -> "Introspector":
+    def wrap(cls, policy, preprocessor, postprocessor, config: IntrospectionConfig | None = None) -> Introspector:
         """Wrap a policy you already built in your own LeRobot control loop."""
         return cls(LoadedPolicy(policy, preprocessor, postprocessor, source="<wrapped>"), config)
 
@@ -260,8 +262,15 @@ class Introspector:
         rolled = attention_rollout(relevance, capture.encoder_attention) if self.config.rollout else None
         return relevance, rolled
 
-    def _results(self, observations, actions, capture: Capture, start: float, next_actions,
-                 reduced: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[FrameResult]:
+    def _results(
+        self,
+        observations,
+        actions,
+        capture: Capture,
+        start: float,
+        next_actions,
+        reduced: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> list[FrameResult]:
         """``reduced``: (relevance, rollout) when already computed (the CUDA graph does it on the device)."""
         chunk = self.loaded.postprocessor(actions).detach().cpu().numpy()
         relevance, rolled = reduced if reduced is not None else self.reduce_attention(capture)
@@ -288,8 +297,11 @@ class Introspector:
                     latent_share=float(rel[i, layout.latent_index]),
                     tokens=capture.tokens[i] if self.config.keep_tokens else None,
                     input_tokens=capture.input_tokens[i] if self.config.keep_tokens else None,
-                    vision_features=({k: [m[i] for m in maps] for k, maps in capture.vision_features.items()}
-                                     if capture.vision_features else None),
+                    vision_features=(
+                        {k: [m[i] for m in maps] for k, maps in capture.vision_features.items()}
+                        if capture.vision_features
+                        else None
+                    ),
                     layout=layout,
                     latency_ms=latency,
                     frame_index=obs.frame_index,

@@ -7,8 +7,8 @@ this server open in the same Foxglove layout (``config/foxglove_layout.json``).
 
 Channels are created when the server starts, so a client that connects before the first frame already
 sees every topic. ``FoxgloveConfig(record=True)`` keeps what was sent (an MCAP in an unnamed temporary
-file, gone when the process ends, even if it is killed) so that ``finish()`` can hand it to ``foxglove_playback.PlaybackServer``, which serves it again
-with Foxglove's playback controls.
+file, gone when the process ends, even if it is killed) so that ``finish()`` can hand it to
+``foxglove_playback.PlaybackServer``, which serves it again with Foxglove's playback controls.
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ class FoxgloveConfig:
 
     def __post_init__(self) -> None:
         if self.port is not None and not (isinstance(self.port, int) and 0 <= self.port <= 65535):
-            raise ValueError(f"FoxgloveConfig.port={self.port!r} must be a TCP port 0-65535, or None to join a "
-                             "server already running in this process")
+            raise ValueError(
+                f"FoxgloveConfig.port={self.port!r} must be a TCP port 0-65535, or None to join a "
+                "server already running in this process"
+            )
         if not self.host:
             raise ValueError("FoxgloveConfig.host is empty; use '127.0.0.1' (this machine) or '0.0.0.0' (all)")
         if not self.namespace.startswith("/"):
@@ -79,8 +81,9 @@ class FoxgloveConfig:
             raise ValueError("FoxgloveConfig.record needs a server of its own: set a port (0 for any free one)")
 
 
-def output_topics(pipeline: Pipeline, compressed: bool = True,
-                  namespace: str = f"/{topics.NODE_NAME}") -> dict[str, str]:
+def output_topics(
+    pipeline: Pipeline, compressed: bool = True, namespace: str = f"/{topics.NODE_NAME}"
+) -> dict[str, str]:
     """Absolute topic -> ROS type of every message ``ros_convert.frame_messages`` gives for ``pipeline``
     (what a server advertises before the first frame). A topic missing here still reaches clients: the
     server creates its channel on the first message."""
@@ -116,22 +119,29 @@ def start_server(config: FoxgloveConfig, context, retry_s: float = 0.0, **kwargs
     deadline = time.monotonic() + retry_s
     while True:
         try:
-            return foxglove.start_server(name=config.name, host=config.host, port=config.port, context=context,
-                                         **kwargs)
+            return foxglove.start_server(
+                name=config.name, host=config.host, port=config.port, context=context, **kwargs
+            )
         except RuntimeError as exc:
             if time.monotonic() < deadline:
                 time.sleep(0.02)
                 continue
             reason = str(exc).split("FoxgloveError: ", 1)[-1]
-            raise InputError(f"Foxglove server could not listen on {config.host}:{config.port}: {reason}; "
-                             "choose another port (pai replay --foxglove PORT)") from None
+            raise InputError(
+                f"Foxglove server could not listen on {config.host}:{config.port}: {reason}; "
+                "choose another port (pai replay --foxglove PORT)"
+            ) from None
 
 
 def channel(context, topic: str, msgtype: str, schema: bytes | None = None):
     """A CDR channel with the type's ``ros2msg`` schema (what Foxglove decodes ROS 2 messages with)."""
     data = schema if schema is not None else msgdef(msgtype).encode()
-    return foxglove.Channel(topic, schema=foxglove.Schema(name=msgtype, encoding="ros2msg", data=data),
-                            message_encoding="cdr", context=context)
+    return foxglove.Channel(
+        topic,
+        schema=foxglove.Schema(name=msgtype, encoding="ros2msg", data=data),
+        message_encoding="cdr",
+        context=context,
+    )
 
 
 @dataclass
@@ -167,8 +177,9 @@ class FoxgloveServer:
             if self.config.record:
                 self._record_file = tempfile.TemporaryFile(prefix="pai-foxglove-", suffix=".mcap")
                 self._mcap = foxglove.open_mcap(self._record_file, context=self.context)
-            self.server = start_server(self.config, self.context, capabilities=[Capability.Time],
-                                       server_listener=_Resend(self))
+            self.server = start_server(
+                self.config, self.context, capabilities=[Capability.Time], server_listener=_Resend(self)
+            )
         self._latched_topics = {topics.resolve(t, namespace=self.config.namespace) for t in LATCHED}
         self._closed = False
 
@@ -217,8 +228,9 @@ class FoxgloveServer:
             self.server.publish_status("pai: the run is over; reconnect to play it back", foxglove.StatusLevel.Info)
         self.close(keep_recording=True)
         if self._record_file is not None:
-            recording = Recording(self._record_file, list(self._times),
-                                  {topic: data for topic, (data, _t) in self._latched.items()})
+            recording = Recording(
+                self._record_file, list(self._times), {topic: data for topic, (data, _t) in self._latched.items()}
+            )
         return recording
 
     def close(self, keep_recording: bool = False) -> None:
@@ -261,13 +273,15 @@ class FoxgloveLive:
         queue: frames that may wait for the worker.
     """
 
-    def __init__(self, pipeline: Pipeline, config: FoxgloveConfig | None = None, background: bool = True,
-                 queue: int = 2):
+    def __init__(
+        self, pipeline: Pipeline, config: FoxgloveConfig | None = None, background: bool = True, queue: int = 2
+    ):
         if queue < 1:
             raise ValueError(f"FoxgloveLive queue={queue} must be at least 1")
         self.pipeline, self.config = pipeline, config or FoxgloveConfig()
-        self.server = FoxgloveServer(output_topics(pipeline, self.config.compressed, self.config.namespace),
-                                     self.config)
+        self.server = FoxgloveServer(
+            output_topics(pipeline, self.config.compressed, self.config.namespace), self.config
+        )
         self.sent = self.dropped = self.unwatched = 0
         self._names_sent = False
         self._pending: collections.deque = collections.deque()
@@ -289,8 +303,11 @@ class FoxgloveLive:
         ``stamp_ns``, else now (wall clock). Keep the observation's arrays unchanged after the call."""
         if self._error is not None:
             raise RuntimeError(f"Foxglove worker failed: {self._error}") from self._error
-        t = int(time_ns) if time_ns is not None else (
-            int(frame.observation.stamp_ns) if frame.observation.stamp_ns is not None else time.time_ns())
+        t = (
+            int(time_ns)
+            if time_ns is not None
+            else (int(frame.observation.stamp_ns) if frame.observation.stamp_ns is not None else time.time_ns())
+        )
         if self._worker is None:
             self._send(frame, t)
             return
@@ -320,8 +337,9 @@ class FoxgloveLive:
         if not self._names_sent and self.pipeline.n_features:
             self.server.log(encode(feature_names_message(self.pipeline), ns, t))
         self._names_sent = True
-        for message in frame_messages(frame, self.pipeline, self.config.overlay, compressed=self.config.compressed,
-                                      stamp=ns_to_stamp(t)):
+        for message in frame_messages(
+            frame, self.pipeline, self.config.overlay, compressed=self.config.compressed, stamp=ns_to_stamp(t)
+        ):
             self.server.log(encode(message, ns, t))
         self.sent += 1
 

@@ -45,8 +45,9 @@ class _State:
 class PlaybackServer:
     """Serves ``recording`` with playback controls until ``close()``, which closes the recording's file."""
 
-    def __init__(self, recording: Recording, config: FoxgloveConfig | None = None, autoplay: bool = True,
-                 retry_s: float = 3.0):
+    def __init__(
+        self, recording: Recording, config: FoxgloveConfig | None = None, autoplay: bool = True, retry_s: float = 3.0
+    ):
         import foxglove
         from mcap.reader import make_reader
 
@@ -63,16 +64,21 @@ class PlaybackServer:
         schemas = summary.schemas if summary else {}
         self.context = foxglove.Context()
         self._channels = {}
-        for ch in (summary.channels.values() if summary else []):
+        for ch in summary.channels.values() if summary else []:
             schema = schemas.get(ch.schema_id)
             self._channels[ch.topic] = channel(self.context, ch.topic, schema.name, schema.data)
         self._lock = threading.Lock()
         self._state = _State(PlaybackStatus.Paused, self.times[0], autoplay=autoplay)
         self._closed = threading.Event()
         try:
-            self.server = start_server(self.config, self.context, retry_s=retry_s, server_listener=_Listener(self),
-                                       capabilities=[Capability.Time],
-                                       playback_time_range=(self.times[0], self.times[-1]))
+            self.server = start_server(
+                self.config,
+                self.context,
+                retry_s=retry_s,
+                server_listener=_Listener(self),
+                capabilities=[Capability.Time],
+                playback_time_range=(self.times[0], self.times[-1]),
+            )
         except BaseException:
             self._file.close()
             raise

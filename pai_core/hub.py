@@ -49,8 +49,9 @@ def locate_sae(ref: str | Path) -> SaeLocation:
         snapshot = Path(snapshot_download(repo_id=text, repo_type="model"))
     except Exception as exc:  # offline cache miss, unknown repo, auth, network: name the id and keep the cause
         offline = " (HF_HUB_OFFLINE is set: only the hub cache was searched)" if constants.HF_HUB_OFFLINE else ""
-        raise ModelError(f"SAE {text!r} is neither a local directory nor a hub repo that could be downloaded"
-                         f"{offline}: {exc}") from exc
+        raise ModelError(
+            f"SAE {text!r} is neither a local directory nor a hub repo that could be downloaded{offline}: {exc}"
+        ) from exc
     log.info("SAE %s: hub snapshot %s", text, snapshot)
     return SaeLocation(snapshot, text)
 
@@ -72,11 +73,15 @@ def ood_files(folder: str | Path) -> list[str]:
     for name in dict.fromkeys(n for n in named if n):
         rel = PurePosixPath(Path(name).as_posix())
         if rel.is_absolute() or ".." in rel.parts:
-            raise ModelError(f"{params} names the reference {name!r} outside its folder; recalibrate into the "
-                             "SAE folder so the reference travels with it")
+            raise ModelError(
+                f"{params} names the reference {name!r} outside its folder; recalibrate into the "
+                "SAE folder so the reference travels with it"
+            )
         if not (folder / rel).is_file():
-            raise ModelError(f"{params} names the reference {name!r}, which is missing from {folder}; "
-                             "recalibrate (pai calibrate-ood) or copy the file back")
+            raise ModelError(
+                f"{params} names the reference {name!r}, which is missing from {folder}; "
+                "recalibrate (pai calibrate-ood) or copy the file back"
+            )
         files.append(str(rel))
     return files
 
@@ -97,8 +102,13 @@ def upload_arguments(folder: str | Path) -> dict:
     return {"folder_path": str(folder), "allow_patterns": sae_unit(folder), "delete_patterns": "*"}
 
 
-def upload_sae(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
-               commit_message: str = "Upload SAE (pai)") -> str:
+def upload_sae(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str = "Upload SAE (pai)",
+) -> str:
     """Create (or reuse) the model repo ``repo_id`` and make its files the SAE's unit; returns the repo URL."""
     from huggingface_hub import HfApi
 

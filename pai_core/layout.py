@@ -37,8 +37,10 @@ class TokenLayout:
 
     @property
     def num_tokens(self) -> int:
-        return self.cameras[-1].stop if self.cameras else 1 + (self.state_index is not None) + (
-            self.env_state_index is not None
+        return (
+            self.cameras[-1].stop
+            if self.cameras
+            else 1 + (self.state_index is not None) + (self.env_state_index is not None)
         )
 
     def camera(self, name: str) -> CameraTokens:
@@ -50,7 +52,7 @@ class TokenLayout:
     @classmethod
     def build(
         cls, has_state: bool, has_env_state: bool, camera_names: list[str], feature_shapes: list[tuple[int, int]]
-    ) -> "TokenLayout":
+    ) -> TokenLayout:
         index = 1
         state_index = env_index = None
         if has_state:

@@ -16,9 +16,10 @@ import collections
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -91,11 +92,14 @@ def check_device(device: str, cuda_devices: int | None = None) -> None:
         cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     index = int(device.split(":", 1)[1]) if ":" in device else 0
     if cuda_devices == 0:
-        raise SettingsError(f"device={device!r} but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
-                            "use device: cpu, or run where a GPU and a CUDA build of torch are installed")
+        raise SettingsError(
+            f"device={device!r} but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+            "use device: cpu, or run where a GPU and a CUDA build of torch are installed"
+        )
     if index >= cuda_devices:
-        raise SettingsError(f"device={device!r} but torch sees {cuda_devices} CUDA GPU(s): cuda:0 .. "
-                            f"cuda:{cuda_devices - 1}")
+        raise SettingsError(
+            f"device={device!r} but torch sees {cuda_devices} CUDA GPU(s): cuda:0 .. cuda:{cuda_devices - 1}"
+        )
 
 
 def check_paths(settings: PaiSettings) -> None:
@@ -108,14 +112,19 @@ def check_paths(settings: PaiSettings) -> None:
     for name in ("policy_path", "sae_path"):
         value = getattr(settings, name)
         if value and not Path(value).expanduser().exists() and looks_like_path(value):
-            raise SettingsError(f"{name}={value!r}: no such directory (relative paths are relative to the working "
-                                f"directory, {cwd}); a hub id has the form 'user/name'")
-    for name, value in (("ood_params_path", settings.ood_params_path),
-                        ("feature_labels_path", settings.feature_labels_path),
-                        ("units.calibration_path", settings.units.calibration_path)):
+            raise SettingsError(
+                f"{name}={value!r}: no such directory (relative paths are relative to the working "
+                f"directory, {cwd}); a hub id has the form 'user/name'"
+            )
+    for name, value in (
+        ("ood_params_path", settings.ood_params_path),
+        ("feature_labels_path", settings.feature_labels_path),
+        ("units.calibration_path", settings.units.calibration_path),
+    ):
         if value and not Path(value).expanduser().is_file():
-            raise SettingsError(f"{name}={value!r}: no such file (relative paths are relative to the working "
-                                f"directory, {cwd})")
+            raise SettingsError(
+                f"{name}={value!r}: no such file (relative paths are relative to the working directory, {cwd})"
+            )
 
 
 def check_compatible(engine: Any, settings: PaiSettings) -> None:
@@ -123,11 +132,15 @@ def check_compatible(engine: Any, settings: PaiSettings) -> None:
     unknown = [f for f in settings.cameras.features if f not in engine.camera_names]
     missing = [f for f in engine.camera_names if f not in settings.cameras.features]
     if unknown or missing:
-        raise SettingsError(f"cameras.features {settings.cameras.features} must name each policy camera once; "
-                            f"the policy expects {engine.camera_names}")
+        raise SettingsError(
+            f"cameras.features {settings.cameras.features} must name each policy camera once; "
+            f"the policy expects {engine.camera_names}"
+        )
     if engine.state_dim and len(settings.joint_names) != engine.state_dim:
-        raise SettingsError(f"joint_names has {len(settings.joint_names)} names {settings.joint_names} but the "
-                            f"policy's observation.state has {engine.state_dim} values")
+        raise SettingsError(
+            f"joint_names has {len(settings.joint_names)} names {settings.joint_names} but the "
+            f"policy's observation.state has {engine.state_dim} values"
+        )
 
 
 class LiveRunner:
@@ -142,8 +155,15 @@ class LiveRunner:
         units: robot <-> policy units (default: from ``settings.units``).
     """
 
-    def __init__(self, pipeline: Any, settings: PaiSettings, backend: StopBackend,
-                 clock: Callable[[], float] = time.monotonic, log: Log | None = None, units: JointUnits | None = None):
+    def __init__(
+        self,
+        pipeline: Any,
+        settings: PaiSettings,
+        backend: StopBackend,
+        clock: Callable[[], float] = time.monotonic,
+        log: Log | None = None,
+        units: JointUnits | None = None,
+    ):
         self.pipeline = pipeline
         self.settings = settings
         self.clock = clock
@@ -155,12 +175,15 @@ class LiveRunner:
         if engine.action_dim == len(settings.joint_names):
             self.command_names = list(settings.joint_names)
         elif not self.units.identity:
-            raise SettingsError(f"the policy's action has {engine.action_dim} values but joint_names has "
-                                f"{len(settings.joint_names)} joints: actions cannot go back to the robot's units")
+            raise SettingsError(
+                f"the policy's action has {engine.action_dim} values but joint_names has "
+                f"{len(settings.joint_names)} joints: actions cannot go back to the robot's units"
+            )
         s = settings.safe_stop
         self.safe_stop = SafeStop(backend, s.timeout_s, s.retry_s, s.retry_max_s, clock, self.log)
-        self.assembler = ObservationAssembler(list(settings.cameras.features), engine.state_dim > 0,
-                                              settings.max_input_age_s)
+        self.assembler = ObservationAssembler(
+            list(settings.cameras.features), engine.state_dim > 0, settings.max_input_age_s
+        )
         self.topic_of = {f: t for t, f in settings.camera_map.items()}
         if engine.state_dim:
             self.topic_of[STATE] = settings.joint_states_topic
@@ -218,8 +241,9 @@ class LiveRunner:
         last = self.inputs.last_stamp_ns.get(topic)
         if last is not None and ns < last:
             self.inputs.clock_jumps[topic] += 1
-            self._log_throttled(f"jump {topic}", "warn", f"clock jumped back on {topic} by {(last - ns) / 1e9:.3f} s",
-                                same_text=False)
+            self._log_throttled(
+                f"jump {topic}", "warn", f"clock jumped back on {topic} by {(last - ns) / 1e9:.3f} s", same_text=False
+            )
         self.inputs.last_stamp_ns[topic] = int(ns)
         self.inputs.last_wall[topic] = self.clock()
 
@@ -245,14 +269,18 @@ class LiveRunner:
         stale = self.stale_reason(self.clock()) if self.settings.fail_safe else None
         if stale:
             held = f" (the alarm holds for: {was})" if was.split(":")[0] != stale.split(":")[0] else ""
-            return False, (f"alarm not reset: {stale}; the watchdog would raise it again at once, so restore the "
-                           f"inputs first{held}")
+            return False, (
+                f"alarm not reset: {stale}; the watchdog would raise it again at once, so restore the "
+                f"inputs first{held}"
+            )
         self._reset_pending = was
         self._wake.set()
         answer = f"alarm reset (was: {was})"
         if self._last_failed:
-            answer += (f"; the engine failed on the last frame ({self.last_engine_error}): the alarm rises again if "
-                       "it fails again")
+            answer += (
+                f"; the engine failed on the last frame ({self.last_engine_error}): the alarm rises again if "
+                "it fails again"
+            )
         return True, answer
 
     def update_settings(self, new: PaiSettings) -> None:
@@ -347,8 +375,10 @@ class LiveRunner:
             waited = now - self.started
             if waited <= s.startup_grace_s:
                 return None
-            return (f"no complete observation since start: {waited:.1f} s, longer than startup_grace_s="
-                    f"{s.startup_grace_s:g} ({self._waiting_for(now)})")
+            return (
+                f"no complete observation since start: {waited:.1f} s, longer than startup_grace_s="
+                f"{s.startup_grace_s:g} ({self._waiting_for(now)})"
+            )
         gap = now - self.last_complete
         if gap <= s.stale_timeout_s:
             return None
@@ -395,8 +425,12 @@ class LiveRunner:
         if bad != self._suspects:
             self._suspects = bad
             if bad:
-                self.log("warn", "joint states look like the wrong units for " + "; ".join(
-                    c.line() for c in self.units_checks if not c.ok) + " (see units.conversions)")
+                self.log(
+                    "warn",
+                    "joint states look like the wrong units for "
+                    + "; ".join(c.line() for c in self.units_checks if not c.ok)
+                    + " (see units.conversions)",
+                )
             else:
                 self.log("info", "joint states fit the policy's statistics again")
         return self.units_checks
@@ -407,9 +441,14 @@ class LiveRunner:
         s = self.settings
         with self._lock:
             st = self.assembler.stats
-            inputs = {"received": dict(st.received), "superseded (dropped)": dict(st.superseded),
-                      "malformed": dict(self.inputs.errors), "clock jumps back": dict(self.inputs.clock_jumps),
-                      "incomplete ticks": st.incomplete, "inputs too far apart": st.too_far_apart}
+            inputs = {
+                "received": dict(st.received),
+                "superseded (dropped)": dict(st.superseded),
+                "malformed": dict(self.inputs.errors),
+                "clock jumps back": dict(self.inputs.clock_jumps),
+                "incomplete ticks": st.incomplete,
+                "inputs too far apart": st.too_far_apart,
+            }
             last_errors = dict(self.inputs.last_error)
         recent = [t for t in self.frame_times if now - t <= 5.0]
         rate = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
@@ -417,24 +456,44 @@ class LiveRunner:
         alarm = self.pipeline.alarm.state
         bad_inputs = bool(last_errors) or bool(self.inputs.clock_jumps)
         statuses = [
-            Status("pai_introspector: inputs", "warn" if bad_inputs else "ok",
-                   "; ".join(f"{k}: {v}" for k, v in last_errors.items()) or "ok",
-                   {**{k: str(v) for k, v in inputs.items()},
-                    **{f"last error {k}": v for k, v in last_errors.items()}}),
-            Status("pai_introspector: engine", "error" if self.engine_errors else "ok",
-                   self.last_engine_error or "running",
-                   {"policy": s.policy_path, "sae": s.sae_path, "device": s.device, "frames": str(self.frames),
-                    "rate_hz": f"{rate:.2f}", "target_rate_hz": str(s.rate_hz),
+            Status(
+                "pai_introspector: inputs",
+                "warn" if bad_inputs else "ok",
+                "; ".join(f"{k}: {v}" for k, v in last_errors.items()) or "ok",
+                {**{k: str(v) for k, v in inputs.items()}, **{f"last error {k}": v for k, v in last_errors.items()}},
+            ),
+            Status(
+                "pai_introspector: engine",
+                "error" if self.engine_errors else "ok",
+                self.last_engine_error or "running",
+                {
+                    "policy": s.policy_path,
+                    "sae": s.sae_path,
+                    "device": s.device,
+                    "frames": str(self.frames),
+                    "rate_hz": f"{rate:.2f}",
+                    "target_rate_hz": str(s.rate_hz),
                     "latency_ms_median": f"{statistics.median(lat):.1f}" if lat else "",
                     "latency_ms_p99": f"{lat[min(len(lat) - 1, int(0.99 * len(lat)))]:.1f}" if lat else "",
-                    "engine_errors": str(self.engine_errors), "n_features": str(self.pipeline.n_features)}),
+                    "engine_errors": str(self.engine_errors),
+                    "n_features": str(self.pipeline.n_features),
+                },
+            ),
             self._startup_status(now),
-            Status("pai_introspector: alarm", "error" if alarm.active else "ok", alarm.reason or "clear",
-                   {"active": str(alarm.active), "threshold": str(self.pipeline.threshold),
-                    "frames_above": str(alarm.above), "fail_safe": str(s.fail_safe),
+            Status(
+                "pai_introspector: alarm",
+                "error" if alarm.active else "ok",
+                alarm.reason or "clear",
+                {
+                    "active": str(alarm.active),
+                    "threshold": str(self.pipeline.threshold),
+                    "frames_above": str(alarm.above),
+                    "fail_safe": str(s.fail_safe),
                     "stale_timeout_s": f"{s.stale_timeout_s:g}",
                     "state_coverage": "" if self.last_state_coverage is None else f"{self.last_state_coverage:.2f}",
-                    **{k: str(v) for k, v in self.pipeline.ood_summary().items()}}),
+                    **{k: str(v) for k, v in self.pipeline.ood_summary().items()},
+                },
+            ),
             self._safe_stop_status(),
             self._units_status(),
         ]
@@ -446,15 +505,25 @@ class LiveRunner:
         if self.first_complete is not None:
             after = self.first_complete - self.started
             values["first_complete_observation_after_s"] = f"{after:.2f}"
-            return Status("pai_introspector: start-up", "ok", f"first complete observation {after:.1f} s after start",
-                          values)
+            return Status(
+                "pai_introspector: start-up", "ok", f"first complete observation {after:.1f} s after start", values
+            )
         waited = now - self.started
         values["waiting_s"] = f"{waited:.1f}"
         if waited > grace:
-            return Status("pai_introspector: start-up", "error", f"no complete observation within the start-up grace "
-                          f"of {grace:g} s ({self._waiting_for(now)})", values)
-        return Status("pai_introspector: start-up", "ok", f"waiting for the first complete observation ({waited:.1f} "
-                      f"of {grace:g} s start-up grace; {self._waiting_for(now)})", values)
+            return Status(
+                "pai_introspector: start-up",
+                "error",
+                f"no complete observation within the start-up grace of {grace:g} s ({self._waiting_for(now)})",
+                values,
+            )
+        return Status(
+            "pai_introspector: start-up",
+            "ok",
+            f"waiting for the first complete observation ({waited:.1f} "
+            f"of {grace:g} s start-up grace; {self._waiting_for(now)})",
+            values,
+        )
 
     def _safe_stop_status(self) -> Status:
         stop = self.safe_stop
@@ -462,8 +531,12 @@ class LiveRunner:
         last = stop.attempts[-1] if stop.attempts else None
         failing = stop.state == "stopping" and last is not None and last.outcome not in ("pending", "success")
         level: Level = "error" if failing else "warn" if stop.state == "stopping" else "ok"
-        message = {"idle": "idle", "stopped": "robot answered: stopped", "cancelled": "alarm reset before the robot "
-                   "answered", "stopping": f"asking {stop.backend.target} to stop"}[stop.state]
+        message = {
+            "idle": "idle",
+            "stopped": "robot answered: stopped",
+            "cancelled": "alarm reset before the robot answered",
+            "stopping": f"asking {stop.backend.target} to stop",
+        }[stop.state]
         if last is not None:
             message += f" (attempt {last.number}: {last.line()})"
         return Status("pai_introspector: safe stop", level, message, values)
@@ -473,16 +546,32 @@ class LiveRunner:
         if not self.settings.units.check or not self.pipeline.engine.state_dim:
             return Status("pai_introspector: joint units", "ok", "not checked", values)
         if self.stats is None:
-            return Status("pai_introspector: joint units", "ok", "not checked: the policy has no normalisation "
-                          "statistics for observation.state", values)
+            return Status(
+                "pai_introspector: joint units",
+                "ok",
+                "not checked: the policy has no normalisation statistics for observation.state",
+                values,
+            )
         checks = self.check_units()
         if not checks:
-            return Status("pai_introspector: joint units", "ok", f"not checked yet ({len(self.state_window)} of "
-                          f"{UNITS_MIN_SAMPLES} states)", values)
+            return Status(
+                "pai_introspector: joint units",
+                "ok",
+                f"not checked yet ({len(self.state_window)} of {UNITS_MIN_SAMPLES} states)",
+                values,
+            )
         values.update({f"check {c.joint}": c.line() for c in checks})
         bad = [c for c in checks if not c.ok]
         if bad:
-            return Status("pai_introspector: joint units", "warn", "joints that look like the wrong units: "
-                          + "; ".join(c.line() for c in bad), values)
-        return Status("pai_introspector: joint units", "ok", f"states fit the policy's statistics "
-                      f"({len(self.state_window)} recent states)", values)
+            return Status(
+                "pai_introspector: joint units",
+                "warn",
+                "joints that look like the wrong units: " + "; ".join(c.line() for c in bad),
+                values,
+            )
+        return Status(
+            "pai_introspector: joint units",
+            "ok",
+            f"states fit the policy's statistics ({len(self.state_window)} recent states)",
+            values,
+        )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Literal, Mapping
+from functools import cache
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -13,8 +14,13 @@ from .attention import normalize_maps
 from .engine import FrameResult
 from .observation import Observation
 
-COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO, "inferno": cv2.COLORMAP_INFERNO,
-             "viridis": cv2.COLORMAP_VIRIDIS, "hot": cv2.COLORMAP_HOT}
+COLORMAPS = {
+    "jet": cv2.COLORMAP_JET,
+    "turbo": cv2.COLORMAP_TURBO,
+    "inferno": cv2.COLORMAP_INFERNO,
+    "viridis": cv2.COLORMAP_VIRIDIS,
+    "hot": cv2.COLORMAP_HOT,
+}
 
 
 @dataclass
@@ -53,7 +59,7 @@ class OverlayConfig:
             raise ValueError(f"normalize={self.normalize!r} is not one of 'global', 'per_camera'")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _colormap_lut(colormap: str) -> np.ndarray:
     """(256, 1, 3) RGB lookup table: ``cv2.applyColorMap`` costs ~9 ms a call, a LUT ~0.3 ms."""
     ramp = np.arange(256, dtype=np.uint8).reshape(256, 1)
@@ -63,8 +69,9 @@ def _colormap_lut(colormap: str) -> np.ndarray:
 Scale = tuple[float, float]
 
 
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
-                    weighted: bool = False) -> np.ndarray:
+def heatmap_overlay(
+    image: np.ndarray, heat: np.ndarray, colormap: str = "jet", alpha: float = 0.5, weighted: bool = False
+) -> np.ndarray:
     """Blend a [0, 1] map of any size onto an RGB uint8 image (returns a new RGB uint8 image).
 
     ``weighted``: each pixel's opacity is ``alpha * heat``, so where the map is 0 the image shows through
@@ -101,6 +108,7 @@ def above_average(maps: Mapping[str, np.ndarray], mode: str = "global") -> dict[
     average itself): a peak is hot, attention spread evenly stays nearly untinted instead of painting the
     whole frame (a max-normalised even map is ~1 everywhere). ``mode`` "global" uses all cameras' tokens
     for the average and the peak, so a camera the decoder ignores stays clear; "per_camera" each alone."""
+
     def heat(m: np.ndarray, mean: float, top: float) -> np.ndarray:
         return np.clip((m - mean) / max(top - mean, mean, 1e-12), 0.0, 1.0)
 
@@ -148,8 +156,11 @@ def _draw_label(img: np.ndarray, text: str, left: int = 0) -> None:
 
 
 def render_overlays(
-    obs: Observation, result: FrameResult, config: OverlayConfig | None = None,
-    maps: dict[str, np.ndarray] | None = None, scale: Scale | Mapping[str, Scale] | None = None,
+    obs: Observation,
+    result: FrameResult,
+    config: OverlayConfig | None = None,
+    maps: dict[str, np.ndarray] | None = None,
+    scale: Scale | Mapping[str, Scale] | None = None,
 ) -> dict[str, np.ndarray]:
     """One RGB overlay per camera at the camera's own resolution.
 
@@ -180,7 +191,11 @@ def render_overlays(
             _draw_state_bar(img, result.state_share)
             bar = max(6, img.shape[1] // 64) + 1
         if config.label:
-            _draw_label(img, f"{name.rsplit('.', 1)[-1]} {100 * result.camera_share.get(name, 0.0):.0f}%"
-                        f" state {100 * result.state_share:.0f}%", left=bar)
+            _draw_label(
+                img,
+                f"{name.rsplit('.', 1)[-1]} {100 * result.camera_share.get(name, 0.0):.0f}%"
+                f" state {100 * result.state_share:.0f}%",
+                left=bar,
+            )
         out[name] = img
     return out

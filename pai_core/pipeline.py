@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -93,16 +93,21 @@ class Pipeline:
         """OOD parameters in force; they bring their scorer along (``ood.load_scorer``: a kNN score's
         reference frames, a standardiser), and the engine keeps the backbone maps when it needs them."""
         if params is not None:
-            check_made_for(self.engine, f"OOD parameters {Path(params.source_dir or '.') / 'ood_params.json'}",
-                           params.policy_fingerprint, params.policy)
+            check_made_for(
+                self.engine,
+                f"OOD parameters {Path(params.source_dir or '.') / 'ood_params.json'}",
+                params.policy_fingerprint,
+                params.policy,
+            )
         self._ood = params
         self.scorer: Scorer = load_scorer(params) if params is not None else ReconMse()
         self.signals: dict[str, tuple[Scorer, float]] = {}  # further signals: name -> (scorer, threshold)
-        for i, entry in enumerate(params.signals if params is not None else []):
+        for i in range(len(params.signals) if params is not None else 0):
             signal = params.signal(i)
             self.signals[signal.score] = (load_scorer(signal), signal.threshold)
         self.engine.adapter.keep_vision_features = any(
-            s.needs_vision_features for s in [self.scorer, *(sc for sc, _ in self.signals.values())])
+            s.needs_vision_features for s in [self.scorer, *(sc for sc, _ in self.signals.values())]
+        )
 
     @classmethod
     def load(
@@ -115,7 +120,7 @@ class Pipeline:
         labels_path: str = "",
         engine_config: IntrospectionConfig | None = None,
         load_ood: bool = True,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load the policy and, when given, the SAE, its ``ood_params.json`` (unless ``load_ood`` is off:
         calibration replaces it) and ``labels.json``."""
         extractor = ood = None
@@ -142,9 +147,15 @@ class Pipeline:
         return cls(engine, extractor, ood, alarm, labels)
 
     @classmethod
-    def from_settings(cls, settings) -> "Pipeline":
-        pipe = cls.load(settings.policy_path, settings.sae_path, settings.ood_params_path, settings.device,
-                        settings.alarm, settings.feature_labels_path)
+    def from_settings(cls, settings) -> Pipeline:
+        pipe = cls.load(
+            settings.policy_path,
+            settings.sae_path,
+            settings.ood_params_path,
+            settings.device,
+            settings.alarm,
+            settings.feature_labels_path,
+        )
         if settings.threshold > 0:
             pipe.threshold_override = settings.threshold
         return pipe
@@ -160,8 +171,11 @@ class Pipeline:
         scores, the reference's size and where it lives (memory-mapped from disk or on the GPU)."""
         if self.ood is None:
             return {"ood": "none"}
-        out = {"ood_score": self.ood.score, "ood_alpha": self.ood.alpha,
-               "ood_threshold": None if self.threshold is None else round(float(self.threshold), 6)}
+        out = {
+            "ood_score": self.ood.score,
+            "ood_alpha": self.ood.alpha,
+            "ood_threshold": None if self.threshold is None else round(float(self.threshold), 6),
+        }
         return out | {f"reference_{k}": v for k, v in self.scorer.describe().items()}
 
     @property
@@ -215,7 +229,8 @@ class Pipeline:
                 frame.alarm = self.alarm.update(frame.ood_score, threshold)
             elif threshold is not None:  # any signal above its (jointly calibrated) threshold
                 ratios = {self.ood.score: _ratio(frame.ood_score, threshold)} | {
-                    name: _ratio(frame.signals[name], thr) for name, (_, thr) in extra.items()}
+                    name: _ratio(frame.signals[name], thr) for name, (_, thr) in extra.items()
+                }
                 source = max(ratios, key=lambda k: ratios[k])
                 frame.alarm = self.alarm.update(ratios[source], 1.0, source=source)
         return frames
@@ -236,22 +251,31 @@ def check_made_for(engine: Introspector, what: str, fingerprint: str, made_with:
     import logging
 
     if not fingerprint:
-        logging.getLogger(__name__).warning("%s records no policy fingerprint (made before pai recorded one): "
-                                            "cannot check it was made for %s", what, engine.loaded.source)
+        logging.getLogger(__name__).warning(
+            "%s records no policy fingerprint (made before pai recorded one): cannot check it was made for %s",
+            what,
+            engine.loaded.source,
+        )
         return
     if fingerprint != engine.fingerprint:
-        raise ModelError(f"{what} was made for policy {made_with or '?'} (fingerprint {fingerprint}), not for "
-                         f"{engine.loaded.source} (fingerprint {engine.fingerprint}); train or calibrate it on this "
-                         "policy's activations")
+        raise ModelError(
+            f"{what} was made for policy {made_with or '?'} (fingerprint {fingerprint}), not for "
+            f"{engine.loaded.source} (fingerprint {engine.fingerprint}); train or calibrate it on this "
+            "policy's activations"
+        )
 
 
 def vision_batch(results: Sequence[FrameResult], observations: Sequence[Observation]):
     """Per camera the batch's backbone maps [(B, C, h, w)], and the (B, S) joint states (None without)."""
     import torch
 
-    maps = {cam: [torch.stack([r.vision_features[cam][j] for r in results]) for j in range(len(levels))]
-            for cam, levels in results[0].vision_features.items()}
-    states = None if any(o.state is None for o in observations) else np.stack([np.asarray(o.state) for o in observations])
+    maps = {
+        cam: [torch.stack([r.vision_features[cam][j] for r in results]) for j in range(len(levels))]
+        for cam, levels in results[0].vision_features.items()
+    }
+    states = (
+        None if any(o.state is None for o in observations) else np.stack([np.asarray(o.state) for o in observations])
+    )
     return maps, states
 
 

@@ -9,9 +9,10 @@ import os
 import sys
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, get_args
+from typing import Any, Literal, get_args
 
 from .errors import InputError, ModelError
 
@@ -115,14 +116,19 @@ def apply_overrides(cfg, overrides: Mapping[str, Any]) -> None:
     names = sorted(f.name for f in dataclasses.fields(cfg) if f.name not in FIXED_FIELDS)
     for key, value in overrides.items():
         if key in FIXED_FIELDS:
-            raise InputError(f"--policy-overrides {key}: this field cannot be overridden (it describes the saved "
-                             f"policy{'; use --device' if key == 'device' else ''})")
+            raise InputError(
+                f"--policy-overrides {key}: this field cannot be overridden (it describes the saved "
+                f"policy{'; use --device' if key == 'device' else ''})"
+            )
         if key not in hints:
-            raise InputError(f"--policy-overrides {key}: {type(cfg).__name__} has no field {key!r}; fields: "
-                             f"{', '.join(names)}")
+            raise InputError(
+                f"--policy-overrides {key}: {type(cfg).__name__} has no field {key!r}; fields: {', '.join(names)}"
+            )
         if not _fits(value, hints[key]):
-            raise InputError(f"--policy-overrides {key}={json.dumps(value)}: expected a value of type "
-                             f"{getattr(hints[key], '__name__', None) or hints[key]}")
+            raise InputError(
+                f"--policy-overrides {key}={json.dumps(value)}: expected a value of type "
+                f"{getattr(hints[key], '__name__', None) or hints[key]}"
+            )
         old = getattr(cfg, key)
         setattr(cfg, key, tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value)
     try:
@@ -164,8 +170,12 @@ def cast_policy(loaded: LoadedPolicy, dtype: str) -> None:
         loaded.postprocessor.steps = [first, *steps]
 
 
-def load_policy(path_or_repo_id: str | os.PathLike, device: str = "cpu", model_dtype: ModelDtype = "float32",
-                overrides: Mapping[str, Any] | None = None) -> LoadedPolicy:
+def load_policy(
+    path_or_repo_id: str | os.PathLike,
+    device: str = "cpu",
+    model_dtype: ModelDtype = "float32",
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedPolicy:
     """Load policy, preprocessor and postprocessor, placed on ``device`` ("cpu", "cuda", "cuda:1").
 
     A local directory is read as it is; anything else is a Hugging Face Hub id (downloaded by
@@ -187,8 +197,10 @@ def load_policy(path_or_repo_id: str | os.PathLike, device: str = "cpu", model_d
     if path.exists() and not (path / "config.json").is_file():
         raise ModelError(f"Policy directory {path} has no config.json; expected a LeRobot pretrained_model folder")
     if not path.exists() and looks_like_path(source):
-        raise ModelError(f"Policy directory {source}: no such directory (relative paths are relative to the working "
-                         f"directory, {Path.cwd()}); a hub id has the form 'user/name'")
+        raise ModelError(
+            f"Policy directory {source}: no such directory (relative paths are relative to the working "
+            f"directory, {Path.cwd()}); a hub id has the form 'user/name'"
+        )
     ref = str(path) if path.exists() else source
     try:
         cfg = PreTrainedConfig.from_pretrained(ref)

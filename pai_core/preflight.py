@@ -8,7 +8,7 @@ frames an alpha needs, which alpha the frames allow).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import InputError
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -83,8 +84,10 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     try:
         bits, _fmt, typestr, nchan = to_cvtype(encoding)
     except ImageError:
-        raise MessageError(f"Image encoding {encoding!r} is not supported; expected one of "
-                           f"{', '.join(COMMON_ENCODINGS)} (or another sensor_msgs encoding)") from None
+        raise MessageError(
+            f"Image encoding {encoding!r} is not supported; expected one of "
+            f"{', '.join(COMMON_ENCODINGS)} (or another sensor_msgs encoding)"
+        ) from None
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     itemsize = np.dtype(typestr).itemsize
     row = width * nchan * itemsize
@@ -94,8 +97,9 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     if step < row:
         raise MessageError(f"Image {width}x{height} {encoding}: step {step} is smaller than a row ({row} bytes)")
     if data.size < step * (height - 1) + row:
-        raise MessageError(f"Image {width}x{height} {encoding} (step {step}) needs {step * height} bytes of data, "
-                           f"got {data.size}")
+        raise MessageError(
+            f"Image {width}x{height} {encoding} (step {step}) needs {step * height} bytes of data, got {data.size}"
+        )
     rows = np.lib.stride_tricks.as_strided(data, shape=(height, row), strides=(step, 1))
     dtype = np.dtype(typestr).newbyteorder(">" if int(msg.is_bigendian) else "<")
     shape = (height, width) if nchan == 1 else (height, width, nchan)
@@ -170,8 +174,15 @@ def header(stamp: tuple[int, int], frame_id: str = "") -> dict:
 
 def image_fields(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "") -> dict:
     h, w = rgb.shape[:2]
-    return {"header": header(stamp, frame_id), "height": h, "width": w, "encoding": "rgb8", "is_bigendian": 0,
-            "step": w * 3, "data": np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1)}
+    return {
+        "header": header(stamp, frame_id),
+        "height": h,
+        "width": w,
+        "encoding": "rgb8",
+        "is_bigendian": 0,
+        "step": w * 3,
+        "data": np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1),
+    }
 
 
 def compressed_fields(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "", quality: int = JPEG_QUALITY) -> dict:
@@ -233,19 +244,41 @@ def frame_messages(
     overlays = render_overlays(obs, result, overlay_config or OverlayConfig())
     for camera, rgb in overlays.items():
         short = topics.camera_short(camera)
-        out.append(OutputMessage(topics.OVERLAY.format(camera=short), "sensor_msgs/msg/Image",
-                                 image_fields(rgb, stamp, short), t))
+        out.append(
+            OutputMessage(
+                topics.OVERLAY.format(camera=short), "sensor_msgs/msg/Image", image_fields(rgb, stamp, short), t
+            )
+        )
         if compressed:
-            out.append(OutputMessage(topics.OVERLAY_COMPRESSED.format(camera=short), "sensor_msgs/msg/CompressedImage",
-                                     compressed_fields(rgb, stamp, short), t))
+            out.append(
+                OutputMessage(
+                    topics.OVERLAY_COMPRESSED.format(camera=short),
+                    "sensor_msgs/msg/CompressedImage",
+                    compressed_fields(rgb, stamp, short),
+                    t,
+                )
+            )
     share_labels = ["latent", "state"] + [topics.camera_short(c.name) for c in result.layout.cameras]
-    shares = [result.latent_share, result.state_share] + [result.camera_share.get(c.name, 0.0)
-                                                          for c in result.layout.cameras]
-    out.append(OutputMessage(topics.ATTENTION_SHARE, "std_msgs/msg/Float32MultiArray",
-                             multiarray_fields(np.asarray(shares), [",".join(share_labels)]), t))
+    shares = [result.latent_share, result.state_share] + [
+        result.camera_share.get(c.name, 0.0) for c in result.layout.cameras
+    ]
+    out.append(
+        OutputMessage(
+            topics.ATTENTION_SHARE,
+            "std_msgs/msg/Float32MultiArray",
+            multiarray_fields(np.asarray(shares), [",".join(share_labels)]),
+            t,
+        )
+    )
     if frame.features is not None:
-        out.append(OutputMessage(topics.FEATURES, "std_msgs/msg/Float32MultiArray",
-                                 multiarray_fields(np.asarray(frame.features), ["features"]), t))
+        out.append(
+            OutputMessage(
+                topics.FEATURES,
+                "std_msgs/msg/Float32MultiArray",
+                multiarray_fields(np.asarray(frame.features), ["features"]),
+                t,
+            )
+        )
     if frame.ood_score is not None:
         out.append(OutputMessage(topics.OOD_SCORE, "std_msgs/msg/Float32", {"data": float(frame.ood_score)}, t))
     if frame.threshold is not None:
@@ -254,24 +287,49 @@ def frame_messages(
     for name, value in frame.signals.items():  # further signals, each on a topic of its own
         out.append(OutputMessage(topics.SIGNAL.format(name=name), "std_msgs/msg/Float32", {"data": float(value)}, t))
         if name in thresholds:
-            out.append(OutputMessage(topics.SIGNAL_THRESHOLD.format(name=name), "std_msgs/msg/Float32",
-                                     {"data": float(thresholds[name])}, t))
+            out.append(
+                OutputMessage(
+                    topics.SIGNAL_THRESHOLD.format(name=name),
+                    "std_msgs/msg/Float32",
+                    {"data": float(thresholds[name])},
+                    t,
+                )
+            )
     out.append(OutputMessage(topics.ALARM, "std_msgs/msg/Bool", {"data": bool(frame.alarm.active)}, t))
     if actions and not frame.alarm.active:
-        out.append(OutputMessage(topics.ACTION, "std_msgs/msg/Float32MultiArray",
-                                 multiarray_fields(np.asarray(result.action), ["action"]), t))
-        out.append(OutputMessage(topics.ACTION_CHUNK, "std_msgs/msg/Float32MultiArray",
-                                 multiarray_fields(np.asarray(result.action_chunk), ["time", "action"]), t))
+        out.append(
+            OutputMessage(
+                topics.ACTION,
+                "std_msgs/msg/Float32MultiArray",
+                multiarray_fields(np.asarray(result.action), ["action"]),
+                t,
+            )
+        )
+        out.append(
+            OutputMessage(
+                topics.ACTION_CHUNK,
+                "std_msgs/msg/Float32MultiArray",
+                multiarray_fields(np.asarray(result.action_chunk), ["time", "action"]),
+                t,
+            )
+        )
         if command is not None:
-            out.append(OutputMessage(topics.JOINT_COMMAND, "sensor_msgs/msg/JointState",
-                                     joint_state_fields(command.names, command.positions, stamp), t))
+            out.append(
+                OutputMessage(
+                    topics.JOINT_COMMAND,
+                    "sensor_msgs/msg/JointState",
+                    joint_state_fields(command.names, command.positions, stamp),
+                    t,
+                )
+            )
     return out
 
 
 def feature_names_message(pipeline: Any, stamp: float = 0.0) -> OutputMessage:
     """std_msgs/String with the JSON list of feature names (labels where given), published once, latched."""
-    return OutputMessage(topics.FEATURE_NAMES, "std_msgs/msg/String", {"data": json.dumps(pipeline.feature_names())},
-                         stamp)
+    return OutputMessage(
+        topics.FEATURE_NAMES, "std_msgs/msg/String", {"data": json.dumps(pipeline.feature_names())}, stamp
+    )
 
 
 # ------------------------------------------------------------------------------------ rosbags messages

@@ -6,7 +6,7 @@ at module level)."""
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from . import topics
@@ -22,7 +22,7 @@ def is_latched(topic: str, namespace: str = f"/{topics.NODE_NAME}") -> bool:
     return topic in LATCHED_TOPICS or topic in {topics.resolve(t, namespace=namespace) for t in LATCHED_TOPICS}
 
 
-@lru_cache(maxsize=None)
+@cache
 def qos_profile(latched: bool) -> Any:
     """The rclpy QoSProfile of a latched or a streamed output topic."""
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -36,7 +36,7 @@ def output_qos(topic: str, namespace: str = f"/{topics.NODE_NAME}") -> Any:
     return qos_profile(is_latched(topic, namespace))
 
 
-@lru_cache(maxsize=None)
+@cache
 def message_class(msgtype: str) -> type:
     """ "sensor_msgs/msg/Image" or "std_msgs/Header" -> the rclpy message class."""
     parts = msgtype.split("/")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Outcome = Literal["pending", "success", "refused", "timeout", "unavailable", "error"]
 Done = Callable[[bool, str], None]
@@ -82,8 +83,15 @@ class SafeStop:
         log: ``log(level, text)`` for every answer.
     """
 
-    def __init__(self, backend: StopBackend, timeout_s: float = 2.0, retry_s: float = 0.5, retry_max_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, log: Callable[[str, str], None] | None = None):
+    def __init__(
+        self,
+        backend: StopBackend,
+        timeout_s: float = 2.0,
+        retry_s: float = 0.5,
+        retry_max_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str, str], None] | None = None,
+    ):
         self.backend = backend
         self.timeout_s, self.retry_s, self.retry_max_s = timeout_s, retry_s, retry_max_s
         self.clock = clock
@@ -134,8 +142,9 @@ class SafeStop:
             if not self.backend.ready():
                 self._answer(attempt, "unavailable", f"{self.backend.target} is not available")
                 return
-            attempt.handle = self.backend.call(lambda ok, message: self._answer(
-                attempt, "success" if ok else "refused", message))
+            attempt.handle = self.backend.call(
+                lambda ok, message: self._answer(attempt, "success" if ok else "refused", message)
+            )
         except Exception as exc:  # a back end that throws is a failed attempt, never a dead runner
             self._answer(attempt, "error", f"{type(exc).__name__}: {exc}")
 
@@ -163,9 +172,15 @@ class SafeStop:
             self._failures += 1
             self._next_at = now + self.retry_delay(self._failures)
             level = "error"
-        self.log(level, f"safe stop attempt {attempt.number} ({self.backend.target}): {attempt.line()}"
-                 + (f"; retrying in {self._next_at - now:.2f} s" if outcome != "success" and self.state == "stopping"
-                    else ""))
+        self.log(
+            level,
+            f"safe stop attempt {attempt.number} ({self.backend.target}): {attempt.line()}"
+            + (
+                f"; retrying in {self._next_at - now:.2f} s"
+                if outcome != "success" and self.state == "stopping"
+                else ""
+            ),
+        )
 
     def retry_delay(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failed attempt in a row."""
@@ -180,8 +195,12 @@ class SafeStop:
     def summary(self) -> dict[str, str]:
         """Diagnostics values: back end, state, attempts, and each recent attempt with its answer."""
         with self._lock:
-            out = {"safe_stop_backend": self.backend.target, "safe_stop_state": self.state,
-                   "safe_stop_reason": self.reason, "safe_stop_attempts": str(self.total_attempts)}
+            out = {
+                "safe_stop_backend": self.backend.target,
+                "safe_stop_state": self.state,
+                "safe_stop_reason": self.reason,
+                "safe_stop_attempts": str(self.total_attempts),
+            }
             if self.state == "stopping" and self._current is None and self.total_attempts:
                 out["safe_stop_next_attempt_in_s"] = f"{max(0.0, self._next_at - self.clock()):.2f}"
             for a in list(self.attempts)[-5:]:

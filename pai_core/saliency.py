@@ -20,8 +20,9 @@ Batched: the ``steps`` points of every frame in a call are spread over forward/b
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -136,7 +137,10 @@ def normalise(
         low, high = float(every.min()), float(every.max())
     if not high > low:
         return {k: np.zeros_like(m, np.float32) for k, m in maps.items()}, 0.0
-    scale = lambda v: np.clip((np.asarray(v, np.float32) - low) / (high - low), 0.0, 1.0)
+
+    def scale(v):
+        return np.clip((np.asarray(v, np.float32) - low) / (high - low), 0.0, 1.0)
+
     return {k: scale(m) for k, m in maps.items()}, float(scale(state)) if state is not None else 0.0
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 
@@ -96,8 +97,10 @@ class UnitsSettings:
         if self.ticks_per_turn < 2:
             raise SettingsError(f"units.ticks_per_turn={self.ticks_per_turn} must be at least 2")
         if any(c.startswith("lerobot_") for c in self.conversions) and not self.calibration_path:
-            raise SettingsError("units.conversions use LeRobot's calibrated ranges (lerobot_*) but "
-                                "units.calibration_path is empty; give the robot's LeRobot calibration JSON")
+            raise SettingsError(
+                "units.conversions use LeRobot's calibrated ranges (lerobot_*) but "
+                "units.calibration_path is empty; give the robot's LeRobot calibration JSON"
+            )
 
     def check_joints(self, joint_names: list[str]) -> None:
         """Every per-joint list is empty or has one entry per joint; scale/offset only on linear joints."""
@@ -105,8 +108,10 @@ class UnitsSettings:
         for name in ("conversions", "scale", "offset", "calibration_names", "zero_ticks"):
             values = getattr(self, name)
             if values and len(values) != n:
-                raise SettingsError(f"units.{name} has {len(values)} entries but joint_names has {n} {joint_names}; "
-                                    "give one per joint or none")
+                raise SettingsError(
+                    f"units.{name} has {len(values)} entries but joint_names has {n} {joint_names}; "
+                    "give one per joint or none"
+                )
         conversions = self.conversions or ["same"] * n
         for i, (joint, conv) in enumerate(zip(joint_names, conversions)):
             if conv == "linear":
@@ -116,8 +121,10 @@ class UnitsSettings:
             for name, neutral in (("scale", 1.0), ("offset", 0.0)):
                 values = getattr(self, name)
                 if values and values[i] != neutral:
-                    raise SettingsError(f"units.{name}[{i}]={values[i]} is set for {joint}, whose conversion is "
-                                        f"{conv!r}; only linear joints use {name} (keep {neutral})")
+                    raise SettingsError(
+                        f"units.{name}[{i}]={values[i]} is set for {joint}, whose conversion is "
+                        f"{conv!r}; only linear joints use {name} (keep {neutral})"
+                    )
 
 
 @dataclass
@@ -151,8 +158,10 @@ class SafeStopSettings:
             raise SettingsError(f"safe_stop.strictness={self.strictness!r} is not one of {list(get_args(Strictness))}")
         if self.backend == "ros2_control":
             if not self.controllers:
-                raise SettingsError("safe_stop.backend=ros2_control needs safe_stop.controllers (the controllers to "
-                                    "deactivate, e.g. ['arm_controller'])")
+                raise SettingsError(
+                    "safe_stop.backend=ros2_control needs safe_stop.controllers (the controllers to "
+                    "deactivate, e.g. ['arm_controller'])"
+                )
             if not self.controller_manager:
                 raise SettingsError("safe_stop.backend=ros2_control needs safe_stop.controller_manager")
         for name in ("timeout_s", "retry_s", "retry_max_s"):
@@ -190,8 +199,9 @@ class PaiSettings:
     ood_params_path: str = ""
     device: str = "cpu"
     joint_states_topic: str = "/joint_states"
-    joint_names: list[str] = field(default_factory=lambda: ["shoulder_pan", "shoulder_lift", "elbow_flex",
-                                                              "wrist_flex", "wrist_roll", "gripper"])
+    joint_names: list[str] = field(
+        default_factory=lambda: ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
+    )
     rate_hz: float = 10.0
     max_input_age_s: float = 0.5
     stale_timeout_s: float = 2.0
@@ -229,8 +239,13 @@ class PaiSettings:
         return dict(zip(self.cameras.topics, self.cameras.features))
 
 
-SECTIONS: dict[str, type] = {"cameras": CameraSettings, "overlay": OverlayConfig, "alarm": AlarmConfig,
-                             "safe_stop": SafeStopSettings, "units": UnitsSettings}
+SECTIONS: dict[str, type] = {
+    "cameras": CameraSettings,
+    "overlay": OverlayConfig,
+    "alarm": AlarmConfig,
+    "safe_stop": SafeStopSettings,
+    "units": UnitsSettings,
+}
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -7,8 +7,8 @@ and ``from_pretrained``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,13 +70,22 @@ def make_act_policy(
     if stats is None:
         rng = np.random.default_rng(seed)
         stats = {
-            k: {"mean": np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1), "std": np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)}
+            k: {
+                "mean": np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1),
+                "std": np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1),
+            }
             for k in cameras
         }
-        for key, dim in (("observation.state", state_dim), ("observation.environment_state", env_state_dim), ("action", action_dim)):
+        for key, dim in (
+            ("observation.state", state_dim),
+            ("observation.environment_state", env_state_dim),
+            ("action", action_dim),
+        ):
             if dim:
                 stats[key] = {"mean": rng.normal(size=dim), "std": 0.5 + rng.random(dim)}
-    stats = {k: {s: torch.as_tensor(np.asarray(v), dtype=torch.float32) for s, v in d.items()} for k, d in stats.items()}
+    stats = {
+        k: {s: torch.as_tensor(np.asarray(v), dtype=torch.float32) for s, v in d.items()} for k, d in stats.items()
+    }
     pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +147,10 @@ def make_lerobot_dataset(
 
     cameras = {"observation.images.front": (96, 128)} if cameras is None else cameras
     kind = "video" if use_videos else "image"
-    features = {k: {"dtype": kind, "shape": (h, w, 3), "names": ["height", "width", "channels"]}
-                for k, (h, w) in cameras.items()}
+    features = {
+        k: {"dtype": kind, "shape": (h, w, 3), "names": ["height", "width", "channels"]}
+        for k, (h, w) in cameras.items()
+    }
     names = list(state_names) if state_names is not None else [f"j{i}" for i in range(state_dim)]
     if len(names) != state_dim:
         raise ValueError(f"state_names has {len(names)} names for state_dim={state_dim}")
@@ -154,10 +165,15 @@ def make_lerobot_dataset(
             state = np.sin(np.arange(state_dim) + 6.28 * t).astype(np.float32)
             if state_shift is not None:
                 state = state + np.float32(state_shift(ep, i))
-            frame = {k: synthetic_frame(h, w, t, variant, seed=seed * 1000 + ep * 100 + i) for k, (h, w) in cameras.items()}
+            frame = {
+                k: synthetic_frame(h, w, t, variant, seed=seed * 1000 + ep * 100 + i) for k, (h, w) in cameras.items()
+            }
             frame["observation.state"] = state
-            frame["action"] = np.roll(state, 1)[:action_dim].astype(np.float32) if action_dim <= state_dim else \
-                np.resize(state, action_dim).astype(np.float32)
+            frame["action"] = (
+                np.roll(state, 1)[:action_dim].astype(np.float32)
+                if action_dim <= state_dim
+                else np.resize(state, action_dim).astype(np.float32)
+            )
             frame["task"] = "push the red block"
             ds.add_frame(frame)
         ds.save_episode()

@@ -4,22 +4,22 @@ Camera-specific topics use the last part of the policy image feature name ("obse
 -> "front").
 """
 
-OVERLAY = "~/overlay/{camera}"                 # sensor_msgs/Image rgb8, input header stamp
+OVERLAY = "~/overlay/{camera}"  # sensor_msgs/Image rgb8, input header stamp
 OVERLAY_COMPRESSED = "~/overlay/{camera}/compressed"  # sensor_msgs/CompressedImage jpeg
-FEATURES = "~/features"                        # std_msgs/Float32MultiArray, dim label "features"
-FEATURE_NAMES = "~/feature_names"              # std_msgs/String (JSON list), transient local
-ATTENTION_SHARE = "~/attention_share"          # std_msgs/Float32MultiArray [latent, state, cameras...]
-OOD_SCORE = "~/ood_score"                      # std_msgs/Float32
-OOD_THRESHOLD = "~/ood_threshold"              # std_msgs/Float32
-SIGNAL = "~/signal/{name}"                     # std_msgs/Float32: a further OOD signal (action_consistency)
+FEATURES = "~/features"  # std_msgs/Float32MultiArray, dim label "features"
+FEATURE_NAMES = "~/feature_names"  # std_msgs/String (JSON list), transient local
+ATTENTION_SHARE = "~/attention_share"  # std_msgs/Float32MultiArray [latent, state, cameras...]
+OOD_SCORE = "~/ood_score"  # std_msgs/Float32
+OOD_THRESHOLD = "~/ood_threshold"  # std_msgs/Float32
+SIGNAL = "~/signal/{name}"  # std_msgs/Float32: a further OOD signal (action_consistency)
 SIGNAL_THRESHOLD = "~/signal/{name}/threshold"  # std_msgs/Float32: its jointly calibrated threshold
-ALARM = "~/alarm"                              # std_msgs/Bool, transient local
-SAFE_STOP = "~/safe_stop"                      # std_msgs/Bool, transient local (latched stop request)
-ACTION = "~/action"                            # std_msgs/Float32MultiArray (A,)
-ACTION_CHUNK = "~/action_chunk"                # std_msgs/Float32MultiArray (T, A)
-JOINT_COMMAND = "~/joint_command"              # sensor_msgs/JointState: the next action in the robot's units
-DIAGNOSTICS = "/diagnostics"                   # diagnostic_msgs/DiagnosticArray
-RESET_ALARM = "~/reset_alarm"                  # std_srvs/Trigger service
+ALARM = "~/alarm"  # std_msgs/Bool, transient local
+SAFE_STOP = "~/safe_stop"  # std_msgs/Bool, transient local (latched stop request)
+ACTION = "~/action"  # std_msgs/Float32MultiArray (A,)
+ACTION_CHUNK = "~/action_chunk"  # std_msgs/Float32MultiArray (T, A)
+JOINT_COMMAND = "~/joint_command"  # sensor_msgs/JointState: the next action in the robot's units
+DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray
+RESET_ALARM = "~/reset_alarm"  # std_srvs/Trigger service
 
 NODE_NAME = "pai_introspector"
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +27,10 @@ from .settings import CONVERSIONS, SettingsError
 
 LEROBOT_KEYS = ("id", "drive_mode", "homing_offset", "range_min", "range_max")
 #: unit mistakes the check recognises: factor that makes the robot's values fit, and what it means.
-UNIT_MISTAKES = ((180.0 / math.pi, "radians where the policy expects degrees"),
-                 (math.pi / 180.0, "degrees where the policy expects radians"))
+UNIT_MISTAKES = (
+    (180.0 / math.pi, "radians where the policy expects degrees"),
+    (math.pi / 180.0, "degrees where the policy expects radians"),
+)
 
 
 @dataclass(frozen=True)
@@ -49,25 +52,31 @@ def load_calibration(path: str | Path) -> dict[str, MotorCalibration]:
     """LeRobot calibration JSON ({"shoulder_pan": {"id": 1, "drive_mode": 0, ...}, ...}) -> motor -> calibration."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise SettingsError(f"units.calibration_path {path}: no such file (LeRobot writes calibrations to "
-                            "~/.cache/huggingface/lerobot/calibration/robots/<robot type>/<id>.json)")
+        raise SettingsError(
+            f"units.calibration_path {path}: no such file (LeRobot writes calibrations to "
+            "~/.cache/huggingface/lerobot/calibration/robots/<robot type>/<id>.json)"
+        )
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SettingsError(f"Could not read the LeRobot calibration {path}: {exc}") from exc
     if not isinstance(doc, dict) or not doc:
-        raise SettingsError(f"LeRobot calibration {path} should map motor names to calibrations, "
-                            f"got {type(doc).__name__}")
+        raise SettingsError(
+            f"LeRobot calibration {path} should map motor names to calibrations, got {type(doc).__name__}"
+        )
     out = {}
     for motor, entry in doc.items():
         missing = [k for k in LEROBOT_KEYS if not isinstance(entry, dict) or k not in entry]
         if missing:
-            raise SettingsError(f"LeRobot calibration {path}: motor {motor!r} lacks {missing}; "
-                                f"expected {list(LEROBOT_KEYS)}")
+            raise SettingsError(
+                f"LeRobot calibration {path}: motor {motor!r} lacks {missing}; expected {list(LEROBOT_KEYS)}"
+            )
         cal = MotorCalibration(**{k: int(entry[k]) for k in LEROBOT_KEYS})
         if cal.range_max <= cal.range_min:
-            raise SettingsError(f"LeRobot calibration {path}: motor {motor!r} has range_min={cal.range_min} >= "
-                                f"range_max={cal.range_max}")
+            raise SettingsError(
+                f"LeRobot calibration {path}: motor {motor!r} has range_min={cal.range_min} >= "
+                f"range_max={cal.range_max}"
+            )
         out[str(motor)] = cal
     return out
 
@@ -85,11 +94,17 @@ class JointUnits:
         ticks_per_turn: motor resolution.
     """
 
-    def __init__(self, names: Sequence[str], conversions: Sequence[str] | None = None,
-                 scale: Sequence[float] | None = None, offset: Sequence[float] | None = None,
-                 calibration: dict[str, MotorCalibration] | None = None,
-                 calibration_names: Sequence[str] | None = None, zero_ticks: Sequence[float] | None = None,
-                 ticks_per_turn: int = 4096):
+    def __init__(
+        self,
+        names: Sequence[str],
+        conversions: Sequence[str] | None = None,
+        scale: Sequence[float] | None = None,
+        offset: Sequence[float] | None = None,
+        calibration: dict[str, MotorCalibration] | None = None,
+        calibration_names: Sequence[str] | None = None,
+        zero_ticks: Sequence[float] | None = None,
+        ticks_per_turn: int = 4096,
+    ):
         self.names = list(names)
         n = len(self.names)
         self.conversions = list(conversions) if conversions else ["same"] * n
@@ -98,8 +113,13 @@ class JointUnits:
         self.zero_ticks = np.asarray(zero_ticks if zero_ticks else [ticks_per_turn / 2] * n, np.float64)
         self.ticks_per_turn = int(ticks_per_turn)
         motors = list(calibration_names) if calibration_names else list(self.names)
-        for what, values in (("conversions", self.conversions), ("scale", self.scale), ("offset", self.offset),
-                             ("zero_ticks", self.zero_ticks), ("calibration_names", motors)):
+        for what, values in (
+            ("conversions", self.conversions),
+            ("scale", self.scale),
+            ("offset", self.offset),
+            ("zero_ticks", self.zero_ticks),
+            ("calibration_names", motors),
+        ):
             if len(values) != n:
                 raise SettingsError(f"units.{what} has {len(values)} entries for {n} joints {self.names}")
         bad = [c for c in self.conversions if c not in CONVERSIONS]
@@ -112,17 +132,27 @@ class JointUnits:
                 continue
             if not calibration or motor not in calibration:
                 have = sorted(calibration) if calibration else []
-                raise SettingsError(f"joint {joint} ({conv}) needs motor {motor!r} in the LeRobot calibration, which "
-                                    f"has {have}; set units.calibration_names to the file's motor names")
+                raise SettingsError(
+                    f"joint {joint} ({conv}) needs motor {motor!r} in the LeRobot calibration, which "
+                    f"has {have}; set units.calibration_names to the file's motor names"
+                )
             self.calibration.append(calibration[motor])
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "JointUnits":
+    def from_settings(cls, settings: Any) -> JointUnits:
         """From ``PaiSettings`` (reads ``units.calibration_path`` when a joint needs it)."""
         u = settings.units
         calibration = load_calibration(u.calibration_path) if u.calibration_path else None
-        return cls(settings.joint_names, u.conversions, u.scale, u.offset, calibration, u.calibration_names,
-                   u.zero_ticks, u.ticks_per_turn)
+        return cls(
+            settings.joint_names,
+            u.conversions,
+            u.scale,
+            u.offset,
+            calibration,
+            u.calibration_names,
+            u.zero_ticks,
+            u.ticks_per_turn,
+        )
 
     @property
     def identity(self) -> bool:
@@ -198,8 +228,9 @@ class JointUnits:
 
     def _check_width(self, x: np.ndarray, what: str) -> None:
         if x.shape[-1:] != (len(self.names),):
-            raise SettingsError(f"{what} has shape {x.shape}; expected {len(self.names)} values, one per joint "
-                                f"{self.names}")
+            raise SettingsError(
+                f"{what} has shape {x.shape}; expected {len(self.names)} values, one per joint {self.names}"
+            )
 
     def describe(self) -> dict[str, str]:
         """joint -> its conversion in words (diagnostics)."""
@@ -209,8 +240,10 @@ class JointUnits:
             if conv == "linear":
                 out[name] = f"linear: policy = {self.scale[j]:g} * robot + {self.offset[j]:g}"
             elif cal is not None:
-                out[name] = (f"{conv}: range {cal.range_min}..{cal.range_max} ticks, drive_mode {cal.drive_mode}, "
-                             f"0 rad at {self.zero_ticks[j]:g} ticks")
+                out[name] = (
+                    f"{conv}: range {cal.range_min}..{cal.range_max} ticks, drive_mode {cal.drive_mode}, "
+                    f"0 rad at {self.zero_ticks[j]:g} ticks"
+                )
             else:
                 out[name] = {"same": "same units", "degrees": "radians -> degrees"}[conv]
         return out
@@ -246,8 +279,14 @@ class JointCheck:
         return f"{self.joint}: {self.reason}"
 
 
-def check_states(states: np.ndarray, names: Sequence[str], stats: dict[str, np.ndarray], z_limit: float = 4.0,
-                 spread_limit: float = 15.0, min_samples: int = 10) -> list[JointCheck]:
+def check_states(
+    states: np.ndarray,
+    names: Sequence[str],
+    stats: dict[str, np.ndarray],
+    z_limit: float = 4.0,
+    spread_limit: float = 15.0,
+    min_samples: int = 10,
+) -> list[JointCheck]:
     """Compare states (N, J) in the policy's units with its statistics; flag a joint whose median lies more than
     ``z_limit`` standard deviations from the policy's mean, or whose spread differs from the policy's more than
     ``spread_limit`` times while a unit mistake (``UNIT_MISTAKES``) would make it fit. A robot holding still says
@@ -258,11 +297,14 @@ def check_states(states: np.ndarray, names: Sequence[str], stats: dict[str, np.n
     elif "min" in stats and "max" in stats:
         mean, std = (stats["min"] + stats["max"]) / 2, (stats["max"] - stats["min"]) / 4
     else:
-        raise SettingsError(f"the policy's observation.state statistics have {sorted(stats)}; the units check needs "
-                            "mean and std (or min and max)")
+        raise SettingsError(
+            f"the policy's observation.state statistics have {sorted(stats)}; the units check needs "
+            "mean and std (or min and max)"
+        )
     if mean.size != len(names):
-        raise SettingsError(f"the policy's observation.state statistics have {mean.size} values for {len(names)} "
-                            f"joints {list(names)}")
+        raise SettingsError(
+            f"the policy's observation.state statistics have {mean.size} values for {len(names)} joints {list(names)}"
+        )
     out = []
     for j, name in enumerate(names):
         v = x[:, j]
@@ -274,14 +316,17 @@ def check_states(states: np.ndarray, names: Sequence[str], stats: dict[str, np.n
         if abs(z) > z_limit:
             fits = [(f, what) for f, what in UNIT_MISTAKES if abs((med * f - mean[j]) / s) <= z_limit]
             hint = f"; x{fits[0][0]:.4g} fits: {fits[0][1]}?" if fits else ""
-            reasons.append(f"median {med:.4g} is {abs(z):.1f} std from the policy's mean {mean[j]:.4g} "
-                           f"(std {std[j]:.4g}){hint}")
+            reasons.append(
+                f"median {med:.4g} is {abs(z):.1f} std from the policy's mean {mean[j]:.4g} (std {std[j]:.4g}){hint}"
+            )
         if ratio is not None and not 1 / spread_limit <= ratio <= spread_limit:
             fits = [(f, what) for f, what in UNIT_MISTAKES if 1 / 5 <= ratio * f <= 5]
             if fits:
                 f, what = fits[0]
-                reasons.append(f"moves {ratio:.3g}x the policy's spread (std {np.std(v):.4g} vs {std[j]:.4g}); "
-                               f"x{f:.4g} fits: {what}?")
+                reasons.append(
+                    f"moves {ratio:.3g}x the policy's spread (std {np.std(v):.4g} vs {std[j]:.4g}); "
+                    f"x{f:.4g} fits: {what}?"
+                )
         out.append(JointCheck(name, not reasons, "; ".join(reasons), med, float(mean[j]), float(std[j]), z, ratio))
     return out
 

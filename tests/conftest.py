@@ -10,6 +10,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
 def wait_for(predicate, timeout: float, what: str):
     """``predicate()``'s first truthy value within ``timeout`` seconds (polled every 50 ms), else a failure
     naming ``what`` (for tests that wait on ROS topics, services and processes)."""
@@ -43,8 +44,9 @@ def policy_dir(tmp_path_factory):
     """Two cameras of different sizes, 6-D state, chunk 6 executed 3 steps at a time."""
     from pai_core.testing import make_act_policy
 
-    return make_act_policy(tmp_path_factory.mktemp("act") / "pretrained_model", cameras=TWO_CAMERAS,
-                           chunk_size=6, n_action_steps=3)
+    return make_act_policy(
+        tmp_path_factory.mktemp("act") / "pretrained_model", cameras=TWO_CAMERAS, chunk_size=6, n_action_steps=3
+    )
 
 
 def random_observation(engine, rng: np.random.Generator, t: float = 0.0):
@@ -78,9 +80,15 @@ def ood_world(tmp_path_factory):
     train, held = store.split(0.34, seed=0)
     held_eps = sorted({store.shard_episode(s) for s in held})
     extra = {"dataset_root": str(train_ds.root), "held_out_episodes": held_eps}
-    train_sae(token_batches(train, 256, repeat=True), 64, base / "sae",
-              TrainConfig(expansion_factor=4, k=8, aux_k=32, dead_tokens=5000, steps=300, batch_size=256),
-              policy=str(policy), extra=extra, progress=False)
+    train_sae(
+        token_batches(train, 256, repeat=True),
+        64,
+        base / "sae",
+        TrainConfig(expansion_factor=4, k=8, aux_k=32, dead_tokens=5000, steps=300, batch_size=256),
+        policy=str(policy),
+        extra=extra,
+        progress=False,
+    )
     return base, policy, held_eps
 
 
@@ -94,8 +102,27 @@ def calibrate_world_copy(world, sae, score: str, *extra: str):
 
     base, policy, _ = world
     shutil.copytree(base / "sae", sae)
-    assert main(["calibrate-ood", "--sae-path", str(sae), "--policy-path", str(policy), "--dataset-repo-id",
-                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", score, *extra]) == 0
+    assert (
+        main(
+            [
+                "calibrate-ood",
+                "--sae-path",
+                str(sae),
+                "--policy-path",
+                str(policy),
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(base / "train"),
+                "--alpha",
+                "0.1",
+                "--score",
+                score,
+                *extra,
+            ]
+        )
+        == 0
+    )
     return OODParams.load(sae / "ood_params.json")
 
 

@@ -69,8 +69,7 @@ class FoxgloveClient:
         deadline = time.monotonic() + self.connect_timeout
         while not self._stop.is_set():
             try:
-                ws = connect(f"ws://127.0.0.1:{self.port}", subprotocols=[SUBPROTOCOL], open_timeout=2,
-                             max_size=None)
+                ws = connect(f"ws://127.0.0.1:{self.port}", subprotocols=[SUBPROTOCOL], open_timeout=2, max_size=None)
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -118,7 +117,7 @@ class FoxgloveClient:
             self.times.append((now, struct.unpack_from("<Q", raw, 1)[0]))
         elif op == 5:  # playback state
             status, current, speed, did_seek, n = struct.unpack_from("<BQfBI", raw, 1)
-            rid = raw[1 + 18:1 + 18 + n].decode()
+            rid = raw[1 + 18 : 1 + 18 + n].decode()
             self.states.append(PlaybackStateMsg(STATUS[status], current, speed, bool(did_seek), rid, now))
 
     # --------------------------------------------------------------------------------------- queries
@@ -137,8 +136,10 @@ class FoxgloveClient:
             if isinstance(self.error, TimeoutError):  # never connected
                 break
             time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what} (client error: {self.error!r}; "
-                             f"topics {sorted(self.topics())}, {len(self.messages)} messages)")
+        raise AssertionError(
+            f"timed out after {timeout} s waiting for {what} (client error: {self.error!r}; "
+            f"topics {sorted(self.topics())}, {len(self.messages)} messages)"
+        )
 
     def decode(self, message: Received):
         """The CDR payload decoded with the schema advertised for its topic."""

@@ -32,8 +32,15 @@ class Recording:
     joints: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (stamp ns, state in policy order)
 
 
-def write_bag(path: Path, storage: str, cameras: list[CameraSpec], duration_s: float = 2.0,
-              joint_rate_hz: float = 25.0, joint_offset_s: float = 0.0, start_s: float = 100.0) -> Recording:
+def write_bag(
+    path: Path,
+    storage: str,
+    cameras: list[CameraSpec],
+    duration_s: float = 2.0,
+    joint_rate_hz: float = 25.0,
+    joint_offset_s: float = 0.0,
+    start_s: float = 100.0,
+) -> Recording:
     """A rosbag2 folder with camera and JointState messages, log time = header stamp."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -61,8 +68,15 @@ def write_bag(path: Path, storage: str, cameras: list[CameraSpec], duration_s: f
                 mtype = "sensor_msgs/msg/CompressedImage"
             else:
                 pixels = rgb if cam.kind == "rgb8" else rgb[..., ::-1]
-                msg = T["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=cam.kind, is_bigendian=0,
-                                                 step=w * 3, data=np.ascontiguousarray(pixels).reshape(-1))
+                msg = T["sensor_msgs/msg/Image"](
+                    header=header,
+                    height=h,
+                    width=w,
+                    encoding=cam.kind,
+                    is_bigendian=0,
+                    step=w * 3,
+                    data=np.ascontiguousarray(pixels).reshape(-1),
+                )
                 mtype = "sensor_msgs/msg/Image"
             rec.images[cam.topic].append((t_ns, rgb))
             events.append((t_ns, cam_i, cam.topic, mtype, msg))
@@ -71,9 +85,14 @@ def write_bag(path: Path, storage: str, cameras: list[CameraSpec], duration_s: f
         t_ns = int(round((start_s + joint_offset_s + i / joint_rate_hz) * 1e9))
         state = rng.normal(size=6).astype(np.float64)
         msg = T["sensor_msgs/msg/JointState"](
-            header=T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9),
-                                            frame_id=""),
-            name=[JOINTS[j] for j in order], position=state[order], velocity=np.zeros(6), effort=np.zeros(6))
+            header=T["std_msgs/msg/Header"](
+                stamp=T["builtin_interfaces/msg/Time"](sec=t_ns // 10**9, nanosec=t_ns % 10**9), frame_id=""
+            ),
+            name=[JOINTS[j] for j in order],
+            position=state[order],
+            velocity=np.zeros(6),
+            effort=np.zeros(6),
+        )
         rec.joints.append((t_ns, state.astype(np.float32)))
         events.append((t_ns, 99, "/joint_states", "sensor_msgs/msg/JointState", msg))
     events.sort(key=lambda e: (e[0], e[1]))
@@ -86,14 +105,19 @@ def write_bag(path: Path, storage: str, cameras: list[CameraSpec], duration_s: f
     return rec
 
 
-def write_settings(path: Path, cameras: list[CameraSpec], policy: Path, sae: Path | None = None,
-                   max_age_s: float = 0.5) -> Path:
+def write_settings(
+    path: Path, cameras: list[CameraSpec], policy: Path, sae: Path | None = None, max_age_s: float = 0.5
+) -> Path:
     import yaml
 
     params = {
-        "policy_path": str(policy), "sae_path": str(sae) if sae else "", "device": "cpu",
+        "policy_path": str(policy),
+        "sae_path": str(sae) if sae else "",
+        "device": "cpu",
         "cameras": {"topics": [c.topic for c in cameras], "features": [c.feature for c in cameras]},
-        "joint_states_topic": "/joint_states", "joint_names": JOINTS, "max_input_age_s": max_age_s,
+        "joint_states_topic": "/joint_states",
+        "joint_names": JOINTS,
+        "max_input_age_s": max_age_s,
         "alarm": {"n": 2, "m": 3, "latch": True, "clear_after": 10},
     }
     path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
@@ -115,7 +139,9 @@ def make_sae(out: Path, d_in: int = 64, threshold: float | None = None) -> Path:
     return out
 
 
-def expected_frames(rec: Recording, driving: str, max_age_s: float) -> list[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+def expected_frames(
+    rec: Recording, driving: str, max_age_s: float
+) -> list[tuple[int, dict[str, np.ndarray], np.ndarray]]:
     """Independent reference of bag assembly: for each driving frame, the newest message of every other
     input logged at or before it, kept when all exist and their stamps lie within max_age_s."""
     out = []

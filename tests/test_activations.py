@@ -9,8 +9,16 @@ import pytest
 import torch
 
 from pai_core import InputError, IntrospectionConfig, Introspector
-from pai_core.activations import (MANIFEST, ActivationStore, RecordConfig, read_shard, record_activations,
-                                  sample_tokens, shard_name, token_batches)
+from pai_core.activations import (
+    MANIFEST,
+    ActivationStore,
+    RecordConfig,
+    read_shard,
+    record_activations,
+    sample_tokens,
+    shard_name,
+    token_batches,
+)
 from pai_core.sources.dataset import iter_episode
 from pai_core.testing import make_act_policy, make_lerobot_dataset
 
@@ -24,8 +32,9 @@ def setup(tmp_path_factory):
     dataset = make_lerobot_dataset(base / "ds", cameras=CAMERA, episodes=3, frames=10)
     policy = make_act_policy(base / "policy", cameras=CAMERA)
     out = base / "recording"
-    summary = record_activations(dataset, str(policy), out, config=RecordConfig(batch_size=4, shard_frames=4),
-                                 progress=False)
+    summary = record_activations(
+        dataset, str(policy), out, config=RecordConfig(batch_size=4, shard_frames=4), progress=False
+    )
     return dataset, policy, out, summary
 
 
@@ -50,8 +59,9 @@ def test_recording_again_skips_finished_shards_and_redoes_only_a_missing_one(set
     lost = out / shard_name(2, 4)
     before = read_shard(lost)
     lost.unlink()
-    summary = record_activations(dataset, str(policy), out, config=RecordConfig(batch_size=4, shard_frames=4),
-                                 progress=False)
+    summary = record_activations(
+        dataset, str(policy), out, config=RecordConfig(batch_size=4, shard_frames=4), progress=False
+    )
     assert summary["frames_recorded"] == 4 and summary["frames_skipped_existing"] == 26
     after = read_shard(lost)
     assert torch.equal(after["tokens"], before["tokens"]) and after["frame_index"].tolist() == [4, 5, 6, 7]
@@ -61,15 +71,27 @@ def test_recording_again_skips_finished_shards_and_redoes_only_a_missing_one(set
 def test_recording_into_a_directory_that_holds_another_recording_is_refused(setup):
     dataset, policy, out, _ = setup
     with pytest.raises(InputError, match="dtype: 'float16' != 'float32'"):
-        record_activations(dataset, str(policy), out, episodes=[0],
-                           config=RecordConfig(batch_size=4, shard_frames=4, dtype="float32"), progress=False)
+        record_activations(
+            dataset,
+            str(policy),
+            out,
+            episodes=[0],
+            config=RecordConfig(batch_size=4, shard_frames=4, dtype="float32"),
+            progress=False,
+        )
     assert json.loads((out / MANIFEST).read_text())["dtype"] == "float16"
 
 
 def test_block_sampling_keeps_latent_and_state_tokens_and_averages_camera_blocks(setup, tmp_path):
     dataset, policy, _, _ = setup
-    record_activations(dataset, str(policy), tmp_path, episodes=[0],
-                       config=RecordConfig(shard_frames=10, sampling="blocks", block=2, dtype="float32"), progress=False)
+    record_activations(
+        dataset,
+        str(policy),
+        tmp_path,
+        episodes=[0],
+        config=RecordConfig(shard_frames=10, sampling="blocks", block=2, dtype="float32"),
+        progress=False,
+    )
     sampled = read_shard(tmp_path / shard_name(0, 0))["tokens"]
     engine = Introspector.from_pretrained(str(policy), IntrospectionConfig(rollout=False))
     results = engine.step_batch(list(iter_episode(dataset, 0)))

@@ -54,8 +54,10 @@ def test_fault_raises_the_alarm_with_its_reason_and_keeps_an_existing_reason():
     assert policy.fault("engine failed").reason == "camera stale for 2.0 s"
 
 
-@pytest.mark.parametrize("kwargs, message", [({"n": 4, "m": 3}, "n=4 and m=3"), ({"n": 0, "m": 3}, "n=0"),
-                                             ({"clear_after": 0}, "clear_after=0")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"n": 4, "m": 3}, "n=4 and m=3"), ({"n": 0, "m": 3}, "n=0"), ({"clear_after": 0}, "clear_after=0")],
+)
 def test_invalid_alarm_settings_are_rejected_naming_the_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AlarmConfig(**kwargs)

@@ -37,8 +37,18 @@ def recorded(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("analysis")
     policy, dataset, sae = make_models(root)
-    record_features(RecordConfig("pai/synthetic", str(policy), str(sae), str(root / "rec"), root=str(dataset),
-                                 episodes=EPISODES, batch_size=5), progress=False)
+    record_features(
+        RecordConfig(
+            "pai/synthetic",
+            str(policy),
+            str(sae),
+            str(root / "rec"),
+            root=str(dataset),
+            episodes=EPISODES,
+            batch_size=5,
+        ),
+        progress=False,
+    )
     meta, table = load_record(root / "rec")
     return {"root": root, "policy": policy, "dataset": dataset, "sae": sae, "meta": meta, "df": table.to_pandas()}
 
@@ -48,8 +58,12 @@ def analysed(recorded):
     from pai_core.analysis.analyse import AnalyseConfig, analyse_features
 
     out = recorded["root"] / "ana"
-    summary = analyse_features(AnalyseConfig(str(recorded["root"] / "rec"), str(out), top_features=4, top_frames=3,
-                                             clip_radius=2, thumb_height=64), progress=False)
+    summary = analyse_features(
+        AnalyseConfig(
+            str(recorded["root"] / "rec"), str(out), top_features=4, top_frames=3, clip_radius=2, thumb_height=64
+        ),
+        progress=False,
+    )
     return {**recorded, "out": out, "summary": summary}
 
 
@@ -136,8 +150,12 @@ def test_ranking_flags_dead_and_always_on_features_as_computed_from_the_parquet(
     dead = np.flatnonzero(freq == 0)
     always = np.flatnonzero(freq >= 0.99)
     assert s["dead_features"] == dead.tolist() and s["always_on_features"] == always.tolist()
-    assert s["counts"] == {"dead": dead.size, "always_on": always.size, "active": n - dead.size - always.size,
-                           "ranked": n - dead.size - always.size}
+    assert s["counts"] == {
+        "dead": dead.size,
+        "always_on": always.size,
+        "active": n - dead.size - always.size,
+        "ranked": n - dead.size - always.size,
+    }
     var = x.var(axis=0)
     candidates = [f for f in np.argsort(-var, kind="stable") if 0 < freq[f] < 0.99]
     assert [f["feature"] for f in s["features"]] == [int(f) for f in candidates[:4]]
@@ -194,8 +212,18 @@ def test_a_minimum_frame_gap_spreads_a_features_top_frames(analysed):
 
     f = analysed["summary"]["features"][0]["feature"]
     out = analysed["root"] / "ana_gap"
-    analyse_features(AnalyseConfig(str(analysed["root"] / "rec"), str(out), features=[f], top_frames=4,
-                                   min_frame_gap=4, clip_radius=0, thumb_height=32), progress=False)
+    analyse_features(
+        AnalyseConfig(
+            str(analysed["root"] / "rec"),
+            str(out),
+            features=[f],
+            top_frames=4,
+            min_frame_gap=4,
+            clip_radius=0,
+            thumb_height=32,
+        ),
+        progress=False,
+    )
     tops = json.loads((out / f"feature_{f:05d}" / "feature.json").read_text())["top_frames"]
     assert len(tops) >= 2
     for a in tops:
@@ -210,12 +238,22 @@ def test_bad_inputs_are_clear_errors(recorded, tmp_path):
     from pai_core.analysis.record import RecordConfig, record_features
 
     with pytest.raises(InputError, match="Episode 7 not found"):
-        record_features(RecordConfig("pai/synthetic", str(recorded["policy"]), str(recorded["sae"]),
-                                     str(tmp_path / "r"), root=str(recorded["dataset"]), episodes=[7]), progress=False)
+        record_features(
+            RecordConfig(
+                "pai/synthetic",
+                str(recorded["policy"]),
+                str(recorded["sae"]),
+                str(tmp_path / "r"),
+                root=str(recorded["dataset"]),
+                episodes=[7],
+            ),
+            progress=False,
+        )
     with pytest.raises(InputError, match="not a record-features output"):
         analyse_features(AnalyseConfig(str(tmp_path), str(tmp_path / "a")), progress=False)
     with pytest.raises(InputError, match="rank_by='loudness'"):
         AnalyseConfig(str(tmp_path), str(tmp_path / "a"), rank_by="loudness")
     with pytest.raises(InputError, match=r"features \[999\] are outside 0..127"):
-        analyse_features(AnalyseConfig(str(recorded["root"] / "rec"), str(tmp_path / "a"), features=[999]),
-                         progress=False)
+        analyse_features(
+            AnalyseConfig(str(recorded["root"] / "rec"), str(tmp_path / "a"), features=[999]), progress=False
+        )

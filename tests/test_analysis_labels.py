@@ -18,6 +18,7 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 from pai_core.analysis.labels import LabelStore, read_labels  # noqa: E402
 from tests.test_analysis import make_models  # noqa: E402
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,18 +43,61 @@ def analysis(tmp_path_factory):
     logging.getLogger("pai").addHandler(handler)
     logging.getLogger("pai").setLevel(logging.INFO)
     try:
-        assert main(["record-features", "--dataset-repo-id", "pai/synthetic", "--root", str(dataset), "--episodes",
-                     "0-1", "--policy-path", str(policy), "--sae-path", str(sae), "--output-dir", str(root / "rec"),
-                     "--batch-size", "6"]) == 0
-        assert main(["analyse-features", "--record-dir", str(root / "rec"), "--output-dir", str(root / "ana"),
-                     "--top-features", "3", "--top-frames", "2", "--clip-radius", "2", "--thumb-height", "64"]) == 0
+        assert (
+            main(
+                [
+                    "record-features",
+                    "--dataset-repo-id",
+                    "pai/synthetic",
+                    "--root",
+                    str(dataset),
+                    "--episodes",
+                    "0-1",
+                    "--policy-path",
+                    str(policy),
+                    "--sae-path",
+                    str(sae),
+                    "--output-dir",
+                    str(root / "rec"),
+                    "--batch-size",
+                    "6",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "analyse-features",
+                    "--record-dir",
+                    str(root / "rec"),
+                    "--output-dir",
+                    str(root / "ana"),
+                    "--top-features",
+                    "3",
+                    "--top-frames",
+                    "2",
+                    "--clip-radius",
+                    "2",
+                    "--thumb-height",
+                    "64",
+                ]
+            )
+            == 0
+        )
     finally:
         logging.getLogger("pai").removeHandler(handler)
     assert any("recorded 24 frames of 2 episodes (0 missing)" in m for m in messages)
     summary = json.loads((root / "ana" / "summary.json").read_text())
     assert len(summary["features"]) == 3 and summary["n_frames"] == 24
-    return {"root": root, "policy": policy, "sae": sae, "ana": root / "ana", "summary": summary,
-            "ids": [f["feature"] for f in summary["features"]]}
+    return {
+        "root": root,
+        "policy": policy,
+        "sae": sae,
+        "ana": root / "ana",
+        "summary": summary,
+        "ids": [f["feature"] for f in summary["features"]],
+    }
 
 
 def serve(analysis_dir: Path, **kwargs):
@@ -152,9 +196,11 @@ def test_two_processes_saving_at_once_keep_every_label(tmp_path):
 
     path = tmp_path / "labels.json"
     # labels.py alone (as in an exported Space): the processes start fast and race for real
-    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('labels', sys.argv[3]); "
-            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); s = m.LabelStore(sys.argv[1]); "
-            "o = int(sys.argv[2]); [s.save(o + 2 * i, f'p{o}-{i}') for i in range(30)]")
+    code = (
+        "import importlib.util, sys; spec = importlib.util.spec_from_file_location('labels', sys.argv[3]); "
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); s = m.LabelStore(sys.argv[1]); "
+        "o = int(sys.argv[2]); [s.save(o + 2 * i, f'p{o}-{i}') for i in range(30)]"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(k), labels_module.__file__]) for k in (0, 1)]
     assert [p.wait(60) for p in procs] == [0, 0]
     assert sorted(int(k) for k in read_labels(path)["features"]) == list(range(60))
@@ -171,7 +217,7 @@ def test_a_read_only_app_serves_labels_but_has_no_save_endpoint(analysis):
         endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
         assert "/get_label" in endpoints and "/save_label" not in endpoints
         assert client.predict(f, api_name="/get_label")["name"] == "table edge"
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError, match="Cannot find a function with `api_name`: /save_label"):
             client.predict(f, "vandal", "", api_name="/save_label")
     finally:
         app.close()
@@ -188,10 +234,14 @@ def test_export_space_writes_an_app_that_runs_without_pai_core(analysis, tmp_pat
     assert "sdk: gradio" in (space / "README.md").read_text()
     assert (space / "requirements.txt").read_text().startswith("gradio==")
     assert (space / "analysis" / "summary.json").is_file()
-    probe = ("import sys; sys.modules['pai_core'] = None; import app; "
-             "print(app.READ_ONLY, app.app.pai_browser.ids)")
-    run = subprocess.run([sys.executable, "-c", probe], cwd=space, capture_output=True, text=True,
-                         env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    probe = "import sys; sys.modules['pai_core'] = None; import app; print(app.READ_ONLY, app.app.pai_browser.ids)"
+    run = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=space,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\n")[-2] == f"True {analysis['ids']}"
     assert main(["label-features", "--analysis-dir", str(analysis["ana"]), "--export-space", str(space)]) == 1
@@ -215,18 +265,32 @@ def test_the_page_renders_the_first_feature_in_headless_chromium(editable, tmp_p
 
     f = int(editable["client"].predict(api_name="/list_features")[0]["feature"])
     shot = tmp_path / "page.png"
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
-             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]  # nothing but the local app resolves
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ]  # nothing but the local app resolves
     for budget in (15000, 30000, 60000):  # a loaded machine may need longer for the app's first render
-        dom = subprocess.run(flags + [f"--virtual-time-budget={budget}", "--dump-dom", editable["url"]],
-                             capture_output=True, text=True, timeout=120).stdout
+        dom = subprocess.run(
+            flags + [f"--virtual-time-budget={budget}", "--dump-dom", editable["url"]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         if "/top_00.png" in dom:
             break
     assert f"Feature {f}" in dom  # the first feature's stats header rendered
     assert "/top_00.png" in dom and "#1 ep " in dom  # its top frames (served from the cache) are in the gallery
-    subprocess.run(flags + [f"--virtual-time-budget={budget}", f"--screenshot={shot}", editable["url"]],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        flags + [f"--virtual-time-budget={budget}", f"--screenshot={shot}", editable["url"]],
+        capture_output=True,
+        timeout=120,
+    )
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (1000, 1400)
     assert img.std() > 10  # not a blank page

@@ -16,9 +16,10 @@ def test_help_lists_the_subcommands():
 
 
 def test_info_prints_the_token_layout_of_a_saved_policy(policy_dir):
-    out = subprocess.run([PAI, "info", "--policy-path", str(policy_dir), "--json"], capture_output=True,
-                         text=True, check=True).stdout
-    info = json.loads(out[out.index("{"):])
+    out = subprocess.run(
+        [PAI, "info", "--policy-path", str(policy_dir), "--json"], capture_output=True, text=True, check=True
+    ).stdout
+    info = json.loads(out[out.index("{") :])
     assert info["cameras"] == {"observation.images.front": [96, 128], "observation.images.wrist": [64, 64]}
     assert info["camera_tokens"]["observation.images.front"] == [2, 3, 4]
     assert info["camera_tokens"]["observation.images.wrist"] == [14, 2, 2]

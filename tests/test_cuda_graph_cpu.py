@@ -107,8 +107,10 @@ def test_static_inputs_are_filled_in_place_and_resized_images_match_eager(engine
     rng = np.random.default_rng(3)
     step = GraphStep(static, capture=False)
     shapes = static.image_shapes
-    big = Observation(images={k: rng.integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8) for k, (h, w) in shapes.items()},
-                      state=rng.normal(size=6).astype(np.float32))
+    big = Observation(
+        images={k: rng.integers(0, 256, (2 * h, 2 * w, 3), dtype=np.uint8) for k, (h, w) in shapes.items()},
+        state=rng.normal(size=6).astype(np.float32),
+    )
     step.run(random_observation(static, rng))
     pointers = {k: v.data_ptr() for k, v in step.inputs.images.items()}
     step.run(big)  # another size: resized on the host as eager does, then copied into the same buffers

@@ -15,7 +15,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pai_core.activations import ActivationStore, RecordConfig, read_shard, record_activations, shard_name, token_batches
+from pai_core.activations import (
+    ActivationStore,
+    RecordConfig,
+    read_shard,
+    record_activations,
+    shard_name,
+    token_batches,
+)
 from pai_core.distributed import Ranks, merged_shards, rank_batches, split_episodes, train_ranked
 from pai_core.errors import InputError
 from pai_core.sae import TrainConfig, load_sae, train_sae
@@ -30,10 +37,29 @@ def torchrun(*args: str, nproc: int = 2, timeout: float = 3000) -> subprocess.Co
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(port), "-m", "pai_core.distributed", *args, "--backend", "gloo"]
+    env = dict(
+        os.environ,
+        GLOO_SOCKET_IFNAME="lo",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "pai_core.distributed",
+        *args,
+        "--backend",
+        "gloo",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
@@ -44,9 +70,14 @@ def fake_recording(folder: Path, shards: dict[str, int], tokens: int = 5, width:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for name, frames in shards.items():
-        save_file({"tokens": torch.from_numpy(rng.normal(size=(frames, tokens, width)).astype(np.float32)),
-                   "episode_index": torch.zeros(frames, dtype=torch.int64),
-                   "frame_index": torch.arange(frames)}, str(folder / name))
+        save_file(
+            {
+                "tokens": torch.from_numpy(rng.normal(size=(frames, tokens, width)).astype(np.float32)),
+                "episode_index": torch.zeros(frames, dtype=torch.int64),
+                "frame_index": torch.arange(frames),
+            },
+            str(folder / name),
+        )
     (folder / "activations.json").write_text(json.dumps({"d_model": width, "layer": -1, "tokens_per_frame": tokens}))
 
 
@@ -84,8 +115,12 @@ def test_reader_merges_the_parts_in_shard_name_order_and_refuses_a_shard_recorde
     fake_recording(tmp_path / "rank_00001", {shard_name(1, 0): 2, shard_name(1, 2): 1})
     fake_recording(tmp_path / "rank_00007", {shard_name(9, 0): 2})  # not a part of this recording
     (tmp_path / "activations.json").write_text(json.dumps({"d_model": 4, "parts": ["rank_00000", "rank_00001"]}))
-    assert [s.name for s in merged_shards(tmp_path)] == [shard_name(0, 0), shard_name(1, 0), shard_name(1, 2),
-                                                         shard_name(2, 0)]
+    assert [s.name for s in merged_shards(tmp_path)] == [
+        shard_name(0, 0),
+        shard_name(1, 0),
+        shard_name(1, 2),
+        shard_name(2, 0),
+    ]
     assert ActivationStore(tmp_path).episodes() == [0, 1, 2]
     fake_recording(tmp_path / "rank_00001", {shard_name(2, 0): 2})
     with pytest.raises(InputError, match=r"has shard episode_000002_frame_000000.safetensors twice"):
@@ -103,14 +138,27 @@ def recorded(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): the same kernels, the same bits
     try:
-        record_activations(ds, str(policy), base / "one", config=RecordConfig(batch_size=4, shard_frames=4),
-                           progress=False)
+        record_activations(
+            ds, str(policy), base / "one", config=RecordConfig(batch_size=4, shard_frames=4), progress=False
+        )
     finally:
         torch.set_num_threads(threads)
-    proc = torchrun("record-activations", "--dataset-repo-id", "pai/synthetic", "--root", str(ds.root),
-                    "--policy-path", str(policy), "--output-dir", str(base / "two"), "--frames-per-batch", "4",
-                    "--shard-frames", "4")
-    return base, json.loads(proc.stdout[proc.stdout.index("{"):])
+    proc = torchrun(
+        "record-activations",
+        "--dataset-repo-id",
+        "pai/synthetic",
+        "--root",
+        str(ds.root),
+        "--policy-path",
+        str(policy),
+        "--output-dir",
+        str(base / "two"),
+        "--frames-per-batch",
+        "4",
+        "--shard-frames",
+        "4",
+    )
+    return base, json.loads(proc.stdout[proc.stdout.index("{") :])
 
 
 def test_two_ranks_record_the_same_tokens_as_one_process(recorded):
@@ -142,8 +190,14 @@ def train_one_process(acts: Path, out: Path):
     store = ActivationStore(acts)
     train, held = store.split(0.25, 0)
     cfg = TrainConfig(**SAE_FLAGS, layer=int(store.manifest["layer"]))
-    return train_sae(token_batches(train, cfg.batch_size, seed=0, repeat=True), store.d_model, out, cfg,
-                     held_out=lambda: token_batches(held, 8192, shuffle=False), progress=False)
+    return train_sae(
+        token_batches(train, cfg.batch_size, seed=0, repeat=True),
+        store.d_model,
+        out,
+        cfg,
+        held_out=lambda: token_batches(held, 8192, shuffle=False),
+        progress=False,
+    )
 
 
 def test_one_rank_trains_exactly_what_train_sae_trains(recorded, tmp_path, one_thread):
@@ -159,8 +213,18 @@ def test_one_rank_trains_exactly_what_train_sae_trains(recorded, tmp_path, one_t
 def test_two_gloo_ranks_train_the_sae_one_process_trains(recorded, tmp_path, one_thread):
     base, _ = recorded
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in SAE_FLAGS.items()]
-    torchrun("train-sae", "--activations", str(base / "two"), "--output-dir", str(tmp_path / "two"),
-             "--val-fraction", "0.25", "--seed", "0", *flags)
+    torchrun(
+        "train-sae",
+        "--activations",
+        str(base / "two"),
+        "--output-dir",
+        str(tmp_path / "two"),
+        "--val-fraction",
+        "0.25",
+        "--seed",
+        "0",
+        *flags,
+    )
     one = train_one_process(base / "one", tmp_path / "one")
     two = load_sae(tmp_path / "two")
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())

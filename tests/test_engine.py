@@ -29,8 +29,9 @@ def lerobot_actions(policy_path, observations):
 
 @pytest.mark.parametrize("ensemble", [None, 0.01], ids=["action-queue", "temporal-ensembling"])
 def test_step_returns_the_same_actions_as_select_action_bit_for_bit(tmp_path, ensemble):
-    path = make_act_policy(tmp_path / "p", chunk_size=5, n_action_steps=1 if ensemble else 3,
-                           temporal_ensemble_coeff=ensemble, seed=3)
+    path = make_act_policy(
+        tmp_path / "p", chunk_size=5, n_action_steps=1 if ensemble else 3, temporal_ensemble_coeff=ensemble, seed=3
+    )
     engine = Introspector.from_pretrained(str(path))
     rng = np.random.default_rng(0)
     observations = [random_observation(engine, rng, t) for t in range(8)]
@@ -77,10 +78,15 @@ def test_rollout_equals_a_plain_numpy_reference(policy_dir):
     # Capture attention with our own hooks, independent of the engine's adapter.
     model = engine.policy.model
     enc, cross = [], []
-    handles = [layer.self_attn.register_forward_hook(lambda m, i, o: enc.append(o[1][0].numpy().astype(np.float64)))
-               for layer in model.encoder.layers]
-    handles.append(model.decoder.layers[-1].multihead_attn.register_forward_hook(
-        lambda m, i, o: cross.append(o[1][0].numpy().astype(np.float64))))
+    handles = [
+        layer.self_attn.register_forward_hook(lambda m, i, o: enc.append(o[1][0].numpy().astype(np.float64)))
+        for layer in model.encoder.layers
+    ]
+    handles.append(
+        model.decoder.layers[-1].multihead_attn.register_forward_hook(
+            lambda m, i, o: cross.append(o[1][0].numpy().astype(np.float64))
+        )
+    )
     res = engine.step(obs)
     for h in handles:
         h.remove()
@@ -92,11 +98,14 @@ def test_rollout_equals_a_plain_numpy_reference(policy_dir):
         rollout = a_hat @ rollout
     relevance = cross[0].mean(axis=0) @ rollout
     for cam in res.layout.cameras:
-        ref = relevance[cam.start:cam.stop].reshape(cam.height, cam.width)
+        ref = relevance[cam.start : cam.stop].reshape(cam.height, cam.width)
         np.testing.assert_allclose(res.rollout[cam.name], ref, rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(res.attention[cam.name],
-                                   cross[0].mean(axis=0)[cam.start:cam.stop].reshape(cam.height, cam.width),
-                                   rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(
+            res.attention[cam.name],
+            cross[0].mean(axis=0)[cam.start : cam.stop].reshape(cam.height, cam.width),
+            rtol=1e-5,
+            atol=1e-8,
+        )
 
 
 def test_one_action_step_selects_that_rows_attention(policy_dir):
@@ -137,8 +146,9 @@ def test_batched_results_match_single_steps(policy_dir):
 def test_images_at_another_size_are_resized_to_the_training_size(policy_dir):
     engine = Introspector.from_pretrained(str(policy_dir))
     obs = random_observation(engine, np.random.default_rng(6))
-    big = Observation(images={k: np.kron(v, np.ones((2, 2, 1), np.uint8)) for k, v in obs.images.items()},
-                      state=obs.state)
+    big = Observation(
+        images={k: np.kron(v, np.ones((2, 2, 1), np.uint8)) for k, v in obs.images.items()}, state=obs.state
+    )
     a, b = engine.step_batch([obs])[0], engine.step_batch([big])[0]
     for name in engine.camera_names:
         assert a.attention[name].shape == b.attention[name].shape

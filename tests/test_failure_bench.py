@@ -18,7 +18,14 @@ sys.path.insert(0, str(ROOT))
 
 import bench.failure as fb  # noqa: E402
 from pai_core.sim.disturb import (  # noqa: E402
-    HIDDEN_POS, INTRUDER_HALF_SIZE, Disturbance, Disturber, cube_held, intruder_pos, make_sim)
+    HIDDEN_POS,
+    INTRUDER_HALF_SIZE,
+    Disturbance,
+    Disturber,
+    cube_held,
+    intruder_pos,
+    make_sim,
+)
 from pai_core.sim.env import BLOCK_XY_BOUNDS, CAMERA, PickCubeSim, SimConfig  # noqa: E402
 from pai_core.sim.expert import PickExpert  # noqa: E402
 
@@ -104,25 +111,41 @@ def test_disturbance_settings_are_checked_naming_the_allowed_values():
 
 
 # ------------------------------------------------------------------------------------------ metrics
-def rec(success: bool, stats: list[float], alarm: int | None, onset: int = 0, condition: str = "c",
-        kind: str = "nuisance") -> fb.EpisodeRecord:
+def rec(
+    success: bool, stats: list[float], alarm: int | None, onset: int = 0, condition: str = "c", kind: str = "nuisance"
+) -> fb.EpisodeRecord:
     """An episode with one frame per step and one detector, pai."""
     steps = len(stats)
-    return fb.EpisodeRecord(condition, kind, 0, success, steps, onset, None if success else steps - 1,
-                            list(range(steps)), {fb.PAI: fb.Trace(list(stats), alarm)})
+    return fb.EpisodeRecord(
+        condition,
+        kind,
+        0,
+        success,
+        steps,
+        onset,
+        None if success else steps - 1,
+        list(range(steps)),
+        {fb.PAI: fb.Trace(list(stats), alarm)},
+    )
 
 
 def test_false_stops_count_successful_episodes_whose_alarm_rose():
-    records = [rec(True, [0.1] * 5, None), rec(True, [2.0] * 5, 2), rec(True, [0.3] * 5, None),
-               rec(False, [2.0] * 5, 2)]
+    records = [
+        rec(True, [0.1] * 5, None),
+        rec(True, [2.0] * 5, 2),
+        rec(True, [0.3] * 5, None),
+        rec(False, [2.0] * 5, 2),
+    ]
     assert fb.false_stops(records, fb.PAI) == fb.Rate(1, 3)
 
 
 def test_a_failure_is_caught_when_its_alarm_rises_between_the_onset_and_the_lost_step():
-    records = [rec(False, [0.1] * 10, 6, onset=4),  # caught, 3 steps before lost (9)
-               rec(False, [0.1] * 10, 2, onset=4),  # premature: before the disturbance was visible
-               rec(False, [0.1] * 10, None),  # missed
-               rec(False, [0.1] * 10, 0)]  # caught at once, lost 9 steps later
+    records = [
+        rec(False, [0.1] * 10, 6, onset=4),  # caught, 3 steps before lost (9)
+        rec(False, [0.1] * 10, 2, onset=4),  # premature: before the disturbance was visible
+        rec(False, [0.1] * 10, None),  # missed
+        rec(False, [0.1] * 10, 0),
+    ]  # caught at once, lost 9 steps later
     assert fb.caught(records, fb.PAI) == fb.Rate(2, 4)
     assert fb.premature(records, fb.PAI) == fb.Rate(1, 4)
     assert sorted(fb.lead_times(records, fb.PAI)) == [3, 9]
@@ -132,8 +155,10 @@ def test_a_failure_is_caught_when_its_alarm_rises_between_the_onset_and_the_lost
 
 def test_the_episode_auroc_ranks_failures_by_their_highest_statistic_after_the_onset():
     ok = [rec(True, [0.2, 0.5, 0.1], None), rec(True, [0.8, 0.3], None)]  # episode statistics 0.5, 0.8
-    bad = [rec(False, [0.1, 1.2, 0.4], 1),  # 1.2
-           rec(False, [5.0, 0.2, 0.7, 0.3], None, onset=2)]  # 0.7: the 5.0 before the onset does not count
+    bad = [
+        rec(False, [0.1, 1.2, 0.4], 1),  # 1.2
+        rec(False, [5.0, 0.2, 0.7, 0.3], None, onset=2),
+    ]  # 0.7: the 5.0 before the onset does not count
     assert fb.episode_statistic(bad[1], fb.PAI) == 0.7
     # pairs (failure > success): 1.2 > 0.5, 1.2 > 0.8, 0.7 > 0.5, 0.7 < 0.8 -> 3 of 4
     assert fb.failure_auroc(ok + bad, fb.PAI) == pytest.approx(0.75)
@@ -152,8 +177,10 @@ def test_the_false_stop_target_needs_every_clean_and_nuisance_condition_measured
     quiet = [rec(True, [0.1], None, condition="clean", kind="clean") for _ in range(19)]
     quiet.append(rec(True, [2.0], 0, condition="clean", kind="clean"))  # 1 of 20 = 5 %: within
     kinds = {"clean": "clean", "jpeg50": "nuisance", "push": "disturbance"}
-    only_failures = [rec(False, [0.1, 2.0], 1, condition="jpeg50"), rec(False, [0.1, 3.0], 1, condition="push",
-                                                                         kind="disturbance")]
+    only_failures = [
+        rec(False, [0.1, 2.0], 1, condition="jpeg50"),
+        rec(False, [0.1, 3.0], 1, condition="push", kind="disturbance"),
+    ]
     t = fb.targets(quiet + only_failures, kinds)
     assert not t["false_stops"]["met"] and t["false_stops"]["untested"] == ["jpeg50"]
     assert t["false_stops"]["per_condition"]["clean"]["k"] == 1 and t["false_stops"]["missed"] == []
@@ -166,9 +193,11 @@ def test_the_false_stop_target_needs_every_clean_and_nuisance_condition_measured
 
 
 def test_clean_frames_above_threshold_are_held_against_alpha_frame_by_frame():
-    clean = [rec(True, [0.1] * 99 + [1.5], 99, condition="clean", kind="clean"),  # 1 of 100 frames above
-             rec(True, [0.5] * 100, None, condition="clean", kind="clean"),
-             rec(False, [3.0] * 50, 2, condition="clean", kind="clean")]  # a failure's frames may be novel
+    clean = [
+        rec(True, [0.1] * 99 + [1.5], 99, condition="clean", kind="clean"),  # 1 of 100 frames above
+        rec(True, [0.5] * 100, None, condition="clean", kind="clean"),
+        rec(False, [3.0] * 50, 2, condition="clean", kind="clean"),
+    ]  # a failure's frames may be novel
     noisy = [rec(True, [2.0] * 10, 0, condition="jpeg50")]  # nuisance frames are not the clean rate
     kinds = {"clean": "clean", "jpeg50": "nuisance"}
     t = fb.targets(clean + noisy, kinds, alpha=0.01)["clean_frames"]
@@ -193,14 +222,57 @@ def tiny_setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("failure")
     ds = base / "ds"
     record(RecordConfig(ds, episodes=3, seed=0, hold_steps=0, sim=SimConfig(height=48, width=64)), progress=False)
-    policy = make_act_policy(base / "policy", cameras={CAMERA: (48, 64)}, state_dim=6, action_dim=4,
-                             chunk_size=4, n_action_steps=2)
-    assert main(["train-sae", "--dataset-repo-id", "pai/so101_pick_cube", "--root", str(ds), "--policy-path",
-                 str(policy), "--output-dir", str(base / "sae"), "--steps", "30", "--batch-size", "256",
-                 "--expansion-factor", "4", "--k", "8", "--aux-k", "32"]) == 0
-    assert main(["calibrate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy),
-                 "--dataset-repo-id", "pai/so101_pick_cube", "--root", str(ds), "--alpha", "0.1", "--score",
-                 "patch_knn", "--signals", "action_consistency"]) == 0
+    policy = make_act_policy(
+        base / "policy", cameras={CAMERA: (48, 64)}, state_dim=6, action_dim=4, chunk_size=4, n_action_steps=2
+    )
+    assert (
+        main(
+            [
+                "train-sae",
+                "--dataset-repo-id",
+                "pai/so101_pick_cube",
+                "--root",
+                str(ds),
+                "--policy-path",
+                str(policy),
+                "--output-dir",
+                str(base / "sae"),
+                "--steps",
+                "30",
+                "--batch-size",
+                "256",
+                "--expansion-factor",
+                "4",
+                "--k",
+                "8",
+                "--aux-k",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "calibrate-ood",
+                "--sae-path",
+                str(base / "sae"),
+                "--policy-path",
+                str(policy),
+                "--dataset-repo-id",
+                "pai/so101_pick_cube",
+                "--root",
+                str(ds),
+                "--alpha",
+                "0.1",
+                "--score",
+                "patch_knn",
+                "--signals",
+                "action_consistency",
+            ]
+        )
+        == 0
+    )
     return base, policy, base / "sae"
 
 
@@ -208,8 +280,9 @@ def test_each_tick_is_one_forward_whose_action_drives_the_sim_and_pai_alarm_is_t
     from pai_core.alarm import AlarmPolicy
 
     _, policy, sae = tiny_setup
-    cfg = fb.FailureBenchConfig(str(policy), str(sae), conditions=["frame_skip"], episodes=1, max_steps=10,
-                                baseline="none")
+    cfg = fb.FailureBenchConfig(
+        str(policy), str(sae), conditions=["frame_skip"], episodes=1, max_steps=10, baseline="none"
+    )
     pipe = fb.load_pipeline(cfg)
     calls = []
     forward = pipe.engine.adapter.forward
@@ -223,8 +296,9 @@ def test_each_tick_is_one_forward_whose_action_drives_the_sim_and_pai_alarm_is_t
     assert r.frame_steps == list(range(r.steps)) and len(calls) == r.steps
     # pai's alarm step is the Pipeline's: its own n-of-m over the recorded statistic gives the same step
     policy_alarm = AlarmPolicy(pipe.alarm.config)
-    first = next((t for t, s in zip(r.frame_steps, r.detectors[fb.PAI].stats) if policy_alarm.update(s, 1.0).active),
-                 None)
+    first = next(
+        (t for t, s in zip(r.frame_steps, r.detectors[fb.PAI].stats) if policy_alarm.update(s, 1.0).active), None
+    )
     assert first == r.alarm_step
     stats = np.array([r.detectors[name].stats for name in fb.signal_names(pipe)])
     assert np.allclose(r.detectors[fb.PAI].stats, stats.max(axis=0))
@@ -233,8 +307,9 @@ def test_each_tick_is_one_forward_whose_action_drives_the_sim_and_pai_alarm_is_t
 def test_the_benchmark_runs_end_to_end_and_writes_its_table_json_and_plot(tiny_setup, tmp_path):
     _, policy, sae = tiny_setup
     conditions = ["clean", "jpeg50", "frame_repeat", "push", "appear"]
-    cfg = fb.FailureBenchConfig(str(policy), str(sae), conditions=conditions, episodes=1, max_steps=8,
-                                disturb_step=3, baseline_steps=20)
+    cfg = fb.FailureBenchConfig(
+        str(policy), str(sae), conditions=conditions, episodes=1, max_steps=8, disturb_step=3, baseline_steps=20
+    )
     result = fb.run(cfg, tmp_path / "out", progress=False)
     saved = json.loads((tmp_path / "out" / "failure.json").read_text())
     assert (tmp_path / "out" / "failure.png").stat().st_size > 10_000

@@ -38,8 +38,9 @@ def alarm_pipeline(policy_dir, tmp_path_factory):
 
 def _subscribed(fox: FoxgloveLive, client: FoxgloveClient, n: int) -> None:
     client.wait(lambda: len(client.topics()) >= n, 30, "the advertisement")
-    client.wait(lambda: all(fox.server.watched(t) for t in client.topics() if t.startswith(NS)), 30,
-                "the subscriptions")
+    client.wait(
+        lambda: all(fox.server.watched(t) for t in client.topics() if t.startswith(NS)), 30, "the subscriptions"
+    )
 
 
 def test_a_control_loop_shows_attention_features_and_the_alarm_in_foxglove(alarm_pipeline):

@@ -23,8 +23,16 @@ from pai_core.sources.dataset import open_dataset
 from tests.conftest import calibrate_world_copy
 
 REPO_ID = "pai-test/so101-sae"
-UNIT = ["model.safetensors", "config.json", "metrics.json", "README.md", "labels.json", "ood_params.json",
-        "ood_calibration.png", "ood_reference.safetensors"]
+UNIT = [
+    "model.safetensors",
+    "config.json",
+    "metrics.json",
+    "README.md",
+    "labels.json",
+    "ood_params.json",
+    "ood_calibration.png",
+    "ood_reference.safetensors",
+]
 LABELS = {"features": {"3": {"name": "gripper closing", "description": ""}, "7": {"name": "cube edge"}}}
 
 
@@ -113,15 +121,36 @@ def test_an_sae_loaded_by_hub_id_has_its_alarm_labels_and_the_local_folders_scor
     assert any(e.alarm.any() for e in hub.eps)  # the dark frames raise the hub SAE's alarm
 
 
-def test_replay_with_a_hub_sae_writes_the_same_tables_as_with_the_local_folder(ood_world, calibrated, hub_cache,
-                                                                              tmp_path):
+def test_replay_with_a_hub_sae_writes_the_same_tables_as_with_the_local_folder(
+    ood_world, calibrated, hub_cache, tmp_path
+):
     base, policy, _ = ood_world
     tables = {}
     for name, sae in (("local", str(calibrated)), ("hub", REPO_ID)):
         out = tmp_path / name
-        assert main(["replay", "--dataset-repo-id", "pai/synthetic", "--root", str(base / "dark"), "--episode-id",
-                     "1", "--policy-path", str(policy), "--sae-path", sae, "--output-dir", str(out), "--no-video",
-                     "--no-mcap", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "replay",
+                    "--dataset-repo-id",
+                    "pai/synthetic",
+                    "--root",
+                    str(base / "dark"),
+                    "--episode-id",
+                    "1",
+                    "--policy-path",
+                    str(policy),
+                    "--sae-path",
+                    sae,
+                    "--output-dir",
+                    str(out),
+                    "--no-video",
+                    "--no-mcap",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         tables[name] = {t: pq.read_table(out / f"{t}.parquet").to_pandas() for t in ("ood", "features")}
     for t in ("ood", "features"):
         assert tables["hub"][t].equals(tables["local"][t]), t
@@ -129,11 +158,23 @@ def test_replay_with_a_hub_sae_writes_the_same_tables_as_with_the_local_folder(o
     assert ood["alarm"].any() and (ood["threshold"] > 0).all()
 
 
-def test_calibrating_a_hub_sae_asks_for_an_output_folder_and_writes_a_complete_unit_there(ood_world, hub_cache,
-                                                                                         tmp_path, capsys, caplog):
+def test_calibrating_a_hub_sae_asks_for_an_output_folder_and_writes_a_complete_unit_there(
+    ood_world, hub_cache, tmp_path, capsys, caplog
+):
     base, policy, _ = ood_world
-    args = ["calibrate-ood", "--sae-path", REPO_ID, "--policy-path", str(policy), "--dataset-repo-id",
-            "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1"]
+    args = [
+        "calibrate-ood",
+        "--sae-path",
+        REPO_ID,
+        "--policy-path",
+        str(policy),
+        "--dataset-repo-id",
+        "pai/synthetic",
+        "--root",
+        str(base / "train"),
+        "--alpha",
+        "0.1",
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "is a hub repo" in err and "pass --output-dir" in err
@@ -165,8 +206,25 @@ def test_train_sae_upload_says_the_ood_parameters_are_not_included(ood_world, tm
     assert constants.HF_HUB_OFFLINE  # the upload attempt below must not reach the network
     base, _, _ = ood_world
     with caplog.at_level(logging.WARNING):
-        code = main(["train-sae", "--activations", str(base / "acts"), "--output-dir", str(tmp_path / "sae"),
-                     "--expansion-factor", "2", "--k", "4", "--steps", "3", "--batch-size", "64",
-                     "--upload-to-hub", "--hub-repo-id", "pai-test/early"])
+        code = main(
+            [
+                "train-sae",
+                "--activations",
+                str(base / "acts"),
+                "--output-dir",
+                str(tmp_path / "sae"),
+                "--expansion-factor",
+                "2",
+                "--k",
+                "4",
+                "--steps",
+                "3",
+                "--batch-size",
+                "64",
+                "--upload-to-hub",
+                "--hub-repo-id",
+                "pai-test/early",
+            ]
+        )
     assert code == 1 and "Could not upload" in capsys.readouterr().err
     assert "before calibration: the hub repo gets no OOD parameters" in caplog.text and "pai push" in caplog.text

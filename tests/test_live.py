@@ -55,8 +55,13 @@ def policy(tmp_path_factory):
 
 
 def settings(policy, **kw) -> PaiSettings:
-    base = dict(policy_path=str(policy), cameras=CameraSettings(list(TOPICS), list(TOPICS.values())),
-                stale_timeout_s=1.0, startup_grace_s=10.0, rate_hz=10.0)
+    base = dict(
+        policy_path=str(policy),
+        cameras=CameraSettings(list(TOPICS), list(TOPICS.values())),
+        stale_timeout_s=1.0,
+        startup_grace_s=10.0,
+        rate_hz=10.0,
+    )
     base.update(kw)
     return PaiSettings(**base)
 
@@ -100,8 +105,9 @@ def test_the_engine_runs_only_when_every_input_is_new_and_outputs_carry_the_exac
     r.add_image("/cam/front", "observation.images.front", EPOCH_NS + 200_000_000, image("observation.images.front"))
     r.add_joints(JOINTS, EPOCH_NS + 200_000_000, np.zeros(6))
     assert r.tick().frame is None
-    r.add_image("/cam/wrist/compressed", "observation.images.wrist", EPOCH_NS + 210_000_000,
-                image("observation.images.wrist"))
+    r.add_image(
+        "/cam/wrist/compressed", "observation.images.wrist", EPOCH_NS + 210_000_000, image("observation.images.wrist")
+    )
     assert r.tick().stamp_ns == EPOCH_NS + 210_000_000
     assert r.frames == 2 and r.assembler.stats.superseded == {"observation.images.front": 1}  # the lone first frame
 
@@ -126,7 +132,8 @@ def test_no_stale_alarm_before_the_first_complete_observation_until_the_start_up
 
 
 def test_a_started_node_that_loses_its_inputs_raises_the_alarm_stops_the_robot_and_refuses_a_reset_that_cannot_hold(
-        policy):
+    policy,
+):
     r, clock, _ = runner(policy)
     clock.t += 3.0  # a slow start inside the grace
     feed(r, EPOCH_NS)
@@ -187,8 +194,7 @@ def test_ood_alarm_edges_stop_actions_and_ask_for_the_stop_once(policy, tmp_path
 
 
 def test_joint_states_enter_in_the_policys_units_and_actions_leave_in_the_robots(policy):
-    units = UnitsSettings(conversions=["degrees"] * 5 + ["linear"], scale=[1.0] * 5 + [100 / 1.75],
-                          offset=[0.0] * 6)
+    units = UnitsSettings(conversions=["degrees"] * 5 + ["linear"], scale=[1.0] * 5 + [100 / 1.75], offset=[0.0] * 6)
     r, clock, _ = runner(policy, units=units)
     radians = np.array([0.1, -0.6, 0.7, 1.1, -0.05, 0.875])
     feed(r, EPOCH_NS, radians)
@@ -261,27 +267,37 @@ def test_start_checks_name_a_missing_gpu_a_missing_folder_and_mismatched_joints(
     check_device("cuda:1", cuda_devices=2)
     check_device("cpu")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SettingsError, match=r"sae_path='outputs/demo/sae': no such directory \(relative paths are "
-                                            r"relative to the working directory, .*\); a hub id has the form"):
+    with pytest.raises(
+        SettingsError,
+        match=r"sae_path='outputs/demo/sae': no such directory \(relative paths are "
+        r"relative to the working directory, .*\); a hub id has the form",
+    ):
         check_paths(settings(policy, sae_path="outputs/demo/sae"))
     with pytest.raises(SettingsError, match=r"ood_params_path='x/ood.json': no such file"):
         check_paths(settings(policy, ood_params_path="x/ood.json"))
     with pytest.raises(SettingsError, match="policy_path is empty"):
         check_paths(settings(policy, policy_path=""))
     check_paths(settings(policy, sae_path="user/sae"))  # a hub id is left to the hub
-    with pytest.raises(SettingsError, match=r"joint_names has 2 names \['a', 'b'\] but the policy's observation.state "
-                                            r"has 6 values"):
+    with pytest.raises(
+        SettingsError,
+        match=r"joint_names has 2 names \['a', 'b'\] but the policy's observation.state "
+        r"has 6 values",
+    ):
         runner(policy, joint_names=["a", "b"])
-    with pytest.raises(SettingsError, match=r"cameras.features \['observation.images.front'\] must name each policy "
-                                            r"camera once"):
+    with pytest.raises(
+        SettingsError,
+        match=r"cameras.features \['observation.images.front'\] must name each policy "
+        r"camera once",
+    ):
         runner(policy, cameras=CameraSettings(["/f"], ["observation.images.front"]))
 
 
 def test_a_topic_only_safe_stop_and_diagnostics_name_every_part(policy):
     r, clock, _ = runner(policy, backend=TopicOnly(), safe_stop=SafeStopSettings(service=""))
     names = [s.name for s in r.diagnostics()]
-    assert names == [f"pai_introspector: {n}" for n in ("inputs", "engine", "start-up", "alarm", "safe stop",
-                                                        "joint units")]
+    assert names == [
+        f"pai_introspector: {n}" for n in ("inputs", "engine", "start-up", "alarm", "safe stop", "joint units")
+    ]
     assert status(r, "safe stop").message == "idle"
     r.input_error("/cam/front", ValueError("Image encoding 'yuv' is not supported"))
     r.add_image("/cam/front", "observation.images.front", EPOCH_NS, image("observation.images.front"))

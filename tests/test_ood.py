@@ -69,7 +69,7 @@ def test_ood_params_round_trip_with_the_score_distribution(tmp_path):
     loaded = OODParams.load(params.save(tmp_path / "ood_params.json"))
     assert loaded == params
     assert sum(loaded.histogram["counts"]) == 500 and loaded.calibration_quantiles["q1000"] == scores.max()
-    (tmp_path / "bad.json").write_text("{\"threshold\": 1, \"unknown\": 2}")
+    (tmp_path / "bad.json").write_text('{"threshold": 1, "unknown": 2}')
     with pytest.raises(ModelError, match="bad.json"):
         OODParams.load(tmp_path / "bad.json")
 
@@ -85,10 +85,26 @@ def world(ood_world):
 def test_calibration_keeps_the_false_alarm_rate_on_fresh_in_distribution_episodes_near_alpha(world, capsys):
     base, policy, held_eps = world
     alpha = 0.1
-    assert main(["calibrate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy),
-                 "--dataset-repo-id", "pai/synthetic", "--root", str(base / "train"), "--alpha", str(alpha)]) == 0
+    assert (
+        main(
+            [
+                "calibrate-ood",
+                "--sae-path",
+                str(base / "sae"),
+                "--policy-path",
+                str(policy),
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(base / "train"),
+                "--alpha",
+                str(alpha),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out  # LeRobot prints a line of its own before the JSON
-    report = json.loads(printed[printed.index("{"):])
+    report = json.loads(printed[printed.index("{") :])
     params = OODParams.load(base / "sae" / "ood_params.json")
     assert params.score == "sae_recon_mse"
     assert params.episodes == held_eps and params.n_calibration == 20 * len(held_eps) == report["frames"]
@@ -106,17 +122,42 @@ def test_calibration_keeps_the_false_alarm_rate_on_fresh_in_distribution_episode
 def test_the_standardised_score_fits_on_a_quarter_of_the_episodes_and_calibrates_on_the_rest(world, capsys, tmp_path):
     base, policy, held_eps = world
     out = tmp_path / "ood_params.json"
-    assert main(["calibrate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy), "--dataset-repo-id",
-                 "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1", "--score", "sae_recon_z",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "calibrate-ood",
+                "--sae-path",
+                str(base / "sae"),
+                "--policy-path",
+                str(policy),
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(base / "train"),
+                "--alpha",
+                "0.1",
+                "--score",
+                "sae_recon_z",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     params = OODParams.load(out)
     n_fit = max(1, len(held_eps) // 4)
     assert params.score == "sae_recon_z" and len(params.token_mean) == 2 + 12  # latent, state, 3x4 camera tokens
     assert params.episodes == held_eps[n_fit:] and params.n_calibration == 20 * len(params.episodes)
-    scores = score_episodes(Pipeline(Pipeline.load(str(policy), str(base / "sae")).engine,
-                                     Pipeline.load(str(policy), str(base / "sae")).extractor, params),
-                            open_dataset("pai/synthetic", base / "fresh"), progress=False)
+    scores = score_episodes(
+        Pipeline(
+            Pipeline.load(str(policy), str(base / "sae")).engine,
+            Pipeline.load(str(policy), str(base / "sae")).extractor,
+            params,
+        ),
+        open_dataset("pai/synthetic", base / "fresh"),
+        progress=False,
+    )
     assert np.all(np.isfinite(np.concatenate([e.scores for e in scores])))
 
 
@@ -126,10 +167,12 @@ def test_token_knn_score_uses_the_training_episodes_as_reference_and_separates_d
     assert params.score == "token_knn" and (sae / params.reference).is_file()
     assert params.episodes == held_eps  # calibrated on frames the reference never saw
     pipe = Pipeline.load(str(policy), str(sae))
-    fresh = np.concatenate([e.scores for e in score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"),
-                                                             progress=False)])
-    dark = np.concatenate([e.scores for e in score_episodes(pipe, open_dataset("pai/synthetic", base / "dark"),
-                                                            progress=False)])
+    fresh = np.concatenate(
+        [e.scores for e in score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)]
+    )
+    dark = np.concatenate(
+        [e.scores for e in score_episodes(pipe, open_dataset("pai/synthetic", base / "dark"), progress=False)]
+    )
     assert auroc(fresh, dark) > 0.95 and np.mean(dark > params.threshold) > 0.9
     assert np.mean(fresh > params.threshold) <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / fresh.size)
 
@@ -137,13 +180,45 @@ def test_token_knn_score_uses_the_training_episodes_as_reference_and_separates_d
 def test_evaluate_ood_separates_dark_images_and_reports_false_alarms_and_delay(world, capsys):
     base, policy, _ = world
     if not (base / "sae" / "ood_params.json").is_file():
-        main(["calibrate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy), "--dataset-repo-id",
-              "pai/synthetic", "--root", str(base / "train"), "--alpha", "0.1"])
+        main(
+            [
+                "calibrate-ood",
+                "--sae-path",
+                str(base / "sae"),
+                "--policy-path",
+                str(policy),
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(base / "train"),
+                "--alpha",
+                "0.1",
+            ]
+        )
         capsys.readouterr()
     out = base / "eval"
-    assert main(["evaluate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy), "--id",
-                 str(base / "fresh"), "--ood", str(base / "dark"), "--alarm-n", "3", "--alarm-m", "5",
-                 "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate-ood",
+                "--sae-path",
+                str(base / "sae"),
+                "--policy-path",
+                str(policy),
+                "--id",
+                str(base / "fresh"),
+                "--ood",
+                str(base / "dark"),
+                "--alarm-n",
+                "3",
+                "--alarm-m",
+                "5",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "ood_evaluation.json").read_text())
     assert result["auroc"] > 0.95 and result["tpr_at_threshold"] > 0.8
     assert [e["episode"] for e in result["in_distribution_episodes"]] == [0, 1, 2]
@@ -157,8 +232,24 @@ def test_evaluate_ood_separates_dark_images_and_reports_false_alarms_and_delay(w
 
 def test_evaluate_ood_without_calibration_says_to_run_calibrate_ood_first(world, tmp_path, capsys):
     base, policy, _ = world
-    assert main(["evaluate-ood", "--sae-path", str(base / "sae"), "--policy-path", str(policy), "--id",
-                 str(base / "fresh"), "--ood", str(base / "dark"), "--ood-params", str(tmp_path / "none.json")]) == 1
+    assert (
+        main(
+            [
+                "evaluate-ood",
+                "--sae-path",
+                str(base / "sae"),
+                "--policy-path",
+                str(policy),
+                "--id",
+                str(base / "fresh"),
+                "--ood",
+                str(base / "dark"),
+                "--ood-params",
+                str(tmp_path / "none.json"),
+            ]
+        )
+        == 1
+    )
     assert "run `pai calibrate-ood" in capsys.readouterr().err
 
 

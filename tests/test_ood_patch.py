@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import pytest
 import torch
@@ -98,11 +99,18 @@ def test_patch_knn_through_the_pipeline_finds_a_recoloured_object_and_maps_it(oo
     base, policy, held_eps = ood_world
     sae, params = calibrate_copy("patch_knn")
     assert params.score == "patch_knn" and params.reference_path.is_file() and params.episodes == held_eps
-    blue = make_lerobot_dataset(tmp_path / "blue", cameras={"observation.images.front": (96, 128)}, episodes=2,
-                                frames=20, seed=13, variant="blue")
+    blue = make_lerobot_dataset(
+        tmp_path / "blue",
+        cameras={"observation.images.front": (96, 128)},
+        episodes=2,
+        frames=20,
+        seed=13,
+        variant="blue",
+    )
     pipe = Pipeline.load(str(policy), str(sae))
-    fresh = np.concatenate([e.scores for e in score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"),
-                                                             progress=False)])
+    fresh = np.concatenate(
+        [e.scores for e in score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)]
+    )
     moved = np.concatenate([e.scores for e in score_episodes(pipe, blue, progress=False)])
     assert auroc(fresh, moved) > 0.95 and np.mean(moved > params.threshold) > 0.9
     assert np.mean(fresh > params.threshold) <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / fresh.size)

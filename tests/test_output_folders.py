@@ -10,8 +10,9 @@ from pai_core.testing import make_lerobot_dataset
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_lerobot_dataset(tmp_path_factory.mktemp("ds") / "ds", cameras={"observation.images.front": (96, 128)},
-                                episodes=1, frames=3)
+    return make_lerobot_dataset(
+        tmp_path_factory.mktemp("ds") / "ds", cameras={"observation.images.front": (96, 128)}, episodes=1, frames=3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +25,45 @@ def policy(tmp_path_factory):
 def test_an_output_folder_that_is_a_file_or_lies_under_one_is_named(dataset, policy, tmp_path, capsys):
     a_file = tmp_path / "report.txt"
     a_file.write_text("not a folder")
-    assert main(["record-activations", "--dataset-repo-id", "pai/synthetic", "--root", str(dataset.root),
-                 "--policy-path", str(policy), "--output-dir", str(a_file)]) == 1
+    assert (
+        main(
+            [
+                "record-activations",
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(dataset.root),
+                "--policy-path",
+                str(policy),
+                "--output-dir",
+                str(a_file),
+            ]
+        )
+        == 1
+    )
     assert f"activation recording folder (--output-dir) {a_file} is a file; choose a folder" in capsys.readouterr().err
     under = a_file / "run1"
-    assert main(["replay", "--dataset-repo-id", "pai/synthetic", "--root", str(dataset.root), "--episode-id", "0",
-                 "--policy-path", str(policy), "--sae-path", "", "--output-dir", str(under), "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "replay",
+                "--dataset-repo-id",
+                "pai/synthetic",
+                "--root",
+                str(dataset.root),
+                "--episode-id",
+                "0",
+                "--policy-path",
+                str(policy),
+                "--sae-path",
+                "",
+                "--output-dir",
+                str(under),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert f"{under} lies under {a_file}, which is a file" in capsys.readouterr().err
 
 

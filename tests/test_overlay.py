@@ -41,12 +41,15 @@ def test_global_normalisation_keeps_cameras_comparable_and_per_camera_does_not()
     assert per["a"].max() == 1.0 and per["b"].max() == 1.0
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("source", "gradcam", "source='gradcam' is not one of"),
-    ("colormap", "rainbowz", "colormap='rainbowz' is not one of"),
-    ("alpha", 1.5, "alpha=1.5 must be within"),
-    ("normalize", "none", "normalize='none' is not one of"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("source", "gradcam", "source='gradcam' is not one of"),
+        ("colormap", "rainbowz", "colormap='rainbowz' is not one of"),
+        ("alpha", 1.5, "alpha=1.5 must be within"),
+        ("normalize", "none", "normalize='none' is not one of"),
+    ],
+)
 def test_invalid_overlay_options_name_the_field_and_the_allowed_values(field, value, msg):
     with pytest.raises(ValueError, match=msg):
         OverlayConfig(**{field: value})
@@ -71,8 +74,9 @@ def test_attention_spread_evenly_leaves_the_image_clear_and_a_peak_is_tinted_and
     assert change[h // 2, int(w * 2.5 / 4)] > 60 and change[5, 5] < 5  # the peak's cell, a far corner
     rows = np.abs(np.diff(change[h // 2].astype(float)))
     assert rows.max() < 40  # smooth: no block edges
-    ringed = render_overlays(obs, res, OverlayConfig(label=False, state_bar=False),
-                             maps={"observation.images.front": peak})["observation.images.front"]
+    ringed = render_overlays(
+        obs, res, OverlayConfig(label=False, state_bar=False), maps={"observation.images.front": peak}
+    )["observation.images.front"]
     ring = np.argwhere(np.abs(ringed.astype(int) - tinted).sum(-1) > 0)
     cy, cx = ring.mean(0)
     assert abs(cy - h / 2) < h / 8 and abs(cx - w * 2.5 / 4) < w / 8

@@ -15,10 +15,14 @@ from tests.replay_helpers import CAMERAS, CameraSpec, expected_frames, make_sae,
 
 # sqlite3: front Image bgr8, wrist CompressedImage; mcap: front CompressedImage, wrist Image rgb8.
 LAYOUTS = {
-    "sqlite3": [CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "bgr8"),
-                CameraSpec("/cam/wrist/compressed", "observation.images.wrist", 15, "jpeg", 0.013)],
-    "mcap": [CameraSpec("/cam/front/compressed", "observation.images.front", 10, "jpeg"),
-             CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 25, "rgb8", 0.013)],
+    "sqlite3": [
+        CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "bgr8"),
+        CameraSpec("/cam/wrist/compressed", "observation.images.wrist", 15, "jpeg", 0.013),
+    ],
+    "mcap": [
+        CameraSpec("/cam/front/compressed", "observation.images.front", 10, "jpeg"),
+        CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 25, "rgb8", 0.013),
+    ],
 }
 NS = "/pai_introspector"
 
@@ -30,8 +34,10 @@ def reference_frames(rec, cams, policy, sae):
     from pai_core.pipeline import Pipeline
 
     feature = {c.topic: c.feature for c in cams}
-    observations = [Observation(images={feature[t]: rgb for t, rgb in imgs.items()}, state=state, timestamp=stamp / 1e9)
-                    for stamp, imgs, state in expected_frames(rec, cams[0].topic, 0.5)]
+    observations = [
+        Observation(images={feature[t]: rgb for t, rgb in imgs.items()}, state=state, timestamp=stamp / 1e9)
+        for stamp, imgs, state in expected_frames(rec, cams[0].topic, 0.5)
+    ]
     return Pipeline.load(str(policy), str(sae)).step_batch(observations)
 
 
@@ -50,10 +56,30 @@ def replayed(request, tmp_path_factory, policy_dir):
     OODParams(threshold=threshold, alpha=0.1, n_calibration=10).save(sae / "ood_params.json")
     settings = write_settings(root / "introspect.yaml", cams, policy_dir, sae, max_age_s=0.5)
     out = root / "out"
-    rc = main(["replay", "--bag", str(root / "bag"), "--config", str(settings), "--output-dir", str(out),
-               "--batch-size", "4", "--no-progress"])
-    return {"storage": storage, "rec": rec, "out": out, "rc": rc, "cams": cams, "reference": reference,
-            "threshold": threshold, "expected": expected_frames(rec, cams[0].topic, 0.5)}
+    rc = main(
+        [
+            "replay",
+            "--bag",
+            str(root / "bag"),
+            "--config",
+            str(settings),
+            "--output-dir",
+            str(out),
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ]
+    )
+    return {
+        "storage": storage,
+        "rec": rec,
+        "out": out,
+        "rc": rc,
+        "cams": cams,
+        "reference": reference,
+        "threshold": threshold,
+        "expected": expected_frames(rec, cams[0].topic, 0.5),
+    }
 
 
 def test_every_input_message_is_processed_or_skipped_with_a_reason(replayed):
@@ -81,11 +107,28 @@ def test_tables_have_one_row_per_processed_frame_in_time_order(replayed):
     attention = pq.read_table(out / "attention.parquet").to_pandas()
     features = pq.read_table(out / "features.parquet")
     ood = pq.read_table(out / "ood.parquet").to_pandas()
-    assert list(attention.columns) == ["episode", "frame", "timestamp", "latent_share", "state_share", "share_front",
-                                       "share_wrist", "action"]
+    assert list(attention.columns) == [
+        "episode",
+        "frame",
+        "timestamp",
+        "latent_share",
+        "state_share",
+        "share_front",
+        "share_wrist",
+        "action",
+    ]
     assert features.column_names == ["episode", "frame", "timestamp", "feature_index", "feature_value"]
-    assert list(ood.columns) == ["episode", "frame", "timestamp", "score", "threshold", "alarm", "above", "reason",
-                                 "state_coverage"]
+    assert list(ood.columns) == [
+        "episode",
+        "frame",
+        "timestamp",
+        "score",
+        "threshold",
+        "alarm",
+        "above",
+        "reason",
+        "state_coverage",
+    ]
     assert ood["state_coverage"].isna().all()  # only patch_knn conditions on the joint state
     for table in (attention, features.to_pandas(), ood):
         assert len(table) == len(expected)
@@ -97,7 +140,7 @@ def test_tables_have_one_row_per_processed_frame_in_time_order(replayed):
     np.testing.assert_allclose(ood["threshold"], replayed["threshold"])
     # The alarm follows the n-of-m policy (n=2, m=3, latched) over the recorded scores.
     above = (ood["score"] > replayed["threshold"]).to_numpy()
-    raised = np.array([above[max(0, i - 2): i + 1].sum() >= 2 for i in range(len(above))])
+    raised = np.array([above[max(0, i - 2) : i + 1].sum() >= 2 for i in range(len(above))])
     np.testing.assert_array_equal(ood["alarm"].to_numpy(), np.maximum.accumulate(raised))
 
 
@@ -108,8 +151,10 @@ def _mcap_messages(path: Path) -> dict[str, list]:
     out: dict[str, list] = {}
     with open(path, "rb") as f:
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
-        schemas = {ch.topic: reader.get_summary().schemas[ch.schema_id] for ch in reader.get_summary().channels.values()}
-        for schema, channel, message, decoded in reader.iter_decoded_messages():
+        schemas = {
+            ch.topic: reader.get_summary().schemas[ch.schema_id] for ch in reader.get_summary().channels.values()
+        }
+        for _schema, channel, message, decoded in reader.iter_decoded_messages():
             out.setdefault(channel.topic, []).append((message.log_time, decoded))
         assert all(s.encoding == "ros2msg" for s in schemas.values())
     return out, {t: s.name for t, s in schemas.items()}
@@ -122,12 +167,16 @@ def test_mcap_carries_every_node_topic_readable_by_mcap_and_rosbags(replayed):
     messages, schemas = _mcap_messages(replayed["out"] / "replay.mcap")
     expected_schemas = {
         f"{NS}/feature_names": "std_msgs/msg/String",
-        f"{NS}/overlay/front": "sensor_msgs/msg/Image", f"{NS}/overlay/wrist": "sensor_msgs/msg/Image",
+        f"{NS}/overlay/front": "sensor_msgs/msg/Image",
+        f"{NS}/overlay/wrist": "sensor_msgs/msg/Image",
         f"{NS}/overlay/front/compressed": "sensor_msgs/msg/CompressedImage",
         f"{NS}/overlay/wrist/compressed": "sensor_msgs/msg/CompressedImage",
-        f"{NS}/attention_share": "std_msgs/msg/Float32MultiArray", f"{NS}/features": "std_msgs/msg/Float32MultiArray",
-        f"{NS}/ood_score": "std_msgs/msg/Float32", f"{NS}/ood_threshold": "std_msgs/msg/Float32",
-        f"{NS}/alarm": "std_msgs/msg/Bool", f"{NS}/action": "std_msgs/msg/Float32MultiArray",
+        f"{NS}/attention_share": "std_msgs/msg/Float32MultiArray",
+        f"{NS}/features": "std_msgs/msg/Float32MultiArray",
+        f"{NS}/ood_score": "std_msgs/msg/Float32",
+        f"{NS}/ood_threshold": "std_msgs/msg/Float32",
+        f"{NS}/alarm": "std_msgs/msg/Bool",
+        f"{NS}/action": "std_msgs/msg/Float32MultiArray",
         f"{NS}/action_chunk": "std_msgs/msg/Float32MultiArray",
     }
     assert schemas == expected_schemas
@@ -152,7 +201,10 @@ def test_mcap_carries_every_node_topic_readable_by_mcap_and_rosbags(replayed):
 def test_overlay_videos_have_one_frame_per_processed_frame_at_the_camera_size(replayed):
     import av
 
-    for short, (h, w) in (("front", CAMERAS["observation.images.front"]), ("wrist", CAMERAS["observation.images.wrist"])):
+    for short, (h, w) in (
+        ("front", CAMERAS["observation.images.front"]),
+        ("wrist", CAMERAS["observation.images.wrist"]),
+    ):
         for kind in ("attention", "ood"):
             with av.open(str(replayed["out"] / f"{short}_{kind}.mp4")) as container:
                 frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -175,8 +227,9 @@ def test_replay_gives_the_same_outputs_as_pipeline_step_batch_on_the_same_frames
     from pai_core.replay.tables import dense_features
 
     frames, out = replayed["reference"], replayed["out"]
-    np.testing.assert_allclose(dense_features(out / "features.parquet"), np.stack([f.features for f in frames]),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        dense_features(out / "features.parquet"), np.stack([f.features for f in frames]), rtol=1e-4, atol=1e-5
+    )
     ood = pq.read_table(out / "ood.parquet").to_pandas()
     np.testing.assert_allclose(ood["score"], [f.ood_score for f in frames], rtol=1e-4)
     policy = AlarmPolicy(AlarmConfig(n=2, m=3))
@@ -185,13 +238,25 @@ def test_replay_gives_the_same_outputs_as_pipeline_step_batch_on_the_same_frames
     assert any(expected_alarm) and not all(expected_alarm)
     attention = pq.read_table(out / "attention.parquet").to_pandas()
     for short in ("front", "wrist"):
-        np.testing.assert_allclose(attention[f"share_{short}"],
-                                   [f.result.camera_share[f"observation.images.{short}"] for f in frames], rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.stack(attention["action"]), np.stack([f.result.action for f in frames]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            attention[f"share_{short}"],
+            [f.result.camera_share[f"observation.images.{short}"] for f in frames],
+            rtol=1e-4,
+            atol=1e-6,
+        )
+    np.testing.assert_allclose(
+        np.stack(attention["action"]), np.stack([f.result.action for f in frames]), rtol=1e-4, atol=1e-5
+    )
     messages, _ = _mcap_messages(out / "replay.mcap")
-    np.testing.assert_allclose([m.data for _, m in messages[f"{NS}/ood_score"]], [f.ood_score for f in frames], rtol=1e-4)
-    np.testing.assert_allclose(np.stack([m.data for _, m in messages[f"{NS}/features"]]),
-                               np.stack([f.features for f in frames]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        [m.data for _, m in messages[f"{NS}/ood_score"]], [f.ood_score for f in frames], rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.stack([m.data for _, m in messages[f"{NS}/features"]]),
+        np.stack([f.features for f in frames]),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_a_bag_without_a_mapped_topic_is_an_error_listing_the_bags_topics(tmp_path, policy_dir, capsys):
@@ -199,7 +264,9 @@ def test_a_bag_without_a_mapped_topic_is_an_error_listing_the_bags_topics(tmp_pa
     write_bag(tmp_path / "bag", "mcap", cams, duration_s=0.3)
     wrong = [CameraSpec("/cam/left", "observation.images.front", 10, "rgb8"), cams[1]]
     settings = write_settings(tmp_path / "s.yaml", wrong, policy_dir)
-    rc = main(["replay", "--bag", str(tmp_path / "bag"), "--config", str(settings), "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        ["replay", "--bag", str(tmp_path / "bag"), "--config", str(settings), "--output-dir", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert "no topic '/cam/left'" in err and "/cam/front/compressed (sensor_msgs/msg/CompressedImage)" in err

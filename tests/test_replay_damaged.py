@@ -10,8 +10,10 @@ import pytest
 from pai_core.cli import main
 from tests.replay_helpers import CameraSpec, write_bag, write_settings
 
-CAMS = [CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "rgb8"),
-        CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 15, "rgb8", 0.013)]
+CAMS = [
+    CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "rgb8"),
+    CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 15, "rgb8", 0.013),
+]
 
 
 def _damaged(tmp_path, storage: str, how: str):
@@ -26,22 +28,36 @@ def _damaged(tmp_path, storage: str, how: str):
 
         with open(file, "rb") as f:
             start = make_reader(f).get_summary().chunk_indexes[-1].chunk_start_offset
-        data[start: start + 64] = bytes(64)
+        data[start : start + 64] = bytes(64)
         damaged.write_bytes(bytes(data))
     else:  # sqlite3: zero a stretch of database pages in the middle
         mid = len(data) // 2
-        data[mid: mid + 4000] = bytes(4000)
+        data[mid : mid + 4000] = bytes(4000)
         damaged.write_bytes(bytes(data))
     return rec, damaged
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_a_corrupt_bag_gives_a_clear_error_and_keeps_the_frames_before_the_damage(tmp_path, policy_dir, storage, capsys):
+def test_a_corrupt_bag_gives_a_clear_error_and_keeps_the_frames_before_the_damage(
+    tmp_path, policy_dir, storage, capsys
+):
     rec, damaged = _damaged(tmp_path, storage, "corrupt")
     settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir)
     out = tmp_path / "out"
-    rc = main(["replay", "--bag", str(damaged), "--config", str(settings), "--output-dir", str(out), "--no-progress",
-               "--batch-size", "4"])
+    rc = main(
+        [
+            "replay",
+            "--bag",
+            str(damaged),
+            "--config",
+            str(settings),
+            "--output-dir",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "4",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1
     assert str(damaged) in err and ("Could not read bag" in err or "is damaged" in err)
@@ -71,8 +87,19 @@ def test_a_truncated_mcap_is_salvaged_and_the_report_says_where_it_breaks_off(tm
     settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir)
     out = tmp_path / "o"
     with caplog.at_level("WARNING"):
-        rc = main(["replay", "--bag", str(damaged), "--config", str(settings), "--output-dir", str(out),
-                   "--no-progress", "--no-video"])
+        rc = main(
+            [
+                "replay",
+                "--bag",
+                str(damaged),
+                "--config",
+                str(settings),
+                "--output-dir",
+                str(out),
+                "--no-progress",
+                "--no-video",
+            ]
+        )
     assert rc == 0
     assert f"{damaged} is truncated at byte" in caplog.text
     written = len(rec.images[CAMS[0].topic])
@@ -92,8 +119,23 @@ def test_a_folder_holding_one_bare_mcap_without_metadata_replays_like_the_file(t
     write_bag(tmp_path / "bag", "mcap", CAMS, duration_s=1.0, joint_offset_s=0.007)
     (tmp_path / "bag" / "metadata.yaml").unlink()
     settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir)
-    assert main(["replay", "--bag", str(tmp_path / "bag"), "--config", str(settings), "--output-dir",
-                 str(tmp_path / "o"), "--no-progress", "--no-video", "--no-mcap"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--bag",
+                str(tmp_path / "bag"),
+                "--config",
+                str(settings),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--no-video",
+                "--no-mcap",
+            ]
+        )
+        == 0
+    )
     assert pq.read_table(tmp_path / "o" / "attention.parquet").num_rows > 5
 
 
@@ -107,10 +149,17 @@ def test_a_recording_written_by_mcap_ros2_replays(tmp_path, policy_dir):
     time_def = "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n"
     header_def = "MSG: std_msgs/Header\nbuiltin_interfaces/Time stamp\nstring frame_id\n"
     sep = "=" * 80 + "\n"
-    image_def = ("std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\n"
-                 "uint32 step\nuint8[] data\n" + sep + header_def + sep + time_def)
-    joint_def = ("std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\nfloat64[] effort\n"
-                 + sep + header_def + sep + time_def)
+    image_def = (
+        "std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\nuint8 is_bigendian\n"
+        "uint32 step\nuint8[] data\n" + sep + header_def + sep + time_def
+    )
+    joint_def = (
+        "std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\nfloat64[] effort\n"
+        + sep
+        + header_def
+        + sep
+        + time_def
+    )
     path = tmp_path / "foreign.mcap"
     rng = np.random.default_rng(0)
     with open(path, "wb") as f:
@@ -121,31 +170,81 @@ def test_a_recording_written_by_mcap_ros2_replays(tmp_path, policy_dir):
             t = 50_000_000_000 + i * 100_000_000
             stamp = {"sec": t // 10**9, "nanosec": t % 10**9}
             for cam, (h, w) in (("/cam/front/image_raw", (96, 128)), ("/cam/wrist/image_raw", (64, 64))):
-                writer.write_message(cam, image_schema, {
-                    "header": {"stamp": stamp, "frame_id": cam}, "height": h, "width": w, "encoding": "rgb8",
-                    "is_bigendian": 0, "step": w * 3, "data": rng.integers(0, 256, h * w * 3, dtype=np.uint8).tobytes()},
-                    log_time=t + 1000, publish_time=t + 1000)
-            writer.write_message("/joint_states", joint_schema, {
-                "header": {"stamp": stamp, "frame_id": ""}, "name": JOINTS, "position": rng.normal(size=6).tolist(),
-                "velocity": [], "effort": []}, log_time=t, publish_time=t)
+                writer.write_message(
+                    cam,
+                    image_schema,
+                    {
+                        "header": {"stamp": stamp, "frame_id": cam},
+                        "height": h,
+                        "width": w,
+                        "encoding": "rgb8",
+                        "is_bigendian": 0,
+                        "step": w * 3,
+                        "data": rng.integers(0, 256, h * w * 3, dtype=np.uint8).tobytes(),
+                    },
+                    log_time=t + 1000,
+                    publish_time=t + 1000,
+                )
+            writer.write_message(
+                "/joint_states",
+                joint_schema,
+                {
+                    "header": {"stamp": stamp, "frame_id": ""},
+                    "name": JOINTS,
+                    "position": rng.normal(size=6).tolist(),
+                    "velocity": [],
+                    "effort": [],
+                },
+                log_time=t,
+                publish_time=t,
+            )
         writer.finish()
     settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir)
-    assert main(["replay", "--bag", str(path), "--config", str(settings), "--output-dir", str(tmp_path / "o"),
-                 "--no-progress", "--no-video", "--no-mcap"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--bag",
+                str(path),
+                "--config",
+                str(settings),
+                "--output-dir",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--no-video",
+                "--no-mcap",
+            ]
+        )
+        == 0
+    )
     assert pq.read_table(tmp_path / "o" / "attention.parquet").num_rows >= 11
 
 
 def test_a_replay_that_processes_no_frame_fails_with_the_reasons_grouped(tmp_path, policy_dir, capsys):
     write_bag(tmp_path / "bag", "mcap", CAMS, duration_s=1.0, joint_offset_s=0.3)  # joints 0.3 s off the cameras
     settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir, max_age_s=0.01)
-    rc = main(["replay", "--bag", str(tmp_path / "bag"), "--config", str(settings), "--output-dir",
-               str(tmp_path / "o"), "--no-progress", "--no-video", "--no-mcap"])
+    rc = main(
+        [
+            "replay",
+            "--bag",
+            str(tmp_path / "bag"),
+            "--config",
+            str(settings),
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--no-video",
+            "--no-mcap",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and "replayed no frame of 10" in err and "inputs further apart than max_input_age_s" in err
 
 
 def test_a_missing_bag_path_is_an_error_saying_what_was_expected(tmp_path, policy_dir, capsys):
     settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir)
-    rc = main(["replay", "--bag", str(tmp_path / "nope"), "--config", str(settings), "--output-dir", str(tmp_path / "o")])
+    rc = main(
+        ["replay", "--bag", str(tmp_path / "nope"), "--config", str(settings), "--output-dir", str(tmp_path / "o")]
+    )
     assert rc == 1
     assert "does not exist; expected a rosbag2 folder" in capsys.readouterr().err

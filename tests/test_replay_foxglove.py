@@ -130,8 +130,9 @@ def test_each_frame_reaches_the_client_before_the_next_is_read(world, tmp_path, 
     pipeline = Pipeline.load(str(policy), str(sae))
     dataset = open_dataset("pai/img", base / "ds")
     port = free_port()
-    options = ReplayOptions(tmp_path / "out", batch_size=batch_size, video=False, mcap=False, foxglove_port=port,
-                            progress=False)
+    options = ReplayOptions(
+        tmp_path / "out", batch_size=batch_size, video=False, mcap=False, foxglove_port=port, progress=False
+    )
     assert options.batch_size == (batch_size or 1)
     client = FoxgloveClient(port)
     late: list[int] = []
@@ -161,11 +162,31 @@ def test_a_client_that_connects_after_the_replay_plays_it_back_with_foxglove_kee
     base, policy, sae = world
     port = free_port()
     out_dir = tmp_path / "out"
-    cmd = [PAI, "replay", "--dataset-repo-id", "pai/img", "--root", str(base / "ds"), "--episode-id", "0",
-           "--policy-path", str(policy), "--sae-path", str(sae), "--output-dir", str(out_dir), "--no-video",
-           "--no-mcap", "--no-progress", "--foxglove", str(port), "--foxglove-keep"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        PAI,
+        "replay",
+        "--dataset-repo-id",
+        "pai/img",
+        "--root",
+        str(base / "ds"),
+        "--episode-id",
+        "0",
+        "--policy-path",
+        str(policy),
+        "--sae-path",
+        str(sae),
+        "--output-dir",
+        str(out_dir),
+        "--no-video",
+        "--no-mcap",
+        "--no-progress",
+        "--foxglove",
+        str(port),
+        "--foxglove-keep",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True).start()
     try:
@@ -184,14 +205,17 @@ def test_a_client_that_connects_after_the_replay_plays_it_back_with_foxglove_kee
         assert len(times) == 12 and abs(times[-1] - 1_100_000_000) < 1000  # 10 fps (float32 timestamps)
         assert {"time", "playbackControl"} <= set(info["capabilities"])
         assert (info["dataStartTime"], info["dataEndTime"]) == (
-            {"sec": 0, "nsec": times[0]}, {"sec": 1, "nsec": times[-1] - 1_000_000_000})
+            {"sec": 0, "nsec": times[0]},
+            {"sec": 1, "nsec": times[-1] - 1_000_000_000},
+        )
         client.wait(lambda: any(s.status == "Ended" for s in client.states), 60, "the end of playback")
         alarms = client.on(f"{NS}/alarm")
         ood = pq.read_table(out_dir / "ood.parquet").to_pandas()
         assert [m.log_time for m in alarms] == times
         assert [client.decode(m).data for m in alarms] == ood["alarm"].tolist() == [False, False] + [True] * 10
-        np.testing.assert_allclose([client.decode(m).data for m in client.on(f"{NS}/ood_score")], ood["score"],
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            [client.decode(m).data for m in client.on(f"{NS}/ood_score")], ood["score"], rtol=1e-5
+        )
         assert 0.7 < alarms[-1].at - alarms[0].at < 5.0  # 1.1 s of recording at speed 1
         assert client.on(f"{NS}/feature_names") and len(client.on(f"{NS}/overlay/front")) == 12
         assert max(t for _at, t in client.times) == times[-1]

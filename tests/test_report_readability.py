@@ -19,8 +19,14 @@ PER_FRAME = OverlayConfig(label=False, state_bar=False, mark_peak=False, weighte
 
 def observations(n: int) -> list[Observation]:
     rng = np.random.default_rng(0)
-    return [Observation(images={k: synthetic_frame(h, w, i / max(n - 1, 1), seed=i) for k, (h, w) in CAMERAS.items()},
-                        state=rng.normal(size=6).astype(np.float32), timestamp=100.0 + 0.1 * i) for i in range(n)]
+    return [
+        Observation(
+            images={k: synthetic_frame(h, w, i / max(n - 1, 1), seed=i) for k, (h, w) in CAMERAS.items()},
+            state=rng.normal(size=6).astype(np.float32),
+            timestamp=100.0 + 0.1 * i,
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,9 @@ def sae_dir(tmp_path_factory):
     from pai_core.ood import OODParams
 
     sae = make_sae(tmp_path_factory.mktemp("sae") / "sae")
-    OODParams(threshold=LONG_THRESHOLD, alpha=0.05, n_calibration=120, dataset="pai/synthetic",
-              episodes=[0, 1, 2, 5, 7, 8]).save(sae / "ood_params.json")
+    OODParams(
+        threshold=LONG_THRESHOLD, alpha=0.05, n_calibration=120, dataset="pai/synthetic", episodes=[0, 1, 2, 5, 7, 8]
+    ).save(sae / "ood_params.json")
     return sae
 
 
@@ -43,8 +50,14 @@ def replay_report(pipe, out) -> str:
     from pai_core.replay.accounting import Accounting
     from pai_core.replay.api import ReplayOptions, replay
 
-    replay(observations(6), pipe, ReplayOptions(out, batch_size=3, video=False, mcap=False, progress=False),
-           Accounting(), total=6, source="test frames")
+    replay(
+        observations(6),
+        pipe,
+        ReplayOptions(out, batch_size=3, video=False, mcap=False, progress=False),
+        Accounting(),
+        total=6,
+        source="test frames",
+    )
     return (out / "report.html").read_text()
 
 
@@ -67,8 +80,9 @@ def test_report_names_score_alpha_and_calibration_set_and_rounds_the_threshold(p
     assert not re.search(r"\d\.\d{7,}", page), re.search(r"\d\.\d{7,}", page).group(0)
 
 
-def test_report_says_when_the_threshold_was_overridden_and_when_there_are_no_ood_parameters(policy_dir, sae_dir,
-                                                                                            tmp_path):
+def test_report_says_when_the_threshold_was_overridden_and_when_there_are_no_ood_parameters(
+    policy_dir, sae_dir, tmp_path
+):
     from pai_core.replay.report import ReportSink
 
     pipe = pipeline(policy_dir, sae_dir)
@@ -95,8 +109,13 @@ def test_plot_legends_lie_outside_the_axes_and_the_threshold_line_shows_its_valu
 
     t = list(np.linspace(0, 5, 50))
     score = list(np.linspace(0, 100, 50))
-    series = Series(time=t, score=score, threshold=[52.24943542480469] * 50, alarm=[s > 52.25 for s in score],
-                    shares={"latent": [0.2] * 50, "state": [0.3] * 50, "front": [0.5] * 50})
+    series = Series(
+        time=t,
+        score=score,
+        threshold=[52.24943542480469] * 50,
+        alarm=[s > 52.25 for s in score],
+        shares={"latent": [0.2] * 50, "state": [0.3] * 50, "front": [0.5] * 50},
+    )
     for fig in (ood_figure(series), share_figure(series)):
         fig.canvas.draw()
         ax = fig.axes[0]
@@ -184,8 +203,7 @@ def test_the_ood_video_scale_follows_the_threshold_so_clean_frames_look_clean(po
     assert per_frame > 20, per_frame
 
 
-def test_patch_knn_maps_reach_full_heat_where_one_patch_alone_would_reach_the_threshold(policy_dir, sae_dir,
-                                                                                          tmp_path):
+def test_patch_knn_maps_reach_full_heat_where_one_patch_alone_would_reach_the_threshold(policy_dir, sae_dir, tmp_path):
     import torch
 
     from pai_core.ood import OODParams
@@ -197,11 +215,14 @@ def test_patch_knn_maps_reach_full_heat_where_one_patch_alone_would_reach_the_th
     grids = torch.stack([patterns[i % 10] for i in range(40)]) + 0.05 * torch.randn(40, 4, 6, 8, generator=g)
     cfg = PatchKnnConfig(k_frames=3, max_grid=(6, 8))
     states = np.asarray([[float(i % 10)] for i in range(40)], np.float32)
-    scorer = PatchKnnScorer.from_grids({"cam": patch_grid([grids], cfg.max_grid)}, states, np.repeat(np.arange(4), 10), cfg)
+    scorer = PatchKnnScorer.from_grids(
+        {"cam": patch_grid([grids], cfg.max_grid)}, states, np.repeat(np.arange(4), 10), cfg
+    )
     scorer.save_file(tmp_path / "patch_reference.safetensors")
     pipe = pipeline(policy_dir, sae_dir)
-    pipe.ood = OODParams(threshold=1.25, alpha=0.01, score="patch_knn", reference="patch_reference.safetensors",
-                         source_dir=str(tmp_path))
+    pipe.ood = OODParams(
+        threshold=1.25, alpha=0.01, score="patch_knn", reference="patch_reference.safetensors", source_dir=str(tmp_path)
+    )
     q_z = pipe.scorer.cameras["cam"].q_z
     assert q_z > 0
     assert ood_map_scale(pipe) == {"cam": (0.0, pytest.approx(1.25 * q_z))}

@@ -20,8 +20,10 @@ from tests.replay_helpers import CameraSpec, expected_frames, make_sae, write_ba
 pytest.importorskip("rclpy")
 
 # front: raw rgb8 at 10 Hz drives the frames; wrist: jpeg at 15 Hz, joints at 25 Hz, both offset.
-CAMS = [CameraSpec("/pai_bag/front/image_raw", "observation.images.front", 10, "rgb8"),
-        CameraSpec("/pai_bag/wrist/compressed", "observation.images.wrist", 15, "jpeg", 0.013)]
+CAMS = [
+    CameraSpec("/pai_bag/front/image_raw", "observation.images.front", 10, "rgb8"),
+    CameraSpec("/pai_bag/wrist/compressed", "observation.images.wrist", 15, "jpeg", 0.013),
+]
 JOINTS = ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
 
 
@@ -39,20 +41,55 @@ def played(tmp_path_factory, policy_dir):
     sae = make_sae(root / "sae")
     feature = {c.topic: c.feature for c in CAMS}
     reference = Pipeline.load(str(policy_dir), str(sae)).step_batch(
-        [Observation(images={feature[t]: rgb for t, rgb in imgs.items()}, state=state, timestamp=stamp / 1e9)
-         for stamp, imgs, state in expected])
+        [
+            Observation(images={feature[t]: rgb for t, rgb in imgs.items()}, state=state, timestamp=stamp / 1e9)
+            for stamp, imgs, state in expected
+        ]
+    )
     # a threshold inside the score range, so the alarm (3 of 5, latched) rises part-way through
     threshold = float(np.median([f.ood_score for f in reference]))
     OODParams(threshold=threshold, alpha=0.1, n_calibration=10).save(sae / "ood_params.json")
-    params = write_node_params(root / "params.yaml", policy_dir, sae, cameras=feature, joint_names=JOINTS,
-                               joint_states_topic="/joint_states", stale_timeout_s=60.0, rate_hz=20.0,
-                               alarm={"n": 2, "m": 3, "latch": True, "clear_after": 10}, safe_stop={"service": ""})
+    params = write_node_params(
+        root / "params.yaml",
+        policy_dir,
+        sae,
+        cameras=feature,
+        joint_names=JOINTS,
+        joint_states_topic="/joint_states",
+        stale_timeout_s=60.0,
+        rate_hz=20.0,
+        alarm={"n": 2, "m": 3, "latch": True, "clear_after": 10},
+        safe_stop={"service": ""},
+    )
     offline = root / "offline"
-    assert main(["replay", "--bag", str(root / "bag"), "--config", str(params), "--output-dir", str(offline),
-                 "--no-video", "--no-mcap", "--no-progress"]) == 0
-    summary = replay_through_node(RosReplayConfig(root / "bag", params, root / "node", offline_dir=offline,
-                                                  rate=1.0, domain_id=int(os.environ.get("ROS_DOMAIN_ID", "77")),
-                                                  progress=False))
+    assert (
+        main(
+            [
+                "replay",
+                "--bag",
+                str(root / "bag"),
+                "--config",
+                str(params),
+                "--output-dir",
+                str(offline),
+                "--no-video",
+                "--no-mcap",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summary = replay_through_node(
+        RosReplayConfig(
+            root / "bag",
+            params,
+            root / "node",
+            offline_dir=offline,
+            rate=1.0,
+            domain_id=int(os.environ.get("ROS_DOMAIN_ID", "77")),
+            progress=False,
+        )
+    )
     return {"root": root, "expected": expected, "summary": summary, "offline": offline, "out": root / "node"}
 
 
@@ -104,9 +141,26 @@ def test_a_bag_without_the_nodes_camera_topic_is_an_error_naming_the_topic(playe
     params["/**"]["ros__parameters"]["cameras"]["topics"][0] = "/not/in/the/bag"
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "pai.bag_replay", "--bag", str(played["root"] / "bag"),
-                           "--params-file", str(path), "--output", str(tmp_path / "out"), "--start-timeout", "1"],
-                          env=ros_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pai.bag_replay",
+            "--bag",
+            str(played["root"] / "bag"),
+            "--params-file",
+            str(path),
+            "--output",
+            str(tmp_path / "out"),
+            "--start-timeout",
+            "1",
+        ],
+        env=ros_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "/not/in/the/bag" in proc.stderr and "/pai_bag/front/image_raw" in proc.stderr
 
@@ -149,8 +203,7 @@ def assert_groups_are_the_offline_observations(bag: Path, params: Path, policy_d
     assert len(groups) == len(offline) > 0
     feature = settings.camera_map
     for group, obs in zip(groups, offline):
-        assert (group.index, group.stamp_ns, group.log_ns) == (obs.frame_index, obs.stamp_ns,
-                                                               obs.extra["log_time_ns"])
+        assert (group.index, group.stamp_ns, group.log_ns) == (obs.frame_index, obs.stamp_ns, obs.extra["log_time_ns"])
         topics_sent = [t for t, _ in group.messages]
         assert topics_sent[-1] == CAMS[0].topic and sorted(topics_sent) == sorted([*feature, "/joint_states"])
         for topic, msg in group.messages:
@@ -167,8 +220,7 @@ def test_bag_replay_publishes_exactly_the_observations_offline_replay_forms_from
     from pai_core.sources import bag as bag_source
 
     assert bag_replay.BagSource is bag_source.BagSource, "bag_replay groups through pai_core.sources.bag"
-    n = assert_groups_are_the_offline_observations(played["root"] / "bag", played["root"] / "params.yaml",
-                                                   policy_dir)
+    n = assert_groups_are_the_offline_observations(played["root"] / "bag", played["root"] / "params.yaml", policy_dir)
     assert n == len(played["expected"])
 
 

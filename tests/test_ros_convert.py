@@ -6,8 +6,18 @@ import cv2
 import numpy as np
 import pytest
 
-from pai_core.ros_convert import (JointCommand, MessageError, frame_messages, image_msg_to_rgb, joint_state_to_vector,
-                                  ns_to_stamp, sec_to_stamp, stamp_to_ns, stamp_to_sec, to_rosbags)
+from pai_core.ros_convert import (
+    JointCommand,
+    MessageError,
+    frame_messages,
+    image_msg_to_rgb,
+    joint_state_to_vector,
+    ns_to_stamp,
+    sec_to_stamp,
+    stamp_to_ns,
+    stamp_to_sec,
+    to_rosbags,
+)
 
 sensor_msgs = pytest.importorskip("sensor_msgs.msg")
 RNG = np.random.default_rng(0)
@@ -31,11 +41,15 @@ def raw_image(encoding: str, array: np.ndarray, pad: int = 0, bigendian: bool = 
     return msg
 
 
-@pytest.mark.parametrize("encoding,array", [
-    ("rgb8", RGB), ("bgr8", RGB[..., ::-1]),
-    ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 255, np.uint8)])),
-    ("bgra8", np.dstack([RGB[..., ::-1], np.full(RGB.shape[:2], 7, np.uint8)])),
-])
+@pytest.mark.parametrize(
+    "encoding,array",
+    [
+        ("rgb8", RGB),
+        ("bgr8", RGB[..., ::-1]),
+        ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 255, np.uint8)])),
+        ("bgra8", np.dstack([RGB[..., ::-1], np.full(RGB.shape[:2], 7, np.uint8)])),
+    ],
+)
 def test_colour_images_convert_to_the_same_rgb_array_with_and_without_row_padding(encoding, array):
     for pad in (0, 5):
         out = image_msg_to_rgb(raw_image(encoding, np.ascontiguousarray(array), pad))
@@ -124,9 +138,9 @@ def test_stamps_convert_exactly_to_nanoseconds_and_to_float_seconds():
 
 @pytest.fixture(scope="module")
 def frame(policy_dir, tmp_path_factory):
+    from pai_core.ood import OODParams
     from pai_core.pipeline import Pipeline
     from pai_core.sae import SAEConfig, SparseAutoencoder, save_sae
-    from pai_core.ood import OODParams
     from tests.conftest import random_observation
 
     sae_dir = tmp_path_factory.mktemp("sae")
@@ -140,9 +154,19 @@ def frame(policy_dir, tmp_path_factory):
 def test_frame_messages_describe_every_output_with_the_input_stamp(frame):
     pipe, fr = frame
     msgs = {m.topic: m for m in frame_messages(fr, pipe, None, stamp=(1_700_000_000, 250_000_001))}
-    assert set(msgs) == {"~/overlay/front", "~/overlay/front/compressed", "~/overlay/wrist",
-                         "~/overlay/wrist/compressed", "~/attention_share", "~/features", "~/ood_score",
-                         "~/ood_threshold", "~/alarm", "~/action", "~/action_chunk"}
+    assert set(msgs) == {
+        "~/overlay/front",
+        "~/overlay/front/compressed",
+        "~/overlay/wrist",
+        "~/overlay/wrist/compressed",
+        "~/attention_share",
+        "~/features",
+        "~/ood_score",
+        "~/ood_threshold",
+        "~/alarm",
+        "~/action",
+        "~/action_chunk",
+    }
     front = msgs["~/overlay/front"]
     assert front.msgtype == "sensor_msgs/msg/Image"
     assert front.fields["header"]["stamp"] == {"sec": 1_700_000_000, "nanosec": 250_000_001}
@@ -210,17 +234,19 @@ def test_rclpy_and_rosbags_messages_built_from_frame_messages_hold_the_same_valu
             continue
         # CDR alignment padding is not zeroed by rclpy, so compare values, not bytes
         via_rclpy = typestore.deserialize_cdr(serialize_message(to_rclpy(out)), out.msgtype)
-        via_rosbags = typestore.deserialize_cdr(typestore.serialize_cdr(to_rosbags(out, typestore), out.msgtype),
-                                                out.msgtype)
+        via_rosbags = typestore.deserialize_cdr(
+            typestore.serialize_cdr(to_rosbags(out, typestore), out.msgtype), out.msgtype
+        )
         assert_same_message(via_rclpy, via_rosbags, out.topic)
         if isinstance(out.fields.get("data"), np.ndarray):
             np.testing.assert_array_equal(via_rclpy.data, out.fields["data"], err_msg=out.topic)
 
 
 def test_one_qos_table_latches_alarm_stop_and_feature_names_for_every_publisher():
+    from rclpy.qos import DurabilityPolicy
+
     from pai_core import topics
     from pai_core.ros_qos import is_latched, output_qos
-    from rclpy.qos import DurabilityPolicy
 
     for topic in (topics.ALARM, topics.SAFE_STOP, topics.FEATURE_NAMES):
         assert is_latched(topic) and is_latched(topics.resolve(topic))

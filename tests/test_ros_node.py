@@ -42,7 +42,8 @@ def require_loopback_dds() -> None:
     profile = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")
     assert profile and Path(profile).is_file(), (
         "ROS tests must run with the loopback-only Fast DDS profile: source scripts/test_env.sh or use "
-        "scripts/run_tests.sh (FASTDDS_DEFAULT_PROFILES_FILE is not set)")
+        "scripts/run_tests.sh (FASTDDS_DEFAULT_PROFILES_FILE is not set)"
+    )
 
 
 def observation(t: float, variant: str = "clean", seed: int = 0):
@@ -65,8 +66,9 @@ def build_models(root: Path) -> dict:
     torch.manual_seed(0)
     policy = make_act_policy(root / "policy", cameras=CAMS, chunk_size=6, n_action_steps=3)
     plain = Pipeline.load(str(policy))
-    tokens = torch.cat([r.tokens for r in plain.engine.step_batch([observation(i / 40, seed=1000 + i)
-                                                                   for i in range(40)])]).float()
+    tokens = torch.cat(
+        [r.tokens for r in plain.engine.step_batch([observation(i / 40, seed=1000 + i) for i in range(40)])]
+    ).float()
     sae = SparseAutoencoder(SAEConfig(d_in=tokens.shape[1], expansion_factor=2, k=8))
     with torch.no_grad():
         sae.b_pre.copy_(tokens.mean(0))
@@ -88,9 +90,17 @@ def write_params(path: Path, models: dict, **overrides) -> Path:
     """config/introspect.yaml with the test's models, topics and timings."""
     doc = yaml.safe_load((ROOT / "config" / "introspect.yaml").read_text())
     params = doc["/**"]["ros__parameters"]
-    params.update(policy_path=models["policy"], sae_path=models["sae"], joint_states_topic=JOINTS_TOPIC,
-                  joint_names=JOINTS, rate_hz=10.0, stale_timeout_s=START_STALE_S, startup_grace_s=600.0,
-                  max_input_age_s=0.5, use_sim_time=True)  # sim time, and nobody publishes /clock
+    params.update(
+        policy_path=models["policy"],
+        sae_path=models["sae"],
+        joint_states_topic=JOINTS_TOPIC,
+        joint_names=JOINTS,
+        rate_hz=10.0,
+        stale_timeout_s=START_STALE_S,
+        startup_grace_s=600.0,
+        max_input_age_s=0.5,
+        use_sim_time=True,
+    )  # sim time, and nobody publishes /clock
     params["cameras"] = {"topics": [FRONT, WRIST], "features": list(CAMS)}
     params["safe_stop"] = {"service": SAFE_STOP_SERVICE}
     for key, value in overrides.items():
@@ -111,12 +121,12 @@ class Probe:
     """The robot side: publishes cameras and joints, serves the safe-stop service, records every output."""
 
     def __init__(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rcl_interfaces.srv import SetParameters
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rcl_interfaces.srv import SetParameters
         from sensor_msgs.msg import CompressedImage, Image, JointState
         from std_msgs.msg import Bool, Float32, Float32MultiArray, String
         from std_srvs.srv import Trigger
@@ -126,13 +136,22 @@ class Probe:
         self.node = Node("pai_test_probe", context=self.context)
         self.lock = threading.Lock()
         self.got: dict[str, list] = {}
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
         stream = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         outputs = {
-            "overlay/front": Image, "overlay/wrist": Image, "overlay/front/compressed": CompressedImage,
-            "overlay/wrist/compressed": CompressedImage, "features": Float32MultiArray, "ood_score": Float32,
-            "ood_threshold": Float32, "action": Float32MultiArray, "action_chunk": Float32MultiArray,
-            "attention_share": Float32MultiArray, "joint_command": JointState,
+            "overlay/front": Image,
+            "overlay/wrist": Image,
+            "overlay/front/compressed": CompressedImage,
+            "overlay/wrist/compressed": CompressedImage,
+            "features": Float32MultiArray,
+            "ood_score": Float32,
+            "ood_threshold": Float32,
+            "action": Float32MultiArray,
+            "action_chunk": Float32MultiArray,
+            "attention_share": Float32MultiArray,
+            "joint_command": JointState,
         }
         for name, cls in outputs.items():
             self.node.create_subscription(cls, f"{NS}/{name}", lambda m, n=name: self._record(n, m), stream)
@@ -265,8 +284,13 @@ def probe():
 def node(models, probe, tmp_path_factory):
     params = write_params(tmp_path_factory.mktemp("ros_params") / "introspect.yaml", models)
     log = open(tmp_path_factory.mktemp("ros_log") / "node.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
-                            env=node_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
+        env=node_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
 
     def log_text() -> str:
         log.flush()
@@ -275,8 +299,15 @@ def node(models, probe, tmp_path_factory):
     try:
         wait_for(lambda: proc.poll() is not None or probe.latest("feature_names"), 90, "the node to start")
         assert proc.poll() is None, f"node exited with {proc.returncode}:\n{log_text()}"
-        wait_for(lambda: probe.front.get_subscription_count() and probe.wrist.get_subscription_count()
-                 and probe.joints.get_subscription_count(), 20, "the node's subscriptions")
+        wait_for(
+            lambda: (
+                probe.front.get_subscription_count()
+                and probe.wrist.get_subscription_count()
+                and probe.joints.get_subscription_count()
+            ),
+            20,
+            "the node's subscriptions",
+        )
         proc.log_text = log_text  # type: ignore[attr-defined]
         yield proc
     finally:
@@ -288,7 +319,9 @@ def node(models, probe, tmp_path_factory):
                 proc.kill()
                 proc.wait()
         log.close()
-    assert proc.returncode == 0, f"node did not shut down cleanly (exit {proc.returncode}):\n{Path(log.name).read_text()}"
+    assert proc.returncode == 0, (
+        f"node did not shut down cleanly (exit {proc.returncode}):\n{Path(log.name).read_text()}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -326,8 +359,11 @@ def publish_and_wait(probe: Probe, obs, clock: Clock, wrist_format: str = "jpeg"
     stamp = clock.next(dt)
     before = len(probe.messages("overlay/front"))
     probe.publish(obs, stamp, wrist_format)
-    wait_for(lambda: any(stamp_of(m) == stamp for m in probe.messages("overlay/front")[before:]), 10,
-             f"the overlay of the frame stamped {stamp}")
+    wait_for(
+        lambda: any(stamp_of(m) == stamp for m in probe.messages("overlay/front")[before:]),
+        10,
+        f"the overlay of the frame stamped {stamp}",
+    )
     return stamp
 
 
@@ -401,8 +437,9 @@ def test_node_publishes_overlays_features_score_and_alarm_with_the_input_stamps(
     assert status.message.startswith("first complete observation")
 
 
-def test_a_recorded_episode_gives_the_same_features_and_scores_as_the_offline_pipeline(node, probe, models, clock,
-                                                                                       tmp_path):
+def test_a_recorded_episode_gives_the_same_features_and_scores_as_the_offline_pipeline(
+    node, probe, models, clock, tmp_path
+):
     from pai_core.pipeline import Pipeline
     from pai_core.ros_convert import image_msg_to_rgb
     from pai_core.sources.dataset import iter_episode
@@ -415,10 +452,18 @@ def test_a_recorded_episode_gives_the_same_features_and_scores_as_the_offline_pi
         stamp = publish_and_wait(probe, obs, clock, wrist_format="png")
         # the offline engine sees exactly the images the messages carry
         img, comp = probe.image_messages(obs, stamp, "png")
-        obs.images = {"observation.images.front": image_msg_to_rgb(img), "observation.images.wrist": image_msg_to_rgb(comp)}
+        obs.images = {
+            "observation.images.front": image_msg_to_rgb(img),
+            "observation.images.wrist": image_msg_to_rgb(comp),
+        }
         expected = offline.step(obs)
-        wait_for(lambda: len(probe.messages("features")) > n_features and len(probe.messages("ood_score")) > n_scores,
-                 5, "the frame's features and score")
+        wait_for(
+            lambda n_features=n_features, n_scores=n_scores: (
+                len(probe.messages("features")) > n_features and len(probe.messages("ood_score")) > n_scores
+            ),
+            5,
+            "the frame's features and score",
+        )
         # the first output after publishing is this frame's (never a mix with the previous frame's inputs)
         got_features = np.asarray(probe.messages("features")[n_features].data)
         got_score = probe.messages("ood_score")[n_scores].data
@@ -463,7 +508,9 @@ def test_malformed_messages_are_reported_in_diagnostics_and_do_not_stop_the_node
     assert status.level == b"\x01"  # WARN
     malformed = yaml.safe_load(values["malformed"])
     assert malformed == {FRONT: 2, WRIST: 1, JOINTS_TOPIC: 2}
-    assert "not finite" in values[f"last error {JOINTS_TOPIC}"] or "missing joints" in values[f"last error {JOINTS_TOPIC}"]
+    assert (
+        "not finite" in values[f"last error {JOINTS_TOPIC}"] or "missing joints" in values[f"last error {JOINTS_TOPIC}"]
+    )
     assert FRONT in values["clock jumps back"]
     log = node.log_text()
     assert "yuv_unknown" in log and "needs 9216 bytes" in log and "missing joints" in log and "not finite" in log
@@ -484,8 +531,10 @@ def test_out_of_distribution_input_calls_the_safe_stop_service_and_stops_actions
     assert probe.latest("safe_stop").data is True
     threshold = probe.latest("ood_threshold").data
     above = [m.data for m in probe.messages("ood_score", start) if m.data > threshold]
-    assert len(above) >= 3, (f"alarm n=3 of m=5 needs three frames above threshold {threshold}, scores "
-                             f"{[m.data for m in probe.messages('ood_score')]}\n{node.log_text()}")
+    assert len(above) >= 3, (
+        f"alarm n=3 of m=5 needs three frames above threshold {threshold}, scores "
+        f"{[m.data for m in probe.messages('ood_score')]}\n{node.log_text()}"
+    )
 
     actions = len(probe.messages("action"))
     for i in range(3):  # alarm holds (latched) even for clean frames: no actions
@@ -493,8 +542,11 @@ def test_out_of_distribution_input_calls_the_safe_stop_service_and_stops_actions
     time.sleep(0.3)
     assert len(probe.messages("action")) == actions, "actions were published while the alarm held"
     assert len(probe.safe_stop_calls) == calls_before + 1, "the safe stop is called once per rising alarm"
-    wait_for(lambda: diagnostic(probe, "alarm") and "OOD score above" in diagnostic(probe, "alarm")[0].message, 3,
-             "the alarm reason in diagnostics")
+    wait_for(
+        lambda: diagnostic(probe, "alarm") and "OOD score above" in diagnostic(probe, "alarm")[0].message,
+        3,
+        "the alarm reason in diagnostics",
+    )
 
 
 def test_reset_alarm_clears_the_alarm_and_actions_resume(node, probe, clock):
@@ -526,8 +578,11 @@ def test_threshold_and_alarm_policy_change_at_run_time_and_bad_values_are_reject
     assert ok.successful
     publish_and_wait(probe, observation(0.6, seed=7001), clock)
     calibrated = json.loads((Path(models["sae"]) / "ood_params.json").read_text())["threshold"]
-    wait_for(lambda: probe.latest("ood_threshold").data == pytest.approx(calibrated, rel=1e-6), 3,
-             "the calibrated threshold again")
+    wait_for(
+        lambda: probe.latest("ood_threshold").data == pytest.approx(calibrated, rel=1e-6),
+        3,
+        "the calibrated threshold again",
+    )
 
 
 def test_stale_inputs_raise_the_alarm_through_the_watchdog(node, probe, clock):
@@ -541,8 +596,11 @@ def test_stale_inputs_raise_the_alarm_through_the_watchdog(node, probe, clock):
     assert time.monotonic() - silent_from >= STALE_S * 0.9
     wait_for(lambda: len(probe.safe_stop_calls) > calls_before, 5, "the safe-stop call on stale inputs")
     probe.clear("diagnostics")
-    wait_for(lambda: diagnostic(probe, "alarm") and "stale inputs" in diagnostic(probe, "alarm")[0].message, 3,
-             "the stale reason in diagnostics")
+    wait_for(
+        lambda: diagnostic(probe, "alarm") and "stale inputs" in diagnostic(probe, "alarm")[0].message,
+        3,
+        "the stale reason in diagnostics",
+    )
 
 
 def test_a_reset_while_inputs_are_still_stale_says_it_cannot_hold_and_one_after_they_return_does(node, probe, clock):
@@ -562,21 +620,34 @@ def test_a_reset_while_inputs_are_still_stale_says_it_cannot_hold_and_one_after_
     assert ok.successful
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"joint_names": ["a", "b"]}, "joint_names has 2 names ['a', 'b'] but the policy's observation.state has 6"),
-    ({"stale_timout_s": 5.0}, "parameters file: Unknown settings ['stale_timout_s']; known settings are ["),
-    ({"stale_timeout_s": -1.0}, "stale_timeout_s=-1.0 must be positive"),
-    ({"sae_path": "no/such/sae"}, "sae_path='no/such/sae': no such directory (relative paths are relative to the "
-                                  "working directory"),
-    ({"device": "cuda:64"}, "device='cuda:64' but torch sees"),
-    ({"safe_stop": {"backend": "ros2_control", "controllers": ["arm_controller"]}},
-     "safe_stop.backend=ros2_control needs the controller_manager_msgs/srv/SwitchController service type"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"joint_names": ["a", "b"]}, "joint_names has 2 names ['a', 'b'] but the policy's observation.state has 6"),
+        ({"stale_timout_s": 5.0}, "parameters file: Unknown settings ['stale_timout_s']; known settings are ["),
+        ({"stale_timeout_s": -1.0}, "stale_timeout_s=-1.0 must be positive"),
+        (
+            {"sae_path": "no/such/sae"},
+            "sae_path='no/such/sae': no such directory (relative paths are relative to the working directory",
+        ),
+        ({"device": "cuda:64"}, "device='cuda:64' but torch sees"),
+        (
+            {"safe_stop": {"backend": "ros2_control", "controllers": ["arm_controller"]}},
+            "safe_stop.backend=ros2_control needs the controller_manager_msgs/srv/SwitchController service type",
+        ),
+    ],
+)
 def test_invalid_parameters_end_the_node_with_one_clear_line_and_exit_code_2(models, tmp_path, overrides, message):
     require_loopback_dds()
     params = write_params(tmp_path / "bad.yaml", models, **overrides)
-    proc = subprocess.run([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
-                          env=node_env(), capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and message in errors[0], proc.stderr
@@ -584,8 +655,13 @@ def test_invalid_parameters_end_the_node_with_one_clear_line_and_exit_code_2(mod
 
 
 def test_a_missing_parameters_file_is_an_error_not_a_warning(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file",
-                           str(tmp_path / "nope.yaml")], env=node_env(), capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(tmp_path / "nope.yaml")],
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip() == f"[pai_introspector] error: --params-file {tmp_path / 'nope.yaml'}: no such file"

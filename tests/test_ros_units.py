@@ -57,8 +57,11 @@ class Listener:
         self.lock = threading.Lock()
         self.got: dict[str, list] = {"action_chunk": [], "action": [], "joint_command": [], "diagnostics": []}
         stream = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        for name, cls in (("action_chunk", Float32MultiArray), ("action", Float32MultiArray),
-                          ("joint_command", JointState)):
+        for name, cls in (
+            ("action_chunk", Float32MultiArray),
+            ("action", Float32MultiArray),
+            ("joint_command", JointState),
+        ):
             self.node.create_subscription(cls, f"{NS}/{name}", lambda m, n=name: self._add(n, m), stream)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._add("diagnostics", m), 20)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -99,8 +102,13 @@ def world(tmp_path_factory):
     ticks = ticks_trajectory(FRAMES)
     radians = (ticks - 2048) * 2 * math.pi / 4096  # what a ROS driver publishes for these ticks
     images = [synthetic_frame(48, 64, i / FRAMES, seed=i) for i in range(FRAMES)]
-    write_bag(root / "bag", [BagFrame(i / 10.0, images[i], radians[i]) for i in range(FRAMES)], JOINTS,
-              IMAGE_TOPIC, JOINT_TOPIC)
+    write_bag(
+        root / "bag",
+        [BagFrame(i / 10.0, images[i], radians[i]) for i in range(FRAMES)],
+        JOINTS,
+        IMAGE_TOPIC,
+        JOINT_TOPIC,
+    )
     return {"root": root, "policy": policy, "calibration": calibration, "ticks": ticks, "images": images}
 
 
@@ -114,18 +122,36 @@ def listener():
 def replay(world: dict, name: str, units: dict | None) -> tuple[dict, Path]:
     from pai_core.sim.ros_replay import RosReplayConfig, replay_through_node, write_node_params
 
-    params = write_node_params(world["root"] / f"{name}.yaml", world["policy"], "",
-                               cameras={IMAGE_TOPIC: "observation.images.front"}, joint_names=JOINTS,
-                               joint_states_topic=JOINT_TOPIC, stale_timeout_s=60.0, rate_hz=20.0,
-                               safe_stop={"service": ""}, **({"units": units} if units else {}))
-    summary = replay_through_node(RosReplayConfig(world["root"] / "bag", params, world["root"] / name, rate=1.0,
-                                                  domain_id=int(os.environ["ROS_DOMAIN_ID"]), progress=False))
+    params = write_node_params(
+        world["root"] / f"{name}.yaml",
+        world["policy"],
+        "",
+        cameras={IMAGE_TOPIC: "observation.images.front"},
+        joint_names=JOINTS,
+        joint_states_topic=JOINT_TOPIC,
+        stale_timeout_s=60.0,
+        rate_hz=20.0,
+        safe_stop={"service": ""},
+        **({"units": units} if units else {}),
+    )
+    summary = replay_through_node(
+        RosReplayConfig(
+            world["root"] / "bag",
+            params,
+            world["root"] / name,
+            rate=1.0,
+            domain_id=int(os.environ["ROS_DOMAIN_ID"]),
+            progress=False,
+        )
+    )
     return summary, params
 
 
 def lerobot_units(world: dict) -> dict:
-    return {"conversions": ["lerobot_degrees"] * 5 + ["lerobot_range_0_100"],
-            "calibration_path": str(world["calibration"])}
+    return {
+        "conversions": ["lerobot_degrees"] * 5 + ["lerobot_range_0_100"],
+        "calibration_path": str(world["calibration"]),
+    }
 
 
 def test_the_node_feeds_a_degrees_policy_what_lerobot_reads_and_sends_actions_back_in_radians(world, listener):
@@ -141,10 +167,13 @@ def test_the_node_feeds_a_degrees_policy_what_lerobot_reads_and_sends_actions_ba
     time.sleep(0.5)
     # offline: the same images, and the state LeRobot's own Feetech bus reads from the same ticks
     bus = lerobot_bus(use_degrees=True)
-    states = [np.array(list(bus._normalize({i + 1: int(t) for i, t in enumerate(row)}).values()), np.float32)
-              for row in world["ticks"]]
+    states = [
+        np.array(list(bus._normalize({i + 1: int(t) for i, t in enumerate(row)}).values()), np.float32)
+        for row in world["ticks"]
+    ]
     offline = Pipeline.load(str(world["policy"])).engine.step_batch(
-        [Observation(images={"observation.images.front": img}, state=s) for img, s in zip(world["images"], states)])
+        [Observation(images={"observation.images.front": img}, state=s) for img, s in zip(world["images"], states)]
+    )
     # offline `pai replay --bag ... --config degrees.yaml` reads the same bag into the same states
     from pai_core.sources.bag import BagSource, BagTopics
 
@@ -189,7 +218,13 @@ def test_without_units_the_node_and_check_inputs_name_the_joints_that_look_like_
     bag, policy = str(world["root"] / "bag"), str(world["policy"])
     assert main(["check-inputs", "--bag", bag, "--policy-path", policy, "--config", str(params)]) == 3
     assert "joints that look like the wrong units: " + ", ".join(JOINTS) in capsys.readouterr().out
-    right = write_node_params(world["root"] / "right.yaml", world["policy"], "", joint_names=JOINTS,
-                              joint_states_topic=JOINT_TOPIC, units=lerobot_units(world))
+    right = write_node_params(
+        world["root"] / "right.yaml",
+        world["policy"],
+        "",
+        joint_names=JOINTS,
+        joint_states_topic=JOINT_TOPIC,
+        units=lerobot_units(world),
+    )
     assert main(["check-inputs", "--bag", bag, "--policy-path", policy, "--config", str(right)]) == 0
     assert "every joint fits the policy's statistics" in capsys.readouterr().out

@@ -20,8 +20,9 @@ FVU_BOUND = 0.15  # on training tokens after 300 steps; measured 0.03-0.04
 
 
 def small_config(**overrides) -> TrainConfig:
-    args = dict(expansion_factor=4, k=K, aux_k=32, dead_tokens=5000, steps=300, batch_size=256, lr=1e-3,
-                checkpoint_every=100)
+    args = dict(
+        expansion_factor=4, k=K, aux_k=32, dead_tokens=5000, steps=300, batch_size=256, lr=1e-3, checkpoint_every=100
+    )
     args.update(overrides)
     return TrainConfig(**args)
 
@@ -34,10 +35,35 @@ def trained(tmp_path_factory):
     make_lerobot_dataset(base / "ds", cameras=CAMERA, episodes=4, frames=16)
     policy = make_act_policy(base / "policy", cameras=CAMERA)
     out = base / "sae"
-    code = main(["train-sae", "--dataset-repo-id", "pai/synthetic", "--root", str(base / "ds"), "--policy-path",
-                 str(policy), "--output-dir", str(out), "--expansion-factor", "4", "--k", str(K), "--aux-k", "32",
-                 "--dead-tokens", "5000", "--steps", "300", "--batch-size", "256", "--shard-frames", "8",
-                 "--val-fraction", "0.25"])
+    code = main(
+        [
+            "train-sae",
+            "--dataset-repo-id",
+            "pai/synthetic",
+            "--root",
+            str(base / "ds"),
+            "--policy-path",
+            str(policy),
+            "--output-dir",
+            str(out),
+            "--expansion-factor",
+            "4",
+            "--k",
+            str(K),
+            "--aux-k",
+            "32",
+            "--dead-tokens",
+            "5000",
+            "--steps",
+            "300",
+            "--batch-size",
+            "256",
+            "--shard-frames",
+            "8",
+            "--val-fraction",
+            "0.25",
+        ]
+    )
     assert code == 0
     return base, policy, out
 
@@ -65,7 +91,8 @@ def test_sae_directory_holds_weights_config_held_out_metrics_and_a_model_card(tr
     config = json.loads((out / "config.json").read_text())
     assert (config["d_in"], config["k"], config["expansion_factor"], config["policy"]) == (64, K, 4, str(policy))
     assert config["extra"]["held_out_episodes"] and not set(config["extra"]["held_out_episodes"]) & set(
-        config["extra"]["train_episodes"])
+        config["extra"]["train_episodes"]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     held = metrics["held_out"]
     assert held["n_tokens"] == 16 * 14 and held["mean_l0"] == K and 0 <= held["dead_fraction"] < 1
@@ -92,11 +119,13 @@ def test_saved_sae_reloads_to_the_same_codes_and_reconstructions(trained, tmp_pa
 def test_resumed_training_continues_to_the_same_weights_as_an_uninterrupted_run(trained, tmp_path):
     store = ActivationStore(trained[2] / "activations")
     stream = lambda: token_batches(store.shards, 128, seed=1, repeat=True)  # noqa: E731
-    straight = train_sae(stream(), 64, tmp_path / "straight", small_config(steps=40, checkpoint_every=20),
-                         progress=False).sae
+    straight = train_sae(
+        stream(), 64, tmp_path / "straight", small_config(steps=40, checkpoint_every=20), progress=False
+    ).sae
     train_sae(stream(), 64, tmp_path / "resumed", small_config(steps=20, checkpoint_every=20), progress=False)
-    resumed = train_sae(stream(), 64, tmp_path / "resumed", small_config(steps=40, checkpoint_every=20),
-                        resume=True, progress=False)
+    resumed = train_sae(
+        stream(), 64, tmp_path / "resumed", small_config(steps=40, checkpoint_every=20), resume=True, progress=False
+    )
     assert resumed.metrics["steps"] == 40 and resumed.metrics["tokens_this_run"] == 20 * 128
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.sae.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)
@@ -134,8 +163,19 @@ def test_sae_whose_width_does_not_match_the_policy_gives_a_clear_model_error(tra
     narrow = save_sae(SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4)), tmp_path / "narrow")
     with pytest.raises(ModelError, match="SAE expects tokens of width 32 but .* has dim_model 64"):
         Pipeline.load(str(policy), str(narrow))
-    code = main(["calibrate-ood", "--sae-path", str(narrow), "--policy-path", str(policy), "--dataset-repo-id",
-                 "pai/synthetic", "--root", str(trained[0] / "ds")])
+    code = main(
+        [
+            "calibrate-ood",
+            "--sae-path",
+            str(narrow),
+            "--policy-path",
+            str(policy),
+            "--dataset-repo-id",
+            "pai/synthetic",
+            "--root",
+            str(trained[0] / "ds"),
+        ]
+    )
     assert code == 1 and "width 32" in capsys.readouterr().err
 
 

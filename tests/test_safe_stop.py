@@ -57,8 +57,12 @@ class ScriptedBackend:
 def make(script: list, **kw) -> tuple[SafeStop, ScriptedBackend, Clock, list]:
     clock, logs = Clock(), []
     backend = ScriptedBackend(script)
-    stop = SafeStop(backend, clock=clock, log=lambda level, text: logs.append((level, text)),
-                    **{"timeout_s": 1.0, "retry_s": 0.5, "retry_max_s": 2.0, **kw})
+    stop = SafeStop(
+        backend,
+        clock=clock,
+        log=lambda level, text: logs.append((level, text)),
+        **{"timeout_s": 1.0, "retry_s": 0.5, "retry_max_s": 2.0, **kw},
+    )
     return stop, backend, clock, logs
 
 
@@ -141,8 +145,11 @@ def test_topic_only_answers_at_once_and_settings_choose_it_without_a_service():
 
 
 def test_safe_stop_settings_refuse_unknown_back_ends_missing_controllers_and_impossible_times():
-    with pytest.raises(SettingsError, match=r"safe_stop.backend='moveit' is not one of \['trigger', 'ros2_control', "
-                                            r"'topic'\]"):
+    with pytest.raises(
+        SettingsError,
+        match=r"safe_stop.backend='moveit' is not one of \['trigger', 'ros2_control', "
+        r"'topic'\]",
+    ):
         SafeStopSettings(backend="moveit")
     with pytest.raises(SettingsError, match="ros2_control needs safe_stop.controllers"):
         SafeStopSettings(backend="ros2_control")

@@ -50,8 +50,10 @@ def test_unknown_and_mistyped_settings_name_the_setting(tmp_path):
 
 def test_a_node_specific_block_overrides_the_wildcard_block(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("/**:\n  ros__parameters:\n    rate_hz: 5.0\n    device: cpu\n"
-                 "pai_introspector:\n  ros__parameters:\n    rate_hz: 20\n")
+    f.write_text(
+        "/**:\n  ros__parameters:\n    rate_hz: 5.0\n    device: cpu\n"
+        "pai_introspector:\n  ros__parameters:\n    rate_hz: 20\n"
+    )
     s = load_settings(f)
     assert s.rate_hz == 20.0 and s.device == "cpu"
 
@@ -59,8 +61,11 @@ def test_a_node_specific_block_overrides_the_wildcard_block(tmp_path):
 def test_a_misspelt_key_in_the_file_is_an_error_naming_it_and_the_known_settings(tmp_path):
     f = tmp_path / "typo.yaml"
     f.write_text("/**:\n  ros__parameters:\n    stale_timout_s: 5.0\n    use_sim_time: true\n")
-    with pytest.raises(SettingsError, match=r"typo.yaml: Unknown settings \['stale_timout_s'\]; known settings are "
-                                            r"\[.*'stale_timeout_s'.*\]"):
+    with pytest.raises(
+        SettingsError,
+        match=r"typo.yaml: Unknown settings \['stale_timout_s'\]; known settings are "
+        r"\[.*'stale_timeout_s'.*\]",
+    ):
         load_settings(f)
     # rclpy's own parameters may stand beside pai's settings
     f.write_text("/**:\n  ros__parameters:\n    stale_timeout_s: 5.0\n    use_sim_time: true\n")
@@ -69,18 +74,21 @@ def test_a_misspelt_key_in_the_file_is_an_error_naming_it_and_the_known_settings
         load_settings(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("name,value,message", [
-    ("stale_timeout_s", -1.0, "stale_timeout_s=-1.0 must be positive"),
-    ("max_input_age_s", 0.0, "max_input_age_s=0.0 must be positive"),
-    ("startup_grace_s", -5.0, "startup_grace_s=-5.0 must be positive"),
-    ("rate_hz", float("nan"), "rate_hz=nan must be positive"),
-    ("threshold", -0.1, "threshold=-0.1 must be 0 \\(calibrated\\) or a positive OOD threshold"),
-    ("device", "gpu", "device='gpu' is not a torch device; expected cpu, cuda, cuda:N or mps"),
-    ("joint_names", ["a", "a"], "joint_names \\['a', 'a'\\] name \\['a'\\] more than once"),
-    ("safe_stop.retry_s", 0.0, "safe_stop.retry_s=0.0 must be positive"),
-    ("safe_stop.backend", "estop", "safe_stop.backend='estop' is not one of"),
-    ("units.ticks_per_turn", 1, "units.ticks_per_turn=1 must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "name,value,message",
+    [
+        ("stale_timeout_s", -1.0, "stale_timeout_s=-1.0 must be positive"),
+        ("max_input_age_s", 0.0, "max_input_age_s=0.0 must be positive"),
+        ("startup_grace_s", -5.0, "startup_grace_s=-5.0 must be positive"),
+        ("rate_hz", float("nan"), "rate_hz=nan must be positive"),
+        ("threshold", -0.1, "threshold=-0.1 must be 0 \\(calibrated\\) or a positive OOD threshold"),
+        ("device", "gpu", "device='gpu' is not a torch device; expected cpu, cuda, cuda:N or mps"),
+        ("joint_names", ["a", "a"], "joint_names \\['a', 'a'\\] name \\['a'\\] more than once"),
+        ("safe_stop.retry_s", 0.0, "safe_stop.retry_s=0.0 must be positive"),
+        ("safe_stop.backend", "estop", "safe_stop.backend='estop' is not one of"),
+        ("units.ticks_per_turn", 1, "units.ticks_per_turn=1 must be at least 2"),
+    ],
+)
 def test_impossible_values_are_refused_with_the_setting_and_the_reason(name, value, message):
     with pytest.raises(SettingsError, match=message):
         from_flat({name: value})
@@ -95,6 +103,7 @@ def test_every_setting_is_documented_for_ros_param_describe():
         doc = cls.__doc__ or ""
         if cls.__name__ == "CameraSettings":
             continue  # documented by the node (parallel lists)
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f"{f.name}:" not in doc and f.name not in SECTIONS]  # sections document their fields
+        missing = [
+            f.name for f in dataclasses.fields(cls) if f"{f.name}:" not in doc and f.name not in SECTIONS
+        ]  # sections document their fields
         assert not missing, f"{cls.__name__} lacks Args docs for {missing}"

@@ -23,8 +23,9 @@ def recording(tmp_path_factory):
     from pai_core.sim.record import RecordConfig, record
 
     root = tmp_path_factory.mktemp("sim")
-    summary = record(RecordConfig(root / "ds", episodes=2, seed=3, bag_path=root / "bag", sim=SimConfig(**SMALL)),
-                     progress=False)
+    summary = record(
+        RecordConfig(root / "ds", episodes=2, seed=3, bag_path=root / "bag", sim=SimConfig(**SMALL)), progress=False
+    )
     return root, summary
 
 
@@ -91,14 +92,29 @@ def test_a_policy_trained_on_the_recording_drives_the_simulator_in_closed_loop(r
     from pai_core.sim.train import TrainConfig, train_policy
 
     root, _ = recording
-    summary = train_policy(TrainConfig(root / "ds", tmp_path / "policy", steps=3, batch_size=4, dim_model=64,
-                                       dim_feedforward=128, chunk_size=8, n_action_steps=4), progress=False)
+    summary = train_policy(
+        TrainConfig(
+            root / "ds",
+            tmp_path / "policy",
+            steps=3,
+            batch_size=4,
+            dim_model=64,
+            dim_feedforward=128,
+            chunk_size=8,
+            n_action_steps=4,
+        ),
+        progress=False,
+    )
     assert summary["steps"] == 3 and np.isfinite(summary["final_loss"])
     assert (tmp_path / "policy" / "training_loss.png").is_file()
     engine = Introspector.from_pretrained(summary["policy_path"])
     assert engine.image_shapes == {CAMERA: (48, 64)} and engine.action_dim == 4
-    result = evaluate_policy(EvalConfig(summary["policy_path"], episodes=1, output_dir=str(tmp_path / "eval"),
-                                        sim=SimConfig(max_steps=6, **SMALL)), progress=False)
+    result = evaluate_policy(
+        EvalConfig(
+            summary["policy_path"], episodes=1, output_dir=str(tmp_path / "eval"), sim=SimConfig(max_steps=6, **SMALL)
+        ),
+        progress=False,
+    )
     assert result["episodes"] == 1 and result["results"][0]["steps"] <= 6
     assert 0.0 <= result["success_rate"] <= 1.0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["episodes"] == 1
@@ -139,15 +155,36 @@ def test_the_demo_runs_end_to_end_on_tiny_settings_and_a_second_run_reuses_every
     replay and the live ROS node over loopback DDS), on a few episodes and a few training steps."""
     from pai_core.sim.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(tmp_path / "demo", policy="train", train_episodes=3, calib_episodes=2, test_episodes=1, ood_episodes=1,
-                     perturbations=["lighting"], replay_perturbation="lighting", train_steps=3, train_minutes=1.0,
-                     batch_size=4, eval_episodes=1, sae_steps=50, alpha=0.05)
+    cfg = DemoConfig(
+        tmp_path / "demo",
+        policy="train",
+        train_episodes=3,
+        calib_episodes=2,
+        test_episodes=1,
+        ood_episodes=1,
+        perturbations=["lighting"],
+        replay_perturbation="lighting",
+        train_steps=3,
+        train_minutes=1.0,
+        batch_size=4,
+        eval_episodes=1,
+        sae_steps=50,
+        alpha=0.05,
+    )
     report = run_demo(cfg)
     stages = json.loads((cfg.output_dir / "stages.json").read_text())
     assert [s["status"] for s in stages] == ["done"] * len(stages), stages
-    assert {s["stage"] for s in stages} >= {"record_train", "train_policy", "evaluate_policy", "train_sae",
-                                            "calibrate_ood", "evaluate_ood", "replay_clean", "replay_lighting",
-                                            "replay_ros"}
+    assert {s["stage"] for s in stages} >= {
+        "record_train",
+        "train_policy",
+        "evaluate_policy",
+        "train_sae",
+        "calibrate_ood",
+        "evaluate_ood",
+        "replay_clean",
+        "replay_lighting",
+        "replay_ros",
+    }
     params = json.loads((cfg.output_dir / "sae" / "ood_params.json").read_text())
     assert params["score"] == "patch_knn" and params["alpha"] == 0.05
     evaluation = json.loads((cfg.output_dir / "ood_eval" / "ood_evaluation.json").read_text())

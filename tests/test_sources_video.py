@@ -18,8 +18,10 @@ CAMERAS = {"observation.images.front": (96, 128), "observation.images.wrist": (6
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     kw = dict(cameras=CAMERAS, episodes=2, frames=8, fps=10)
-    return (make_lerobot_dataset(root / "img", repo_id="pai/img", **kw),
-            make_lerobot_dataset(root / "vid", repo_id="pai/vid", use_videos=True, **kw))
+    return (
+        make_lerobot_dataset(root / "img", repo_id="pai/img", **kw),
+        make_lerobot_dataset(root / "vid", repo_id="pai/vid", use_videos=True, **kw),
+    )
 
 
 def test_video_episode_frames_match_the_image_dataset_within_codec_loss(datasets):

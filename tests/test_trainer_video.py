@@ -47,8 +47,18 @@ def pai(*argv) -> int:
 
 def record(ds, policy, out, *extra) -> int:
     """``pai record-activations`` of ``policy`` over the whole dataset into ``out``."""
-    return pai("record-activations", "--dataset-repo-id", REPO, "--root", ds.root, "--policy-path", policy,
-               "--output-dir", out, *extra)
+    return pai(
+        "record-activations",
+        "--dataset-repo-id",
+        REPO,
+        "--root",
+        ds.root,
+        "--policy-path",
+        policy,
+        "--output-dir",
+        out,
+        *extra,
+    )
 
 
 @pytest.fixture(scope="module")

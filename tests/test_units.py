@@ -32,13 +32,16 @@ DEG_STD = np.array([22.0, 24.0, 21.0, 14.0, 28.0, 13.0])
 def lerobot_bus(use_degrees: bool):
     """LeRobot's Feetech bus for an SO-101 follower, built without a serial port: ``SerialMotorsBus.__init__``
     is LeRobot's own; only the scservo_sdk import of ``FeetechMotorsBus.__init__`` is left out."""
-    from lerobot.motors import Motor, MotorCalibration as LeCal, MotorNormMode
+    from lerobot.motors import Motor, MotorNormMode
+    from lerobot.motors import MotorCalibration as LeCal
     from lerobot.motors.feetech import FeetechMotorsBus
     from lerobot.motors.motors_bus import SerialMotorsBus
 
     body = MotorNormMode.DEGREES if use_degrees else MotorNormMode.RANGE_M100_100
-    motors = {name: Motor(i + 1, "sts3215", body if name != "gripper" else MotorNormMode.RANGE_0_100)
-              for i, name in enumerate(JOINTS)}
+    motors = {
+        name: Motor(i + 1, "sts3215", body if name != "gripper" else MotorNormMode.RANGE_0_100)
+        for i, name in enumerate(JOINTS)
+    }
     bus = FeetechMotorsBus.__new__(FeetechMotorsBus)
     SerialMotorsBus.__init__(bus, "/dev/null", motors, {k: LeCal(**v) for k, v in CALIBRATION.items()})
     return bus
@@ -53,14 +56,16 @@ def calibration_file(tmp_path) -> Path:
 
 def lerobot_units(path: Path, use_degrees: bool) -> JointUnits:
     body = "lerobot_degrees" if use_degrees else "lerobot_range_m100_100"
-    settings = PaiSettings(units=UnitsSettings(conversions=[body] * 5 + ["lerobot_range_0_100"],
-                                               calibration_path=str(path)))
+    settings = PaiSettings(
+        units=UnitsSettings(conversions=[body] * 5 + ["lerobot_range_0_100"], calibration_path=str(path))
+    )
     return JointUnits.from_settings(settings)
 
 
 @pytest.mark.parametrize("use_degrees", [True, False])
-def test_radians_become_exactly_what_lerobots_feetech_bus_reads_from_the_same_motor_ticks(calibration_file,
-                                                                                         use_degrees):
+def test_radians_become_exactly_what_lerobots_feetech_bus_reads_from_the_same_motor_ticks(
+    calibration_file, use_degrees
+):
     bus = lerobot_bus(use_degrees)
     units = lerobot_units(calibration_file, use_degrees)
     rng = np.random.default_rng(0)
@@ -90,16 +95,20 @@ def test_actions_go_back_to_the_ticks_lerobot_would_write_then_to_radians(calibr
 
 
 def test_degrees_linear_and_same_conversions_and_their_inverses():
-    units = JointUnits(["a", "b", "c"], ["degrees", "linear", "same"], scale=[1.0, 100 / 1.75, 1.0],
-                       offset=[0.0, -5.0, 0.0])
+    units = JointUnits(
+        ["a", "b", "c"], ["degrees", "linear", "same"], scale=[1.0, 100 / 1.75, 1.0], offset=[0.0, -5.0, 0.0]
+    )
     robot = np.array([[math.pi / 2, 1.75, 0.3], [-math.pi, 0.0, -2.0]])
     policy = units.to_policy(robot)
     assert policy.dtype == np.float32
     np.testing.assert_allclose(policy, [[90.0, 95.0, 0.3], [-180.0, -5.0, -2.0]], rtol=1e-6)
     np.testing.assert_allclose(units.to_robot(policy), robot, rtol=1e-6, atol=1e-6)
     assert JointUnits(["a"]).identity and not units.identity
-    assert units.describe() == {"a": "radians -> degrees", "b": "linear: policy = 57.1429 * robot + -5",
-                                "c": "same units"}
+    assert units.describe() == {
+        "a": "radians -> degrees",
+        "b": "linear: policy = 57.1429 * robot + -5",
+        "c": "same units",
+    }
     with pytest.raises(SettingsError, match=r"robot state has shape \(2,\); expected 3 values"):
         units.to_policy(np.zeros(2))
 
@@ -109,8 +118,11 @@ def test_unit_settings_refuse_unknown_conversions_wrong_lengths_and_stray_scales
         UnitsSettings(conversions=["degrees", "radians"])
     with pytest.raises(SettingsError, match=r"units.conversions has 2 entries but joint_names has 6"):
         PaiSettings(units=UnitsSettings(conversions=["degrees", "degrees"]))
-    with pytest.raises(SettingsError, match=r"units.scale\[0\]=2.0 is set for shoulder_pan, whose conversion is "
-                                            r"'degrees'; only linear joints use scale"):
+    with pytest.raises(
+        SettingsError,
+        match=r"units.scale\[0\]=2.0 is set for shoulder_pan, whose conversion is "
+        r"'degrees'; only linear joints use scale",
+    ):
         PaiSettings(units=UnitsSettings(conversions=["degrees"] * 6, scale=[2.0] + [1.0] * 5))
     with pytest.raises(SettingsError, match="units.calibration_path is empty"):
         UnitsSettings(conversions=["lerobot_degrees"])
@@ -127,17 +139,25 @@ def test_a_calibration_file_that_is_missing_or_lacks_a_motor_is_named(calibratio
         load_calibration(tmp_path / "nope.json")
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"shoulder_pan": {"id": 1, "drive_mode": 0}}))
-    with pytest.raises(SettingsError, match=r"motor 'shoulder_pan' lacks \['homing_offset', 'range_min', "
-                                            r"'range_max'\]"):
+    with pytest.raises(
+        SettingsError,
+        match=r"motor 'shoulder_pan' lacks \['homing_offset', 'range_min', "
+        r"'range_max'\]",
+    ):
         load_calibration(partial)
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"m": {"id": 1, "drive_mode": 0, "homing_offset": 0, "range_min": 9, "range_max": 9}}))
     with pytest.raises(SettingsError, match="range_min=9 >= range_max=9"):
         load_calibration(flat)
-    settings = PaiSettings(joint_names=["Rotation", "Pitch"], units=UnitsSettings(
-        conversions=["lerobot_degrees"] * 2, calibration_path=str(calibration_file)))
-    with pytest.raises(SettingsError, match=r"joint Rotation \(lerobot_degrees\) needs motor 'Rotation' in the "
-                                            r"LeRobot calibration, which has \['elbow_flex'"):
+    settings = PaiSettings(
+        joint_names=["Rotation", "Pitch"],
+        units=UnitsSettings(conversions=["lerobot_degrees"] * 2, calibration_path=str(calibration_file)),
+    )
+    with pytest.raises(
+        SettingsError,
+        match=r"joint Rotation \(lerobot_degrees\) needs motor 'Rotation' in the "
+        r"LeRobot calibration, which has \['elbow_flex'",
+    ):
         JointUnits.from_settings(settings)
     settings.units.calibration_names = ["shoulder_pan", "shoulder_lift"]
     assert JointUnits.from_settings(settings).to_policy(np.zeros(2)).shape == (2,)
@@ -186,9 +206,13 @@ def write_joint_bag(path: Path, radians: np.ndarray, topic: str = "/joint_states
             ns = 1_700_000_000_000_000_000 + i * 33_333_333
             stamp = T["builtin_interfaces/msg/Time"](sec=ns // 10**9, nanosec=ns % 10**9)
             header = T["std_msgs/msg/Header"](stamp=stamp, frame_id="")
-            msg = T["sensor_msgs/msg/JointState"](header=header, name=[JOINTS[j] for j in order],
-                                                  position=np.asarray(row, np.float64)[order], velocity=np.zeros(6),
-                                                  effort=np.zeros(6))
+            msg = T["sensor_msgs/msg/JointState"](
+                header=header,
+                name=[JOINTS[j] for j in order],
+                position=np.asarray(row, np.float64)[order],
+                velocity=np.zeros(6),
+                effort=np.zeros(6),
+            )
             writer.write(conn, ns, bytes(ts.serialize_cdr(msg, "sensor_msgs/msg/JointState")))
     return path
 
@@ -197,12 +221,17 @@ def degrees_policy(out: Path) -> Path:
     """A small ACT whose normalisation statistics are an SO-101 degrees dataset's."""
     from pai_core.testing import make_act_policy
 
-    stats = {"observation.images.front": {"mean": np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1),
-                                          "std": np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)},
-             "observation.state": {"mean": DEG_MEAN, "std": DEG_STD},
-             "action": {"mean": DEG_MEAN, "std": DEG_STD}}
-    return make_act_policy(out, cameras={"observation.images.front": (48, 64)}, chunk_size=4, n_action_steps=2,
-                           stats=stats)
+    stats = {
+        "observation.images.front": {
+            "mean": np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1),
+            "std": np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1),
+        },
+        "observation.state": {"mean": DEG_MEAN, "std": DEG_STD},
+        "action": {"mean": DEG_MEAN, "std": DEG_STD},
+    }
+    return make_act_policy(
+        out, cameras={"observation.images.front": (48, 64)}, chunk_size=4, n_action_steps=2, stats=stats
+    )
 
 
 def write_config(path: Path, **units) -> Path:
@@ -230,15 +259,36 @@ def test_check_inputs_names_the_joints_of_a_radians_bag_and_passes_it_with_the_r
     assert "joints that look like the wrong units: " + ", ".join(JOINTS) in out
     assert "radians where the policy expects degrees" in out
 
-    right = write_config(tmp_path / "right.yaml", conversions=["degrees"] * 5 + ["linear"],
-                         scale=[1.0] * 5 + [gripper_scale], offset=[0.0] * 6)
-    assert main(["check-inputs", "--bag", str(bag), "--policy-path", str(policy), "--config", str(right),
-                 "--json"]) == 0
+    right = write_config(
+        tmp_path / "right.yaml",
+        conversions=["degrees"] * 5 + ["linear"],
+        scale=[1.0] * 5 + [gripper_scale],
+        offset=[0.0] * 6,
+    )
+    assert (
+        main(["check-inputs", "--bag", str(bag), "--policy-path", str(policy), "--config", str(right), "--json"]) == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["suspect_joints"] == [] and result["states"] == 120
     assert result["joints"]["elbow_flex"]["median"] == pytest.approx(np.median(degrees[:, 2]), rel=1e-4)
 
-    assert main(["check-inputs", "--bag", str(bag), "--policy-path", str(policy), "--config", str(right),
-                 "--joint-states-topic", "/other"]) == 1
-    assert "has no topic '/other'; its topics are /robot/joint_states (sensor_msgs/msg/JointState)" in \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "check-inputs",
+                "--bag",
+                str(bag),
+                "--policy-path",
+                str(policy),
+                "--config",
+                str(right),
+                "--joint-states-topic",
+                "/other",
+            ]
+        )
+        == 1
+    )
+    assert (
+        "has no topic '/other'; its topics are /robot/joint_states (sensor_msgs/msg/JointState)"
+        in capsys.readouterr().err
+    )

@@ -6,8 +6,8 @@ model computed on the way. Add Pi0 or SmolVLA here beside ACT; sources, sinks an
 
 from __future__ import annotations
 
-from .base import Capture, PolicyAdapter
 from .act import ACTAdapter
+from .base import Capture, PolicyAdapter
 
 
 def make_adapter(policy, token_layer: int = -1, keep_vision_features: bool = False) -> PolicyAdapter:

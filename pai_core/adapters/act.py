@@ -110,7 +110,9 @@ class ACTAdapter:
         )
         if self.keep_vision_features:  # the backbone runs once per camera, in camera order
             n = len(self.VISION_LAYERS)
-            capture.vision_features = {cam: self._vision[i * n:(i + 1) * n] for i, cam in enumerate(self.camera_names)}
+            capture.vision_features = {
+                cam: self._vision[i * n : (i + 1) * n] for i, cam in enumerate(self.camera_names)
+            }
             self._vision = []
         self._enc_attn = [None] * len(self._enc_attn)
         self._cross = self._tokens = None

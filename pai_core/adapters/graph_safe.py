@@ -18,8 +18,7 @@ from torch.overrides import TorchFunctionMode
 
 #: factories that take ``device=`` and, without it, allocate on the CPU.
 FACTORIES = frozenset(
-    {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.eye, torch.linspace, torch.rand,
-     torch.randn}
+    {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.eye, torch.linspace, torch.rand, torch.randn}
 )
 
 

@@ -89,8 +89,9 @@ class AnalyseConfig:
             raise InputError(f"always_on={self.always_on} must be within (0, 1]")
 
 
-def _render_frames(config: AnalyseConfig, meta: dict, need: dict[tuple[int, int], set[int]], feature_ids: list[int],
-                   progress: bool) -> tuple[dict, dict, dict]:
+def _render_frames(
+    config: AnalyseConfig, meta: dict, need: dict[tuple[int, int], set[int]], feature_ids: list[int], progress: bool
+) -> tuple[dict, dict, dict]:
     """Run the needed frames through the pipeline; returns, per (episode, frame_index), thumbnail-sized
     images by camera, {feature: {camera: (h, w) map}} and the pooled activation of each needed feature."""
     import torch
@@ -102,8 +103,9 @@ def _render_frames(config: AnalyseConfig, meta: dict, need: dict[tuple[int, int]
 
     root = config.dataset_root or meta["root"]
     dataset = open_dataset(meta["dataset_repo_id"], root)
-    pipe = Pipeline.load(config.policy_path or meta["policy_path"], config.sae_path or meta["sae_path"],
-                         device=config.device)
+    pipe = Pipeline.load(
+        config.policy_path or meta["policy_path"], config.sae_path or meta["sae_path"], device=config.device
+    )
     pipe.keep_codes = True
     if pipe.n_features != meta["n_latents"]:
         raise InputError(f"SAE has {pipe.n_features} features but the recording has {meta['n_latents']}")
@@ -195,38 +197,83 @@ def analyse_features(config: AnalyseConfig, progress: bool = True) -> dict:
             clip = None
             if (f, rank) in clips:
                 clip = f"{folder.name}/clip_{rank:02d}.{config.clip_format}"
-                panels = [feature_panel(images[k], maps[k][f], vmax, f"f{f}  ep {k[0]} fr {k[1]}"
-                                        + ("  <" if k == key else ""), config.colormap, config.alpha)
-                          for k in clips[(f, rank)]]
+                panels = [
+                    feature_panel(
+                        images[k],
+                        maps[k][f],
+                        vmax,
+                        f"f{f}  ep {k[0]} fr {k[1]}" + ("  <" if k == key else ""),
+                        config.colormap,
+                        config.alpha,
+                    )
+                    for k in clips[(f, rank)]
+                ]
                 write_clip(out / clip, panels, float(meta["fps"]), config.clip_format)
             peaks = {}
             for cam, m in maps[key][f].items():
                 r, c = np.unravel_index(int(np.argmax(m)), m.shape)
                 peaks[shorts.get(cam, cam)] = {"value": float(m.max()), "row": int(r), "col": int(c)}
-            entries.append({
-                "rank": rank, "row": int(row), "index": int(index_col[row]), "episode_index": key[0],
-                "frame_index": key[1], "timestamp": float(timestamps[row]), "activation": act,
-                "recomputed_activation": pooled[key][f], **where, "map_peak": peaks, "image": image, "clip": clip,
-            })
-        doc = {"feature": f, "label": labels.get(f), "stats": stats.row(f),
-               "rank": int(np.flatnonzero(ranking == f)[0]) if f in ranking else None,
-               "map_max": vmax, "top_frames": entries, "json": f"{folder.name}/feature.json"}
+            entries.append(
+                {
+                    "rank": rank,
+                    "row": int(row),
+                    "index": int(index_col[row]),
+                    "episode_index": key[0],
+                    "frame_index": key[1],
+                    "timestamp": float(timestamps[row]),
+                    "activation": act,
+                    "recomputed_activation": pooled[key][f],
+                    **where,
+                    "map_peak": peaks,
+                    "image": image,
+                    "clip": clip,
+                }
+            )
+        doc = {
+            "feature": f,
+            "label": labels.get(f),
+            "stats": stats.row(f),
+            "rank": int(np.flatnonzero(ranking == f)[0]) if f in ranking else None,
+            "map_max": vmax,
+            "top_frames": entries,
+            "json": f"{folder.name}/feature.json",
+        }
         (folder / "feature.json").write_text(json.dumps(doc, indent=2))
         features_out.append(doc)
 
     always_on = stats.always_on(config.always_on)
     summary = {
-        "dataset_repo_id": meta["dataset_repo_id"], "policy_path": meta["policy_path"], "sae_path": meta["sae_path"],
-        "record_dir": str(Path(config.record_dir).resolve()), "config": asdict(config),
-        "n_frames": stats.n_frames, "n_latents": n_latents, "episodes": sorted(meta["episodes"], key=int),
-        "fps": meta["fps"], "cameras": meta["cameras"], "rank_by": config.rank_by,
+        "dataset_repo_id": meta["dataset_repo_id"],
+        "policy_path": meta["policy_path"],
+        "sae_path": meta["sae_path"],
+        "record_dir": str(Path(config.record_dir).resolve()),
+        "config": asdict(config),
+        "n_frames": stats.n_frames,
+        "n_latents": n_latents,
+        "episodes": sorted(meta["episodes"], key=int),
+        "fps": meta["fps"],
+        "cameras": meta["cameras"],
+        "rank_by": config.rank_by,
         "always_on_threshold": config.always_on,
-        "counts": {"dead": int(stats.dead.size), "always_on": int(always_on.size),
-                   "active": int(n_latents - stats.dead.size - always_on.size), "ranked": int(ranking.size)},
-        "dead_features": stats.dead.tolist(), "always_on_features": always_on.tolist(),
+        "counts": {
+            "dead": int(stats.dead.size),
+            "always_on": int(always_on.size),
+            "active": int(n_latents - stats.dead.size - always_on.size),
+            "ranked": int(ranking.size),
+        },
+        "dead_features": stats.dead.tolist(),
+        "always_on_features": always_on.tolist(),
         "ranking": ranking[:1000].tolist(),
-        "features": [{"feature": d["feature"], "rank": d["rank"], "stats": d["stats"], "json": d["json"],
-                      "thumbnail": d["top_frames"][0]["image"] if d["top_frames"] else None} for d in features_out],
+        "features": [
+            {
+                "feature": d["feature"],
+                "rank": d["rank"],
+                "stats": d["stats"],
+                "json": d["json"],
+                "thumbnail": d["top_frames"][0]["image"] if d["top_frames"] else None,
+            }
+            for d in features_out
+        ],
     }
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     _write_stats_csv(out / "feature_stats.csv", stats, always_on)
@@ -245,8 +292,7 @@ def _recorded_location(table, row: int, feature: int, meta: dict) -> dict:
         names = {v: k for k, v in meta.get("nonimage_tokens", {}).items()}
         nonimage["name"] = names.get(nonimage["token"], str(nonimage["token"]))
         strength[nonimage["name"]] = nonimage["value"]
-    return {"peak_on": max(strength, key=strength.get) if strength else None, "spatial": spatial,
-            "nonimage": nonimage}
+    return {"peak_on": max(strength, key=strength.get) if strength else None, "spatial": spatial, "nonimage": nonimage}
 
 
 def _write_stats_csv(path: Path, stats, always_on: np.ndarray) -> None:
@@ -255,6 +301,14 @@ def _write_stats_csv(path: Path, stats, always_on: np.ndarray) -> None:
     flag = np.full(stats.count.size, "", dtype=object)
     flag[stats.dead] = "dead"
     flag[always_on] = "always_on"
-    pd.DataFrame({"feature": np.arange(stats.count.size), "count": stats.count, "frequency": stats.frequency,
-                  "mean": stats.mean, "variance": stats.variance, "max": stats.max, "flag": flag}
-                 ).to_csv(path, index=False, float_format="%.6g")
+    pd.DataFrame(
+        {
+            "feature": np.arange(stats.count.size),
+            "count": stats.count,
+            "frequency": stats.frequency,
+            "mean": stats.mean,
+            "variance": stats.variance,
+            "max": stats.max,
+            "flag": flag,
+        }
+    ).to_csv(path, index=False, float_format="%.6g")

@@ -27,8 +27,9 @@ SUMMARY_NAME = "summary.json"
 class FeatureBrowser:
     """The analysis folder's data, independent of the UI (so the API and the widgets share it)."""
 
-    def __init__(self, analysis_dir: str | Path, labels_path: str | Path | None = None,
-                 mirrors: list[str | Path] | None = None):
+    def __init__(
+        self, analysis_dir: str | Path, labels_path: str | Path | None = None, mirrors: list[str | Path] | None = None
+    ):
         self.root = Path(analysis_dir).resolve()
         summary_file = self.root / SUMMARY_NAME
         if not summary_file.is_file():
@@ -59,24 +60,37 @@ class FeatureBrowser:
         s = d["stats"]
         rank = "" if d["rank"] is None else f" · rank {d['rank'] + 1} by {self.summary['rank_by']}"
         peaks = ", ".join(f"#{t['rank'] + 1}: {t.get('peak_on') or '-'}" for t in d["top_frames"])
-        return (f"### Feature {feature}{rank}\n"
-                f"active in **{100 * s['frequency']:.1f}%** of {self.summary['n_frames']} frames · "
-                f"mean {s['mean']:.3g} · std {s['std']:.3g} · max {s['max']:.3g}\n\n"
-                f"strongest token per top frame: {peaks}")
+        return (
+            f"### Feature {feature}{rank}\n"
+            f"active in **{100 * s['frequency']:.1f}%** of {self.summary['n_frames']} frames · "
+            f"mean {s['mean']:.3g} · std {s['std']:.3g} · max {s['max']:.3g}\n\n"
+            f"strongest token per top frame: {peaks}"
+        )
 
     def gallery(self, feature: int) -> list[tuple[str, str]]:
-        return [(str(self.root / t["image"]),
-                 f"#{t['rank'] + 1} ep {t['episode_index']} fr {t['frame_index']} · {t['activation']:.3g}")
-                for t in self.doc(feature)["top_frames"]]
+        return [
+            (
+                str(self.root / t["image"]),
+                f"#{t['rank'] + 1} ep {t['episode_index']} fr {t['frame_index']} · {t['activation']:.3g}",
+            )
+            for t in self.doc(feature)["top_frames"]
+        ]
 
     def clips(self, feature: int) -> list[tuple[str, str]]:
         """(shown text, path) of the feature's clips."""
-        return [(f"around #{t['rank'] + 1} (ep {t['episode_index']} fr {t['frame_index']})", str(self.root / t["clip"]))
-                for t in self.doc(feature)["top_frames"] if t.get("clip")]
+        return [
+            (f"around #{t['rank'] + 1} (ep {t['episode_index']} fr {t['frame_index']})", str(self.root / t["clip"]))
+            for t in self.doc(feature)["top_frames"]
+            if t.get("clip")
+        ]
 
 
-def build_app(analysis_dir: str | Path, read_only: bool = False, labels_path: str | Path | None = None,
-              mirrors: list[str | Path] | None = None):
+def build_app(
+    analysis_dir: str | Path,
+    read_only: bool = False,
+    labels_path: str | Path | None = None,
+    mirrors: list[str | Path] | None = None,
+):
     """The Gradio Blocks app (not launched). ``mirrors``: more labels.json files every save updates."""
     import gradio as gr
 
@@ -89,22 +103,29 @@ def build_app(analysis_dir: str | Path, read_only: bool = False, labels_path: st
             return "", [], gr.update(choices=[], value=None), "", ""
         clips = data.clips(int(feature))
         label = data.store.get(int(feature))
-        return (data.stats_markdown(int(feature)), data.gallery(int(feature)),
-                gr.update(choices=clips, value=clips[0][1] if clips else None),
-                label.get("name", ""), label.get("description", ""))
+        return (
+            data.stats_markdown(int(feature)),
+            data.gallery(int(feature)),
+            gr.update(choices=clips, value=clips[0][1] if clips else None),
+            label.get("name", ""),
+            label.get("description", ""),
+        )
 
     def save(feature, name, description):
         if feature in (None, ""):
             return "Choose a feature first.", gr.update()
         data.store.save(int(feature), name or "", description or "")
-        return (f"Saved f{feature} as **{name.strip() or '(no name)'}** to `{data.store.path}`",
-                gr.update(choices=data.choices(), value=str(feature)))
+        return (
+            f"Saved f{feature} as **{name.strip() or '(no name)'}** to `{data.store.path}`",
+            gr.update(choices=data.choices(), value=str(feature)),
+        )
 
     with gr.Blocks(title=f"pai features: {s['dataset_repo_id']}") as app:
         gr.Markdown(
             f"## SAE features of `{s['dataset_repo_id']}`\n{s['n_frames']} frames · {s['n_latents']} features "
             f"({s['counts']['dead']} dead, {s['counts']['always_on']} always on) · {len(data.ids)} shown, ranked by "
-            f"{s['rank_by']}" + (" · read-only" if read_only else ""))
+            f"{s['rank_by']}" + (" · read-only" if read_only else "")
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 choices = data.choices()
@@ -116,16 +137,24 @@ def build_app(analysis_dir: str | Path, read_only: bool = False, labels_path: st
                 if not read_only:
                     save_button = gr.Button("Save label", variant="primary")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Top-activating frames (feature map overlaid, peak ringed)", columns=4,
-                                     height="auto", object_fit="contain")
+                gallery = gr.Gallery(
+                    label="Top-activating frames (feature map overlaid, peak ringed)",
+                    columns=4,
+                    height="auto",
+                    object_fit="contain",
+                )
                 clip_picker = gr.Dropdown(label="Clip", choices=[])
-                clip = (gr.Image(label="Clip", type="filepath") if clip_is_gif
-                        else gr.Video(label="Clip", autoplay=True, loop=True, height=360))
+                clip = (
+                    gr.Image(label="Clip", type="filepath")
+                    if clip_is_gif
+                    else gr.Video(label="Clip", autoplay=True, loop=True, height=360)
+                )
         shown = [stats, gallery, clip_picker, name, description]
         picker.change(show, picker, shown, api_visibility="private")
         # on page load: labels saved by other editors since the app started show up in the picker
-        app.load(lambda f: (gr.update(choices=data.choices()), *show(f)), picker, [picker, *shown],
-                 api_visibility="private")
+        app.load(
+            lambda f: (gr.update(choices=data.choices()), *show(f)), picker, [picker, *shown], api_visibility="private"
+        )
         clip_picker.change(lambda p: p, clip_picker, clip, api_visibility="private")
         if not read_only:
             save_button.click(save, [picker, name, description], [status, picker], api_visibility="private")
@@ -142,6 +171,7 @@ def build_app(analysis_dir: str | Path, read_only: bool = False, labels_path: st
         gr.api(list_features, api_name="list_features")
         gr.api(get_label, api_name="get_label")
         if not read_only:
+
             def save_label(feature: int, name: str, description: str = "") -> dict:
                 """Name and describe a feature (empty name and description remove the label)."""
                 data.store.save(int(feature), name, description)
@@ -154,8 +184,16 @@ def build_app(analysis_dir: str | Path, read_only: bool = False, labels_path: st
 
 def launch(app, host: str = "127.0.0.1", port: int | None = None, block: bool = True, **kwargs):
     """Serve the app; only the analysis folder is served as files."""
-    return app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
-                      allowed_paths=[str(app.pai_browser.root)], show_error=True, quiet=not block, **kwargs)
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        share=False,
+        allowed_paths=[str(app.pai_browser.root)],
+        show_error=True,
+        quiet=not block,
+        **kwargs,
+    )
 
 
 APP_PY = '''"""Hugging Face Space: browse the SAE features of a pai analysis (pai label-features --export-space)."""
@@ -171,7 +209,7 @@ if __name__ == "__main__":
     app.launch(allowed_paths=[os.path.join(os.path.dirname(os.path.abspath(__file__)), "analysis")])
 '''
 
-README_MD = '''---
+README_MD = """---
 title: {title}
 emoji: 🔎
 colorFrom: blue
@@ -187,7 +225,7 @@ Each feature shows its top-activating frames with the feature's spatial map over
 
 Deploy from this folder: `pip install gradio && gradio deploy` (asks for a Hugging Face token), or create a
 Gradio Space and push these files. Read-only by default; set the Space variable `PAI_READ_ONLY=0` to edit.
-'''
+"""
 
 
 def export_space(analysis_dir: str | Path, out_dir: str | Path, title: str = "") -> Path:
@@ -211,6 +249,9 @@ def export_space(analysis_dir: str | Path, out_dir: str | Path, title: str = "")
 
     (out / "requirements.txt").write_text(f"gradio=={gradio.__version__}\nfilelock=={filelock.__version__}\n")
     title = title or f"pai features {summary['dataset_repo_id']}"
-    (out / "README.md").write_text(README_MD.format(title=title.replace(":", " "), gradio_version=gradio.__version__,
-                                                    dataset=summary["dataset_repo_id"]))
+    (out / "README.md").write_text(
+        README_MD.format(
+            title=title.replace(":", " "), gradio_version=gradio.__version__, dataset=summary["dataset_repo_id"]
+        )
+    )
     return out

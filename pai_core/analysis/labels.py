@@ -30,7 +30,7 @@ def read_labels(path: str | Path) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("features", {}), dict):
-        raise ValueError(f"{path} must hold {{\"features\": {{\"<id>\": {{\"name\": ...}}}}}}")
+        raise ValueError(f'{path} must hold {{"features": {{"<id>": {{"name": ...}}}}}}')
     data.setdefault("features", {})
     return data
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -109,8 +109,12 @@ def spatial_maxima(codes, layout, min_activation: float) -> dict[str, tuple[np.n
         keep = (values > min_activation).nonzero().flatten()
         v = values[keep].float().cpu().numpy()
         p = pos[keep].cpu().numpy()
-        out[cam.name] = (keep.cpu().numpy().astype(np.int32), v.astype(np.float32),
-                         (p // cam.width).astype(np.int16), (p % cam.width).astype(np.int16))
+        out[cam.name] = (
+            keep.cpu().numpy().astype(np.int32),
+            v.astype(np.float32),
+            (p // cam.width).astype(np.int16),
+            (p % cam.width).astype(np.int16),
+        )
     return out
 
 
@@ -172,8 +176,10 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     pipe.keep_codes = True
     missing = [k for k in pipe.engine.image_shapes if k not in dataset.meta.camera_keys]
     if missing:
-        raise InputError(f"Dataset {config.dataset_repo_id!r} lacks the policy's cameras {missing}; it has "
-                         f"{list(dataset.meta.camera_keys)}")
+        raise InputError(
+            f"Dataset {config.dataset_repo_id!r} lacks the policy's cameras {missing}; it has "
+            f"{list(dataset.meta.camera_keys)}"
+        )
     shorts = camera_short_names(list(pipe.engine.image_shapes))
     schema = _schema(list(shorts.values()))
     out_dir = Path(config.output_dir)
@@ -183,16 +189,18 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     counts: dict[int, int] = {}
     layout = None
     tmp = out_dir / (PARQUET_NAME + ".tmp")
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer, \
-            tqdm(total=total, desc="record-features", unit="frame", disable=not progress) as bar, \
-            torch.inference_mode():
+    with (
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+        tqdm(total=total, desc="record-features", unit="frame", disable=not progress) as bar,
+        torch.inference_mode(),
+    ):
         for ep in episodes:
             pipe.reset()
             start = bounds[ep][0]
             batch, indices = [], []
             counts[ep] = 0
 
-            def flush():
+            def flush(ep: int, batch: list, indices: list) -> None:
                 nonlocal layout
                 frames = pipe.step_batch(batch)
                 layout = frames[0].result.layout
@@ -207,9 +215,9 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
                 batch.append(obs)
                 indices.append(start + pos)
                 if len(batch) == config.batch_size:
-                    flush()
+                    flush(ep, batch, indices)
             if batch:
-                flush()
+                flush(ep, batch, indices)
     tmp.replace(out_dir / PARQUET_NAME)
     expected = {ep: stop - start for ep, (start, stop) in bounds.items()}
     short_of = {ep: expected[ep] - n for ep, n in counts.items() if n != expected[ep]}
@@ -227,14 +235,21 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
         "pooling": sae_cfg.pooling,
         "layer": sae_cfg.layer,
         "min_activation": config.min_activation,
-        "episodes": {str(ep): {"frames": counts[ep], "expected": expected[ep], "start_index": bounds[ep][0]}
-                     for ep in episodes},
+        "episodes": {
+            str(ep): {"frames": counts[ep], "expected": expected[ep], "start_index": bounds[ep][0]} for ep in episodes
+        },
         "n_frames": int(sum(counts.values())),
         "frames_missing": int(sum(short_of.values())),
         "nonimage_tokens": nonimage_tokens(layout) if layout else {},
         "cameras": [
-            {"name": c.name, "short": shorts[c.name], "token_rows": c.height, "token_cols": c.width,
-             "image_height": pipe.engine.image_shapes[c.name][0], "image_width": pipe.engine.image_shapes[c.name][1]}
+            {
+                "name": c.name,
+                "short": shorts[c.name],
+                "token_rows": c.height,
+                "token_cols": c.width,
+                "image_height": pipe.engine.image_shapes[c.name][0],
+                "image_width": pipe.engine.image_shapes[c.name][1],
+            }
             for c in (layout.cameras if layout else [])
         ],
     }

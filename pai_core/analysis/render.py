@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -21,8 +21,14 @@ def fit_height(image: np.ndarray, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if height < h else cv2.INTER_LINEAR)
 
 
-def feature_panel(images: dict[str, np.ndarray], maps: dict[str, np.ndarray], vmax: float, caption: str,
-                  colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+def feature_panel(
+    images: dict[str, np.ndarray],
+    maps: dict[str, np.ndarray],
+    vmax: float,
+    caption: str,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+) -> np.ndarray:
     """Cameras side by side, each with the feature's (h, w) token map overlaid and its peak ringed, under
     a caption strip. Maps are divided by ``vmax`` (the feature's maximum) so strengths compare across frames."""
     tiles = []
@@ -62,8 +68,9 @@ def write_clip(path: Path, frames: Sequence[np.ndarray], fps: float, fmt: str = 
         pics = [Image.fromarray(f) for f in frames]
         pics[0].save(path, save_all=True, append_images=pics[1:], duration=int(1000 / max(fps, 1)), loop=0)
         return
-    import av
     from fractions import Fraction
+
+    import av
 
     frames = [_even(f) for f in frames]
     with av.open(str(path), mode="w") as container:
@@ -101,8 +108,8 @@ def index_html(summary: dict, features: list[dict], labels: dict[int, dict]) -> 
             clip_html = ""
         rows.append(
             f'<tr id="f{fid}"><td><b>{e(name)}</b><br>feature {fid}<br><a href="{e(feat["json"])}">json</a>'
-            f'<br><small>{e(label.get("description", ""))}</small></td>'
-            f'<td>var {s["variance"]:.3g}<br>freq {100 * s["frequency"]:.1f}%<br>mean {s["mean"]:.3g}'
+            f"<br><small>{e(label.get('description', ''))}</small></td>"
+            f"<td>var {s['variance']:.3g}<br>freq {100 * s['frequency']:.1f}%<br>mean {s['mean']:.3g}"
             f'<br>max {s["max"]:.3g}</td><td class="thumbs">{thumbs}</td><td>{clip_html}</td></tr>'
         )
     counts = summary["counts"]

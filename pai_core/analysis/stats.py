@@ -43,9 +43,14 @@ class FeatureStats:
         return np.flatnonzero(self.frequency >= threshold)
 
     def row(self, feature: int) -> dict:
-        return {"count": int(self.count[feature]), "frequency": float(self.frequency[feature]),
-                "mean": float(self.mean[feature]), "variance": float(self.variance[feature]),
-                "std": float(np.sqrt(self.variance[feature])), "max": float(self.max[feature])}
+        return {
+            "count": int(self.count[feature]),
+            "frequency": float(self.frequency[feature]),
+            "mean": float(self.mean[feature]),
+            "variance": float(self.variance[feature]),
+            "std": float(np.sqrt(self.variance[feature])),
+            "max": float(self.max[feature]),
+        }
 
 
 def flat_activations(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -54,8 +59,11 @@ def flat_activations(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     val = table.column("feature_values").combine_chunks()
     lengths = idx.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
     rows = np.repeat(np.arange(len(lengths)), lengths)
-    return (rows, idx.flatten().to_numpy(zero_copy_only=False).astype(np.int64),
-            val.flatten().to_numpy(zero_copy_only=False).astype(np.float32))
+    return (
+        rows,
+        idx.flatten().to_numpy(zero_copy_only=False).astype(np.int64),
+        val.flatten().to_numpy(zero_copy_only=False).astype(np.float32),
+    )
 
 
 def feature_stats(table, n_latents: int) -> FeatureStats:
@@ -77,8 +85,12 @@ def feature_stats(table, n_latents: int) -> FeatureStats:
     return FeatureStats(n, count, count / n, mean, variance, mx)
 
 
-def rank_features(stats: FeatureStats, rank_by: Literal["variance", "frequency", "mean", "max"] = "variance",
-                  always_on: float = 0.99, include_always_on: bool = False) -> np.ndarray:
+def rank_features(
+    stats: FeatureStats,
+    rank_by: Literal["variance", "frequency", "mean", "max"] = "variance",
+    always_on: float = 0.99,
+    include_always_on: bool = False,
+) -> np.ndarray:
     """Feature ids, most interesting first; dead features (and always-on ones, unless included) left out."""
     if rank_by not in RANK_BY:
         raise InputError(f"rank_by={rank_by!r} is not one of {list(RANK_BY)}")

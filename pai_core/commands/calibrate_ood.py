@@ -12,55 +12,103 @@ SCORE_NAMES = ["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"]  # the 
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("calibrate-ood", help="set the OOD threshold for a target false-alarm rate",
-                       description="Score held-out in-distribution episodes through the pipeline and set the "
-                                   "threshold as the split-conformal quantile for false-alarm rate ALPHA per frame. "
-                                   "Writes ood_params.json, ood_calibration.png and the score's reference file into "
-                                   "the SAE directory (or a copy of it, --output-dir); --upload-to-hub then publishes "
-                                   "the calibrated SAE as one unit.")
+    p = sub.add_parser(
+        "calibrate-ood",
+        help="set the OOD threshold for a target false-alarm rate",
+        description="Score held-out in-distribution episodes through the pipeline and set the "
+        "threshold as the split-conformal quantile for false-alarm rate ALPHA per frame. "
+        "Writes ood_params.json, ood_calibration.png and the score's reference file into "
+        "the SAE directory (or a copy of it, --output-dir); --upload-to-hub then publishes "
+        "the calibrated SAE as one unit.",
+    )
     p.add_argument("--sae-path", required=True, help="SAE directory from `pai train-sae`, or a hub id")
     p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
     p.add_argument("--dataset-repo-id", required=True, help="LeRobot dataset repo id")
     p.add_argument("--root", default=None, help="local copy of the dataset")
-    p.add_argument("--episodes", type=int, nargs="*", default=None,
-                   help="held-out episodes (default: the SAE's held-out episodes when this is its training "
-                        "dataset, else all)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="held-out episodes (default: the SAE's held-out episodes when this is its training dataset, else all)",
+    )
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
-    p.add_argument("--score", choices=SCORE_NAMES, default="sae_recon_mse",
-                   help="sae_recon_mse: mean token reconstruction error; sae_recon_z: per-position "
-                        "standardised token error (fitted on a quarter of the episodes, the threshold on the rest); "
-                        "token_knn: distance of the encoder-input tokens to the nearest clean reference frames; "
-                        "patch_knn: distance of the backbone's image patches to those of the clean reference "
-                        "frames nearest in joint state (the most sensitive; docs/trainer.md)")
-    p.add_argument("--signals", nargs="*", default=[], choices=["action_consistency"], metavar="SIGNAL",
-                   help="further signals the alarm watches beside --score: action_consistency (how much the "
-                        "predicted action chunk disagrees with those of the last ticks). All thresholds are "
-                        "calibrated together, so a clean frame raises any of them with probability about ALPHA")
-    p.add_argument("--reference-root", default=None,
-                   help="token_knn/patch_knn: clean reference dataset (default: the SAE's training dataset)")
-    p.add_argument("--reference-episodes", type=int, nargs="*", default=None,
-                   help="token_knn: reference episodes (default: the SAE's training episodes); patch_knn: default "
-                        "the SAE's training episodes and the calibration episodes, each calibration episode "
-                        "scored against the others (so replaying it later finds itself in the reference)")
-    p.add_argument("--knn-k", type=int, default=None,
-                   help="token_knn: neighbours averaged (default 5); patch_knn: reference frames compared (default 32)")
-    p.add_argument("--reference-stride", type=int, default=1,
-                   help="token_knn/patch_knn: keep every N-th reference frame (smaller file, faster scoring)")
-    p.add_argument("--reference-max-gb", type=float, default=4.0,
-                   help="patch_knn: largest reference (GB; fitting needs about as much RAM, the node maps it "
-                        "from disk). Beyond it the frames kept are chosen to cover the joint states (default 4)")
-    p.add_argument("--reference-nuisance", type=int, default=0, metavar="N",
-                   help="patch_knn: each reference frame also enters as N copies under camera nuisance (JPEG 50-95, "
-                        "exposure +-15 %%, noise, slight blur), so a compressed or brighter camera does not look novel")
+    p.add_argument(
+        "--score",
+        choices=SCORE_NAMES,
+        default="sae_recon_mse",
+        help="sae_recon_mse: mean token reconstruction error; sae_recon_z: per-position "
+        "standardised token error (fitted on a quarter of the episodes, the threshold on the rest); "
+        "token_knn: distance of the encoder-input tokens to the nearest clean reference frames; "
+        "patch_knn: distance of the backbone's image patches to those of the clean reference "
+        "frames nearest in joint state (the most sensitive; docs/trainer.md)",
+    )
+    p.add_argument(
+        "--signals",
+        nargs="*",
+        default=[],
+        choices=["action_consistency"],
+        metavar="SIGNAL",
+        help="further signals the alarm watches beside --score: action_consistency (how much the "
+        "predicted action chunk disagrees with those of the last ticks). All thresholds are "
+        "calibrated together, so a clean frame raises any of them with probability about ALPHA",
+    )
+    p.add_argument(
+        "--reference-root",
+        default=None,
+        help="token_knn/patch_knn: clean reference dataset (default: the SAE's training dataset)",
+    )
+    p.add_argument(
+        "--reference-episodes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="token_knn: reference episodes (default: the SAE's training episodes); patch_knn: default "
+        "the SAE's training episodes and the calibration episodes, each calibration episode "
+        "scored against the others (so replaying it later finds itself in the reference)",
+    )
+    p.add_argument(
+        "--knn-k",
+        type=int,
+        default=None,
+        help="token_knn: neighbours averaged (default 5); patch_knn: reference frames compared (default 32)",
+    )
+    p.add_argument(
+        "--reference-stride",
+        type=int,
+        default=1,
+        help="token_knn/patch_knn: keep every N-th reference frame (smaller file, faster scoring)",
+    )
+    p.add_argument(
+        "--reference-max-gb",
+        type=float,
+        default=4.0,
+        help="patch_knn: largest reference (GB; fitting needs about as much RAM, the node maps it "
+        "from disk). Beyond it the frames kept are chosen to cover the joint states (default 4)",
+    )
+    p.add_argument(
+        "--reference-nuisance",
+        type=int,
+        default=0,
+        metavar="N",
+        help="patch_knn: each reference frame also enters as N copies under camera nuisance (JPEG 50-95, "
+        "exposure +-15 %%, noise, slight blur), so a compressed or brighter camera does not look novel",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
-    p.add_argument("--output-dir", default=None,
-                   help="write the calibrated SAE here: a copy of the SAE's files with the new OOD files (needed for "
-                        "a hub SAE, whose snapshot in the hub cache is read-only)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="write the calibrated SAE here: a copy of the SAE's files with the new OOD files (needed for "
+        "a hub SAE, whose snapshot in the hub cache is read-only)",
+    )
     h = p.add_argument_group("hub")
-    h.add_argument("--upload-to-hub", action="store_true",
-                   help="publish the calibrated SAE folder (weights, card, OOD parameters, reference, labels)")
+    h.add_argument(
+        "--upload-to-hub",
+        action="store_true",
+        help="publish the calibrated SAE folder (weights, card, OOD parameters, reference, labels)",
+    )
     h.add_argument("--hub-repo-id", default=None, help="hub model repo (default: the --sae-path hub id)")
     h.add_argument("--hub-private", action="store_true", help="make a new hub repo private")
     return p
@@ -82,19 +130,25 @@ def output_location(args, sae) -> tuple[Path, str | None]:
         folder = prepare_output_dir(args.output_dir, "calibrated SAE folder (--output-dir)")
         return folder / "ood_params.json", repo_id
     if sae.repo_id and not args.output:
-        raise InputError(f"--sae-path {args.sae_path} is a hub repo (its snapshot in the hub cache is read-only): pass "
-                         "--output-dir DIR for the calibrated SAE folder")
+        raise InputError(
+            f"--sae-path {args.sae_path} is a hub repo (its snapshot in the hub cache is read-only): pass "
+            "--output-dir DIR for the calibrated SAE folder"
+        )
     out = Path(args.output) if args.output else sae.path / "ood_params.json"
     if args.upload_to_hub and not (out.parent / WEIGHTS).is_file():
-        raise InputError(f"--upload-to-hub publishes the SAE folder holding ood_params.json, but {out.parent} holds "
-                         "no SAE; use --output-dir DIR instead of --output")
+        raise InputError(
+            f"--upload-to-hub publishes the SAE folder holding ood_params.json, but {out.parent} holds "
+            "no SAE; use --output-dir DIR instead of --output"
+        )
     return out, repo_id
 
 
 def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
     """The SAE's held-out episodes when ``dataset`` is the one it was trained on (calibrating on training
     frames would set the threshold too low)."""
-    same_root = sae_extra.get("dataset_root") and Path(sae_extra["dataset_root"]).resolve() == Path(dataset.root).resolve()
+    same_root = (
+        sae_extra.get("dataset_root") and Path(sae_extra["dataset_root"]).resolve() == Path(dataset.root).resolve()
+    )
     if same_root and sae_extra.get("held_out_episodes"):
         return list(sae_extra["held_out_episodes"])
     return None
@@ -112,8 +166,11 @@ def reference_set(pipe, args, dataset, calibration_episodes: list[int]):
         raise InputError(f"--score {args.score} needs --reference-root (the SAE does not record its training dataset)")
     if args.reference_stride < 1:
         raise InputError(f"--reference-stride {args.reference_stride} must be at least 1")
-    ref = dataset if Path(root).resolve() == Path(dataset.root).resolve() else \
-        open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
+    ref = (
+        dataset
+        if Path(root).resolve() == Path(dataset.root).resolve()
+        else open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
+    )
     episodes = args.reference_episodes
     if not episodes and not args.reference_root:  # the SAE's training episodes, never its held-out ones
         held = set(sae_extra.get("held_out_episodes") or [])
@@ -170,8 +227,11 @@ def run(args) -> int:
             log.info("calibrating on the SAE's held-out episodes %s", episodes)
     episodes = select_episodes(dataset, episodes)
     frames = check_dataset_for_policy(dataset, pipe.engine, episodes, args.policy_path)
-    check_alpha(sum(fit_episode_count(args.score, list(frames.values()))), args.alpha,
-                f"calibration episodes {episodes} of {args.dataset_repo_id}")
+    check_alpha(
+        sum(fit_episode_count(args.score, list(frames.values()))),
+        args.alpha,
+        f"calibration episodes {episodes} of {args.dataset_repo_id}",
+    )
     reference = None
     if args.score in ("token_knn", "patch_knn"):
         ref, ref_episodes = reference_set(pipe, args, dataset, episodes)
@@ -179,24 +239,42 @@ def run(args) -> int:
         reference = (ref, ref_episodes)
     if args.reference_nuisance < 0:
         raise InputError(f"--reference-nuisance {args.reference_nuisance} must be >= 0")
-    options = {"knn_k": args.knn_k, "stride": args.reference_stride, "batch_size": args.batch_size,
-               "nuisance_variants": args.reference_nuisance,
-               "max_bytes": None if args.reference_max_gb is None else args.reference_max_gb * 1e9}
+    options = {
+        "knn_k": args.knn_k,
+        "stride": args.reference_stride,
+        "batch_size": args.batch_size,
+        "nuisance_variants": args.reference_nuisance,
+        "max_bytes": None if args.reference_max_gb is None else args.reference_max_gb * 1e9,
+    }
     if args.output_dir and out.parent.resolve() != sae.path.resolve():
         copy_sae(sae.path, out.parent, with_ood=False)  # the SAE's files beside the OOD files written below
     job = FitJob(pipe, dataset, episodes, reference, options)
     fitted = scorer_class(args.score).fit(job)
     fields = fitted.scorer.save(out.parent)
     del fitted.scorer  # scoring below loads what was saved (a reference is mapped, not held twice)
-    signals = [{"score": name, "threshold": 0.0, **scorer_class(name).fit(job).scorer.save(out.parent)}
-               for name in dict.fromkeys(args.signals) if name != args.score]
-    pipe.ood = OODParams(threshold=0.0, score=args.score, **fields, source_dir=str(out.parent), signals=signals,
-                         policy_fingerprint=pipe.engine.fingerprint)
+    signals = [
+        {"score": name, "threshold": 0.0, **scorer_class(name).fit(job).scorer.save(out.parent)}
+        for name in dict.fromkeys(args.signals)
+        if name != args.score
+    ]
+    pipe.ood = OODParams(
+        threshold=0.0,
+        score=args.score,
+        **fields,
+        source_dir=str(out.parent),
+        signals=signals,
+        policy_fingerprint=pipe.engine.fingerprint,
+    )
     from ..nuisance import NuisanceRange
 
-    eps = score_episodes(pipe, dataset, fitted.threshold_episodes, args.batch_size,
-                         leave_out_own_episode=fitted.leave_out_own_episode,
-                         nuisance=NuisanceRange() if args.reference_nuisance else None)
+    eps = score_episodes(
+        pipe,
+        dataset,
+        fitted.threshold_episodes,
+        args.batch_size,
+        leave_out_own_episode=fitted.leave_out_own_episode,
+        nuisance=NuisanceRange() if args.reference_nuisance else None,
+    )
     covered = np.concatenate([~e.uncovered for e in eps])
     scores = np.concatenate([e.scores for e in eps])[covered]
     if any(e.coverage is not None for e in eps):
@@ -206,14 +284,19 @@ def run(args) -> int:
         params = calibrate(scores, args.alpha)
         if signals:
             per_signal = {args.score: scores} | {
-                s["score"]: np.concatenate([e.signals[s["score"]] for e in eps])[covered] for s in signals}
+                s["score"]: np.concatenate([e.signals[s["score"]] for e in eps])[covered] for s in signals
+            }
             thresholds, tau = joint_thresholds(per_signal, args.alpha)
             params.threshold = thresholds[args.score]
             for s in signals:
                 s["threshold"] = thresholds[s["score"]]
             fields |= {"signals": signals}
-            log.info("joint calibration of %s: thresholds %s (tau %.3f)", list(thresholds),
-                     {k: round(v, 4) for k, v in thresholds.items()}, tau)
+            log.info(
+                "joint calibration of %s: thresholds %s (tau %.3f)",
+                list(thresholds),
+                {k: round(v, 4) for k, v in thresholds.items()},
+                tau,
+            )
     except ValueError as exc:
         raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
     for key, value in fields.items():
@@ -223,21 +306,45 @@ def run(args) -> int:
     params.episodes = [e.episode for e in eps]
     params.policy, params.policy_fingerprint = str(args.policy_path), pipe.engine.fingerprint
     params.save(out)
-    png = plot_calibration(scores, params.threshold, args.alpha, out.with_name("ood_calibration.png"),
-                           f"{args.dataset_repo_id}: {len(eps)} episodes, {args.score}")
-    result = {"ood_params": str(out), "plot": str(png), "score": args.score, "threshold": round(params.threshold, 6),
-              "alpha": params.alpha, "frames": params.n_calibration,
-              "empirical_rate_on_calibration": round(float(np.mean(scores > params.threshold)), 6)}
+    png = plot_calibration(
+        scores,
+        params.threshold,
+        args.alpha,
+        out.with_name("ood_calibration.png"),
+        f"{args.dataset_repo_id}: {len(eps)} episodes, {args.score}",
+    )
+    result = {
+        "ood_params": str(out),
+        "plot": str(png),
+        "score": args.score,
+        "threshold": round(params.threshold, 6),
+        "alpha": params.alpha,
+        "frames": params.n_calibration,
+        "empirical_rate_on_calibration": round(float(np.mean(scores > params.threshold)), 6),
+    }
     if params.coverage:
         result["uncovered_frames_excluded"] = params.coverage["excluded_frames"]
     if params.signals:
         result["signals"] = {s["score"]: round(s["threshold"], 6) for s in params.signals}
-        result["empirical_rate_on_calibration"] = round(float(np.mean(np.max(np.stack(
-            [per_signal[args.score] / params.threshold] + [per_signal[s["score"]] / s["threshold"]
-                                                          for s in params.signals]), axis=0) > 1.0)), 6)
+        result["empirical_rate_on_calibration"] = round(
+            float(
+                np.mean(
+                    np.max(
+                        np.stack(
+                            [per_signal[args.score] / params.threshold]
+                            + [per_signal[s["score"]] / s["threshold"] for s in params.signals]
+                        ),
+                        axis=0,
+                    )
+                    > 1.0
+                )
+            ),
+            6,
+        )
     if args.upload_to_hub:
-        result["uploaded"] = upload_sae(out.parent, repo_id, private=args.hub_private,
-                                        commit_message="Upload SAE calibrated with pai calibrate-ood")
+        result["uploaded"] = upload_sae(
+            out.parent, repo_id, private=args.hub_private, commit_message="Upload SAE calibrated with pai calibrate-ood"
+        )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -250,7 +357,12 @@ def coverage_summary(eps, frame_ranges) -> dict:
     n = int(sum(e.uncovered.sum() for e in eps))
     total = int(sum(e.scores.size for e in eps))
     if n:
-        log.warning("%d of %d calibration frames have joint states the patch_knn reference does not cover (kept out "
-                    "of the threshold): episode: frames %s. Add reference episodes that visit these states "
-                    "(--reference-episodes) for the alarm to judge them.", n, total, uncovered)
+        log.warning(
+            "%d of %d calibration frames have joint states the patch_knn reference does not cover (kept out "
+            "of the threshold): episode: frames %s. Add reference episodes that visit these states "
+            "(--reference-episodes) for the alarm to judge them.",
+            n,
+            total,
+            uncovered,
+        )
     return {"excluded_frames": n, "frames": total, "episodes": uncovered}

@@ -8,19 +8,31 @@ from pathlib import Path
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("evaluate-ood", help="AUROC, TPR, false alarms and detection delay of the OOD detector",
-                       description="Score in-distribution (--id) and out-of-distribution (--ood) datasets through the "
-                                   "pipeline with the calibrated threshold and alarm policy. Writes "
-                                   "ood_evaluation.json and ood_evaluation.png.")
+    p = sub.add_parser(
+        "evaluate-ood",
+        help="AUROC, TPR, false alarms and detection delay of the OOD detector",
+        description="Score in-distribution (--id) and out-of-distribution (--ood) datasets through the "
+        "pipeline with the calibrated threshold and alarm policy. Writes "
+        "ood_evaluation.json and ood_evaluation.png.",
+    )
     p.add_argument("--sae-path", required=True, help="SAE directory (with ood_params.json from calibrate-ood)")
     p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
-    p.add_argument("--id", nargs="+", required=True, metavar="ROOT_OR_ID",
-                   help="in-distribution datasets: local dataset directories or repo ids")
+    p.add_argument(
+        "--id",
+        nargs="+",
+        required=True,
+        metavar="ROOT_OR_ID",
+        help="in-distribution datasets: local dataset directories or repo ids",
+    )
     p.add_argument("--ood", nargs="+", required=True, metavar="ROOT_OR_ID", help="out-of-distribution datasets")
     p.add_argument("--root", default=None, help="directory holding local copies of repo ids (ROOT/<repo id>)")
-    p.add_argument("--id-episodes", type=int, nargs="*", default=None, help="episodes of the --id datasets (default all)")
+    p.add_argument(
+        "--id-episodes", type=int, nargs="*", default=None, help="episodes of the --id datasets (default all)"
+    )
     p.add_argument("--ood-params", default="", help="ood_params.json (default: SAE_PATH/ood_params.json)")
-    p.add_argument("--alarm-n", type=int, default=3, help="frames above threshold among the last M that raise the alarm")
+    p.add_argument(
+        "--alarm-n", type=int, default=3, help="frames above threshold among the last M that raise the alarm"
+    )
     p.add_argument("--alarm-m", type=int, default=5, help="alarm window in frames")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -57,8 +69,10 @@ def plot_evaluation(id_eps, ood_eps, result: dict, path: Path) -> Path:
     ax1.axvline(thr, color="#c44e52", lw=2, label=f"threshold {thr:.4g}")
     ax1.set_xlabel("OOD score")
     ax1.set_ylabel("frames")
-    ax1.set_title(f"AUROC {result['auroc']:.3f}, TPR {result['tpr_at_threshold']:.2f}, "
-                  f"FPR {result['false_positive_rate_at_threshold']:.3f}")
+    ax1.set_title(
+        f"AUROC {result['auroc']:.3f}, TPR {result['tpr_at_threshold']:.2f}, "
+        f"FPR {result['false_positive_rate_at_threshold']:.3f}"
+    )
     ax1.legend()
     for eps, color in ((id_eps, "#4c72b0"), (ood_eps, "#dd8452")):
         for e in eps:
@@ -106,14 +120,28 @@ def run(args) -> int:
     id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, args.batch_size)]
     ood_eps = [e for ds, _ in ood_sets for e in score_episodes(pipe, ds, None, args.batch_size)]
     result = evaluate_episodes(id_eps, ood_eps, pipe.threshold)
-    result.update({"alpha": pipe.ood.alpha, "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
-                   "id": args.id, "ood": args.ood})
+    result.update(
+        {
+            "alpha": pipe.ood.alpha,
+            "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
+            "id": args.id,
+            "ood": args.ood,
+        }
+    )
     out = Path(args.output_dir or args.sae_path)
     out = prepare_output_dir(out, "evaluation folder (--output-dir)")
     (out / "ood_evaluation.json").write_text(json.dumps(result, indent=2))
     png = plot_evaluation(id_eps, ood_eps, result, out / "ood_evaluation.png")
-    summary = {k: result[k] for k in ("auroc", "tpr_at_threshold", "false_positive_rate_at_threshold",
-                                      "episodes_with_false_alarm", "ood_episodes_detected",
-                                      "mean_detection_delay_frames")}
+    summary = {
+        k: result[k]
+        for k in (
+            "auroc",
+            "tpr_at_threshold",
+            "false_positive_rate_at_threshold",
+            "episodes_with_false_alarm",
+            "ood_episodes_detected",
+            "mean_detection_delay_frames",
+        )
+    }
     print(json.dumps({**summary, "json": str(out / "ood_evaluation.json"), "plot": str(png)}, indent=2))
     return 0

@@ -7,8 +7,11 @@ import json
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("info", help="show a policy's cameras, state, and token layout",
-                       description="Load a policy and print its inputs and the token layout of one forward pass.")
+    p = sub.add_parser(
+        "info",
+        help="show a policy's cameras, state, and token layout",
+        description="Load a policy and print its inputs and the token layout of one forward pass.",
+    )
     p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

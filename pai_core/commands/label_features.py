@@ -7,20 +7,27 @@ import argparse
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "label-features", help="browse analysed features and name them (Gradio app, HF Space export)",
+        "label-features",
+        help="browse analysed features and name them (Gradio app, HF Space export)",
         description="Serve a Gradio app over an analyse-features folder: top frames with feature maps, clips, "
-                    "and a form that saves names and descriptions to labels.json (the file the node and "
-                    "replay read beside the SAE). With --export-space, write a Hugging Face Space folder "
-                    "instead; deploy it with `cd DIR && gradio deploy`.")
+        "and a form that saves names and descriptions to labels.json (the file the node and "
+        "replay read beside the SAE). With --export-space, write a Hugging Face Space folder "
+        "instead; deploy it with `cd DIR && gradio deploy`.",
+    )
     p.add_argument("--analysis-dir", required=True, help="pai analyse-features output folder")
     p.add_argument("--labels-path", default="", help="labels file (default: ANALYSIS_DIR/labels.json)")
-    p.add_argument("--sae-path", default="",
-                   help="also write every label into SAE_PATH/labels.json, where node and replay find it")
+    p.add_argument(
+        "--sae-path", default="", help="also write every label into SAE_PATH/labels.json, where node and replay find it"
+    )
     p.add_argument("--read-only", action="store_true", help="browse only: no editing, no save endpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--export-space", metavar="DIR", default="",
-                   help="write app.py, requirements.txt, README.md and the analysis to DIR for `gradio deploy`")
+    p.add_argument(
+        "--export-space",
+        metavar="DIR",
+        default="",
+        help="write app.py, requirements.txt, README.md and the analysis to DIR for `gradio deploy`",
+    )
     return p
 
 
@@ -37,8 +44,9 @@ def run(args) -> int:
     try:
         if args.export_space:
             out = export_space(analysis, args.export_space)
-            log.info("Space written to %s. Deploy: cd %s && gradio deploy  (read-only unless PAI_READ_ONLY=0)",
-                     out, out)
+            log.info(
+                "Space written to %s. Deploy: cd %s && gradio deploy  (read-only unless PAI_READ_ONLY=0)", out, out
+            )
             return 0
         mirrors = []
         if args.sae_path:

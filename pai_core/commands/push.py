@@ -11,12 +11,15 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("push", help="upload an SAE folder with its OOD files and labels to the hub",
-                       description="Upload the SAE at --sae-path as one unit: model.safetensors, config.json, "
-                                   "metrics.json, README.md, labels.json, ood_params.json with its plot and every "
-                                   "reference file it names. The repo's other files are deleted in the same commit, "
-                                   "so OOD files of earlier weights never stay behind. Loading the repo id "
-                                   "(--sae-path ID) then finds every part.")
+    p = sub.add_parser(
+        "push",
+        help="upload an SAE folder with its OOD files and labels to the hub",
+        description="Upload the SAE at --sae-path as one unit: model.safetensors, config.json, "
+        "metrics.json, README.md, labels.json, ood_params.json with its plot and every "
+        "reference file it names. The repo's other files are deleted in the same commit, "
+        "so OOD files of earlier weights never stay behind. Loading the repo id "
+        "(--sae-path ID) then finds every part.",
+    )
     p.add_argument("--sae-path", required=True, help="SAE folder (pai train-sae, then pai calibrate-ood)")
     p.add_argument("--repo-id", required=True, help="hub model repo to create or update (user/name)")
     p.add_argument("--private", action="store_true", help="make a new repo private")
@@ -33,11 +36,13 @@ def run(args) -> int:
         raise InputError(f"--sae-path {folder}: no such SAE folder")
     files = sae_unit(folder)
     if OOD_PARAMS not in files:
-        log.warning("%s has no %s: the hub SAE will run without an OOD alarm (run pai calibrate-ood first)",
-                    folder, OOD_PARAMS)
+        log.warning(
+            "%s has no %s: the hub SAE will run without an OOD alarm (run pai calibrate-ood first)", folder, OOD_PARAMS
+        )
     result: dict = {"sae_path": str(folder), "repo_id": args.repo_id, "files": files}
     if not args.dry_run:
-        result["uploaded"] = upload_sae(folder, args.repo_id, private=args.private,
-                                        commit_message="Upload SAE with pai push")
+        result["uploaded"] = upload_sae(
+            folder, args.repo_id, private=args.private, commit_message="Upload SAE with pai push"
+        )
     print(json.dumps(result, indent=2))
     return 0

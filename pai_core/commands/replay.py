@@ -13,48 +13,90 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "replay", help="replay a rosbag or LeRobot episodes: videos, Parquet, MCAP, report",
+        "replay",
+        help="replay a rosbag or LeRobot episodes: videos, Parquet, MCAP, report",
         description="Replay a rosbag2 recording (--bag) or LeRobot dataset episodes (--dataset-repo-id) "
-                    "through the same pipeline as the live node.",
+        "through the same pipeline as the live node.",
         epilog="examples:\n"
-               "  pai replay --bag rec/ --config config/introspect.yaml --output-dir out/replay\n"
-               "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --episode-id 0 \\\n"
-               "      --policy-path outputs/train/act/pretrained_model --output-dir out/ep0\n"
-               "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --policy-path DIR \\\n"
-               "      --saliency ig --saliency-action-dim 5 --output-dir out/all   # every episode, gripper IG",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  pai replay --bag rec/ --config config/introspect.yaml --output-dir out/replay\n"
+        "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --episode-id 0 \\\n"
+        "      --policy-path outputs/train/act/pretrained_model --output-dir out/ep0\n"
+        "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --policy-path DIR \\\n"
+        "      --saliency ig --saliency-action-dim 5 --output-dir out/all   # every episode, gripper IG",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_argument_group("source (one of)")
     src.add_argument("--bag", help="rosbag2 folder (metadata.yaml) or a .mcap / .db3 file")
     src.add_argument("--dataset-repo-id", help="LeRobot dataset repo id (local under --root, else the hub)")
     p.add_argument("--root", help="local dataset root directory")
-    p.add_argument("--episode-id", type=int, nargs="+", default=None, metavar="N",
-                   help="dataset episode(s) to replay; one: its outputs go straight into --output-dir; several or "
-                        "none (default: every episode): one episode_<N> folder each and episodes.json")
-    p.add_argument("--config", default=None,
-                   help="settings file (ROS parameters YAML, as the node); required for --bag "
-                        "(default config/introspect.yaml): topic mapping, models, overlay, alarm")
+    p.add_argument(
+        "--episode-id",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="dataset episode(s) to replay; one: its outputs go straight into --output-dir; several or "
+        "none (default: every episode): one episode_<N> folder each and episodes.json",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="settings file (ROS parameters YAML, as the node); required for --bag "
+        "(default config/introspect.yaml): topic mapping, models, overlay, alarm",
+    )
     p.add_argument("--policy-path", help="LeRobot pretrained_model directory or hub id (default: from --config)")
     p.add_argument("--sae-path", help="SAE directory ('' for none; default: from --config)")
     p.add_argument("--ood-params-path", help="ood_params.json (default: beside the SAE)")
-    p.add_argument("--policy-overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="policy config fields set before the policy is built (JSON values), e.g. "
-                        "temporal_ensemble_coeff=0.01 n_action_steps=1 (temporal ensembling needs 1 step)")
-    p.add_argument("--model-dtype", choices=MODEL_DTYPES, default="float32",
-                   help="run the policy in this dtype (default float32, as saved); actions stay float32")
+    p.add_argument(
+        "--policy-overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="policy config fields set before the policy is built (JSON values), e.g. "
+        "temporal_ensemble_coeff=0.01 n_action_steps=1 (temporal ensembling needs 1 step)",
+    )
+    p.add_argument(
+        "--model-dtype",
+        choices=MODEL_DTYPES,
+        default="float32",
+        help="run the policy in this dtype (default float32, as saved); actions stay float32",
+    )
     p.add_argument("--device", help="torch device (default: from --config, else cpu)")
     p.add_argument("--output-dir", required=True, help="directory for every output")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="observations per forward pass (default 8; 1 with --foxglove, so each frame is sent as soon "
-                        "as it is computed)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="observations per forward pass (default 8; 1 with --foxglove, so each frame is sent as soon "
+        "as it is computed)",
+    )
     p.add_argument("--no-video", action="store_true", help="skip the overlay videos")
     p.add_argument("--no-mcap", action="store_true", help="skip replay.mcap")
-    p.add_argument("--foxglove", nargs="?", type=int, const=8765, default=None, metavar="PORT",
-                   help="serve the replay live on ws://HOST:PORT for Foxglove while it runs (default port 8765)")
-    p.add_argument("--foxglove-host", default="127.0.0.1", metavar="HOST",
-                   help="interface the Foxglove server listens on (default 127.0.0.1; 0.0.0.0 for other machines)")
-    p.add_argument("--foxglove-keep", nargs="?", type=float, const=-1.0, default=None, metavar="SECONDS",
-                   help="after the replay, keep serving it (play, pause, seek, speed in Foxglove) until Ctrl-C, or "
-                        "for SECONDS; implies --foxglove")
+    p.add_argument(
+        "--foxglove",
+        nargs="?",
+        type=int,
+        const=8765,
+        default=None,
+        metavar="PORT",
+        help="serve the replay live on ws://HOST:PORT for Foxglove while it runs (default port 8765)",
+    )
+    p.add_argument(
+        "--foxglove-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="interface the Foxglove server listens on (default 127.0.0.1; 0.0.0.0 for other machines)",
+    )
+    p.add_argument(
+        "--foxglove-keep",
+        nargs="?",
+        type=float,
+        const=-1.0,
+        default=None,
+        metavar="SECONDS",
+        help="after the replay, keep serving it (play, pause, seek, speed in Foxglove) until Ctrl-C, or "
+        "for SECONDS; implies --foxglove",
+    )
     p.add_argument("--publish", action="store_true", help="also publish the node's topics with rclpy")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_saliency_args(p)
@@ -66,22 +108,52 @@ def add_saliency_args(p: argparse.ArgumentParser) -> None:
 
     d = SaliencyConfig()
     g = p.add_argument_group("saliency (integrated gradients; the seed's gradient saliency)")
-    g.add_argument("--saliency", choices=["none", "ig"], default="none",
-                   help="'ig': also write <camera>_saliency.mp4 and saliency.parquet (one backward pass per "
-                        "integration step: about --saliency-steps x the cost of the replay)")
-    g.add_argument("--saliency-aggregation", choices=AGGREGATIONS, default=d.aggregation,
-                   help="how the selected actions become one number: sum (default) or norm")
-    g.add_argument("--saliency-action-step", type=int, default=None, metavar="T",
-                   help="only step T of the action chunk (0: the next action; default: every step)")
-    g.add_argument("--saliency-action-dim", type=int, default=None, metavar="A",
-                   help="only action dimension A, e.g. the gripper (default: every dimension)")
+    g.add_argument(
+        "--saliency",
+        choices=["none", "ig"],
+        default="none",
+        help="'ig': also write <camera>_saliency.mp4 and saliency.parquet (one backward pass per "
+        "integration step: about --saliency-steps x the cost of the replay)",
+    )
+    g.add_argument(
+        "--saliency-aggregation",
+        choices=AGGREGATIONS,
+        default=d.aggregation,
+        help="how the selected actions become one number: sum (default) or norm",
+    )
+    g.add_argument(
+        "--saliency-action-step",
+        type=int,
+        default=None,
+        metavar="T",
+        help="only step T of the action chunk (0: the next action; default: every step)",
+    )
+    g.add_argument(
+        "--saliency-action-dim",
+        type=int,
+        default=None,
+        metavar="A",
+        help="only action dimension A, e.g. the gripper (default: every dimension)",
+    )
     g.add_argument("--saliency-steps", type=int, default=d.steps, help=f"integration steps (default {d.steps})")
-    g.add_argument("--saliency-batch-size", type=int, default=d.batch_size,
-                   help=f"interpolated inputs per forward/backward pass (default {d.batch_size})")
-    g.add_argument("--saliency-normalisation", choices=NORMALISATIONS, default=d.normalisation,
-                   help="per-frame display scale over all cameras and the state: percentile (default) or linear")
-    g.add_argument("--saliency-percentile", type=float, default=d.percentile,
-                   help=f"clip percentile of percentile normalisation (default {d.percentile})")
+    g.add_argument(
+        "--saliency-batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"interpolated inputs per forward/backward pass (default {d.batch_size})",
+    )
+    g.add_argument(
+        "--saliency-normalisation",
+        choices=NORMALISATIONS,
+        default=d.normalisation,
+        help="per-frame display scale over all cameras and the state: percentile (default) or linear",
+    )
+    g.add_argument(
+        "--saliency-percentile",
+        type=float,
+        default=d.percentile,
+        help=f"clip percentile of percentile normalisation (default {d.percentile})",
+    )
 
 
 def saliency_config(args):
@@ -92,10 +164,15 @@ def saliency_config(args):
     if args.saliency == "none":
         return None
     try:
-        return SaliencyConfig(aggregation=args.saliency_aggregation, action_step=args.saliency_action_step,
-                              action_dim=args.saliency_action_dim, steps=args.saliency_steps,
-                              batch_size=args.saliency_batch_size, normalisation=args.saliency_normalisation,
-                              percentile=args.saliency_percentile)
+        return SaliencyConfig(
+            aggregation=args.saliency_aggregation,
+            action_step=args.saliency_action_step,
+            action_dim=args.saliency_action_dim,
+            steps=args.saliency_steps,
+            batch_size=args.saliency_batch_size,
+            normalisation=args.saliency_normalisation,
+            percentile=args.saliency_percentile,
+        )
     except ValueError as exc:
         raise InputError(f"--saliency ig: {exc}") from exc
 
@@ -108,15 +185,27 @@ def _settings(args):
 
     path = args.config or ("config/introspect.yaml" if args.bag else None)
     if path is None:
-        return PaiSettings(policy_path=args.policy_path or "", sae_path=args.sae_path or "",
-                           ood_params_path=args.ood_params_path or "", device=args.device or "cpu")
+        return PaiSettings(
+            policy_path=args.policy_path or "",
+            sae_path=args.sae_path or "",
+            ood_params_path=args.ood_params_path or "",
+            device=args.device or "cpu",
+        )
     if not Path(path).is_file():
         from ..errors import InputError
 
         raise InputError(f"Settings file {path} does not exist; pass --config with the node's parameters YAML")
     settings = load_settings(path)
-    changes = {k: v for k, v in (("policy_path", args.policy_path), ("sae_path", args.sae_path),
-                                  ("ood_params_path", args.ood_params_path), ("device", args.device)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("policy_path", args.policy_path),
+            ("sae_path", args.sae_path),
+            ("ood_params_path", args.ood_params_path),
+            ("device", args.device),
+        )
+        if v is not None
+    }
     if args.sae_path is not None and args.ood_params_path is None:
         changes["ood_params_path"] = ""
     return dataclasses.replace(settings, **changes)
@@ -128,10 +217,18 @@ def load_pipeline(settings, args):
     from ..pipeline import Pipeline
     from ..policy import parse_overrides
 
-    engine_config = IntrospectionConfig(device=settings.device, model_dtype=args.model_dtype,
-                                        policy_overrides=parse_overrides(args.policy_overrides))
-    pipeline = Pipeline.load(settings.policy_path, settings.sae_path, settings.ood_params_path, settings.device,
-                             settings.alarm, settings.feature_labels_path, engine_config=engine_config)
+    engine_config = IntrospectionConfig(
+        device=settings.device, model_dtype=args.model_dtype, policy_overrides=parse_overrides(args.policy_overrides)
+    )
+    pipeline = Pipeline.load(
+        settings.policy_path,
+        settings.sae_path,
+        settings.ood_params_path,
+        settings.device,
+        settings.alarm,
+        settings.feature_labels_path,
+        engine_config=engine_config,
+    )
     if settings.threshold > 0:
         pipeline.threshold_override = settings.threshold
     return pipeline
@@ -153,9 +250,15 @@ def run(args) -> int:
         raise InputError("--foxglove-keep serves one replay: pick one dataset episode with --episode-id N")
     pipeline = load_pipeline(settings, args)
     options = ReplayOptions(
-        output_dir=args.output_dir, batch_size=args.batch_size, video=not args.no_video, mcap=not args.no_mcap,
-        foxglove_port=_foxglove_port(args), foxglove_host=args.foxglove_host,
-        foxglove_keep=args.foxglove_keep is not None, publish=args.publish, overlay=settings.overlay,
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        video=not args.no_video,
+        mcap=not args.no_mcap,
+        foxglove_port=_foxglove_port(args),
+        foxglove_host=args.foxglove_host,
+        foxglove_keep=args.foxglove_keep is not None,
+        publish=args.publish,
+        overlay=settings.overlay,
         progress=not args.no_progress,
         saliency=saliency,
     )
@@ -186,10 +289,14 @@ def _report(result, prefix: str = "") -> None:
     if acc.frames_skipped:
         log.warning("skipped frames: %s", acc.skip_summary())
     if acc.frames_processed == 0:
-        raise InputError(f"replayed no frame of {acc.frames_total}: {acc.skip_summary() or 'the source holds none'} "
-                         f"(report: {result.output_dir / 'report.html'})")
-    print(f"{prefix}replayed {acc.frames_processed} frames ({sum(acc.frames_skipped.values())} skipped) in "
-          f"{stats.wall_s:.1f} s: {stats.fps:.1f} frames/s, {stats.realtime_factor:.1f}x real time")
+        raise InputError(
+            f"replayed no frame of {acc.frames_total}: {acc.skip_summary() or 'the source holds none'} "
+            f"(report: {result.output_dir / 'report.html'})"
+        )
+    print(
+        f"{prefix}replayed {acc.frames_processed} frames ({sum(acc.frames_skipped.values())} skipped) in "
+        f"{stats.wall_s:.1f} s: {stats.fps:.1f} frames/s, {stats.realtime_factor:.1f}x real time"
+    )
     for name, what in result.files.items():
         print(f"  {result.output_dir / name}: {what}")
 
@@ -207,8 +314,10 @@ def _keep_serving(result, keep_s: float | None) -> None:
     if server is None:
         return
     until = "Ctrl-C" if keep_s is None or keep_s < 0 else f"{keep_s:g} s or Ctrl-C"
-    print(f"serving the replay on {server.url} with playback controls (play, pause, seek, speed) until {until}",
-          flush=True)
+    print(
+        f"serving the replay on {server.url} with playback controls (play, pause, seek, speed) until {until}",
+        flush=True,
+    )
     try:
         server.wait(None if keep_s is None or keep_s < 0 else keep_s)
     except KeyboardInterrupt:

@@ -13,14 +13,21 @@ def _sim_args(p: argparse.ArgumentParser, perturbation: bool = True) -> None:
     p.add_argument("--width", type=int, default=128, help="camera image width (default 128)")
     p.add_argument("--max-steps", type=int, default=90, help="steps before an episode counts as failed")
     if perturbation:
-        p.add_argument("--perturbation", default="none", choices=list(PERTURBATIONS),
-                       help="scene variant: " + "; ".join(f"{k}: {v}" for k, v in PERTURBATIONS.items()))
+        p.add_argument(
+            "--perturbation",
+            default="none",
+            choices=list(PERTURBATIONS),
+            help="scene variant: " + "; ".join(f"{k}: {v}" for k, v in PERTURBATIONS.items()),
+        )
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("sim", help="SO-101 simulation: record expert data, train and evaluate an ACT",
-                       description="Scripted-expert recordings, a small ACT trained on the CPU, and its "
-                                   "closed-loop success rate, in the SO-101 pick-cube MuJoCo simulation.")
+    p = sub.add_parser(
+        "sim",
+        help="SO-101 simulation: record expert data, train and evaluate an ACT",
+        description="Scripted-expert recordings, a small ACT trained on the CPU, and its "
+        "closed-loop success rate, in the SO-101 pick-cube MuJoCo simulation.",
+    )
     ssub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
 
     r = ssub.add_parser("record", help="record scripted-expert episodes as a LeRobot dataset (+ one rosbag2)")
@@ -29,8 +36,9 @@ def register(sub) -> argparse.ArgumentParser:
     r.add_argument("--episodes", type=int, default=20, help="episodes to record (default 20)")
     r.add_argument("--seed", type=int, default=0, help="episode i places the cube with seed SEED+i")
     r.add_argument("--bag", default="", help="also write the first episode as a rosbag2 (MCAP) folder here")
-    r.add_argument("--keep-failed", action="store_true",
-                   help="keep episodes the expert failed (always kept in perturbed scenes)")
+    r.add_argument(
+        "--keep-failed", action="store_true", help="keep episodes the expert failed (always kept in perturbed scenes)"
+    )
     _sim_args(r)
 
     t = ssub.add_parser("train-policy", help="train a small ACT on a recorded dataset (CPU, bounded time)")
@@ -38,20 +46,34 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--repo-id", default="pai/so101_pick_cube")
     t.add_argument("--output", required=True, help="folder for pretrained_model/, training.json, training_loss.png")
     t.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
-    t.add_argument("--max-minutes", type=float, default=None,
-                   help="optional wall-clock budget (default none: bounded by --steps, so a run is reproducible)")
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="optional wall-clock budget (default none: bounded by --steps, so a run is reproducible)",
+    )
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--dim-model", type=int, default=128)
     t.add_argument("--chunk-size", type=int, default=20)
     t.add_argument("--n-action-steps", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--init-from", default=None,
-                   help="start from this pretrained_model folder (e.g. a checkpoint) instead of a new model")
-    t.add_argument("--save-every", type=int, default=0,
-                   help="also save checkpoints/<step>/pretrained_model every N steps (default 0: none)")
-    t.add_argument("--frozen-batch-norm", action="store_true",
-                   help="keep LeRobot's frozen (identity) BatchNorm in the backbone instead of training it")
+    t.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this pretrained_model folder (e.g. a checkpoint) instead of a new model",
+    )
+    t.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="also save checkpoints/<step>/pretrained_model every N steps (default 0: none)",
+    )
+    t.add_argument(
+        "--frozen-batch-norm",
+        action="store_true",
+        help="keep LeRobot's frozen (identity) BatchNorm in the backbone instead of training it",
+    )
     t.add_argument("--use-vae", action="store_true", help="train ACT's CVAE (off: the expert is deterministic)")
 
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
@@ -67,8 +89,12 @@ def _sim_config(args):
     from ..sim.env import SimConfig
 
     try:
-        return SimConfig(height=args.height, width=args.width, max_steps=args.max_steps,
-                         perturbation=getattr(args, "perturbation", "none"))
+        return SimConfig(
+            height=args.height,
+            width=args.width,
+            max_steps=args.max_steps,
+            perturbation=getattr(args, "perturbation", "none"),
+        )
     except ValueError as exc:
         from ..errors import InputError
 
@@ -81,29 +107,56 @@ def run(args) -> int:
     if args.sim_command == "record":
         from ..sim.record import RecordConfig, record
 
-        summary = record(RecordConfig(Path(args.output), args.repo_id, args.episodes, args.seed,
-                                      keep_failed=True if args.keep_failed else None,
-                                      bag_path=Path(args.bag) if args.bag else None, sim=_sim_config(args)))
-        print(f"recorded {len(summary['episodes'])} episodes ({summary['frames']} frames) in scene "
-              f"{summary['perturbation']!r} to {summary['root']}; expert success "
-              f"{summary['expert_success_rate']:.0%}, {len(summary['skipped_failed'])} failed episodes skipped"
-              + (f"; bag {summary['bag']} ({summary['bag_frames']} frames)" if summary["bag"] else ""))
+        summary = record(
+            RecordConfig(
+                Path(args.output),
+                args.repo_id,
+                args.episodes,
+                args.seed,
+                keep_failed=True if args.keep_failed else None,
+                bag_path=Path(args.bag) if args.bag else None,
+                sim=_sim_config(args),
+            )
+        )
+        print(
+            f"recorded {len(summary['episodes'])} episodes ({summary['frames']} frames) in scene "
+            f"{summary['perturbation']!r} to {summary['root']}; expert success "
+            f"{summary['expert_success_rate']:.0%}, {len(summary['skipped_failed'])} failed episodes skipped"
+            + (f"; bag {summary['bag']} ({summary['bag_frames']} frames)" if summary["bag"] else "")
+        )
         return 0
     if args.sim_command == "train-policy":
         from ..sim.train import TrainConfig, train_policy
 
-        summary = train_policy(TrainConfig(args.dataset, args.output, args.repo_id, args.steps, args.max_minutes,
-                                           args.batch_size, args.lr, args.dim_model, chunk_size=args.chunk_size,
-                                           n_action_steps=args.n_action_steps, seed=args.seed, save_every=args.save_every,
-                                           init_from=args.init_from,
-                                           batch_norm=not args.frozen_batch_norm, use_vae=args.use_vae))
-        print(f"trained {summary['steps']} steps in {summary['seconds']} s (stopped by {summary['stopped_by']}), "
-              f"final loss {summary['final_loss']:.4f}; policy: {summary['policy_path']}")
+        summary = train_policy(
+            TrainConfig(
+                args.dataset,
+                args.output,
+                args.repo_id,
+                args.steps,
+                args.max_minutes,
+                args.batch_size,
+                args.lr,
+                args.dim_model,
+                chunk_size=args.chunk_size,
+                n_action_steps=args.n_action_steps,
+                seed=args.seed,
+                save_every=args.save_every,
+                init_from=args.init_from,
+                batch_norm=not args.frozen_batch_norm,
+                use_vae=args.use_vae,
+            )
+        )
+        print(
+            f"trained {summary['steps']} steps in {summary['seconds']} s (stopped by {summary['stopped_by']}), "
+            f"final loss {summary['final_loss']:.4f}; policy: {summary['policy_path']}"
+        )
         return 0
     from ..sim.evaluate import EvalConfig, evaluate_policy
 
-    summary = evaluate_policy(EvalConfig(args.policy_path, args.episodes, args.seed, args.output,
-                                         sim=_sim_config(args)))
+    summary = evaluate_policy(
+        EvalConfig(args.policy_path, args.episodes, args.seed, args.output, sim=_sim_config(args))
+    )
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
     print(f"success rate {summary['success_rate']:.0%} ({summary['successes']} of {summary['episodes']} episodes)")
     return 0

@@ -13,11 +13,14 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train-sae", help="train a sparse autoencoder on a policy's encoder tokens",
-                       description="Train a per-token TopK SAE from `pai record-activations` output (--activations) "
-                                   "or record from a dataset first (--dataset-repo-id/--root/--policy-path, into "
-                                   "OUTPUT_DIR/activations). Writes model.safetensors, config.json, metrics.json "
-                                   "(held-out FVU, L0, dead fraction), README.md and checkpoint.pt.")
+    p = sub.add_parser(
+        "train-sae",
+        help="train a sparse autoencoder on a policy's encoder tokens",
+        description="Train a per-token TopK SAE from `pai record-activations` output (--activations) "
+        "or record from a dataset first (--dataset-repo-id/--root/--policy-path, into "
+        "OUTPUT_DIR/activations). Writes model.safetensors, config.json, metrics.json "
+        "(held-out FVU, L0, dead fraction), README.md and checkpoint.pt.",
+    )
     src = p.add_argument_group("tokens")
     src.add_argument("--activations", default=None, help="directory written by `pai record-activations`")
     add_dataset_args(src, required=False)
@@ -28,8 +31,12 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--expansion-factor", type=int, default=16, help="latents = expansion factor x dim_model")
     t.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
     t.add_argument("--aux-k", type=int, default=256, help="dead latents used by the AuxK loss")
-    t.add_argument("--dead-tokens", type=int, default=None,
-                   help="tokens without firing after which a latent is dead (default: scaled with the run)")
+    t.add_argument(
+        "--dead-tokens",
+        type=int,
+        default=None,
+        help="tokens without firing after which a latent is dead (default: scaled with the run)",
+    )
     t.add_argument("--steps", type=int, default=5000, help="optimiser steps")
     t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -40,9 +47,12 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     h = p.add_argument_group("hub")
-    h.add_argument("--upload-to-hub", action="store_true",
-                   help="upload the SAE now, without OOD parameters (calibrate first, then publish with `pai push` "
-                        "or `pai calibrate-ood --upload-to-hub` for a hub SAE with its alarm)")
+    h.add_argument(
+        "--upload-to-hub",
+        action="store_true",
+        help="upload the SAE now, without OOD parameters (calibrate first, then publish with `pai push` "
+        "or `pai calibrate-ood --upload-to-hub` for a hub SAE with its alarm)",
+    )
     h.add_argument("--hub-repo-id", default=None, help="hub model repo (required with --upload-to-hub)")
     h.add_argument("--hub-private", action="store_true", help="make the hub repo private")
     return p
@@ -64,16 +74,27 @@ def run(args) -> int:
         from ..activations import open_datasets  # one dataset, or several: a,b (--root r1,r2)
 
         acts = out / "activations"
-        record_activations(open_datasets(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes,
-                           record_config(args))
+        record_activations(
+            open_datasets(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes, record_config(args)
+        )
     else:
         acts = Path(args.activations)
     store = ActivationStore(acts)
     try:
-        cfg = TrainConfig(expansion_factor=args.expansion_factor, k=args.k, aux_k=args.aux_k,
-                          dead_tokens=args.dead_tokens, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          checkpoint_every=args.checkpoint_every, layer=int(store.manifest["layer"]),
-                          pooling=args.pooling, seed=args.seed, device=args.device)
+        cfg = TrainConfig(
+            expansion_factor=args.expansion_factor,
+            k=args.k,
+            aux_k=args.aux_k,
+            dead_tokens=args.dead_tokens,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            checkpoint_every=args.checkpoint_every,
+            layer=int(store.manifest["layer"]),
+            pooling=args.pooling,
+            seed=args.seed,
+            device=args.device,
+        )
         cfg.sae_config(store.d_model)  # validates k against the width before any work
         train, held = store.split(args.val_fraction, args.seed)
     except ValueError as exc:
@@ -94,17 +115,35 @@ def run(args) -> int:
     log.info("training on %d tokens, %d held out", store.count_tokens(train), store.count_tokens(held))
     result = train_sae(
         token_batches(train, args.batch_size, seed=args.seed, repeat=True, device=args.device),
-        store.d_model, out, cfg,
+        store.d_model,
+        out,
+        cfg,
         held_out=lambda: token_batches(held, 8192, shuffle=False, device=args.device),
-        resume=args.resume, policy=str(m.get("policy", "")), extra=extra,
+        resume=args.resume,
+        policy=str(m.get("policy", "")),
+        extra=extra,
     )
-    print(json.dumps({"output_dir": str(out), **result.metrics.get("held_out", {}),
-                      "tokens_per_s": result.metrics["tokens_per_s"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output_dir": str(out),
+                **result.metrics.get("held_out", {}),
+                "tokens_per_s": result.metrics["tokens_per_s"],
+            },
+            indent=2,
+        )
+    )
     if args.upload_to_hub:
         from ..hub import upload_sae
 
-        log.warning("uploading %s before calibration: the hub repo gets no OOD parameters, so an SAE loaded from it "
-                    "runs without an alarm. Run `pai calibrate-ood --sae-path %s ...`, then `pai push --sae-path %s "
-                    "--repo-id %s`", out, out, out, args.hub_repo_id)
+        log.warning(
+            "uploading %s before calibration: the hub repo gets no OOD parameters, so an SAE loaded from it "
+            "runs without an alarm. Run `pai calibrate-ood --sae-path %s ...`, then `pai push --sae-path %s "
+            "--repo-id %s`",
+            out,
+            out,
+            out,
+            args.hub_repo_id,
+        )
         print(f"uploaded to {upload_sae(out, args.hub_repo_id, private=args.hub_private)} (no OOD parameters yet)")
     return 0

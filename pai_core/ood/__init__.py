@@ -25,7 +25,7 @@ from .evaluate import EpisodeScores, evaluate_episodes, frame_ranges, score_epis
 from .params import OODParams
 from .recon import ReconMse, ReconZ, fit_token_standardizer, frame_scores
 from .registry import SCORERS, descriptions, load_scorer, register, scorer_class
-from .scorer import Fitted, FitJob, Scorer, ScoreBatch, ScoreOutput
+from .scorer import FitJob, Fitted, ScoreBatch, ScoreOutput, Scorer
 from .token_knn import KnnScorer
 
 __all__ = [

@@ -21,7 +21,7 @@ import numpy as np
 
 from .params import OODParams
 from .registry import register
-from .scorer import Fitted, FitJob, Scale, ScoreBatch, ScoreOutput
+from .scorer import FitJob, Fitted, Scale, ScoreBatch, ScoreOutput
 
 
 @register
@@ -70,7 +70,7 @@ class ActionConsistency:
         }
 
     @classmethod
-    def load(cls, params: OODParams) -> "ActionConsistency":
+    def load(cls, params: OODParams) -> ActionConsistency:
         p = params.signal_params
         return cls(p["action_std"], p["fps"], p.get("lags", 3), p.get("horizon", 10))
 

@@ -74,7 +74,7 @@ class OODParams:
         if self.score in ("token_knn", "patch_knn") and not self.reference:
             raise ValueError(f"score {self.score!r} needs a reference file")
 
-    def signal(self, index: int) -> "OODParams":
+    def signal(self, index: int) -> OODParams:
         """The parameters of ``signals[index]`` as OOD parameters of their own (to load its scorer)."""
         entry = dict(self.signals[index])
         return OODParams(
@@ -99,7 +99,7 @@ class OODParams:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "OODParams":
+    def load(cls, path: str | Path) -> OODParams:
         path = Path(path)
         try:
             params = cls(**json.loads(path.read_text()))

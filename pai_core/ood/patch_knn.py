@@ -17,10 +17,11 @@ where the frame-level ``token_knn`` reached 0.49-0.998 and the SAE reconstructio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from .params import OODParams
 from .registry import register
-from .scorer import Fitted, FitJob, Scale, ScoreBatch, ScoreOutput
+from .scorer import FitJob, Fitted, Scale, ScoreBatch, ScoreOutput
 
 REFERENCE_FILE = "ood_reference.safetensors"
 
@@ -108,7 +109,7 @@ class CameraReference:
         self.patch_std = None if patch_std is None else torch.as_tensor(patch_std).float()
         self.q_z, self.q_raw = float(q_z), float(q_raw)
 
-    def to(self, device) -> "CameraReference":
+    def to(self, device) -> CameraReference:
         for key in ("patches", "channel_mean", "channel_std", "patch_mean", "patch_std"):
             setattr(self, key, getattr(self, key).to(device))
         return self
@@ -205,7 +206,7 @@ class PatchKnnScorer:
         episodes: np.ndarray,
         config: PatchKnnConfig | None = None,
         max_stat_frames: int = 1000,
-    ) -> "PatchKnnScorer":
+    ) -> PatchKnnScorer:
         """grids: camera -> (N, C, H, W) ``patch_grid`` of N clean reference frames; states (N, S) joint
         states; episodes (N,) episode ids (at least two episodes). In-memory convenience over
         ``ReferenceBuilder``."""
@@ -249,7 +250,7 @@ class PatchKnnScorer:
         pass
 
     @contextmanager
-    def leaving_out(self, episode: int | None) -> Iterator["PatchKnnScorer"]:
+    def leaving_out(self, episode: int | None) -> Iterator[PatchKnnScorer]:
         """Score with the frames of reference ``episode`` left out (calibrating on episodes that are also
         in the reference: each is judged against the others, as a new episode would be)."""
         before, self.leave_out = self.leave_out, episode
@@ -302,7 +303,7 @@ class PatchKnnScorer:
         coverage = (nearest / self.coverage_radius).cpu().numpy().astype(np.float64)
         return PatchScores(total.cpu().numpy().astype(np.float64), out_maps, coverage)
 
-    def to(self, device) -> "PatchKnnScorer":
+    def to(self, device) -> PatchKnnScorer:
         """Move the reference to ``device`` (a GPU keeps it in device memory; on the CPU it stays mapped)."""
         device = torch.device(device)
         if self.states.device != device:
@@ -318,7 +319,7 @@ class PatchKnnScorer:
         return {"reference": REFERENCE_FILE, "reference_summary": self.summary | self.describe()}
 
     @classmethod
-    def load(cls, params: OODParams) -> "PatchKnnScorer":
+    def load(cls, params: OODParams) -> PatchKnnScorer:
         return cls.load_file(params.reference_path)
 
     def save_file(self, path: str | Path) -> Path:
@@ -347,7 +348,7 @@ class PatchKnnScorer:
         return Path(path)
 
     @classmethod
-    def load_file(cls, path: str | Path, mmap: bool = True) -> "PatchKnnScorer":
+    def load_file(cls, path: str | Path, mmap: bool = True) -> PatchKnnScorer:
         """Load a saved reference. safetensors maps the file (pages are read on demand and belong to the page
         cache, so a node's own memory does not grow with the reference); without ``mmap`` it is copied
         into memory."""

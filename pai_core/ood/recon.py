@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import InputError, ModelError
 from .params import OODParams
 from .registry import register
-from .scorer import Fitted, FitJob, Scale, ScoreBatch, ScoreOutput
+from .scorer import FitJob, Fitted, Scale, ScoreBatch, ScoreOutput
 
 
 def frame_scores(token_error: np.ndarray, params: OODParams | None = None) -> np.ndarray:
@@ -59,7 +59,7 @@ class ReconMse:
         return Fitted(cls(), list(job.episodes))
 
     @classmethod
-    def load(cls, params: OODParams) -> "ReconMse":
+    def load(cls, params: OODParams) -> ReconMse:
         return cls()
 
     def save(self, folder: Path) -> dict:
@@ -110,7 +110,7 @@ class ReconZ:
         return Fitted(cls(mean, std), list(job.episodes[n_fit:]))
 
     @classmethod
-    def load(cls, params: OODParams) -> "ReconZ":
+    def load(cls, params: OODParams) -> ReconZ:
         return cls(params.token_mean, params.token_std)
 
     def save(self, folder: Path) -> dict:

@@ -10,8 +10,8 @@ reference file in memory.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from itertools import islice
-from typing import Sequence
 
 import numpy as np
 

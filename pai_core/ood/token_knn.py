@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import ModelError
 from .params import OODParams
 from .registry import register
-from .scorer import Fitted, FitJob, ScoreBatch, ScoreOutput
+from .scorer import FitJob, Fitted, ScoreBatch, ScoreOutput
 
 REFERENCE_FILE = "ood_reference.safetensors"
 
@@ -50,14 +50,14 @@ class KnnScorer:
         return Fitted(scorer, list(job.episodes))
 
     @classmethod
-    def from_tokens(cls, tokens: np.ndarray, k: int = 5) -> "KnnScorer":
+    def from_tokens(cls, tokens: np.ndarray, k: int = 5) -> KnnScorer:
         """tokens: (N, S, D) encoder-input tokens of clean reference frames."""
         flat = tokens.reshape(len(tokens), -1).astype(np.float32)
         mean, std = flat.mean(0), flat.std(0) + 1e-6
         return cls((flat - mean) / std, mean, std, k)
 
     @classmethod
-    def load(cls, params: OODParams) -> "KnnScorer":
+    def load(cls, params: OODParams) -> KnnScorer:
         from safetensors.numpy import load_file
 
         path = params.reference_path

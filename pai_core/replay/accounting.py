@@ -63,13 +63,18 @@ class Accounting:
         kinds: dict[str, list[int]] = {}
         for reason, n in self.frames_skipped.items():
             kinds.setdefault(reason.split(":", 1)[0], []).append(n)
-        return "; ".join(f"{sum(ns)} {kind}" + (f" ({len(ns)} kinds)" if len(ns) > 1 else "")
-                         for kind, ns in sorted(kinds.items(), key=lambda kv: -sum(kv[1])))
+        return "; ".join(
+            f"{sum(ns)} {kind}" + (f" ({len(ns)} kinds)" if len(ns) > 1 else "")
+            for kind, ns in sorted(kinds.items(), key=lambda kv: -sum(kv[1]))
+        )
 
     def check(self) -> list[str]:
         """Inputs whose counts do not add up (empty when every message is accounted for)."""
-        return [f"{name}: {c.unaccounted} of {c.received} messages unaccounted"
-                for name, c in self.inputs.items() if c.unaccounted]
+        return [
+            f"{name}: {c.unaccounted} of {c.received} messages unaccounted"
+            for name, c in self.inputs.items()
+            if c.unaccounted
+        ]
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +83,7 @@ class Accounting:
             "frames_total": self.frames_total,
             "error": self.error,
             "notes": list(self.notes),
-            "inputs": {k: {"received": c.received, "used": c.used, "skipped": dict(c.skipped)}
-                       for k, c in self.inputs.items()},
+            "inputs": {
+                k: {"received": c.received, "used": c.used, "skipped": dict(c.skipped)} for k, c in self.inputs.items()
+            },
         }

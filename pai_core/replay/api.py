@@ -7,18 +7,18 @@ Chooses sinks from ``ReplayOptions``, runs the batched pipeline loop, then write
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from ..errors import PaiError
 from ..observation import Observation
+from ..outputs import prepare_output_dir
 from ..overlay import OverlayConfig
 from ..pipeline import Pipeline
 from ..saliency import SaliencyConfig
 from .accounting import Accounting
 from .runner import RunConfig, RunStats, run
-from ..outputs import prepare_output_dir
 
 
 @dataclass
@@ -75,8 +75,15 @@ class ReplayResult:
     foxglove: object | None = None  # foxglove_playback.PlaybackServer with ReplayOptions.foxglove_keep
 
 
-def replay(observations: Iterable[Observation], pipeline: Pipeline, options: ReplayOptions, accounting: Accounting,
-           total: int | None = None, fps: float = 10.0, source: str = "") -> ReplayResult:
+def replay(
+    observations: Iterable[Observation],
+    pipeline: Pipeline,
+    options: ReplayOptions,
+    accounting: Accounting,
+    total: int | None = None,
+    fps: float = 10.0,
+    source: str = "",
+) -> ReplayResult:
     """Run ``observations`` through ``pipeline`` into every output chosen by ``options``."""
     from .report import ReportSink, write_report
     from .tables import TableSink
@@ -108,9 +115,15 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
 
         foxglove = FoxgloveWriter(
             output_topics(pipeline, options.compressed, options.namespace),
-            FoxgloveConfig(port=options.foxglove_port, host=options.foxglove_host, name=f"pai replay {source}".strip(),
-                           compressed=options.compressed, namespace=options.namespace),
-            keep=options.foxglove_keep)
+            FoxgloveConfig(
+                port=options.foxglove_port,
+                host=options.foxglove_host,
+                name=f"pai replay {source}".strip(),
+                compressed=options.compressed,
+                namespace=options.namespace,
+            ),
+            keep=options.foxglove_keep,
+        )
         writers.append(foxglove)
     if options.publish:
         from .ros_publish import RosPublisher
@@ -126,7 +139,9 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
     stats = RunStats()
     error: PaiError | None = None
     try:
-        stats = run(observations, pipeline, sinks, accounting, RunConfig(options.batch_size, progress=options.progress), total)
+        stats = run(
+            observations, pipeline, sinks, accounting, RunConfig(options.batch_size, progress=options.progress), total
+        )
     except PaiError as exc:
         error = exc
     except BaseException:
@@ -151,9 +166,18 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
         "alarm frames": int(sum(report.series.alarm)),
         **{k: v for k, v in pipeline.ood_summary().items() if k.startswith("reference_")},
     }
-    (out / "summary.json").write_text(json.dumps(
-        {**summary, "accounting": accounting.to_dict(), "topics": messages.counts if messages else {},
-         "files": files}, indent=2, default=str))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                **summary,
+                "accounting": accounting.to_dict(),
+                "topics": messages.counts if messages else {},
+                "files": files,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     files["summary.json"] = "counts, timing and accounting"
     write_report(out, report, accounting, summary, files)
     files["report.html"] = "this report"
@@ -167,10 +191,12 @@ def replay(observations: Iterable[Observation], pipeline: Pipeline, options: Rep
 
 def _files(out: Path, video) -> dict[str, str]:
     files = {}
-    for name, what in (("attention.parquet", "attention shares and action per frame"),
-                       ("features.parquet", "sparse SAE feature activations per frame"),
-                       ("ood.parquet", "OOD score, threshold, alarm per frame"),
-                       ("replay.mcap", "the node's topics as ROS 2 messages (open in Foxglove)")):
+    for name, what in (
+        ("attention.parquet", "attention shares and action per frame"),
+        ("features.parquet", "sparse SAE feature activations per frame"),
+        ("ood.parquet", "OOD score, threshold, alarm per frame"),
+        ("replay.mcap", "the node's topics as ROS 2 messages (open in Foxglove)"),
+    ):
         if (out / name).is_file():
             files[name] = what
     if video is not None:
@@ -210,8 +236,15 @@ def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOpt
 
     result = None
     try:
-        result = replay(observations(), pipeline, options, accounting, total=stop - start, fps=float(dataset.fps),
-                        source=f"{dataset.repo_id} episode {episode}")
+        result = replay(
+            observations(),
+            pipeline,
+            options,
+            accounting,
+            total=stop - start,
+            fps=float(dataset.fps),
+            source=f"{dataset.repo_id} episode {episode}",
+        )
     finally:
         missing = count.received - count.used
         if missing and result is None:
@@ -219,8 +252,9 @@ def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOpt
     return result
 
 
-def replay_episodes(dataset, episodes: Sequence[int] | None, pipeline: Pipeline, options: ReplayOptions
-                    ) -> dict[int, ReplayResult]:
+def replay_episodes(
+    dataset, episodes: Sequence[int] | None, pipeline: Pipeline, options: ReplayOptions
+) -> dict[int, ReplayResult]:
     """Replay several episodes (None or empty: every episode, the seed's default), each into its own
     ``episode_<index>`` folder under ``options.output_dir`` with every output of ``replay_episode``; the
     pipeline (and its alarm) starts over for each. ``episodes.json`` beside them lists every episode's frames,
@@ -240,9 +274,13 @@ def replay_episodes(dataset, episodes: Sequence[int] | None, pipeline: Pipeline,
         result = replay_episode(dataset, episode, pipeline, dataclasses.replace(options, output_dir=folder))
         results[episode] = result
         acc = result.accounting
-        index[str(episode)] = {"folder": folder.name, "frames processed": acc.frames_processed,
-                               "frames skipped": sum(acc.frames_skipped.values()),
-                               "alarm frames": _alarm_frames(folder), "frames/s": round(result.stats.fps, 2)}
+        index[str(episode)] = {
+            "folder": folder.name,
+            "frames processed": acc.frames_processed,
+            "frames skipped": sum(acc.frames_skipped.values()),
+            "alarm frames": _alarm_frames(folder),
+            "frames/s": round(result.stats.fps, 2),
+        }
         (out / "episodes.json").write_text(json.dumps({"dataset": str(dataset.repo_id), "episodes": index}, indent=2))
     return results
 

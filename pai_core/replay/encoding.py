@@ -7,7 +7,7 @@ the live node would publish.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 from ..ros_convert import OutputMessage, to_rosbags
 from ..topics import resolve
@@ -28,7 +28,7 @@ def typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
-@lru_cache(maxsize=None)
+@cache
 def msgdef(msgtype: str) -> str:
     """The ``ros2msg`` schema text (with its dependencies) that MCAP and Foxglove expect."""
     text, _digest = typestore().generate_msgdef(msgtype, ros_version=2)

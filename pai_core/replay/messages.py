@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from ..overlay import OverlayConfig
 from ..pipeline import Frame, Pipeline
@@ -25,8 +26,14 @@ class MessageSink:
         namespace: node namespace the topics are resolved in (the node's default "/pai_introspector").
     """
 
-    def __init__(self, pipeline: Pipeline, writers: Sequence[MessageWriter], overlay: OverlayConfig | None = None,
-                 compressed: bool = True, namespace: str = f"/{NODE_NAME}"):
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        writers: Sequence[MessageWriter],
+        overlay: OverlayConfig | None = None,
+        compressed: bool = True,
+        namespace: str = f"/{NODE_NAME}",
+    ):
         self.pipeline, self.writers = pipeline, list(writers)
         self.overlay, self.compressed, self.namespace = overlay or OverlayConfig(), compressed, namespace
         self.counts: dict[str, int] = {}

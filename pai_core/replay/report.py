@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -68,7 +68,7 @@ def fmt(value: object, digits: int = 4) -> str:
     ones as integers, not 1.235e+04), lists and dicts item by item (one level), anything else as ``str``."""
     if isinstance(value, (float, np.floating)):
         v = float(value)
-        if math.isfinite(v) and 10 ** digits <= abs(v) < 1e15:
+        if math.isfinite(v) and 10**digits <= abs(v) < 1e15:
             return str(round(v))
         return f"{v:.{digits}g}"
     if isinstance(value, dict):
@@ -115,8 +115,11 @@ def ood_description(pipeline: Pipeline) -> dict[str, str]:
         "alpha": f"{fmt(ood.alpha)} (target false-alarm rate per clean frame)",
         "calibration set": calibration + f", episodes {_episodes(ood.episodes)}",
         "threshold": fmt(threshold),
-        "threshold overridden": (f"yes (calibrated threshold {fmt(ood.threshold)})" if override is not None
-                                 else "no (conformal threshold of the calibration set)"),
+        "threshold overridden": (
+            f"yes (calibrated threshold {fmt(ood.threshold)})"
+            if override is not None
+            else "no (conformal threshold of the calibration set)"
+        ),
     }
 
 
@@ -143,8 +146,17 @@ def ood_figure(series: Series):
     ax.plot(t[: len(series.score)], series.threshold, "--", color="tab:red", label=_threshold_label(series.threshold))
     alarm = np.asarray(series.alarm)
     if alarm.any():
-        ax.fill_between(t[: len(alarm)], 0, 1, where=alarm, transform=ax.get_xaxis_transform(),
-                        color="tab:red", alpha=0.15, step="mid", label="alarm")
+        ax.fill_between(
+            t[: len(alarm)],
+            0,
+            1,
+            where=alarm,
+            transform=ax.get_xaxis_transform(),
+            color="tab:red",
+            alpha=0.15,
+            step="mid",
+            label="alarm",
+        )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("score")
     _legend_outside(ax)
@@ -181,8 +193,12 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
     if series.score:
         made.append(("OOD score with threshold and alarm", _save(ood_figure(series), out / "ood_timeline.png")))
     if series.shares:
-        made.append(("Attention share per camera, state and latent token",
-                     _save(share_figure(series), out / "attention_share.png")))
+        made.append(
+            (
+                "Attention share per camera, state and latent token",
+                _save(share_figure(series), out / "attention_share.png"),
+            )
+        )
     if series.feature_sum is not None and series.time:
         mean = series.feature_sum / len(series.time)
         top = np.argsort(mean)[::-1][:20]
@@ -191,8 +207,10 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
             fig, ax = plt.subplots(figsize=(10, 0.3 * top.size + 1.2))
             ax.barh(range(top.size), mean[top][::-1], color="tab:purple")
             ax.set_yticks(range(top.size))
-            ax.set_yticklabels([f"{names[i]} (fires {100 * series.feature_fired[i] / len(series.time):.0f}%)"
-                                for i in top[::-1]], fontsize=8)
+            ax.set_yticklabels(
+                [f"{names[i]} (fires {100 * series.feature_fired[i] / len(series.time):.0f}%)" for i in top[::-1]],
+                fontsize=8,
+            )
             ax.set_xlabel("mean pooled activation")
             ax.set_title("Most active SAE features")
             made.append(("Most active SAE features", _save(fig, out / "top_features.png")))
@@ -208,8 +226,9 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def write_report(output_dir: str | Path, sink: ReportSink, accounting: Accounting, summary: dict,
-                 outputs: dict[str, str]) -> Path:
+def write_report(
+    output_dir: str | Path, sink: ReportSink, accounting: Accounting, summary: dict, outputs: dict[str, str]
+) -> Path:
     """Render ``report.html`` (and its PNGs) into ``output_dir``; returns its path."""
     out = Path(output_dir)
     plots = _plots(sink.series, sink.feature_names, out)
@@ -219,7 +238,8 @@ def write_report(output_dir: str | Path, sink: ReportSink, accounting: Accountin
     skipped = "".join(f"<tr><td>{e(r)}</td><td>{n}</td></tr>" for r, n in accounting.frames_skipped.items())
     inputs = "".join(
         f"<tr><td>{e(name)}</td><td>{c.received}</td><td>{c.used}</td><td>"
-        + "<br>".join(f"{n} {e(r)}" for r, n in c.skipped.items()) + "</td></tr>"
+        + "<br>".join(f"{n} {e(r)}" for r, n in c.skipped.items())
+        + "</td></tr>"
         for name, c in accounting.inputs.items()
     )
     files = "".join(f"<li><a href='{e(p)}'>{e(p)}</a> {e(d)}</li>" for p, d in outputs.items())
@@ -238,7 +258,7 @@ vertical-align:top}}table{{border-collapse:collapse}}tr:nth-child(even){{backgro
 {images}
 <h2>Frames</h2><p>{accounting.frames_processed} processed, {sum(accounting.frames_skipped.values())} skipped
 of {accounting.frames_total}.</p>
-<table><tr><th>skip reason</th><th>frames</th></tr>{skipped or '<tr><td>none</td><td>0</td></tr>'}</table>
+<table><tr><th>skip reason</th><th>frames</th></tr>{skipped or "<tr><td>none</td><td>0</td></tr>"}</table>
 <h2>Inputs</h2><table><tr><th>input</th><th>received</th><th>used</th><th>not used</th></tr>{inputs}</table>
 <h2>Files</h2><ul>{files}</ul>
 </body></html>"""

@@ -31,8 +31,9 @@ class RosPublisher:
     def _publisher(self, message: Encoded):
         pub = self._publishers.get(message.topic)
         if pub is None:
-            pub = self.node.create_publisher(message_class(message.msgtype), message.topic,
-                                             output_qos(message.topic, self.namespace))
+            pub = self.node.create_publisher(
+                message_class(message.msgtype), message.topic, output_qos(message.topic, self.namespace)
+            )
             self._publishers[message.topic] = pub
         return pub
 

@@ -6,8 +6,9 @@ No processing of its own: the frames are exactly what the live node's pipeline c
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 from ..errors import InputError, PaiError
 from ..observation import Observation
@@ -58,7 +59,11 @@ class RunStats:
 
     @property
     def span_s(self) -> float:
-        return (self.last_stamp - self.first_stamp) if self.first_stamp is not None and self.last_stamp is not None else 0.0
+        return (
+            (self.last_stamp - self.first_stamp)
+            if self.first_stamp is not None and self.last_stamp is not None
+            else 0.0
+        )
 
     @property
     def realtime_factor(self) -> float:

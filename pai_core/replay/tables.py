@@ -15,8 +15,8 @@ Layouts (one row per processed frame, in time order; ``episode``, ``frame``, ``t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -66,23 +66,47 @@ class TableSink:
         out = Path(output_dir)
         keys = [pa.field("episode", pa.int32()), pa.field("frame", pa.int64()), pa.field("timestamp", pa.float64())]
         self.cameras = list(pipeline.engine.camera_names)
-        attention = pa.schema(keys + [pa.field("latent_share", pa.float32()), pa.field("state_share", pa.float32())]
-                              + [pa.field(f"share_{camera_short(c)}", pa.float32()) for c in self.cameras]
-                              + [pa.field("action", pa.list_(pa.float32()))])
+        attention = pa.schema(
+            keys
+            + [pa.field("latent_share", pa.float32()), pa.field("state_share", pa.float32())]
+            + [pa.field(f"share_{camera_short(c)}", pa.float32()) for c in self.cameras]
+            + [pa.field("action", pa.list_(pa.float32()))]
+        )
         self.attention = _Table(out / "attention.parquet", attention)
         self.features = self.ood = None
         if pipeline.extractor is not None:
-            meta = {"n_features": str(pipeline.n_features), "feature_names": json.dumps(pipeline.feature_names()),
-                    "layout": "sparse: feature_index/feature_value list the non-zero activations"}
-            self.features = _Table(out / "features.parquet", pa.schema(
-                keys + [pa.field("feature_index", pa.list_(pa.int32())), pa.field("feature_value", pa.list_(pa.float32()))],
-                metadata=meta))
-            self.ood = _Table(out / "ood.parquet", pa.schema(
-                keys + [pa.field("score", pa.float64()), pa.field("threshold", pa.float64()), pa.field("alarm", pa.bool_()),
-                        pa.field("above", pa.int32()), pa.field("reason", pa.string()),
-                        pa.field("state_coverage", pa.float64())]  # patch_knn: > 1 = joint state not covered
-                + [pa.field(f"signal_{name}", pa.float64()) for name in pipeline.signals]
-                + [pa.field(f"signal_{name}_threshold", pa.float64()) for name in pipeline.signals]))
+            meta = {
+                "n_features": str(pipeline.n_features),
+                "feature_names": json.dumps(pipeline.feature_names()),
+                "layout": "sparse: feature_index/feature_value list the non-zero activations",
+            }
+            self.features = _Table(
+                out / "features.parquet",
+                pa.schema(
+                    keys
+                    + [
+                        pa.field("feature_index", pa.list_(pa.int32())),
+                        pa.field("feature_value", pa.list_(pa.float32())),
+                    ],
+                    metadata=meta,
+                ),
+            )
+            self.ood = _Table(
+                out / "ood.parquet",
+                pa.schema(
+                    keys
+                    + [
+                        pa.field("score", pa.float64()),
+                        pa.field("threshold", pa.float64()),
+                        pa.field("alarm", pa.bool_()),
+                        pa.field("above", pa.int32()),
+                        pa.field("reason", pa.string()),
+                        pa.field("state_coverage", pa.float64()),
+                    ]  # patch_knn: > 1 = joint state not covered
+                    + [pa.field(f"signal_{name}", pa.float64()) for name in pipeline.signals]
+                    + [pa.field(f"signal_{name}_threshold", pa.float64()) for name in pipeline.signals]
+                ),
+            )
             self.signal_thresholds = pipeline.signal_thresholds()
 
     def write(self, frames: Sequence[Frame]) -> None:
@@ -90,17 +114,32 @@ class TableSink:
             obs, res = f.observation, f.result
             key = {"episode": int(obs.episode_index), "frame": int(obs.frame_index), "timestamp": float(obs.timestamp)}
             shares = {f"share_{camera_short(c)}": float(res.camera_share.get(c, 0.0)) for c in self.cameras}
-            self.attention.append(**key, latent_share=res.latent_share, state_share=res.state_share, **shares,
-                                  action=np.asarray(res.action, np.float32).tolist())
+            self.attention.append(
+                **key,
+                latent_share=res.latent_share,
+                state_share=res.state_share,
+                **shares,
+                action=np.asarray(res.action, np.float32).tolist(),
+            )
             if self.features is not None and f.features is not None:
                 nz = np.flatnonzero(f.features)
-                self.features.append(**key, feature_index=nz.astype(np.int32).tolist(),
-                                     feature_value=np.asarray(f.features[nz], np.float32).tolist())
+                self.features.append(
+                    **key,
+                    feature_index=nz.astype(np.int32).tolist(),
+                    feature_value=np.asarray(f.features[nz], np.float32).tolist(),
+                )
             if self.ood is not None and f.ood_score is not None:
-                self.ood.append(**key, score=f.ood_score, threshold=f.threshold, alarm=bool(f.alarm.active),
-                                above=int(f.alarm.above), reason=f.alarm.reason, state_coverage=f.state_coverage,
-                                **{f"signal_{k}": v for k, v in f.signals.items()},
-                                **{f"signal_{k}_threshold": v for k, v in self.signal_thresholds.items()})
+                self.ood.append(
+                    **key,
+                    score=f.ood_score,
+                    threshold=f.threshold,
+                    alarm=bool(f.alarm.active),
+                    above=int(f.alarm.above),
+                    reason=f.alarm.reason,
+                    state_coverage=f.state_coverage,
+                    **{f"signal_{k}": v for k, v in f.signals.items()},
+                    **{f"signal_{k}_threshold": v for k, v in self.signal_thresholds.items()},
+                )
 
     def close(self) -> None:
         for table in (self.attention, self.features, self.ood):
@@ -115,6 +154,8 @@ def dense_features(path: str | Path) -> np.ndarray:
     table = pq.read_table(path)
     n = int(table.schema.metadata[b"n_features"])
     out = np.zeros((table.num_rows, n), np.float32)
-    for row, (idx, val) in enumerate(zip(table.column("feature_index").to_pylist(), table.column("feature_value").to_pylist())):
+    for row, (idx, val) in enumerate(
+        zip(table.column("feature_index").to_pylist(), table.column("feature_value").to_pylist())
+    ):
         out[row, idx] = val
     return out

@@ -3,9 +3,9 @@ two or more cameras one side-by-side video of all of them per overlay kind."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -30,9 +30,14 @@ def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
     """RGB images of any sizes -> one (H, sum of widths, 3) image, left to right, each scaled to the height H of
     the tallest (aspect kept), so cameras of different resolutions line up."""
     height = max(img.shape[0] for img in images)
-    scaled = [img if img.shape[0] == height else
-              cv2.resize(img, (max(1, round(img.shape[1] * height / img.shape[0])), height), interpolation=cv2.INTER_LINEAR)
-              for img in images]
+    scaled = [
+        img
+        if img.shape[0] == height
+        else cv2.resize(
+            img, (max(1, round(img.shape[1] * height / img.shape[0])), height), interpolation=cv2.INTER_LINEAR
+        )
+        for img in images
+    ]
     return np.hstack(scaled)
 
 
@@ -82,8 +87,14 @@ class VideoSink:
             the whole run (``ood_map_scale``). Without it each OOD frame is normalised on its own.
     """
 
-    def __init__(self, output_dir: str | Path, fps: float, overlay: OverlayConfig | None = None,
-                 maps: Sequence[str] = ("attention", "ood"), pipeline: Pipeline | None = None):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        fps: float,
+        overlay: OverlayConfig | None = None,
+        maps: Sequence[str] = ("attention", "ood"),
+        pipeline: Pipeline | None = None,
+    ):
         self.output_dir = Path(output_dir)
         self.fps = fps if fps > 0 else 10.0
         self.overlay = overlay or OverlayConfig()
@@ -109,8 +120,9 @@ class VideoSink:
             if "attention" in self.maps:
                 self.write_overlays(render_overlays(f.observation, f.result, self.overlay), "attention")
             if "ood" in self.maps and f.ood_maps:
-                self.write_overlays(render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps,
-                                                    scale=self.ood_scale), "ood")
+                self.write_overlays(
+                    render_overlays(f.observation, f.result, self.overlay, maps=f.ood_maps, scale=self.ood_scale), "ood"
+                )
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -37,6 +37,7 @@ def load_sae(path: str | Path, device: str = "cpu") -> SparseAutoencoder:
     try:
         sae.load_state_dict(load_file(str(weights)))
     except Exception as exc:  # a truncated or foreign file: safetensors and torch raise several types
-        raise ModelError(f"SAE weights {weights} are damaged or do not match {cfg_file} "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise ModelError(
+            f"SAE weights {weights} are damaged or do not match {cfg_file} ({type(exc).__name__}: {exc})"
+        ) from exc
     return sae.to(device).eval()

@@ -57,7 +57,7 @@ class SAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SAEConfig":
+    def from_dict(cls, data: dict) -> SAEConfig:
         """From ``config.json``. Files written before the rename call the window ``dead_steps`` (it always
         counted tokens)."""
         data = dict(data)

@@ -12,17 +12,17 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import torch
 
 from ..errors import InputError, ModelError
+from ..outputs import prepare_output_dir
 from .io import save_sae
 from .loss import aux_k_loss, normalized_mse
 from .model import SAEConfig, SparseAutoencoder
-from ..outputs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -88,9 +88,17 @@ class TrainConfig:
         return max(self.batch_size, min(MAX_DEAD_WINDOW, self.steps * self.batch_size // DEAD_WINDOW_DIVISOR))
 
     def sae_config(self, d_in: int, policy: str = "", extra: dict | None = None) -> SAEConfig:
-        return SAEConfig(d_in=d_in, expansion_factor=self.expansion_factor, k=self.k, aux_k=self.aux_k,
-                         dead_tokens=self.dead_window, layer=self.layer, pooling=self.pooling,  # type: ignore[arg-type]
-                         policy=policy, extra=dict(extra or {}))
+        return SAEConfig(
+            d_in=d_in,
+            expansion_factor=self.expansion_factor,
+            k=self.k,
+            aux_k=self.aux_k,
+            dead_tokens=self.dead_window,
+            layer=self.layer,
+            pooling=self.pooling,  # type: ignore[arg-type]
+            policy=policy,
+            extra=dict(extra or {}),
+        )
 
 
 @dataclass
@@ -120,7 +128,9 @@ def training_step(
     optimizer.step()
     sae.unit_norm_decoder_()
     with torch.no_grad():
-        counts = torch.zeros(cfg.n_latents, device=x.device).scatter_add_(0, indices.flatten(), (values.flatten() > 0).float())
+        counts = torch.zeros(cfg.n_latents, device=x.device).scatter_add_(
+            0, indices.flatten(), (values.flatten() > 0).float()
+        )
         since = sae.tokens_since_fired + x.shape[0]
         sae.tokens_since_fired.copy_(torch.where(counts > 0, torch.zeros_like(since), since))
     return {"loss": loss.detach(), "fvu": fvu.detach(), "aux": aux.detach(), "dead": dead.float().mean()}
@@ -203,9 +213,18 @@ def _save_checkpoint(
     path: Path, sae: SparseAutoencoder, optimizer, step: int, cfg: TrainConfig, history, auxk_steps: torch.Tensor
 ) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "sae_config": sae.config.to_dict(), "train_config": asdict(cfg),
-                "model": sae.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-                "auxk_steps": int(auxk_steps)}, tmp)
+    torch.save(
+        {
+            "step": step,
+            "sae_config": sae.config.to_dict(),
+            "train_config": asdict(cfg),
+            "model": sae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "history": history,
+            "auxk_steps": int(auxk_steps),
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
@@ -213,8 +232,10 @@ def _check_resumable(ckpt: dict, sae_cfg: SAEConfig, path: Path) -> None:
     old = SAEConfig.from_dict(ckpt["sae_config"])
     for name in ("d_in", "expansion_factor", "k"):
         if getattr(old, name) != getattr(sae_cfg, name):
-            raise ModelError(f"Checkpoint {path} has {name}={getattr(old, name)} but this run asks for "
-                             f"{getattr(sae_cfg, name)}; resume with the same settings or use another --output-dir")
+            raise ModelError(
+                f"Checkpoint {path} has {name}={getattr(old, name)} but this run asks for "
+                f"{getattr(sae_cfg, name)}; resume with the same settings or use another --output-dir"
+            )
 
 
 def train_sae(
@@ -253,8 +274,9 @@ def train_sae(
     auxk_steps = torch.zeros((), dtype=torch.long, device=device)  # steps with a dead latent (no host sync)
     batches = iter(batches)
     if ckpt_path.is_file() and not resume:
-        raise InputError(f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose "
-                         "another --output-dir")
+        raise InputError(
+            f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose another --output-dir"
+        )
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         _check_resumable(ckpt, sae.config, ckpt_path)
@@ -291,8 +313,11 @@ def train_sae(
         x = x.to(device, torch.float32)
         if x.shape[-1] != d_in:
             raise ModelError(f"Activation batch has width {x.shape[-1]}, the SAE expects {d_in}")
-        step_stats = (training_step(sae, optimizer, x, cfg.aux_coef) if parallel is None
-                      else parallel.step(training_step, sae, optimizer, x, cfg.aux_coef))
+        step_stats = (
+            training_step(sae, optimizer, x, cfg.aux_coef)
+            if parallel is None
+            else parallel.step(training_step, sae, optimizer, x, cfg.aux_coef)
+        )
         auxk_steps += step_stats["dead"] > 0
         step += 1
         seen += x.shape[0]
@@ -378,8 +403,10 @@ def dead_latent_text(dead: dict | None) -> str:
         return ""
     n = f"{dead['window_tokens']:,}"
     held = "" if dead["held_out"] is None else f"{dead['held_out']:.1%} never fire on the first {n} held-out tokens; "
-    return (f"## Dead latents\n\nOver a window of {n} tokens: {held}"
-            f"{dead['training']:.1%} did not fire over the last {n} training tokens. "
-            f"AuxK counted a latent dead after {dead['auxk_window_tokens']:,} silent training tokens and was "
-            f"active at {dead['auxk_active_steps']} of {dead['steps']} steps ({dead['auxk_dead_at_end']:.1%} "
-            "dead at the end).")
+    return (
+        f"## Dead latents\n\nOver a window of {n} tokens: {held}"
+        f"{dead['training']:.1%} did not fire over the last {n} training tokens. "
+        f"AuxK counted a latent dead after {dead['auxk_window_tokens']:,} silent training tokens and was "
+        f"active at {dead['auxk_active_steps']} of {dead['steps']} steps ({dead['auxk_dead_at_end']:.1%} "
+        "dead at the end)."
+    )

@@ -7,9 +7,9 @@ they would read a bag recorded on a robot.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -32,8 +32,13 @@ class BagFrame:
     velocities: np.ndarray | None = None
 
 
-def write_bag(path: str | Path, frames: Iterable[BagFrame], joint_names: list[str],
-              image_topic: str = IMAGE_TOPIC, joint_topic: str = JOINT_TOPIC) -> int:
+def write_bag(
+    path: str | Path,
+    frames: Iterable[BagFrame],
+    joint_names: list[str],
+    image_topic: str = IMAGE_TOPIC,
+    joint_topic: str = JOINT_TOPIC,
+) -> int:
     """Write ``frames`` to a new rosbag2 folder at ``path``; returns the number of frames written."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -56,17 +61,32 @@ def write_bag(path: str | Path, frames: Iterable[BagFrame], joint_names: list[st
             stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
             img = np.ascontiguousarray(frame.image, dtype=np.uint8)
             if img.ndim != 3 or img.shape[2] != 3:
-                raise InputError(f"Bag frame at {frame.timestamp:.3f}s: expected an (H, W, 3) RGB image, got {img.shape}")
+                raise InputError(
+                    f"Bag frame at {frame.timestamp:.3f}s: expected an (H, W, 3) RGB image, got {img.shape}"
+                )
             # Joints first: a camera frame then finds the joint state of its own instant.
             positions = np.asarray(frame.positions, dtype=np.float64)
-            velocities = (np.zeros_like(positions) if frame.velocities is None
-                          else np.asarray(frame.velocities, dtype=np.float64))
-            joints = JointState(header=Header(stamp=stamp, frame_id=""), name=list(joint_names),
-                                position=positions, velocity=velocities, effort=np.zeros_like(positions))
+            velocities = (
+                np.zeros_like(positions) if frame.velocities is None else np.asarray(frame.velocities, dtype=np.float64)
+            )
+            joints = JointState(
+                header=Header(stamp=stamp, frame_id=""),
+                name=list(joint_names),
+                position=positions,
+                velocity=velocities,
+                effort=np.zeros_like(positions),
+            )
             writer.write(joint_conn, stamp_ns, store.serialize_cdr(joints, JointState.__msgtype__))
             h, w = img.shape[:2]
-            msg = Image(header=Header(stamp=stamp, frame_id=FRAME_ID), height=h, width=w, encoding="rgb8",
-                        is_bigendian=0, step=w * 3, data=img.reshape(-1))
+            msg = Image(
+                header=Header(stamp=stamp, frame_id=FRAME_ID),
+                height=h,
+                width=w,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=w * 3,
+                data=img.reshape(-1),
+            )
             writer.write(image_conn, stamp_ns, store.serialize_cdr(msg, Image.__msgtype__))
             count += 1
     return count

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, get_args
+from typing import Literal, get_args
 
 from ..errors import PaiError
 from .scene import PERTURBATIONS
@@ -75,12 +76,24 @@ class DemoConfig:
             raise PaiError(f"DemoConfig.policy={self.policy!r}: expected one of {get_args(PolicySource)}")
 
     @classmethod
-    def preset(cls, output_dir: str | Path, quick: bool = False) -> "DemoConfig":
+    def preset(cls, output_dir: str | Path, quick: bool = False) -> DemoConfig:
         if not quick:
             return cls(Path(output_dir))
-        return cls(Path(output_dir), policy="train", train_episodes=6, calib_episodes=3, test_episodes=1, ood_episodes=1,
-                   perturbations=["lighting", "distractor", "occlusion"], train_steps=60, train_minutes=2.0,
-                   eval_episodes=2, sae_steps=300, alpha=0.05, reference_nuisance=2)
+        return cls(
+            Path(output_dir),
+            policy="train",
+            train_episodes=6,
+            calib_episodes=3,
+            test_episodes=1,
+            ood_episodes=1,
+            perturbations=["lighting", "distractor", "occlusion"],
+            train_steps=60,
+            train_minutes=2.0,
+            eval_episodes=2,
+            sae_steps=300,
+            alpha=0.05,
+            reference_nuisance=2,
+        )
 
 
 @dataclass
@@ -116,52 +129,188 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
     stages: list[Stage] = []
 
     def rec(name: str, root: Path, episodes: int, seed: int, perturbation: str = "none", bag: Path | None = None):
-        argv = ["sim", "record", "--output", root, "--episodes", episodes, "--seed", seed,
-                "--perturbation", perturbation]
+        argv = [
+            "sim",
+            "record",
+            "--output",
+            root,
+            "--episodes",
+            episodes,
+            "--seed",
+            seed,
+            "--perturbation",
+            perturbation,
+        ]
         if bag is not None:
             argv += ["--bag", bag]
-        stages.append(Stage(name, [root / "pai_sim.json"] + ([bag / "metadata.yaml"] if bag else []),
-                            lambda: _pai(*argv), f"expert episodes, scene {perturbation}"))
+        stages.append(
+            Stage(
+                name,
+                [root / "pai_sim.json"] + ([bag / "metadata.yaml"] if bag else []),
+                lambda: _pai(*argv),
+                f"expert episodes, scene {perturbation}",
+            )
+        )
 
     rec("record_train", ds / "train", cfg.train_episodes, 0)
     rec("record_calibration", ds / "calibration", cfg.calib_episodes, 5000)
     rec("record_test_clean", ds / "test_clean", cfg.test_episodes, 7000, bag=bags / "clean")
     # the replayed perturbation is recorded (with its bag) even when it is not among the evaluated ones
     for p in dict.fromkeys([*cfg.perturbations, cfg.replay_perturbation]):
-        rec(f"record_{p}", ds / f"ood_{p}", cfg.ood_episodes, 7000,
-            perturbation=p, bag=bags / p if p == cfg.replay_perturbation else None)
+        rec(
+            f"record_{p}",
+            ds / f"ood_{p}",
+            cfg.ood_episodes,
+            7000,
+            perturbation=p,
+            bag=bags / p if p == cfg.replay_perturbation else None,
+        )
     if cfg.policy == "shipped":
-        stages.append(Stage("train_policy", [policy / "model.safetensors"], lambda: _copy_shipped_policy(out / "policy"),
-                            f"the shipped demo policy ({SHIPPED_POLICY})"))
+        stages.append(
+            Stage(
+                "train_policy",
+                [policy / "model.safetensors"],
+                lambda: _copy_shipped_policy(out / "policy"),
+                f"the shipped demo policy ({SHIPPED_POLICY})",
+            )
+        )
     else:
-        stages.append(Stage("train_policy", [policy / "model.safetensors"], lambda: _pai(
-            "sim", "train-policy", "--dataset", ds / "train", "--output", out / "policy", "--steps", cfg.train_steps,
-            *(["--max-minutes", cfg.train_minutes] if cfg.train_minutes else []), "--batch-size", cfg.batch_size),
-            "small ACT on the clean episodes"))
-    stages.append(Stage("evaluate_policy", [out / "policy" / "eval" / "evaluation.json"], lambda: _pai(
-        "sim", "evaluate-policy", "--policy-path", policy, "--episodes", cfg.eval_episodes,
-        "--output", out / "policy" / "eval"), "closed-loop success rate"))
-    stages.append(Stage("train_sae", [sae / "model.safetensors"], lambda: _pai(
-        "train-sae", "--dataset-repo-id", REPO_ID, "--root", ds / "train", "--policy-path", policy,
-        "--output-dir", sae, "--steps", cfg.sae_steps, "--batch-size", 1024, "--expansion-factor", 8, "--k", 16,
-        "--aux-k", 64), "activations + TopK SAE"))
-    stages.append(Stage("calibrate_ood", [sae / "ood_params.json"], lambda: _pai(
-        "calibrate-ood", "--sae-path", sae, "--policy-path", policy, "--dataset-repo-id", REPO_ID,
-        "--root", ds / "calibration", "--alpha", cfg.alpha, "--score", "patch_knn",
-        "--reference-nuisance", cfg.reference_nuisance, *(["--signals", *cfg.signals] if cfg.signals else [])),
-        "conformal threshold on held-out clean episodes (patch_knn + action consistency, docs/demo.md)"))
-    stages.append(Stage("evaluate_ood", [out / "ood_eval" / "ood_evaluation.json"], lambda: _evaluate_ood(cfg),
-                        "AUROC, false alarms, detection delay per perturbation"))
-    stages.append(Stage("features", [out / "features" / "analysis" / "index.html"], lambda: _features(cfg),
-                        "SAE feature analysis (top frames, maps, clips)"))
+        stages.append(
+            Stage(
+                "train_policy",
+                [policy / "model.safetensors"],
+                lambda: _pai(
+                    "sim",
+                    "train-policy",
+                    "--dataset",
+                    ds / "train",
+                    "--output",
+                    out / "policy",
+                    "--steps",
+                    cfg.train_steps,
+                    *(["--max-minutes", cfg.train_minutes] if cfg.train_minutes else []),
+                    "--batch-size",
+                    cfg.batch_size,
+                ),
+                "small ACT on the clean episodes",
+            )
+        )
+    stages.append(
+        Stage(
+            "evaluate_policy",
+            [out / "policy" / "eval" / "evaluation.json"],
+            lambda: _pai(
+                "sim",
+                "evaluate-policy",
+                "--policy-path",
+                policy,
+                "--episodes",
+                cfg.eval_episodes,
+                "--output",
+                out / "policy" / "eval",
+            ),
+            "closed-loop success rate",
+        )
+    )
+    stages.append(
+        Stage(
+            "train_sae",
+            [sae / "model.safetensors"],
+            lambda: _pai(
+                "train-sae",
+                "--dataset-repo-id",
+                REPO_ID,
+                "--root",
+                ds / "train",
+                "--policy-path",
+                policy,
+                "--output-dir",
+                sae,
+                "--steps",
+                cfg.sae_steps,
+                "--batch-size",
+                1024,
+                "--expansion-factor",
+                8,
+                "--k",
+                16,
+                "--aux-k",
+                64,
+            ),
+            "activations + TopK SAE",
+        )
+    )
+    stages.append(
+        Stage(
+            "calibrate_ood",
+            [sae / "ood_params.json"],
+            lambda: _pai(
+                "calibrate-ood",
+                "--sae-path",
+                sae,
+                "--policy-path",
+                policy,
+                "--dataset-repo-id",
+                REPO_ID,
+                "--root",
+                ds / "calibration",
+                "--alpha",
+                cfg.alpha,
+                "--score",
+                "patch_knn",
+                "--reference-nuisance",
+                cfg.reference_nuisance,
+                *(["--signals", *cfg.signals] if cfg.signals else []),
+            ),
+            "conformal threshold on held-out clean episodes (patch_knn + action consistency, docs/demo.md)",
+        )
+    )
+    stages.append(
+        Stage(
+            "evaluate_ood",
+            [out / "ood_eval" / "ood_evaluation.json"],
+            lambda: _evaluate_ood(cfg),
+            "AUROC, false alarms, detection delay per perturbation",
+        )
+    )
+    stages.append(
+        Stage(
+            "features",
+            [out / "features" / "analysis" / "index.html"],
+            lambda: _features(cfg),
+            "SAE feature analysis (top frames, maps, clips)",
+        )
+    )
     for kind in ("clean", cfg.replay_perturbation):
-        stages.append(Stage(f"replay_{kind}", [out / "replay" / kind / "report.html"], lambda kind=kind: _pai(
-            "replay", "--bag", bags / kind, *_config_file(), "--policy-path", policy, "--sae-path", sae,
-            "--output-dir", out / "replay" / kind), f"offline replay of the {kind} bag"))
+        stages.append(
+            Stage(
+                f"replay_{kind}",
+                [out / "replay" / kind / "report.html"],
+                lambda kind=kind: _pai(
+                    "replay",
+                    "--bag",
+                    bags / kind,
+                    *_config_file(),
+                    "--policy-path",
+                    policy,
+                    "--sae-path",
+                    sae,
+                    "--output-dir",
+                    out / "replay" / kind,
+                ),
+                f"offline replay of the {kind} bag",
+            )
+        )
     if cfg.ros:
         ros_outputs = [out / "replay_ros" / k / "summary.json" for k in ("clean", cfg.replay_perturbation)]
-        stages.append(Stage("replay_ros", ros_outputs,
-                            lambda: _replay_ros(cfg), "both bags through the live ROS node (rclpy, loopback DDS)"))
+        stages.append(
+            Stage(
+                "replay_ros",
+                ros_outputs,
+                lambda: _replay_ros(cfg),
+                "both bags through the live ROS node (rclpy, loopback DDS)",
+            )
+        )
     return stages
 
 
@@ -192,33 +341,68 @@ def _replay_ros(cfg: DemoConfig) -> None:
         raise StageSkipped(why)
     out = cfg.output_dir
     # no safe-stop service in the simulation; a patient watchdog, as frames wait for the node's answers
-    params = write_node_params(out / "replay_ros" / "introspect.yaml", out / "policy" / "pretrained_model", out / "sae",
-                               cameras={IMAGE_TOPIC: CAMERA}, joint_names=JOINT_NAMES, joint_states_topic=JOINT_TOPIC,
-                               stale_timeout_s=60.0, safe_stop={"service": ""})
+    params = write_node_params(
+        out / "replay_ros" / "introspect.yaml",
+        out / "policy" / "pretrained_model",
+        out / "sae",
+        cameras={IMAGE_TOPIC: CAMERA},
+        joint_names=JOINT_NAMES,
+        joint_states_topic=JOINT_TOPIC,
+        stale_timeout_s=60.0,
+        safe_stop={"service": ""},
+    )
     for kind in ("clean", cfg.replay_perturbation):
         offline = out / "replay" / kind
-        summary = replay_through_node(RosReplayConfig(
-            out / "bags" / kind, params, out / "replay_ros" / kind,
-            offline_dir=offline if (offline / "ood.parquet").is_file() else None))
+        summary = replay_through_node(
+            RosReplayConfig(
+                out / "bags" / kind,
+                params,
+                out / "replay_ros" / kind,
+                offline_dir=offline if (offline / "ood.parquet").is_file() else None,
+            )
+        )
         diff = summary["max_abs_score_diff_vs_offline"]
-        print(f"[pai demo] ROS node, {kind} bag: {summary['frames_answered']} of {summary['frames_published']} frames "
-              f"answered, alarm on {summary['alarm_frames']} frames"
-              + (f", max |score - offline| {diff:.1e}" if diff is not None else "") + f"; {out / 'replay_ros' / kind}",
-              flush=True)
+        print(
+            f"[pai demo] ROS node, {kind} bag: {summary['frames_answered']} of {summary['frames_published']} frames "
+            f"answered, alarm on {summary['alarm_frames']} frames"
+            + (f", max |score - offline| {diff:.1e}" if diff is not None else "")
+            + f"; {out / 'replay_ros' / kind}",
+            flush=True,
+        )
 
 
 def _evaluate_ood(cfg: DemoConfig) -> None:
     out = cfg.output_dir
-    _pai("evaluate-ood", "--sae-path", out / "sae", "--policy-path", out / "policy" / "pretrained_model",
-         "--id", out / "datasets" / "test_clean", "--ood", *[out / "datasets" / f"ood_{p}" for p in cfg.perturbations],
-         "--output-dir", out / "ood_eval")
+    _pai(
+        "evaluate-ood",
+        "--sae-path",
+        out / "sae",
+        "--policy-path",
+        out / "policy" / "pretrained_model",
+        "--id",
+        out / "datasets" / "test_clean",
+        "--ood",
+        *[out / "datasets" / f"ood_{p}" for p in cfg.perturbations],
+        "--output-dir",
+        out / "ood_eval",
+    )
 
 
 def _features(cfg: DemoConfig) -> None:
     out = cfg.output_dir
-    _pai("record-features", "--dataset-repo-id", REPO_ID, "--root", out / "datasets" / "test_clean",
-         "--policy-path", out / "policy" / "pretrained_model", "--sae-path", out / "sae",
-         "--output-dir", out / "features" / "record")
+    _pai(
+        "record-features",
+        "--dataset-repo-id",
+        REPO_ID,
+        "--root",
+        out / "datasets" / "test_clean",
+        "--policy-path",
+        out / "policy" / "pretrained_model",
+        "--sae-path",
+        out / "sae",
+        "--output-dir",
+        out / "features" / "record",
+    )
     _pai("analyse-features", "--record-dir", out / "features" / "record", "--output-dir", out / "features" / "analysis")
 
 

@@ -152,8 +152,9 @@ def move_cube(sim: PickCubeSim, xy: np.ndarray) -> None:
     mujoco.mj_forward(sim.env.model, data)
 
 
-def place_away(rng: np.random.Generator, origin: np.ndarray, distance: float, jaws: np.ndarray,
-               tries: int = 64) -> np.ndarray:
+def place_away(
+    rng: np.random.Generator, origin: np.ndarray, distance: float, jaws: np.ndarray, tries: int = 64
+) -> np.ndarray:
     """A point ``distance`` from ``origin`` (xy) inside the cube's reachable box and clear of the jaws;
     directions are drawn from ``rng``, the best-clearing one wins when none fits."""
     origin, jaws = np.asarray(origin, float), np.asarray(jaws, float)
@@ -179,8 +180,11 @@ def intruder_spot(rng: np.random.Generator, sim: PickCubeSim, gap: float) -> np.
     sides = [np.array(d, float) for d in ((1, 0), (-1, 0), (0, 1), (0, -1))]
     spots = [cube[:2] + reach * d for d in sides]
     clear = [s for s in spots if np.linalg.norm(s - sim.grasp_point[:2]) >= JAW_CLEARANCE]
-    xy = clear[int(rng.integers(len(clear)))] if clear else max(
-        spots, key=lambda s: float(np.linalg.norm(s - sim.grasp_point[:2])))
+    xy = (
+        clear[int(rng.integers(len(clear)))]
+        if clear
+        else max(spots, key=lambda s: float(np.linalg.norm(s - sim.grasp_point[:2])))
+    )
     return np.array([xy[0], xy[1], INTRUDER_HALF_SIZE[2]])
 
 
@@ -189,8 +193,10 @@ def _intruder_id(sim: PickCubeSim) -> int:
 
     body = mujoco.mj_name2id(sim.env.model, mujoco.mjtObj.mjOBJ_BODY, INTRUDER)
     if body < 0:
-        raise InputError("this simulator has no intruder object: build it with make_sim(config, disturbance) "
-                         "(scene from intruder_scene_file)")
+        raise InputError(
+            "this simulator has no intruder object: build it with make_sim(config, disturbance) "
+            "(scene from intruder_scene_file)"
+        )
     return int(sim.env.model.body_mocapid[body])
 
 
@@ -215,8 +221,9 @@ def intruder_scene_xml() -> str:
     root = ET.fromstring(scene_xml("none"))
     world = root.find("worldbody")
     body = ET.SubElement(world, "body", name=INTRUDER, mocap="true", pos=" ".join(map(str, HIDDEN_POS)))
-    ET.SubElement(body, "geom", name=INTRUDER, type="box", size=" ".join(map(str, INTRUDER_HALF_SIZE)),
-                  rgba=".95 .55 .1 1")
+    ET.SubElement(
+        body, "geom", name=INTRUDER, type="box", size=" ".join(map(str, INTRUDER_HALF_SIZE)), rgba=".95 .55 .1 1"
+    )
     return ET.tostring(root, encoding="unicode")
 
 
@@ -230,8 +237,9 @@ def make_sim(config: SimConfig | None = None, disturbance: Disturbance | None = 
     config = config or SimConfig()
     if disturbance is not None and disturbance.needs_intruder:
         if config.perturbation != "none":
-            raise InputError(f"disturbance {disturbance.kind!r} runs in the clean scene, not in perturbation "
-                             f"{config.perturbation!r}")
+            raise InputError(
+                f"disturbance {disturbance.kind!r} runs in the clean scene, not in perturbation {config.perturbation!r}"
+            )
         from .env import import_sim_package
 
         import_sim_package()  # scene_xml reads the package's files
@@ -239,5 +247,15 @@ def make_sim(config: SimConfig | None = None, disturbance: Disturbance | None = 
     return PickCubeSim(config)
 
 
-__all__ = ["DEFAULT_STEPS", "DISTURBANCES", "Disturbance", "Disturber", "KINDS", "cube_held", "intruder_pos",
-           "intruder_scene_file", "make_sim", "move_cube"]
+__all__ = [
+    "DEFAULT_STEPS",
+    "DISTURBANCES",
+    "Disturbance",
+    "Disturber",
+    "KINDS",
+    "cube_held",
+    "intruder_pos",
+    "intruder_scene_file",
+    "make_sim",
+    "move_cube",
+]

@@ -153,8 +153,12 @@ class PickCubeSim:
         return self.env.data.qpos[self._qpos_adr].astype(np.float32)
 
     def observation(self) -> Observation:
-        return Observation(images={CAMERA: self.render()}, state=self.joint_positions(),
-                           timestamp=self.timestamp, frame_index=self.steps)
+        return Observation(
+            images={CAMERA: self.render()},
+            state=self.joint_positions(),
+            timestamp=self.timestamp,
+            frame_index=self.steps,
+        )
 
     @property
     def grasp_point(self) -> np.ndarray:
@@ -174,7 +178,7 @@ class PickCubeSim:
             self._renderer = None
         self.env.close()
 
-    def __enter__(self) -> "PickCubeSim":
+    def __enter__(self) -> PickCubeSim:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -65,9 +65,15 @@ def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
             results.append({"seed": seed, "success": success, "steps": sim.steps})
             bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}")
     rate = sum(r["success"] for r in results) / len(results)
-    summary = {"policy_path": cfg.policy_path, "perturbation": cfg.sim.perturbation, "episodes": len(results),
-               "successes": sum(r["success"] for r in results), "success_rate": rate,
-               "seconds": round(time.perf_counter() - start, 1), "results": results}
+    summary = {
+        "policy_path": cfg.policy_path,
+        "perturbation": cfg.sim.perturbation,
+        "episodes": len(results),
+        "successes": sum(r["success"] for r in results),
+        "success_rate": rate,
+        "seconds": round(time.perf_counter() - start, 1),
+        "results": results,
+    }
     if cfg.output_dir:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)

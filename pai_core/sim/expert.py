@@ -62,7 +62,8 @@ class PickExpert:
                 limit = 1.0 if self.phase is Phase.HOVER else CAREFUL_SPEED
                 delta = np.clip(error / self.action_scale, -limit, limit)
                 done = self.phase is not Phase.LIFT and (
-                    np.linalg.norm(error) < GOAL_TOLERANCE or self.steps_in_phase >= PHASE_TIMEOUT)
+                    np.linalg.norm(error) < GOAL_TOLERANCE or self.steps_in_phase >= PHASE_TIMEOUT
+                )
             if not done:
                 break
             self.phase = Phase(self.phase.value + 1)

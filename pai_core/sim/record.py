@@ -108,8 +108,9 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
         raise InputError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
     config.root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    dataset = LeRobotDataset.create(config.repo_id, config.sim.fps, dataset_features(config.sim),
-                                    root=config.root, use_videos=False)
+    dataset = LeRobotDataset.create(
+        config.repo_id, config.sim.fps, dataset_features(config.sim), root=config.root, use_videos=False
+    )
     written, skipped = [], []
     bag_frames = 0
     bar = tqdm(range(config.episodes), desc=f"record {config.sim.perturbation}", unit="ep", disable=not progress)
@@ -121,14 +122,18 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
                 skipped.append(info)
                 continue
             for step in episode.steps:
-                dataset.add_frame({CAMERA: step.image, "observation.state": step.state,
-                                   "action": step.action, "task": TASK})
+                dataset.add_frame(
+                    {CAMERA: step.image, "observation.state": step.state, "action": step.action, "task": TASK}
+                )
             dataset.save_episode()
             info["episode_index"] = len(written)
             written.append(info)
             if config.bag_path is not None and len(written) == 1:
-                bag_frames = write_bag(config.bag_path, (BagFrame(s.timestamp, s.image, s.state, s.velocity)
-                                                          for s in episode.steps), JOINT_NAMES)
+                bag_frames = write_bag(
+                    config.bag_path,
+                    (BagFrame(s.timestamp, s.image, s.state, s.velocity) for s in episode.steps),
+                    JOINT_NAMES,
+                )
             bar.set_postfix(ok=sum(e["success"] for e in written), skipped=len(skipped))
     dataset.finalize()
     attempted = written + skipped
@@ -147,8 +152,10 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     }
     (config.root / SIDECAR).write_text(json.dumps(summary, indent=2))
     if not written:
-        raise InputError(f"The expert failed all {len(skipped)} episodes in scene {config.sim.perturbation!r}; "
-                         "nothing to write (use keep_failed to keep them)")
+        raise InputError(
+            f"The expert failed all {len(skipped)} episodes in scene {config.sim.perturbation!r}; "
+            "nothing to write (use keep_failed to keep them)"
+        )
     return summary
 
 

@@ -56,17 +56,23 @@ def write_demo_report(cfg, log: list[dict]) -> str:
     ev = _load(out / "policy" / "eval" / "evaluation.json")
     tr = _load(out / "policy" / "training.json")
     if tr:
-        lines.append(f"- policy: {tr['steps']} training steps in {tr['seconds']} s, final loss {tr['final_loss']:.3f} "
-                     f"({out / 'policy' / 'training_loss.png'})")
+        lines.append(
+            f"- policy: {tr['steps']} training steps in {tr['seconds']} s, final loss {tr['final_loss']:.3f} "
+            f"({out / 'policy' / 'training_loss.png'})"
+        )
     if ev:
-        lines.append(f"- closed-loop success rate: {ev['success_rate']:.0%} ({ev['successes']} of {ev['episodes']} "
-                     f"episodes), rollouts: {ev.get('video', out / 'policy' / 'eval' / 'rollouts.mp4')}")
+        lines.append(
+            f"- closed-loop success rate: {ev['success_rate']:.0%} ({ev['successes']} of {ev['episodes']} "
+            f"episodes), rollouts: {ev.get('video', out / 'policy' / 'eval' / 'rollouts.mp4')}"
+        )
     ood = _load(out / "ood_eval" / "ood_evaluation.json")
     if ood:
-        lines.append(f"- OOD detector (clean vs {', '.join(cfg.perturbations)}): AUROC {ood.get('auroc', float('nan')):.3f}, "
-                     f"TPR at threshold {ood.get('tpr_at_threshold', float('nan')):.2f}, false-positive rate "
-                     f"{ood.get('false_positive_rate_at_threshold', float('nan')):.3f} (alpha {cfg.alpha}); plot: "
-                     f"{out / 'ood_eval' / 'ood_evaluation.png'}")
+        lines.append(
+            f"- OOD detector (clean vs {', '.join(cfg.perturbations)}): AUROC {ood.get('auroc', float('nan')):.3f}, "
+            f"TPR at threshold {ood.get('tpr_at_threshold', float('nan')):.2f}, false-positive rate "
+            f"{ood.get('false_positive_rate_at_threshold', float('nan')):.3f} (alpha {cfg.alpha}); plot: "
+            f"{out / 'ood_eval' / 'ood_evaluation.png'}"
+        )
     clean, pert = out / "replay" / "clean", out / "replay" / cfg.replay_perturbation
     timeline = plot_alarm_timeline(clean, pert, cfg.replay_perturbation, out / "ood_timeline.png")
     for name, folder in (("clean", clean), (cfg.replay_perturbation, pert)):
@@ -76,17 +82,23 @@ def write_demo_report(cfg, log: list[dict]) -> str:
 
             alarm = pq.read_table(table).column("alarm").to_pylist()
             first = next((i for i, a in enumerate(alarm) if a), None)
-            lines.append(f"- replay {name}: alarm {'raised at frame ' + str(first) if first is not None else 'never raised'}"
-                         f" of {len(alarm)}; overlays and report: {folder / 'report.html'}")
+            lines.append(
+                f"- replay {name}: alarm {'raised at frame ' + str(first) if first is not None else 'never raised'}"
+                f" of {len(alarm)}; overlays and report: {folder / 'report.html'}"
+            )
     if timeline:
         lines.append(f"- OOD timeline, clean vs {cfg.replay_perturbation}: {timeline}")
     feats = out / "features" / "analysis" / "index.html"
     if feats.is_file():
         lines.append(f"- SAE feature analysis: {feats}")
-    lines += ["", "Open in Foxglove: File > Open local file... and pick "
-              f"{pert / 'replay.mcap'} (images with attention overlays, OOD score, alarm); or run "
-              f"`pai replay --bag {out / 'bags' / cfg.replay_perturbation} --policy-path {out / 'policy' / 'pretrained_model'} "
-              f"--sae-path {out / 'sae'} --foxglove 8765` and connect Foxglove to ws://127.0.0.1:8765."]
+    lines += [
+        "",
+        "Open in Foxglove: File > Open local file... and pick "
+        f"{pert / 'replay.mcap'} (images with attention overlays, OOD score, alarm); or run "
+        f"`pai replay --bag {out / 'bags' / cfg.replay_perturbation} "
+        f"--policy-path {out / 'policy' / 'pretrained_model'} "
+        f"--sae-path {out / 'sae'} --foxglove 8765` and connect Foxglove to ws://127.0.0.1:8765.",
+    ]
     text = "\n".join(lines)
     (out / "report.md").write_text(text + "\n")
     return text

@@ -40,16 +40,25 @@ def rclpy_available() -> str | None:
     except (ImportError, ValueError, AttributeError):  # e.g. sys.modules["rclpy"] = None blocks it
         spec = None
     if spec is None:
-        return "rclpy is not installed (pip install ros-rclpy ros-sensor-msgs ros-std-msgs ros-std-srvs " \
-               "ros-diagnostic-msgs ros-rmw-fastrtps-cpp ros-fastdds, see requirements/)"
+        return (
+            "rclpy is not installed (pip install ros-rclpy ros-sensor-msgs ros-std-msgs ros-std-srvs "
+            "ros-diagnostic-msgs ros-rmw-fastrtps-cpp ros-fastdds, see requirements/)"
+        )
     if not (PACKAGE / "pai" / "introspect_node.py").is_file():
         return f"the ROS package sources are missing ({PACKAGE})"
     return None
 
 
-def write_node_params(path: str | Path, policy_path: str | Path, sae_path: str | Path = "",
-                      cameras: dict[str, str] | None = None, joint_names: list[str] | None = None,
-                      joint_states_topic: str | None = None, base: str | Path = BASE_PARAMS, **overrides: Any) -> Path:
+def write_node_params(
+    path: str | Path,
+    policy_path: str | Path,
+    sae_path: str | Path = "",
+    cameras: dict[str, str] | None = None,
+    joint_names: list[str] | None = None,
+    joint_states_topic: str | None = None,
+    base: str | Path = BASE_PARAMS,
+    **overrides: Any,
+) -> Path:
     """The node's params YAML: ``base`` (config/introspect.yaml) with these models, topics and overrides.
 
     Args:
@@ -145,12 +154,32 @@ def replay_through_node(cfg: RosReplayConfig) -> dict:
     env = ros_env(cfg.domain_id)
     node_log = out / "node.log"
     with open(node_log, "w") as log:
-        node = subprocess.Popen([sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file",
-                                 str(cfg.params_file)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "pai.introspect_node", "--ros-args", "--params-file", str(cfg.params_file)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         try:
-            argv = [sys.executable, "-m", "pai.bag_replay", "--bag", str(cfg.bag),
-                    "--params-file", str(cfg.params_file), "--output", str(out), "--rate", str(cfg.rate),
-                    "--start-timeout", str(cfg.start_timeout_s), "--frame-timeout", str(cfg.frame_timeout_s), *cfg.extra_args]
+            argv = [
+                sys.executable,
+                "-m",
+                "pai.bag_replay",
+                "--bag",
+                str(cfg.bag),
+                "--params-file",
+                str(cfg.params_file),
+                "--output",
+                str(out),
+                "--rate",
+                str(cfg.rate),
+                "--start-timeout",
+                str(cfg.start_timeout_s),
+                "--frame-timeout",
+                str(cfg.frame_timeout_s),
+                *cfg.extra_args,
+            ]
             if cfg.offline_dir is not None:
                 argv += ["--offline-dir", str(cfg.offline_dir)]
             if not cfg.progress:
@@ -159,8 +188,10 @@ def replay_through_node(cfg: RosReplayConfig) -> dict:
             while player.poll() is None:
                 if node.poll() is not None:  # the node died (bad model, params): stop waiting for it
                     _stop(player, 5.0)
-                    raise PaiError(f"the node exited with {node.returncode} during the ROS replay; "
-                                   f"its log ({node_log}):\n{_tail(node_log)}")
+                    raise PaiError(
+                        f"the node exited with {node.returncode} during the ROS replay; "
+                        f"its log ({node_log}):\n{_tail(node_log)}"
+                    )
                 time.sleep(0.2)
         finally:
             node_code = _stop(node)
@@ -174,6 +205,8 @@ def replay_through_node(cfg: RosReplayConfig) -> dict:
     if node_code != 0:
         raise PaiError(f"the node did not shut down cleanly (exit {node_code}); log {node_log}:\n{_tail(node_log)}")
     if summary["frames_unanswered"]:
-        raise PaiError(f"the node left {summary['frames_unanswered']} of {summary['frames_published']} frames "
-                       f"unanswered; see {summary_path} and {node_log}")
+        raise PaiError(
+            f"the node left {summary['frames_unanswered']} of {summary['frames_published']} frames "
+            f"unanswered; see {summary_path} and {node_log}"
+        )
     return summary

@@ -91,16 +91,39 @@ def scene_xml(perturbation: str = "none") -> str:
         block_geom.set("size", ".03 .03 .03")
         world.find("./body[@name='block']").set("pos", "0.3 0 .03")
     elif perturbation == "distractor":
-        ET.SubElement(world, "geom", name="distractor_cylinder", type="cylinder", size=".025 .05",
-                      pos="0.32 0.16 .05", rgba=".85 .1 .1 1")
-        ET.SubElement(world, "geom", name="distractor_box", type="box", size=".03 .02 .015",
-                      pos="0.12 -0.17 .015", rgba=".95 .85 .1 1")
+        ET.SubElement(
+            world,
+            "geom",
+            name="distractor_cylinder",
+            type="cylinder",
+            size=".025 .05",
+            pos="0.32 0.16 .05",
+            rgba=".85 .1 .1 1",
+        )
+        ET.SubElement(
+            world,
+            "geom",
+            name="distractor_box",
+            type="box",
+            size=".03 .02 .015",
+            pos="0.12 -0.17 .015",
+            rgba=".95 .85 .1 1",
+        )
     elif perturbation == "camera_pose":
         pos = (CAMERA_POS[0] - 0.03, CAMERA_POS[1] + 0.08, CAMERA_POS[2] + 0.05)
         camera.attrib.update(pos=_vec(pos), xyaxes=look_at(pos, CAMERA_TARGET))
     elif perturbation == "occlusion":
-        ET.SubElement(world, "geom", name="occluder", type="box", size=".005 .06 .04",
-                      pos="0.50 0.06 0.28", rgba=".45 .45 .45 1", contype="0", conaffinity="0")
+        ET.SubElement(
+            world,
+            "geom",
+            name="occluder",
+            type="box",
+            size=".005 .06 .04",
+            pos="0.50 0.06 0.28",
+            rgba=".45 .45 .45 1",
+            contype="0",
+            conaffinity="0",
+        )
     return ET.tostring(root, encoding="unicode")
 
 

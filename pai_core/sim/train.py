@@ -159,7 +159,9 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            save_policy(copy.deepcopy(policy), pre, post, cfg.output_dir / "checkpoints" / f"{step:06d}", cfg.batch_norm)
+            save_policy(
+                copy.deepcopy(policy), pre, post, cfg.output_dir / "checkpoints" / f"{step:06d}", cfg.batch_norm
+            )
             policy.train()
     bar.close()
     out = save_policy(policy, pre, post, cfg.output_dir, cfg.batch_norm)
@@ -230,7 +232,7 @@ class EpisodeFrames:
         self.size = int(action.shape[0])
 
     @classmethod
-    def load(cls, dataset, progress: bool = True) -> "EpisodeFrames":
+    def load(cls, dataset, progress: bool = True) -> EpisodeFrames:
         import torch
         from tqdm import tqdm
 

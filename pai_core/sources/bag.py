@@ -9,9 +9,10 @@ with the newest message of every other input. Every message is accounted for in 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class BagTopics:
     units: Any = None
 
     @classmethod
-    def from_settings(cls, settings, policy_cameras: list[str], needs_state: bool) -> "BagTopics":
+    def from_settings(cls, settings, policy_cameras: list[str], needs_state: bool) -> BagTopics:
         """The settings' camera map restricted to the policy's cameras (each must be mapped)."""
         mapping = {t: f for t, f in settings.camera_map.items() if f in policy_cameras}
         missing = [c for c in policy_cameras if c not in mapping.values()]
@@ -58,8 +59,13 @@ class BagTopics:
             )
         from ..units import JointUnits
 
-        return cls(mapping, settings.joint_states_topic if needs_state else "", list(settings.joint_names),
-                   settings.max_input_age_s, JointUnits.from_settings(settings) if needs_state else None)
+        return cls(
+            mapping,
+            settings.joint_states_topic if needs_state else "",
+            list(settings.joint_names),
+            settings.max_input_age_s,
+            JointUnits.from_settings(settings) if needs_state else None,
+        )
 
 
 def bag_file(path: Path) -> Path:
@@ -71,10 +77,14 @@ def bag_file(path: Path) -> Path:
     if len(files) == 1:
         return files[0]
     if not files:
-        raise InputError(f"Bag folder {path} has no metadata.yaml and no .mcap/.db3 file; pass a rosbag2 folder or "
-                         "an .mcap/.db3 file")
-    raise InputError(f"Bag folder {path} has no metadata.yaml and {len(files)} recordings "
-                     f"({', '.join(f.name for f in files)}); pass one of them")
+        raise InputError(
+            f"Bag folder {path} has no metadata.yaml and no .mcap/.db3 file; pass a rosbag2 folder or "
+            "an .mcap/.db3 file"
+        )
+    raise InputError(
+        f"Bag folder {path} has no metadata.yaml and {len(files)} recordings "
+        f"({', '.join(f.name for f in files)}); pass one of them"
+    )
 
 
 def open_reader(path: str | Path):
@@ -123,8 +133,9 @@ class BagSource:
             driving camera last (what ``bag_replay`` publishes into the live node).
     """
 
-    def __init__(self, path: str | Path, topics: BagTopics, accounting: Accounting | None = None,
-                 keep_messages: bool = False):
+    def __init__(
+        self, path: str | Path, topics: BagTopics, accounting: Accounting | None = None, keep_messages: bool = False
+    ):
         self.path = Path(path)
         self.topics = topics
         self.accounting = accounting if accounting is not None else Accounting()
@@ -151,7 +162,9 @@ class BagSource:
                 raise InputError(f"Bag {self.path} has no topic {topic!r}; its topics are {listing}")
             for conn in found[topic]:
                 if conn.msgtype not in types:
-                    raise InputError(f"Bag {self.path}: topic {topic!r} has type {conn.msgtype}, expected one of {list(types)}")
+                    raise InputError(
+                        f"Bag {self.path}: topic {topic!r} has type {conn.msgtype}, expected one of {list(types)}"
+                    )
                 conns.append(conn)
         return conns
 
@@ -165,7 +178,7 @@ class BagSource:
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> "BagSource":
+    def __enter__(self) -> BagSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -183,7 +196,9 @@ class BagSource:
         label = {f: t for t, f in names.items()}  # assembler key -> topic (accounting is per topic)
         for topic in names:
             acc.input(topic)
-        assembler = ObservationAssembler(features, needs_state=bool(topics.joint_states_topic), max_age_s=topics.max_age_s)
+        assembler = ObservationAssembler(
+            features, needs_state=bool(topics.joint_states_topic), max_age_s=topics.max_age_s
+        )
         frame_index = -1
         messages = 0
         stamps_ns: dict[str, int] = {}  # assembler key -> header stamp of its newest message (exact)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -25,8 +25,9 @@ def open_dataset(repo_id: str, root: str | Path | None = None):
 def episode_bounds(dataset, episode: int) -> tuple[int, int]:
     """Absolute frame index range [start, stop) of one episode."""
     if not 0 <= episode < dataset.meta.total_episodes:
-        raise InputError(f"Episode {episode} not found: dataset {dataset.repo_id!r} has "
-                         f"{dataset.meta.total_episodes} episodes")
+        raise InputError(
+            f"Episode {episode} not found: dataset {dataset.repo_id!r} has {dataset.meta.total_episodes} episodes"
+        )
     ep = dataset.meta.episodes[episode]
     return int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
 
@@ -89,8 +90,10 @@ def episode_table(dataset, episode: int) -> dict[str, np.ndarray]:
     and, where the dataset has it, ``observation.state`` (T, S). For choosing frames before any work."""
     start, stop = episode_bounds(dataset, episode)
     rows = _rows(dataset, start, stop, columns=("frame_index", "timestamp", "observation.state"))
-    out = {"frame_index": np.asarray([int(r["frame_index"]) for r in rows], np.int64),
-           "timestamp": np.asarray([float(r["timestamp"]) for r in rows], np.float64)}
+    out = {
+        "frame_index": np.asarray([int(r["frame_index"]) for r in rows], np.int64),
+        "timestamp": np.asarray([float(r["timestamp"]) for r in rows], np.float64),
+    }
     if rows and "observation.state" in rows[0]:
         out["observation.state"] = np.stack([np.asarray(r["observation.state"], np.float32) for r in rows])
     return out

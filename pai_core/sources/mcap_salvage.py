@@ -9,9 +9,9 @@ typestore, and says where the file breaks off.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SalvagedMcap:
         self.error = ""
         counts: dict[int, int] = {}
         channels = {}
-        for kind, record, offset in self._records():
+        for kind, record, _offset in self._records():
             if kind == "channel":
                 channels[record.id] = record
             elif kind == "message":

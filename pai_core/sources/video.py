@@ -7,8 +7,8 @@ dav1d for AV1), so one sequential decode of the episode's segment serves every f
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 

@@ -60,6 +60,7 @@ def test_a_capture_that_cannot_work_falls_back_in_auto_and_fails_in_on(policy_di
         def call(obs):
             float(obs["observation.state"].sum())  # a host sync: not allowed while capturing
             return pre(obs)
+
         return call
 
     auto, on = cuda_engine(policy_dir), cuda_engine(policy_dir, cuda_graph="on")
@@ -78,8 +79,12 @@ def test_pipeline_with_sae_features_and_ood_runs_on_the_graph(ood_world):
 
     base, policy, _ = ood_world
     graph = Pipeline.load(str(policy), str(base / "sae"), device="cuda")
-    eager = Pipeline.load(str(policy), str(base / "sae"), device="cuda",
-                          engine_config=IntrospectionConfig(device="cuda", cuda_graph="off"))
+    eager = Pipeline.load(
+        str(policy),
+        str(base / "sae"),
+        device="cuda",
+        engine_config=IntrospectionConfig(device="cuda", cuda_graph="off"),
+    )
     assert graph.engine.graph.active
     rng = np.random.default_rng(3)
     for t in range(4):
@@ -95,8 +100,16 @@ def test_graph_is_faster_than_eager_at_batch_one_on_a_realistic_policy(tmp_path)
     from pai_core.testing import make_act_policy
 
     cams = {"observation.images.front": (480, 640), "observation.images.wrist": (480, 640)}
-    path = make_act_policy(tmp_path / "p", cameras=cams, dim_model=512, n_heads=8, dim_feedforward=3200,
-                           n_encoder_layers=4, chunk_size=100, n_action_steps=100)
+    path = make_act_policy(
+        tmp_path / "p",
+        cameras=cams,
+        dim_model=512,
+        n_heads=8,
+        dim_feedforward=3200,
+        n_encoder_layers=4,
+        chunk_size=100,
+        n_action_steps=100,
+    )
     eager, graph = cuda_engine(path, cuda_graph="off"), cuda_engine(path)
     obs = random_observation(eager, np.random.default_rng(4))
 
@@ -117,8 +130,10 @@ def test_graph_is_faster_than_eager_at_batch_one_on_a_realistic_policy(tmp_path)
 
 def test_bfloat16_graph_equals_bfloat16_eager_and_stays_near_float32(policy_dir):
     fp32 = cuda_engine(policy_dir)
-    eager16, graph16 = cuda_engine(policy_dir, cuda_graph="off", model_dtype="bfloat16"), \
-        cuda_engine(policy_dir, model_dtype="bfloat16")
+    eager16, graph16 = (
+        cuda_engine(policy_dir, cuda_graph="off", model_dtype="bfloat16"),
+        cuda_engine(policy_dir, model_dtype="bfloat16"),
+    )
     rng = np.random.default_rng(5)
     for t in range(4):
         obs = random_observation(fp32, rng, t)

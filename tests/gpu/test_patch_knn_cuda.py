@@ -16,8 +16,10 @@ def test_blocked_search_on_cuda_equals_one_block_and_the_cpu():
     ref, episodes = states_with_ties(20_000)
     queries, q_eps = ref[::97], episodes[::97]
     cpu = nearest_states(queries, ref, 32, None, q_eps, episodes)
-    gpu = [nearest_states(queries.cuda(), ref.cuda(), 32, chunk, q_eps.cuda(), episodes.cuda())
-           for chunk in (None, 8192, 1000)]
+    gpu = [
+        nearest_states(queries.cuda(), ref.cuda(), 32, chunk, q_eps.cuda(), episodes.cuda())
+        for chunk in (None, 8192, 1000)
+    ]
     for idx, dist in gpu[1:]:
         assert torch.equal(idx, gpu[0][0]) and torch.equal(dist, gpu[0][1])
     same_rows = (gpu[0][0].cpu() == cpu[0]).all(1).float().mean()

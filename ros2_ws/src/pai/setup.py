@@ -19,8 +19,10 @@ def repo_files(folder: str, patterns: list) -> list:
     """The repository's files, relative to this package (colcon wants relative data_files)."""
     found = sorted(os.path.relpath(f, HERE) for p in patterns for f in glob(os.path.join(REPO, folder, p)))
     if not found:
-        raise SystemExit(f"pai: no {' or '.join(patterns)} in {os.path.join(REPO, folder)}; the package installs its "
-                         "launch and config files from the pai repository, so build ros2_ws inside it")
+        raise SystemExit(
+            f"pai: no {' or '.join(patterns)} in {os.path.join(REPO, folder)}; the package installs its "
+            "launch and config files from the pai repository, so build ros2_ws inside it"
+        )
     return found
 
 

@@ -25,9 +25,10 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -84,8 +85,13 @@ def bag_topics(settings: PaiSettings, bag: Path) -> BagTopics:
             needs_state = any(c.topic == settings.joint_states_topic for c in reader.connections)
         finally:
             reader.close()
-    return BagTopics(dict(settings.camera_map), settings.joint_states_topic if needs_state else "",
-                     list(settings.joint_names), settings.max_input_age_s, units=None)
+    return BagTopics(
+        dict(settings.camera_map),
+        settings.joint_states_topic if needs_state else "",
+        list(settings.joint_names),
+        settings.max_input_age_s,
+        units=None,
+    )
 
 
 def _policy_needs_state(policy_path: str) -> bool | None:
@@ -128,14 +134,20 @@ class Outputs:
         self.got: dict[str, list[tuple[float, Any]]] = collections.defaultdict(list)
         self.overlay = f"overlay/{topics.camera_short(first_camera)}/compressed"
         self.subs = {}
-        outputs = {"ood_score": "std_msgs/msg/Float32", "ood_threshold": "std_msgs/msg/Float32",
-                   "attention_share": "std_msgs/msg/Float32MultiArray", "features": "std_msgs/msg/Float32MultiArray",
-                   self.overlay: "sensor_msgs/msg/CompressedImage", "alarm": "std_msgs/msg/Bool",
-                   "feature_names": "std_msgs/msg/String"}
+        outputs = {
+            "ood_score": "std_msgs/msg/Float32",
+            "ood_threshold": "std_msgs/msg/Float32",
+            "attention_share": "std_msgs/msg/Float32MultiArray",
+            "features": "std_msgs/msg/Float32MultiArray",
+            self.overlay: "sensor_msgs/msg/CompressedImage",
+            "alarm": "std_msgs/msg/Bool",
+            "feature_names": "std_msgs/msg/String",
+        }
         for name, msgtype in outputs.items():  # types and QoS (latched or streamed) from the node's own table
             topic = f"{ns}/{name}"
-            self.subs[name] = node.create_subscription(message_class(msgtype), topic,
-                                                       lambda m, n=name: self._add(n, m), output_qos(topic, ns))
+            self.subs[name] = node.create_subscription(
+                message_class(msgtype), topic, lambda m, n=name: self._add(n, m), output_qos(topic, ns)
+            )
 
     def _add(self, name: str, msg: Any) -> None:
         with self.cond:
@@ -170,7 +182,8 @@ class BagReplay:
             cls = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
             self.pubs[topic] = self.node.create_publisher(cls, topic, qos_profile_sensor_data)
         self.pubs[settings.joint_states_topic] = self.node.create_publisher(
-            JointState, settings.joint_states_topic, qos_profile_sensor_data)
+            JointState, settings.joint_states_topic, qos_profile_sensor_data
+        )
         self.out = Outputs(self.node, args.node.rstrip("/"), next(iter(settings.camera_map.values())))
         self.reset_client = self.node.create_client(Trigger, f"{args.node.rstrip('/')}/reset_alarm")
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -190,14 +203,18 @@ class BagReplay:
         """Block until the node is up (latched feature names) and subscribed; returns its feature count."""
         a = self.args
         if not self.out.wait(lambda: self.out.got["feature_names"], a.start_timeout_s):
-            raise PaiError(f"no node answered on {a.node}/feature_names within {a.start_timeout_s:.0f} s; "
-                           "is pai_introspector running with the same ROS_DOMAIN_ID and DDS profile?")
+            raise PaiError(
+                f"no node answered on {a.node}/feature_names within {a.start_timeout_s:.0f} s; "
+                "is pai_introspector running with the same ROS_DOMAIN_ID and DDS profile?"
+            )
         cameras = [t for t in topics_used if t in self.settings.camera_map]
         end = time.monotonic() + a.start_timeout_s
         while any(self.pubs[t].get_subscription_count() == 0 for t in cameras):
             if time.monotonic() > end:
-                raise PaiError(f"the node does not subscribe to the camera topics {cameras}; check cameras.topics "
-                               "in the params file")
+                raise PaiError(
+                    f"the node does not subscribe to the camera topics {cameras}; check cameras.topics "
+                    "in the params file"
+                )
             time.sleep(0.02)
         joints = self.settings.joint_states_topic
         end = time.monotonic() + 5.0  # a policy without state input does not subscribe to joints
@@ -225,9 +242,10 @@ class BagReplay:
         got = self.out.got
 
         def done() -> bool:
-            overlays = got[self.out.overlay][before.get(self.out.overlay, 0):]
-            return (any(stamp_to_ns(m.header.stamp) == stamp_ns for _, m in overlays)
-                    and all(len(got[k]) > before.get(k, 0) for k in self.required))
+            overlays = got[self.out.overlay][before.get(self.out.overlay, 0) :]
+            return any(stamp_to_ns(m.header.stamp) == stamp_ns for _, m in overlays) and all(
+                len(got[k]) > before.get(k, 0) for k in self.required
+            )
 
         if not self.out.wait(done, timeout):
             return None
@@ -271,7 +289,8 @@ class BagReplay:
         while not future.done() and time.monotonic() < end:
             time.sleep(0.01)
         if not future.done() or not self.out.wait(
-                lambda: len(self.out.got["alarm"]) > n_alarm and self.out.got["alarm"][-1][1].data is False, 10.0):
+            lambda: len(self.out.got["alarm"]) > n_alarm and self.out.got["alarm"][-1][1].data is False, 10.0
+        ):
             raise PaiError(f"{a.node}/reset_alarm did not clear the alarm after the warm-up")
         time.sleep(0.2)  # let late warm-up messages land before clearing
         self.out.clear()
@@ -307,8 +326,10 @@ def compare_offline(rows: list[dict], offline_dir: Path) -> dict:
 
     path = offline_dir / "ood.parquet"
     if not path.is_file():
-        raise InputError(f"--offline-dir {offline_dir} has no ood.parquet (run `pai replay --bag ... --output-dir` "
-                         "with an SAE first)")
+        raise InputError(
+            f"--offline-dir {offline_dir} has no ood.parquet (run `pai replay --bag ... --output-dir` "
+            "with an SAE first)"
+        )
     t = pq.read_table(path).to_pydict()
     offline = {int(round(ts * 1e6)): (s, bool(al)) for ts, s, al in zip(t["timestamp"], t["score"], t["alarm"])}
     diffs, alarm_mismatch, matched = [], 0, []
@@ -321,9 +342,13 @@ def compare_offline(rows: list[dict], offline_dir: Path) -> dict:
         diffs.append(abs(row["score"] - score))
         alarm_mismatch += int(row["alarm"] != alarm)
         matched.append(key)
-    return {"offline_frames": len(offline), "matched_frames": len(matched),
-            "offline_only_frames": len(set(offline) - set(matched)),
-            "max_abs_score_diff": max(diffs) if diffs else None, "alarm_mismatches": alarm_mismatch}
+    return {
+        "offline_frames": len(offline),
+        "matched_frames": len(matched),
+        "offline_only_frames": len(set(offline) - set(matched)),
+        "max_abs_score_diff": max(diffs) if diffs else None,
+        "alarm_mismatches": alarm_mismatch,
+    }
 
 
 def plot(rows: list[dict], path: Path, with_offline: bool) -> None:
@@ -334,14 +359,21 @@ def plot(rows: list[dict], path: Path, with_offline: bool) -> None:
 
     done = [r for r in rows if r.get("score") is not None]
     t0 = rows[0]["stamp"] if rows else 0.0
-    fig, axes = plt.subplots(2 if with_offline else 1, 1, figsize=(8, 5 if with_offline else 3.2), dpi=110,
-                             sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        2 if with_offline else 1, 1, figsize=(8, 5 if with_offline else 3.2), dpi=110, sharex=True, squeeze=False
+    )
     ax = axes[0, 0]
     x = [r["stamp"] - t0 for r in done]
     if with_offline:
         off = [r for r in done if "offline_score" in r]
-        ax.plot([r["stamp"] - t0 for r in off], [r["offline_score"] for r in off], color="#4c72b0", lw=2.5,
-                alpha=0.6, label="offline pai replay")
+        ax.plot(
+            [r["stamp"] - t0 for r in off],
+            [r["offline_score"] for r in off],
+            color="#4c72b0",
+            lw=2.5,
+            alpha=0.6,
+            label="offline pai replay",
+        )
     ax.plot(x, [r["score"] for r in done], "o", ms=3, color="#dd8452", label="ROS node (bag_replay)")
     if done:
         ax.axhline(done[0]["threshold"], color="#c44e52", ls="--", lw=1.2, label="threshold")
@@ -355,8 +387,9 @@ def plot(rows: list[dict], path: Path, with_offline: bool) -> None:
     if with_offline:
         ax2 = axes[1, 0]
         off = [r for r in done if "offline_score" in r]
-        ax2.plot([r["stamp"] - t0 for r in off], [abs(r["score"] - r["offline_score"]) for r in off], ".-",
-                 color="#55a868")
+        ax2.plot(
+            [r["stamp"] - t0 for r in off], [abs(r["score"] - r["offline_score"]) for r in off], ".-", color="#55a868"
+        )
         ax2.set_ylabel("|node - offline|")
     axes[-1, 0].set_xlabel("seconds since the first frame")
     fig.tight_layout()
@@ -364,15 +397,32 @@ def plot(rows: list[dict], path: Path, with_offline: bool) -> None:
     plt.close(fig)
 
 
-def write_results(args: ReplayArgs, rows: list[dict], received: int, skipped: collections.Counter,
-                  n_features: int, seconds: float, bag_frames: int, bag_error: str = "") -> dict:
+def write_results(
+    args: ReplayArgs,
+    rows: list[dict],
+    received: int,
+    skipped: collections.Counter,
+    n_features: int,
+    seconds: float,
+    bag_frames: int,
+    bag_error: str = "",
+) -> dict:
     import pandas as pd
 
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     comparison = compare_offline(rows, args.offline_dir) if args.offline_dir and n_features else None
-    columns = ["frame", "stamp_ns", "stamp", "score", "threshold", "alarm", "answered", "latency_ms",
-               "n_active_features"]
+    columns = [
+        "frame",
+        "stamp_ns",
+        "stamp",
+        "score",
+        "threshold",
+        "alarm",
+        "answered",
+        "latency_ms",
+        "n_active_features",
+    ]
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in columns if c in frame] + sorted(c for c in frame if c not in columns)]
     frame.to_parquet(out / "node_outputs.parquet", index=False)
@@ -383,13 +433,22 @@ def write_results(args: ReplayArgs, rows: list[dict], received: int, skipped: co
     if n_features and rows:
         plot(rows, figure, comparison is not None)
     summary = {
-        "bag": str(args.bag), "node": args.node, "rate": args.rate, "seconds": round(seconds, 2),
+        "bag": str(args.bag),
+        "node": args.node,
+        "rate": args.rate,
+        "seconds": round(seconds, 2),
         "bag_error": bag_error,
-        "bag_frames": bag_frames, "frames_published": len(rows), "frames_skipped": dict(skipped),
-        "warmup_frames": len(WARMUP_OFFSETS_NS), "outputs_received": received,
-        "frames_answered": len(answered), "frames_unanswered": len(rows) - len(answered),
-        "extra_outputs": received - len(answered), "n_features": n_features,
-        "alarm_frames": len(alarms), "first_alarm_frame": alarms[0] if alarms else None,
+        "bag_frames": bag_frames,
+        "frames_published": len(rows),
+        "frames_skipped": dict(skipped),
+        "warmup_frames": len(WARMUP_OFFSETS_NS),
+        "outputs_received": received,
+        "frames_answered": len(answered),
+        "frames_unanswered": len(rows) - len(answered),
+        "extra_outputs": received - len(answered),
+        "n_features": n_features,
+        "alarm_frames": len(alarms),
+        "first_alarm_frame": alarms[0] if alarms else None,
         "latency_ms_median": latencies[len(latencies) // 2] if latencies else None,
         "offline": comparison,
         "max_abs_score_diff_vs_offline": comparison["max_abs_score_diff"] if comparison else None,
@@ -409,8 +468,11 @@ def replay(args: ReplayArgs) -> dict:
         groups = frame_groups(source, error)
         first = next(groups, None)
         if first is None:
-            raise InputError(f"Bag {args.bag} has no complete frame to play (skipped: {dict(skipped)}"
-                             + (f"; {error[0]}" if error else "") + ")")
+            raise InputError(
+                f"Bag {args.bag} has no complete frame to play (skipped: {dict(skipped)}"
+                + (f"; {error[0]}" if error else "")
+                + ")"
+            )
         used = list(topics_.cameras) + ([topics_.joint_states_topic] if topics_.joint_states_topic else [])
         session = BagReplay(args, settings)
         try:
@@ -421,8 +483,9 @@ def replay(args: ReplayArgs) -> dict:
             seconds = time.monotonic() - start
         finally:
             session.close()
-    return write_results(args, rows, received, collections.Counter(skipped), n_features, seconds, bag_frames,
-                         error[0] if error else "")
+    return write_results(
+        args, rows, received, collections.Counter(skipped), n_features, seconds, bag_frames, error[0] if error else ""
+    )
 
 
 def _chain(first: Group, rest: Iterator[Group]) -> Iterator[Group]:
@@ -431,14 +494,19 @@ def _chain(first: Group, rest: Iterator[Group]) -> Iterator[Group]:
 
 
 def parse_args(argv: list[str] | None = None) -> ReplayArgs:
-    p = argparse.ArgumentParser(prog="bag_replay", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bag_replay", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--bag", required=True, help="rosbag2 folder (metadata.yaml) or .mcap / .db3 file")
     p.add_argument("--params-file", required=True, help="the node's params YAML (input topics, joint names)")
     p.add_argument("--output", required=True, help="folder for node_outputs.parquet, summary.json and the plot")
     p.add_argument("--offline-dir", help="offline `pai replay` output folder (its ood.parquet) to compare with")
-    p.add_argument("--rate", type=float, default=1.0,
-                   help="playback speed factor of the recorded timing (0 = as fast as the node answers)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=1.0,
+        help="playback speed factor of the recorded timing (0 = as fast as the node answers)",
+    )
     p.add_argument("--node", default=f"/{topics.NODE_NAME}", help="the node's namespace for its outputs")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the node to come up")
     p.add_argument("--frame-timeout", type=float, default=60.0, help="seconds to wait for one frame's outputs")
@@ -446,8 +514,17 @@ def parse_args(argv: list[str] | None = None) -> ReplayArgs:
     a, _ros = p.parse_known_args(argv)
     if a.rate < 0:
         p.error(f"--rate {a.rate} must be >= 0")
-    return ReplayArgs(Path(a.bag), Path(a.params_file), Path(a.output), Path(a.offline_dir) if a.offline_dir else None,
-                      a.rate, a.node, a.start_timeout, a.frame_timeout, not a.no_progress)
+    return ReplayArgs(
+        Path(a.bag),
+        Path(a.params_file),
+        Path(a.output),
+        Path(a.offline_dir) if a.offline_dir else None,
+        a.rate,
+        a.node,
+        a.start_timeout,
+        a.frame_timeout,
+        not a.no_progress,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,13 +535,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bag_replay] error: {exc}", file=sys.stderr)
         return 2
     if summary["bag_error"]:
-        print(f"[bag_replay] error: {summary['bag_error']} ({summary['frames_published']} frames played; "
-              f"{args.output / 'summary.json'})", file=sys.stderr)
+        print(
+            f"[bag_replay] error: {summary['bag_error']} ({summary['frames_published']} frames played; "
+            f"{args.output / 'summary.json'})",
+            file=sys.stderr,
+        )
         return 2
     diff = summary["max_abs_score_diff_vs_offline"]
-    print(f"[bag_replay] {summary['frames_answered']} of {summary['frames_published']} frames answered "
-          f"({summary['frames_skipped'] or 'none skipped'}), {summary['alarm_frames']} alarm frames"
-          + (f", max |score - offline| {diff:.2e}" if diff is not None else "") + f"; {args.output / 'summary.json'}")
+    print(
+        f"[bag_replay] {summary['frames_answered']} of {summary['frames_published']} frames answered "
+        f"({summary['frames_skipped'] or 'none skipped'}), {summary['alarm_frames']} alarm frames"
+        + (f", max |score - offline| {diff:.2e}" if diff is not None else "")
+        + f"; {args.output / 'summary.json'}"
+    )
     return 0 if summary["frames_unanswered"] == 0 else 3
 
 

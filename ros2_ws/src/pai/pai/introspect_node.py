@@ -26,8 +26,15 @@ from std_srvs.srv import Trigger
 from pai_core import topics
 from pai_core.errors import PaiError
 from pai_core.live import LiveRunner, Status, Tick, check_device, check_paths
-from pai_core.ros_convert import (OutputMessage, feature_names_message, frame_messages, image_msg_to_rgb,
-                                  joint_state_to_vector, ns_to_stamp, stamp_to_ns)
+from pai_core.ros_convert import (
+    OutputMessage,
+    feature_names_message,
+    frame_messages,
+    image_msg_to_rgb,
+    joint_state_to_vector,
+    ns_to_stamp,
+    stamp_to_ns,
+)
 from pai_core.ros_qos import message_class, output_qos
 from pai_core.settings import PaiSettings, SettingsError
 
@@ -55,8 +62,9 @@ class IntrospectNode(Node):
 
         for topic, feature in s.camera_map.items():
             cls = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
-            self.create_subscription(cls, topic, lambda m, f=feature, t=topic: self._on_image(m, f, t),
-                                     qos_profile_sensor_data)
+            self.create_subscription(
+                cls, topic, lambda m, f=feature, t=topic: self._on_image(m, f, t), qos_profile_sensor_data
+            )
         if self.pipeline.engine.state_dim:
             self.create_subscription(JointState, s.joint_states_topic, self._on_joints, qos_profile_sensor_data)
         self.create_service(Trigger, topics.RESET_ALARM, self._on_reset)
@@ -66,14 +74,16 @@ class IntrospectNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish(feature_names_message(self.pipeline))
         self._publish_alarm(False)
-        self.worker = threading.Thread(target=self.runner.run, args=(self._stop, self._publish_tick),
-                                       name="pai-engine", daemon=True)
+        self.worker = threading.Thread(
+            target=self.runner.run, args=(self._stop, self._publish_tick), name="pai-engine", daemon=True
+        )
         self.worker.start()
         command = "~/joint_command" if self.runner.command_names else "no ~/joint_command (action size differs)"
         self.get_logger().info(
             f"ready: cameras {s.camera_map}, joints {s.joint_states_topic}, {self.pipeline.n_features} SAE features, "
             f"threshold {self.pipeline.threshold}, safe stop: {self.runner.safe_stop.backend.target}, {command}, "
-            f"start-up grace {s.startup_grace_s:g} s")
+            f"start-up grace {s.startup_grace_s:g} s"
+        )
 
     def _log(self, level: str, text: str) -> None:
         """The runner's log lines; one call site per severity (rclpy refuses two severities from one site)."""
@@ -128,8 +138,15 @@ class IntrospectNode(Node):
     def _publish_tick(self, tick: Tick) -> None:
         if tick.frame is not None:
             s = self.settings
-            for out in frame_messages(tick.frame, self.pipeline, s.overlay, compressed=True, actions=tick.actions,
-                                      stamp=ns_to_stamp(tick.stamp_ns), command=tick.command):
+            for out in frame_messages(
+                tick.frame,
+                self.pipeline,
+                s.overlay,
+                compressed=True,
+                actions=tick.actions,
+                stamp=ns_to_stamp(tick.stamp_ns),
+                command=tick.command,
+            ):
                 self._publish(out)
         if tick.alarm is not None:
             self._publish_alarm(tick.alarm)
@@ -137,8 +154,9 @@ class IntrospectNode(Node):
     def _publish(self, out: OutputMessage) -> None:
         pub = self._outputs.get(out.topic)
         if pub is None:
-            pub = self._outputs[out.topic] = self.create_publisher(message_class(out.msgtype), out.topic,
-                                                                   output_qos(out.topic))  # the shared table
+            pub = self._outputs[out.topic] = self.create_publisher(
+                message_class(out.msgtype), out.topic, output_qos(out.topic)
+            )  # the shared table
         pub.publish(to_rclpy(out))
 
     def _publish_alarm(self, active: bool) -> None:
@@ -156,8 +174,13 @@ class IntrospectNode(Node):
 
 
 def _status(st: Status) -> DiagnosticStatus:
-    return DiagnosticStatus(level=LEVELS[st.level], name=st.name, message=st.message, hardware_id="pai",
-                            values=[KeyValue(key=k, value=str(v)) for k, v in st.values.items()])
+    return DiagnosticStatus(
+        level=LEVELS[st.level],
+        name=st.name,
+        message=st.message,
+        hardware_id="pai",
+        values=[KeyValue(key=k, value=str(v)) for k, v in st.values.items()],
+    )
 
 
 def missing_params_files(args: list[str]) -> list[str]:

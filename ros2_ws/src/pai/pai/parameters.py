@@ -61,8 +61,13 @@ def declare(node: Any) -> PaiSettings:
         extra = "" if is_runtime(name) else " (read at start)"
         # an empty list has no ROS type: declare it unset (from_flat reads None as [])
         value = None if default == [] else default
-        node.declare_parameter(name, value, ParameterDescriptor(
-            description=docs.get(name, "") + extra, dynamic_typing=True, read_only=not is_runtime(name)))
+        node.declare_parameter(
+            name,
+            value,
+            ParameterDescriptor(
+                description=docs.get(name, "") + extra, dynamic_typing=True, read_only=not is_runtime(name)
+            ),
+        )
     return current(node)
 
 

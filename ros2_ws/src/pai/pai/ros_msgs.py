@@ -27,7 +27,7 @@ def fill(msg: Any, values: dict) -> Any:
         if isinstance(value, dict):
             fill(getattr(msg, name), value)
         elif kind.startswith("sequence<") and "/" in kind:
-            cls = message_class(kind[len("sequence<"):].split(",")[0].rstrip(">"))
+            cls = message_class(kind[len("sequence<") :].split(",")[0].rstrip(">"))
             setattr(msg, name, [fill(cls(), v) for v in value])
         elif isinstance(value, np.ndarray):
             if kind.startswith("sequence<") or "[" in kind:

@@ -6,7 +6,8 @@ report its answer.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pai_core.safe_stop import Done, StopBackend, TopicOnly
 from pai_core.settings import SafeStopSettings, SettingsError
@@ -17,8 +18,15 @@ SWITCH_CONTROLLER = "controller_manager_msgs/srv/SwitchController"
 class ServiceStop:
     """Call one service per attempt; ``read(response) -> (ok, message)`` interprets the answer."""
 
-    def __init__(self, node: Any, srv_type: type, service: str, make_request: Callable[[], Any],
-                 read: Callable[[Any], tuple[bool, str]], type_name: str):
+    def __init__(
+        self,
+        node: Any,
+        srv_type: type,
+        service: str,
+        make_request: Callable[[], Any],
+        read: Callable[[Any], tuple[bool, str]],
+        type_name: str,
+    ):
         self.client = node.create_client(srv_type, service)
         self.make_request = make_request
         self.read = read
@@ -51,8 +59,9 @@ class ServiceStop:
 def trigger(node: Any, service: str) -> ServiceStop:
     from std_srvs.srv import Trigger
 
-    return ServiceStop(node, Trigger, service, Trigger.Request, lambda r: (bool(r.success), str(r.message)),
-                       "std_srvs/Trigger")
+    return ServiceStop(
+        node, Trigger, service, Trigger.Request, lambda r: (bool(r.success), str(r.message)), "std_srvs/Trigger"
+    )
 
 
 def switch_controller_type() -> type:
@@ -60,13 +69,17 @@ def switch_controller_type() -> type:
     try:
         from controller_manager_msgs.srv import SwitchController
     except ImportError as exc:
-        raise SettingsError(f"safe_stop.backend=ros2_control needs the {SWITCH_CONTROLLER} service type, which is not "
-                            f"installed ({exc}): install ros2_control's controller_manager_msgs (ros-jazzy-controller-"
-                            "manager-msgs) or source the workspace that builds it") from None
+        raise SettingsError(
+            f"safe_stop.backend=ros2_control needs the {SWITCH_CONTROLLER} service type, which is not "
+            f"installed ({exc}): install ros2_control's controller_manager_msgs (ros-jazzy-controller-"
+            "manager-msgs) or source the workspace that builds it"
+        ) from None
     fields = SwitchController.Request.get_fields_and_field_types()
     if "deactivate_controllers" not in fields:
-        raise SettingsError(f"{SWITCH_CONTROLLER} here has fields {sorted(fields)}; pai needs the Jazzy-or-newer "
-                            "request with deactivate_controllers")
+        raise SettingsError(
+            f"{SWITCH_CONTROLLER} here has fields {sorted(fields)}; pai needs the Jazzy-or-newer "
+            "request with deactivate_controllers"
+        )
     return SwitchController
 
 
@@ -81,9 +94,12 @@ def ros2_control(node: Any, settings: SafeStopSettings) -> ServiceStop:
 
     def request() -> Any:
         return SwitchController.Request(
-            activate_controllers=[], deactivate_controllers=list(settings.controllers),
-            strictness=strictness[settings.strictness], activate_asap=False,
-            timeout=Duration(sec=timeout_ns // 1_000_000_000, nanosec=timeout_ns % 1_000_000_000))
+            activate_controllers=[],
+            deactivate_controllers=list(settings.controllers),
+            strictness=strictness[settings.strictness],
+            activate_asap=False,
+            timeout=Duration(sec=timeout_ns // 1_000_000_000, nanosec=timeout_ns % 1_000_000_000),
+        )
 
     def read(response: Any) -> tuple[bool, str]:
         message = str(getattr(response, "message", ""))
