@@ -29,6 +29,7 @@ demo-quick: $(STAMP)
 	$(BIN)/pai demo --quick
 
 bench: $(STAMP)
+	VENV=$(VENV) bash scripts/install_bench.sh
 	$(BIN)/python bench/overhead.py
 
 clean-env:
