@@ -20,7 +20,7 @@ Conditions (``--conditions``; episode i of every condition places the cube with 
 
 Detectors, each with the same n-of-m latched alarm: pai (the Pipeline's alarm: any signal above its
 jointly calibrated threshold), each of pai's signals alone (appearance score; action_consistency when
-ood_params.json lists it), and the seed's rule (whole-frame SAE, mean + 2.5 sigma; pai_core/baselines.py
+ood_params.json lists it), and the seed's rule (whole-frame SAE, mean + 2.5 sigma; bench/baselines.py
 trained as bench/ood.py trains it) on the encoder tokens of the same forward. Per step the alarm
 statistic is score / threshold (pai: the largest over its signals).
 
@@ -500,8 +500,8 @@ def train_seed_rule(pipe, cfg: FailureBenchConfig):
     """The seed's rule as bench/ood.py trains it (the SAE's clean training tokens) -> (SeedRule, summary)."""
     import torch
 
+    from bench.baselines import WholeFrameSAEConfig, train_whole_frame_sae
     from bench.ood import TokenTap, training_tokens
-    from pai_core.baselines import WholeFrameSAEConfig, train_whole_frame_sae
 
     extra = pipe.extractor.sae.config.extra
     dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(extra.get("dtype"), torch.float32)

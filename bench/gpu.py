@@ -243,7 +243,7 @@ def _ours(d: int = 512, tokens: int = 4096) -> dict:
 
 
 def _seed(n_tokens: int = 77, d: int = 512, frames_per_step: int = 64) -> dict:
-    from pai_core.baselines import WholeFrameSAE
+    from bench.baselines import WholeFrameSAE
 
     model = WholeFrameSAE(n_tokens, d).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -453,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from bench.baselines import WholeFrameSAEConfig, train_whole_frame_sae
     from pai_core.alarm import AlarmConfig
-    from pai_core.baselines import WholeFrameSAEConfig, train_whole_frame_sae
     from pai_core.ood import evaluate_episodes
     from pai_core.pipeline import Pipeline
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from pai_core.baselines import WholeFrameSAEConfig, train_whole_frame_sae
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.baselines import WholeFrameSAEConfig, train_whole_frame_sae  # noqa: E402
 
 
 def _frames(n: int, shift: float, seed: int) -> torch.Tensor:
