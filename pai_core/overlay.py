@@ -3,60 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
-from typing import Literal
 
 import cv2
 import numpy as np
 
 from .attention import normalize_maps
+from .configs import COLORMAP_NAMES, OverlayConfig
 from .engine import FrameResult
 from .observation import Observation
 
-COLORMAPS = {
-    "jet": cv2.COLORMAP_JET,
-    "turbo": cv2.COLORMAP_TURBO,
-    "inferno": cv2.COLORMAP_INFERNO,
-    "viridis": cv2.COLORMAP_VIRIDIS,
-    "hot": cv2.COLORMAP_HOT,
-}
-
-
-@dataclass
-class OverlayConfig:
-    """How overlays look.
-
-    Args:
-        source: "attention" (decoder cross-attention) or "rollout" (attention rollout).
-        colormap: one of ``COLORMAPS``.
-        alpha: heatmap opacity in [0, 1].
-        normalize: "global" scales all cameras by one maximum, "per_camera" each by its own.
-        state_bar: draw a bar on the left edge whose height is the state token's attention share.
-        label: write the camera name and its attention share (scaled to fit inside the image).
-        weighted: opacity follows the map (``alpha`` at the map's top, untinted where it is 0), so the
-            image shows where attention is low; off: ``alpha`` everywhere (the whole frame tinted).
-        mark_peak: ring the map's maximum.
-    """
-
-    source: Literal["attention", "rollout"] = "attention"
-    colormap: str = "jet"
-    alpha: float = 0.5
-    normalize: Literal["global", "per_camera"] = "global"
-    state_bar: bool = True
-    label: bool = True
-    weighted: bool = True
-    mark_peak: bool = True
-
-    def __post_init__(self) -> None:
-        if self.source not in ("attention", "rollout"):
-            raise ValueError(f"source={self.source!r} is not one of 'attention', 'rollout'")
-        if self.colormap not in COLORMAPS:
-            raise ValueError(f"colormap={self.colormap!r} is not one of {sorted(COLORMAPS)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha={self.alpha} must be within [0, 1]")
-        if self.normalize not in ("global", "per_camera"):
-            raise ValueError(f"normalize={self.normalize!r} is not one of 'global', 'per_camera'")
+COLORMAPS = {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in COLORMAP_NAMES}
 
 
 @cache
@@ -168,7 +125,7 @@ def render_overlays(
     ``scale`` = (value shown untinted, value shown at full heat), one for all cameras or one per camera:
     maps go on that fixed scale (``fixed_scale``) instead of being normalised per frame, and the heat sets
     each pixel's opacity. Per-frame normalisation makes the hottest patch of a clean frame as hot as that of
-    an OOD one; a fixed scale (e.g. from the OOD threshold, ``replay.video.ood_map_scale``) keeps clean frames clean.
+    an OOD one; a fixed scale (e.g. from the OOD threshold, ``replay.run_info.ood_map_scale``) keeps clean frames clean.
     """
     config = config or OverlayConfig()
     raw = maps if maps is not None else (result.rollout if config.source == "rollout" else result.attention)

@@ -84,13 +84,14 @@ def test_report_says_when_the_threshold_was_overridden_and_when_there_are_no_ood
     policy_dir, sae_dir, tmp_path
 ):
     from pai_core.replay.report import ReportSink
+    from pai_core.replay.run_info import RunInfo
 
     pipe = pipeline(policy_dir, sae_dir)
     pipe.threshold_override = 3.14159265358979
     page = replay_report(pipe, tmp_path)
     assert cell(page, "threshold") == "3.142"
     assert cell(page, "threshold overridden") == "yes (calibrated threshold 0.01235)"
-    assert ReportSink(pipeline(policy_dir)).ood == {"OOD parameters": "no OOD parameters"}
+    assert ReportSink(RunInfo.of(pipeline(policy_dir))).ood == {"OOD parameters": "no OOD parameters"}
 
 
 def test_summary_numbers_are_rounded_to_four_significant_digits():
@@ -167,7 +168,8 @@ def test_small_noise_stays_cool_on_a_fixed_scale_but_per_frame_normalisation_mak
 def test_the_ood_video_scale_follows_the_threshold_so_clean_frames_look_clean(policy_dir, sae_dir, tmp_path):
     import av
 
-    from pai_core.replay.video import Mp4Writer, VideoSink, ood_map_scale
+    from pai_core.replay.run_info import RunInfo, ood_map_scale
+    from pai_core.replay.video import Mp4Writer, VideoSink
 
     pipe = pipeline(policy_dir, sae_dir)
     frames = pipe.step_batch(observations(4))
@@ -186,7 +188,7 @@ def test_the_ood_video_scale_follows_the_threshold_so_clean_frames_look_clean(po
         pipe.threshold_override = threshold
         out = tmp_path / f"{threshold}-{use_pipeline}"
         out.mkdir()
-        sink = VideoSink(out, 10.0, config, maps=("ood",), pipeline=pipe if use_pipeline else None)
+        sink = VideoSink(out, 10.0, config, maps=("ood",), info=RunInfo.of(pipe) if use_pipeline else None)
         sink.write(frames)
         sink.close()
         return video_change(out / "front_ood.mp4")
@@ -208,7 +210,7 @@ def test_patch_knn_maps_reach_full_heat_where_one_patch_alone_would_reach_the_th
 
     from pai_core.ood import OODParams
     from pai_core.ood.patch_knn import PatchKnnConfig, PatchKnnScorer, patch_grid
-    from pai_core.replay.video import ood_map_scale
+    from pai_core.replay.run_info import ood_map_scale
 
     g = torch.Generator().manual_seed(0)
     patterns = torch.randn(10, 4, 6, 8, generator=g)

@@ -86,22 +86,26 @@ def replay(
 ) -> ReplayResult:
     """Run ``observations`` through ``pipeline`` into every output chosen by ``options``."""
     from .report import ReportSink, write_report
+    from .run_info import RunInfo
     from .tables import TableSink
 
     out = Path(options.output_dir)
     out = prepare_output_dir(out, "replay output folder (--output-dir)")
-    sinks: list = [TableSink(out, pipeline)]
+    info = RunInfo.of(pipeline)
+    sinks: list = [TableSink(out, info)]
     video = messages = None
     if options.video:
         from .video import VideoSink
 
-        video = VideoSink(out, fps, options.overlay, options.video_maps, pipeline=pipeline)
+        video = VideoSink(out, fps, options.overlay, options.video_maps, info=info)
         sinks.append(video)
     saliency = None
     if options.saliency is not None:
+        from ..saliency import IntegratedGradients
         from .saliency_sink import SaliencySink
 
-        saliency = SaliencySink(out, pipeline, options.saliency, fps, options.overlay, video=options.video)
+        ig = IntegratedGradients(pipeline.engine, options.saliency)
+        saliency = SaliencySink(out, ig, info, fps, options.overlay, video=options.video)
         sinks.append(saliency)
     writers: list = []
     if options.mcap:
@@ -132,9 +136,9 @@ def replay(
     if writers:
         from .messages import MessageSink
 
-        messages = MessageSink(pipeline, writers, options.overlay, options.compressed, options.namespace)
+        messages = MessageSink(info, writers, options.overlay, options.compressed, options.namespace)
         sinks.append(messages)
-    report = ReportSink(pipeline)
+    report = ReportSink(info)
     sinks.append(report)
     stats = RunStats()
     error: PaiError | None = None
@@ -153,8 +157,8 @@ def replay(
         files |= saliency.files
     summary = {
         "source": source,
-        "policy": pipeline.engine.loaded.source,
-        "sae": "yes" if pipeline.extractor is not None else "no",
+        "policy": info.policy,
+        "sae": "yes" if info.has_sae else "no",
         "frames processed": accounting.frames_processed,
         "frames skipped": sum(accounting.frames_skipped.values()),
         "wall time (s)": round(stats.wall_s, 3),
@@ -162,7 +166,7 @@ def replay(
         "recorded span (s)": round(stats.span_s, 3),
         "x real time": round(stats.realtime_factor, 2),
         "batch size": options.batch_size,
-        "threshold": pipeline.threshold,
+        "threshold": info.threshold,
         "alarm frames": int(sum(report.series.alarm)),
         **{k: v for k, v in pipeline.ood_summary().items() if k.startswith("reference_")},
     }

@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..overlay import OverlayConfig
-from ..pipeline import Frame, Pipeline
+from ..pipeline import Frame
 from ..ros_convert import feature_names_message, frame_messages
 from ..topics import NODE_NAME
 from .encoding import Encoded, encode
+from .run_info import RunInfo
 
 
 class MessageWriter(Protocol):
@@ -28,13 +29,13 @@ class MessageSink:
 
     def __init__(
         self,
-        pipeline: Pipeline,
+        info: RunInfo,
         writers: Sequence[MessageWriter],
         overlay: OverlayConfig | None = None,
         compressed: bool = True,
         namespace: str = f"/{NODE_NAME}",
     ):
-        self.pipeline, self.writers = pipeline, list(writers)
+        self.info, self.writers = info, list(writers)
         self.overlay, self.compressed, self.namespace = overlay or OverlayConfig(), compressed, namespace
         self.counts: dict[str, int] = {}
         self._started = False
@@ -51,10 +52,10 @@ class MessageSink:
             if log is None:
                 stamp_ns = f.observation.stamp_ns
                 log = int(stamp_ns) if stamp_ns is not None else int(round(float(f.observation.timestamp) * 1e9))
-            if not self._started and self.pipeline.n_features:
-                self._send(feature_names_message(self.pipeline, f.observation.timestamp), log)
+            if not self._started and self.info.n_features:
+                self._send(feature_names_message(self.info, f.observation.timestamp), log)
             self._started = True
-            for message in frame_messages(f, self.pipeline, self.overlay, compressed=self.compressed):
+            for message in frame_messages(f, self.info, self.overlay, compressed=self.compressed):
                 self._send(message, log)
 
     def close(self) -> None:

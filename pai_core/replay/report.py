@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from ..ood import descriptions
-from ..pipeline import Frame, Pipeline
+from ..pipeline import Frame
 from ..topics import camera_short
 from .accounting import Accounting
+from .run_info import RunInfo
 
 
 @dataclass
@@ -33,11 +34,10 @@ class Series:
 class ReportSink:
     """Collects ``Series``; ``write`` renders the report once the replay is over (or broke off)."""
 
-    def __init__(self, pipeline: Pipeline):
-        self.pipeline = pipeline
+    def __init__(self, info: RunInfo):
         self.series = Series()
-        self.feature_names = pipeline.feature_names()
-        self.ood = ood_description(pipeline)
+        self.feature_names = info.feature_names()
+        self.ood = ood_description(info)
 
     def write(self, frames: Sequence[Frame]) -> None:
         s = self.series
@@ -100,10 +100,10 @@ def _episodes(episodes: Sequence) -> str:
     return ", ".join(runs)
 
 
-def ood_description(pipeline: Pipeline) -> dict[str, str]:
+def ood_description(info: RunInfo) -> dict[str, str]:
     """What produced the alarm threshold: score, alpha, calibration set, threshold and whether it was
     overridden (a threshold alone cannot be judged without them)."""
-    ood, override, threshold = pipeline.ood, pipeline.threshold_override, pipeline.threshold
+    ood, override, threshold = info.ood, info.threshold_override, info.threshold
     if ood is None:
         out = {"OOD parameters": "no OOD parameters"}
         if override is not None:

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ..overlay import OverlayConfig
-from ..pipeline import Frame, Pipeline
-from ..saliency import IntegratedGradients, SaliencyConfig, render_saliency
+from ..pipeline import Frame
+from ..saliency import IntegratedGradients, render_saliency
 from ..topics import camera_short
+from .run_info import RunInfo
 from .tables import _Table
 from .video import VideoSink
 
@@ -29,13 +30,18 @@ from .video import VideoSink
 class SaliencySink:
     """Runs integrated gradients on every frame the replay processed (batched as the replay batches) and writes
     the videos and the table. The attributions are computed here, after the pipeline's own forward pass, so
-    the other outputs stay exactly the pipeline's."""
+    the other outputs stay exactly the pipeline's.
+
+    Args:
+        ig: the attribution method (on the run's engine, with its ``SaliencyConfig``).
+        info: the run's description (its cameras name the share columns).
+    """
 
     def __init__(
         self,
         output_dir: str | Path,
-        pipeline: Pipeline,
-        config: SaliencyConfig,
+        ig: IntegratedGradients,
+        info: RunInfo,
         fps: float,
         overlay: OverlayConfig | None = None,
         video: bool = True,
@@ -43,10 +49,10 @@ class SaliencySink:
         import pyarrow as pa
 
         out = Path(output_dir)
-        self.ig = IntegratedGradients(pipeline.engine, config)
+        self.ig = ig
         self.overlay = overlay or OverlayConfig()
         self.videos = VideoSink(out, fps, self.overlay, maps=()) if video else None
-        self.cameras = list(pipeline.engine.camera_names)
+        self.cameras = list(info.cameras)
         fields = [
             pa.field("episode", pa.int32()),
             pa.field("frame", pa.int64()),
@@ -61,7 +67,7 @@ class SaliencySink:
             pa.field("state_attribution", pa.list_(pa.float32())),
         ]
         meta = {
-            "saliency": json.dumps(dataclasses.asdict(config)),
+            "saliency": json.dumps(dataclasses.asdict(ig.config)),
             "method": "integrated gradients, midpoint rule",
             "baseline": "black images, zero state",
         }

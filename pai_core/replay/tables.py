@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pipeline import Frame, Pipeline
+from ..pipeline import Frame
 from ..topics import camera_short
+from .run_info import RunInfo
 
 KEYS = ("episode", "frame", "timestamp")
 
@@ -58,14 +59,14 @@ class _Table:
 
 
 class TableSink:
-    """Writes the three tables; features and OOD only when the pipeline has an SAE."""
+    """Writes the three tables; features and OOD only when the run has an SAE."""
 
-    def __init__(self, output_dir: str | Path, pipeline: Pipeline):
+    def __init__(self, output_dir: str | Path, info: RunInfo):
         import pyarrow as pa
 
         out = Path(output_dir)
         keys = [pa.field("episode", pa.int32()), pa.field("frame", pa.int64()), pa.field("timestamp", pa.float64())]
-        self.cameras = list(pipeline.engine.camera_names)
+        self.cameras = list(info.cameras)
         attention = pa.schema(
             keys
             + [pa.field("latent_share", pa.float32()), pa.field("state_share", pa.float32())]
@@ -74,10 +75,10 @@ class TableSink:
         )
         self.attention = _Table(out / "attention.parquet", attention)
         self.features = self.ood = None
-        if pipeline.extractor is not None:
+        if info.has_sae:
             meta = {
-                "n_features": str(pipeline.n_features),
-                "feature_names": json.dumps(pipeline.feature_names()),
+                "n_features": str(info.n_features),
+                "feature_names": json.dumps(info.feature_names()),
                 "layout": "sparse: feature_index/feature_value list the non-zero activations",
             }
             self.features = _Table(
@@ -103,11 +104,11 @@ class TableSink:
                         pa.field("reason", pa.string()),
                         pa.field("state_coverage", pa.float64()),
                     ]  # patch_knn: > 1 = joint state not covered
-                    + [pa.field(f"signal_{name}", pa.float64()) for name in pipeline.signals]
-                    + [pa.field(f"signal_{name}_threshold", pa.float64()) for name in pipeline.signals]
+                    + [pa.field(f"signal_{name}", pa.float64()) for name in info.signals]
+                    + [pa.field(f"signal_{name}_threshold", pa.float64()) for name in info.signals]
                 ),
             )
-            self.signal_thresholds = pipeline.signal_thresholds()
+            self.signal_thresholds = info.signal_thresholds()
 
     def write(self, frames: Sequence[Frame]) -> None:
         for f in frames:

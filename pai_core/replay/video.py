@@ -10,20 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..overlay import OverlayConfig, Scale, render_overlays
-from ..pipeline import Frame, Pipeline
+from ..overlay import OverlayConfig, render_overlays
+from ..pipeline import Frame
 from ..topics import camera_short
-
-
-def ood_map_scale(pipeline: Pipeline) -> Scale | dict[str, Scale] | None:
-    """A fixed (untinted, full heat) scale for the pipeline's OOD maps, derived from the threshold in force by
-    the scorer (``Scorer.map_scale``: what its maps mean), so a colour means the same in every frame and a
-    clean frame looks clean (per-frame normalisation paints every frame's largest value at full heat, clean
-    or not). None (per-frame normalisation) without a threshold or where the score does not come from the
-    maps."""
-    if pipeline.ood is None or pipeline.threshold is None:
-        return None
-    return pipeline.scorer.map_scale(float(pipeline.threshold))
+from .run_info import RunInfo
 
 
 def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -83,8 +73,9 @@ class VideoSink:
     Args:
         fps: frame rate of the written videos (the source's frame rate, so they play in real time).
         maps: which overlays to write: "attention" (or rollout, per ``overlay.source``) and "ood".
-        pipeline: the replay's pipeline; its OOD score and threshold put the OOD maps on one fixed scale for
-            the whole run (``ood_map_scale``). Without it each OOD frame is normalised on its own.
+        info: the run's description; its OOD scale (from the score and threshold) puts the OOD maps on one
+            fixed scale for the whole run (``run_info.ood_map_scale``). Without it each OOD frame is
+            normalised on its own.
     """
 
     def __init__(
@@ -93,13 +84,13 @@ class VideoSink:
         fps: float,
         overlay: OverlayConfig | None = None,
         maps: Sequence[str] = ("attention", "ood"),
-        pipeline: Pipeline | None = None,
+        info: RunInfo | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.fps = fps if fps > 0 else 10.0
         self.overlay = overlay or OverlayConfig()
         self.maps = tuple(maps)
-        self.ood_scale = ood_map_scale(pipeline) if pipeline is not None else None
+        self.ood_scale = info.ood_scale if info is not None else None
         self.writers: dict[tuple[str, str], Mp4Writer] = {}
 
     def _writer(self, camera: str, kind: str) -> Mp4Writer:
