@@ -6,11 +6,13 @@ model computed on the way. Add Pi0 or SmolVLA here beside ACT; sources, sinks an
 
 from __future__ import annotations
 
+from torch import nn
+
 from .act import ACTAdapter
 from .base import Capture, PolicyAdapter
 
 
-def make_adapter(policy, token_layer: int = -1, keep_vision_features: bool = False) -> PolicyAdapter:
+def make_adapter(policy: nn.Module, token_layer: int = -1, keep_vision_features: bool = False) -> PolicyAdapter:
     """The adapter for ``policy`` (by its config type)."""
     kind = getattr(policy.config, "type", None)
     if kind == "act":

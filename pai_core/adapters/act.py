@@ -7,6 +7,9 @@ each camera's feature-map shape, so the token layout follows the real input size
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -31,8 +34,9 @@ class ACTAdapter:
 
     def __init__(self, policy: nn.Module, token_layer: int = -1, keep_vision_features: bool = False):
         self.policy = policy
-        self.model = policy.model
-        cfg = policy.config
+        # ACT's model and config come from lerobot, which ships no types (nn.Module's __getattr__ says Tensor | Module)
+        self.model: Any = cast(Any, policy.model)
+        cfg: Any = cast(Any, policy.config)
         layers = self.model.encoder.layers
         if not -len(layers) <= token_layer < len(layers):
             raise ValueError(f"token_layer={token_layer} but the ACT encoder has {len(layers)} layers")
@@ -45,7 +49,7 @@ class ACTAdapter:
         self._tokens: torch.Tensor | None = None
         self._feature_shapes: list[tuple[int, int]] = []
         self.backbone_calls = 0
-        self._handles = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for i, layer in enumerate(layers):
             self._handles.append(layer.self_attn.register_forward_hook(self._keep_encoder_attention(i)))
         self._handles.append(
@@ -61,26 +65,26 @@ class ACTAdapter:
             for name in self.VISION_LAYERS:
                 self._handles.append(getattr(self.model.backbone, name).register_forward_hook(self._keep_vision))
 
-    def _keep_encoder_attention(self, index: int):
-        def hook(_module, _inputs, output):
+    def _keep_encoder_attention(self, index: int) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
+        def hook(_module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
             self._enc_attn[index] = output[1]
 
         return hook
 
-    def _keep_cross_attention(self, _module, _inputs, output) -> None:
+    def _keep_cross_attention(self, _module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
         self._cross = output[1]
 
-    def _keep_tokens(self, _module, _inputs, output) -> None:
+    def _keep_tokens(self, _module: nn.Module, _inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         self._tokens = output  # (S, B, D)
 
-    def _keep_input(self, _module, args, _kwargs) -> None:
+    def _keep_input(self, _module: nn.Module, args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
         self._input = args[0]  # (S, B, D) encoder input: projected backbone features, state, latent
 
-    def _keep_vision(self, _module, _inputs, output) -> None:
+    def _keep_vision(self, _module: nn.Module, _inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         if self.keep_vision_features:
             self._vision.append(output)
 
-    def _keep_feature_shape(self, _module, _inputs, output) -> None:
+    def _keep_feature_shape(self, _module: nn.Module, _inputs: tuple[Any, ...], output: Any) -> None:
         self.backbone_calls += 1
         fmap = output["feature_map"]
         self._feature_shapes.append((int(fmap.shape[-2]), int(fmap.shape[-1])))
@@ -94,16 +98,17 @@ class ACTAdapter:
         """
         self._feature_shapes = []
         self._vision = []
+        model_batch: dict[str, Any] = batch
         if self.camera_names:
-            batch = dict(batch)
-            batch[OBS_IMAGES] = [batch[key] for key in self.camera_names]
-        actions = self.model(batch)[0]
-        if self._cross is None or any(a is None for a in self._enc_attn) or self._tokens is None:
+            model_batch = dict(batch)
+            model_batch[OBS_IMAGES] = [batch[key] for key in self.camera_names]
+        actions = self.model(model_batch)[0]
+        if self._cross is None or any(a is None for a in self._enc_attn) or self._tokens is None or self._input is None:
             raise RuntimeError("ACT forward ran but the attention hooks captured nothing; is need_weights off?")
         layout = TokenLayout.build(self.has_state, self.has_env_state, self.camera_names, self._feature_shapes)
         capture = Capture(
             layout=layout,
-            encoder_attention=list(self._enc_attn),
+            encoder_attention=cast(list[torch.Tensor], list(self._enc_attn)),  # none is None (checked above)
             cross_attention=self._cross,
             tokens=self._tokens.transpose(0, 1),
             input_tokens=self._input.transpose(0, 1),

@@ -13,6 +13,9 @@ scalar; on the CPU it redirects to the CPU, so outputs are bit-identical there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -35,7 +38,13 @@ class DeviceFactories(TorchFunctionMode):
         self.device = torch.device(device)
         self.redirected: list[str] = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: object,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = dict(kwargs or {})
         if func in FACTORIES and kwargs.get("device") is None:
             kwargs["device"] = self.device
@@ -50,11 +59,11 @@ class DeviceFactories(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _is_scalar(value) -> bool:
+def _is_scalar(value: object) -> bool:
     return isinstance(value, (bool, int, float))
 
 
-def _scalar_dtype(value) -> torch.dtype:
+def _scalar_dtype(value: bool | int | float) -> torch.dtype:
     """The dtype ``torch.tensor`` infers for a Python scalar."""
     if isinstance(value, bool):
         return torch.bool
