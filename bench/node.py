@@ -7,8 +7,11 @@ joint states at --hz with the current time as header stamp, and measures per fra
 publishing to receiving its overlay, and to receiving its joint command (stamped like the input and
 published last, so every output of the frame is out). Reports median/p99 latency of both, drops (frames
 published without an overlay / a command, and the node's own superseded count), node throughput, the
-plain forward rate of the same policy in this process (preprocessor + ``predict_action_chunk``, eager), the
-ratio of the live p99 to it, whether the node's engine replays a CUDA graph, and the node's CPU use.
+plain LeRobot inference of the same policy in this process (a fresh hook-free load: preprocessor +
+``predict_action_chunk`` + postprocessor, eager), interleaved with ``Pipeline.step`` and measured in the same
+run, the ratios of the node's median and p99 latency (and of ``Pipeline.step``) to it, whether the node's
+engine replays a CUDA graph, and the node's CPU use. The node side cannot interleave with the plain side
+frame by frame (it runs in its own process at the camera rate); the plain side is measured just before it.
 
     source scripts/test_env.sh
     .venv/bin/python bench/node.py --seconds 20 --hz 10 --height 96 --width 128
@@ -33,6 +36,7 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def build_models(out: Path, args) -> dict:
@@ -58,40 +62,36 @@ def build_models(out: Path, args) -> dict:
 
 
 def plain_forward_ms(models: dict, args, runs: int = 30) -> tuple[float, float, str]:
-    """Median ms of the bare LeRobot inference and of ``Pipeline.step`` on the same inputs, and how the
-    engine runs ``step`` (``graph.status``: a CUDA graph replay or the eager forward)."""
+    """Median ms of plain LeRobot inference (preprocessor + ``predict_action_chunk`` + postprocessor from uint8
+    images, on a fresh hook-free load: bench/plain.py) and of ``Pipeline.step`` on the same inputs, interleaved
+    (bench/timing.py), and how the engine runs ``step`` (``graph.status``: a CUDA graph replay or eager)."""
     import torch
 
+    from bench.plain import assert_no_hooks, load_plain
+    from bench.timing import interleave
     from pai_core.observation import Observation
     from pai_core.pipeline import Pipeline
     from pai_core.testing import synthetic_frame
 
     torch.set_num_threads(args.threads)
+    plain_p = load_plain(models["policy"], args.device)
     pipe = Pipeline.load(models["policy"], models["sae"], device=args.device)
-    engine = pipe.engine
     obs = Observation(
         {k: synthetic_frame(h, w, 0.3) for k, (h, w) in models["cams"].items()}, state=np.zeros(6, np.float32)
     )
 
-    def sync():
+    def sync() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    plain, full = [], []
-    with torch.inference_mode():
-        for i in range(runs + 3):
-            t0 = time.perf_counter()
-            batch = engine.loaded.preprocessor(engine.observation_to_dict(obs))
-            engine.loaded.postprocessor(engine.policy.predict_action_chunk(batch))
-            sync()
-            t1 = time.perf_counter()
-            pipe.step(obs)
-            sync()
-            t2 = time.perf_counter()
-            if i >= 3:
-                plain.append((t1 - t0) * 1000)
-                full.append((t2 - t1) * 1000)
-    return statistics.median(plain), statistics.median(full), engine.graph.status.describe()
+    def plain() -> object:
+        with torch.inference_mode():
+            batch = plain_p.preprocessor(plain_p.to_lerobot(obs.images, obs.state))
+            return plain_p.postprocessor(plain_p.policy.predict_action_chunk(batch))
+
+    t = interleave({"plain": plain, "pipeline": lambda: pipe.step(obs)}, rounds=runs, warmup=3, sync=sync)
+    assert_no_hooks(plain_p.policy, "the plain LeRobot policy (after the rounds)")
+    return t.median("plain"), t.median("pipeline"), pipe.engine.graph.status.describe()
 
 
 def write_params(path: Path, models: dict, args) -> None:
@@ -294,12 +294,23 @@ def main() -> int:
         **run_node_bench(models, args, work / "introspect.yaml"),
     }
     p99 = result["latency_all_outputs_ms_p99"]
+    median = result["latency_all_outputs_ms_median"]
+    result["ratios_vs_plain_lerobot"] = {  # the baseline measured above, in this run, hook-free
+        "pipeline_step": round(pipeline_ms / plain_ms, 3),
+        "node_latency_median": round(median / plain_ms, 3) if median else None,
+        "node_latency_p99": round(p99 / plain_ms, 3) if p99 else None,
+    }
     result["targets"] = {  # issue 14's live target, for two 480x640 cameras at 30 Hz for 60 s on a GPU
         "p99_all_outputs_le_10ms": p99 is not None and p99 <= 10.0,
         "no_frame_dropped": result["dropped_before_last_output"] == 0,
         "live_p99_over_eager_plain_forward": round(p99 / plain_ms, 3) if p99 else None,
     }
     print(json.dumps(result, indent=2))
+    r = result["ratios_vs_plain_lerobot"]
+    print(
+        f"ratio node latency (camera in -> last output) / plain LeRobot inference: median {r['node_latency_median']}"
+        f", p99 {r['node_latency_p99']}; Pipeline.step / plain {r['pipeline_step']} (plain {plain_ms:.2f} ms)"
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0
