@@ -36,6 +36,8 @@ class Capture:
 class PolicyAdapter(Protocol):
     """Runs the policy's model once and returns ``(actions (B, T, A) normalised, Capture)``."""
 
+    keep_vision_features: bool  # also capture the backbone's feature maps (``Capture.vision_features``)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Capture]: ...
 
     def graph_safe(self, device: torch.device | str) -> AbstractContextManager:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..errors import ModelError
 from .conformal import auroc
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from ..nuisance import NuisanceRange
+    from ..pipeline import Pipeline
 
 
 @dataclass
@@ -43,13 +50,13 @@ class EpisodeScores:
 
 
 def score_episodes(
-    pipe,
-    dataset,
+    pipe: Pipeline,
+    dataset: LeRobotDataset,
     episodes: Sequence[int] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     leave_out_own_episode: bool = False,
-    nuisance=None,
+    nuisance: NuisanceRange | None = None,
     seed: int = 0,
 ) -> list[EpisodeScores]:
     """Run ``Pipeline.step_batch`` over episodes (the alarm restarts with each episode) and collect the
@@ -99,7 +106,7 @@ def score_episodes(
                 np.asarray(scores, np.float64),
                 np.asarray(stamps, np.float64),
                 np.asarray(alarm, bool),
-                np.stack(errors),
+                np.stack(cast("list[np.ndarray]", errors)),  # the SAE (checked above) sets every frame's
                 cov,
                 {k: np.asarray([f[k] for f in signals], np.float64) for k in (signals[0] if signals else {})},
             )
@@ -130,7 +137,8 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
     threshold)."""
     id_s = np.concatenate([e.scores for e in id_eps]) if id_eps else np.empty(0)
     ood_s = np.concatenate([e.scores for e in ood_eps]) if ood_eps else np.empty(0)
-    per_id, per_ood = [], []
+    per_id: list[dict[str, Any]] = []
+    per_ood: list[dict[str, Any]] = []
     for e in id_eps:
         first = _first(e.alarm)
         per_id.append(

@@ -37,6 +37,7 @@ REFERENCE_FILE = "ood_reference.safetensors"
 PAD = 1e3  # feature value outside the image: no patch is ever matched there
 QUANTILE = 0.99
 COVERAGE_QUANTILE = 0.9
+Array = torch.Tensor | np.ndarray  # what the constructors take: a saved (memory-mapped) tensor or numpy
 CHUNK = 64  # frames standardised or probed at a time (bounds the float32 temporaries)
 SEARCH_CHUNK = 8192  # reference frames per block of the joint-state search (bounds its (B, chunk) distances)
 
@@ -99,7 +100,16 @@ class CameraReference:
     ``patches`` (N, C, H, W) float16, standardised per channel; on the CPU usually a memory map of the
     saved file, so a node's resident memory does not grow with the reference."""
 
-    def __init__(self, patches, channel_mean, channel_std, patch_mean=None, patch_std=None, q_z=1.0, q_raw=1.0):
+    def __init__(
+        self,
+        patches: Array,
+        channel_mean: Array,
+        channel_std: Array,
+        patch_mean: Array | None = None,
+        patch_std: Array | None = None,
+        q_z: float = 1.0,
+        q_raw: float = 1.0,
+    ):
         self.patches = torch.as_tensor(patches)
         if self.patches.dtype != torch.float16:
             self.patches = self.patches.half()
@@ -109,10 +119,18 @@ class CameraReference:
         self.patch_std = None if patch_std is None else torch.as_tensor(patch_std).float()
         self.q_z, self.q_raw = float(q_z), float(q_raw)
 
-    def to(self, device) -> CameraReference:
+    def to(self, device: torch.device | str) -> CameraReference:
         for key in ("patches", "channel_mean", "channel_std", "patch_mean", "patch_std"):
             setattr(self, key, getattr(self, key).to(device))
         return self
+
+    def patch_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(H, W) clean per-patch distance mean and spread; ``ReferenceBuilder.finish`` measures them."""
+        if self.patch_mean is None or self.patch_std is None:
+            raise ModelError(
+                "patch_knn camera reference has no per-patch statistics (ReferenceBuilder.finish sets them)"
+            )
+        return self.patch_mean, self.patch_std
 
     def standardise(self, grid: torch.Tensor) -> torch.Tensor:
         return (grid.float() - self.channel_mean) / self.channel_std
@@ -125,17 +143,19 @@ class CameraReference:
         for i in range(grid.shape[0]):
             bank = F.pad(self.patches[neighbours[i]].to(grid.device).float(), (r, r, r, r), value=PAD)
             h, w = grid.shape[-2:]
-            best = None
+            best: torch.Tensor | None = None
             for dy in range(nb):
                 for dx in range(nb):
                     d = (bank[:, :, dy : dy + h, dx : dx + w] - grid[i]).pow_(2).sum(1).amin(0)
                     best = d if best is None else torch.minimum(best, d)
+            assert best is not None  # nb >= 1
             out[i] = best.sqrt_()
         return out
 
     def score(self, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W) distances -> (B,) camera score and (B, H, W) standardised map."""
-        z = (dist - self.patch_mean) / self.patch_std
+        mean, std = self.patch_stats()
+        z = (dist - mean) / std
         frame = torch.maximum(z.flatten(1).amax(1) / self.q_z, dist.flatten(1).amax(1) / self.q_raw)
         return frame, z
 
@@ -154,10 +174,10 @@ class PatchKnnScorer:
     def __init__(
         self,
         cameras: dict[str, CameraReference],
-        states,
-        state_mean,
-        state_std,
-        episodes,
+        states: Array,
+        state_mean: Array,
+        state_std: Array,
+        episodes: Array,
         config: PatchKnnConfig | None = None,
         coverage_radius: float = float("inf"),
         memory_mapped: bool = False,
@@ -182,6 +202,8 @@ class PatchKnnScorer:
         When the calibration episodes are in the reference, each is scored with its own frames left out."""
         from .reference import fit_patch_reference
 
+        if job.reference is None:
+            raise ValueError("patch_knn is fitted on reference episodes; the fit job names none")
         ref, episodes = job.reference
         o = job.options
         scorer, summary = fit_patch_reference(
@@ -273,7 +295,7 @@ class PatchKnnScorer:
         scale = {cam: (0.0, threshold * ref.q_z) for cam, ref in self.cameras.items()}
         return scale if all(high > 0 for _, high in scale.values()) else None
 
-    def score_maps(self, maps: dict[str, list[torch.Tensor]], states) -> PatchScores:
+    def score_maps(self, maps: dict[str, list[torch.Tensor]], states: Array | None) -> PatchScores:
         """maps: camera -> backbone maps [(B, C_i, h_i, w_i)]; states: (B, S) joint states."""
         missing = sorted(set(self.cameras) - set(maps))
         if missing:
@@ -289,7 +311,8 @@ class PatchKnnScorer:
         if self.leave_out is not None:
             exclude = torch.full((len(states),), int(self.leave_out), device=states.device)
         neighbours, nearest = self._nearest((states - self.state_mean) / self.state_std, exclude)
-        total, out_maps = None, {}
+        total: torch.Tensor | None = None
+        out_maps = {}
         for cam, ref in self.cameras.items():
             grid = patch_grid([m.detach() for m in maps[cam]], self.config.max_grid)
             if grid.shape[1:] != ref.patches.shape[1:]:
@@ -301,9 +324,10 @@ class PatchKnnScorer:
             total = frame if total is None else torch.maximum(total, frame)
             out_maps[cam] = z.cpu().numpy()
         coverage = (nearest / self.coverage_radius).cpu().numpy().astype(np.float64)
+        assert total is not None  # a reference has at least one camera
         return PatchScores(total.cpu().numpy().astype(np.float64), out_maps, coverage)
 
-    def to(self, device) -> PatchKnnScorer:
+    def to(self, device: torch.device | str) -> PatchKnnScorer:
         """Move the reference to ``device`` (a GPU keeps it in device memory; on the CPU it stays mapped)."""
         device = torch.device(device)
         if self.states.device != device:
@@ -336,12 +360,13 @@ class PatchKnnScorer:
             "coverage": torch.tensor([self.coverage_radius, c.coverage_margin], dtype=torch.float64),
         }
         for cam, ref in self.cameras.items():
+            patch_mean, patch_std = ref.patch_stats()
             tensors |= {
                 f"{cam}/patches": ref.patches,
                 f"{cam}/channel_mean": ref.channel_mean,
                 f"{cam}/channel_std": ref.channel_std,
-                f"{cam}/patch_mean": ref.patch_mean,
-                f"{cam}/patch_std": ref.patch_std,
+                f"{cam}/patch_mean": patch_mean,
+                f"{cam}/patch_std": patch_std,
                 f"{cam}/q": torch.tensor([ref.q_z, ref.q_raw]),
             }
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
@@ -406,7 +431,7 @@ class ReferenceBuilder:
         self.episodes = np.full(n_frames, -1, np.int64)
         self.filled = 0
 
-    def add(self, grids: dict[str, torch.Tensor], states, episodes) -> None:
+    def add(self, grids: dict[str, torch.Tensor], states: Array | None, episodes: Array | int) -> None:
         """grids: camera -> (B, C, H, W) ``patch_grid`` of B frames; states (B, S) or None; episodes (B,)
         ids or one id for the whole batch."""
         b = len(next(iter(grids.values())))
@@ -497,18 +522,22 @@ def nearest_states(
     """
     if chunk is not None and chunk < 1:
         raise ValueError(f"chunk={chunk} must be >= 1 (or None for one block)")
+    if query_episodes is not None and reference_episodes is None:
+        raise ValueError("query_episodes needs reference_episodes (the reference frames' episode ids)")
     n = len(reference)
     step = n if chunk is None else chunk
-    best_d = best_i = None  # (B, k) so far, kept in reference order so that ties resolve by index
+    best_d: torch.Tensor | None = None  # (B, k) so far
+    best_i: torch.Tensor | None = None  # (B, k) so far, kept in reference order so that ties resolve by index
     for start in range(0, n, step):
         block = reference[start : start + step]
         d = torch.cdist(queries, block, compute_mode="donot_use_mm_for_euclid_dist")
-        if query_episodes is not None:
+        if query_episodes is not None and reference_episodes is not None:
             d[query_episodes[:, None] == reference_episodes[None, start : start + step]] = float("inf")
         idx = torch.arange(start, start + len(block), device=d.device).expand(len(queries), -1)
-        if best_d is not None:
+        if best_d is not None and best_i is not None:
             d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
         best_d, best_i = _smallest(d, idx, min(k, d.shape[1]))
+    assert best_d is not None and best_i is not None  # the reference is not empty
     order = torch.sort(best_d, dim=1, stable=True).indices  # nearest first; equal distances by index
     return best_i.gather(1, order), best_d.gather(1, order)
 
@@ -557,7 +586,7 @@ def select_coverage(states: np.ndarray, max_frames: int) -> np.ndarray:
     return np.sort(np.asarray(chosen))
 
 
-def _states(states, n: int) -> torch.Tensor:
+def _states(states: Array | None, n: int) -> torch.Tensor:
     """(N, S) float states; a policy without a state input conditions on nothing (one constant value)."""
     if states is None:
         return torch.zeros(n, 1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import ClassVar
@@ -92,7 +93,7 @@ class ReconZ:
     description: ClassVar[str] = "mean of per-position standardised token reconstruction errors"
     needs_vision_features: ClassVar[bool] = False
 
-    def __init__(self, token_mean, token_std):
+    def __init__(self, token_mean: Sequence[float] | np.ndarray, token_std: Sequence[float] | np.ndarray):
         self.params = OODParams(threshold=0.0, score=self.name, token_mean=list(token_mean), token_std=list(token_std))
 
     @classmethod

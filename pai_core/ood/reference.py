@@ -10,21 +10,31 @@ reference file in memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from ..nuisance import NuisanceRange
 from ..sources.dataset import episode_length
 from .patch_knn import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
 from .token_knn import KnnScorer
 
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from ..engine import FrameResult
+    from ..observation import Observation
+    from ..pipeline import Pipeline
+
 log = logging.getLogger(__name__)
 
 
-def _batches(pipe, dataset, episode: int, keep: np.ndarray | None, batch_size: int):
+def _batches(
+    pipe: Pipeline, dataset: LeRobotDataset, episode: int, keep: np.ndarray | None, batch_size: int
+) -> Iterator[tuple[list[Observation], list[FrameResult]]]:
     """(observations, engine results) of the kept frame offsets of one episode, a batch at a time."""
     from ..sources.dataset import iter_episode
 
@@ -35,7 +45,7 @@ def _batches(pipe, dataset, episode: int, keep: np.ndarray | None, batch_size: i
 
 
 def fit_token_reference(
-    pipe, dataset, episodes: Sequence[int], k: int = 5, stride: int = 1, batch_size: int = 16
+    pipe: Pipeline, dataset: LeRobotDataset, episodes: Sequence[int], k: int = 5, stride: int = 1, batch_size: int = 16
 ) -> KnnScorer:
     """``token_knn``: the encoder-input tokens of every ``stride``-th frame of ``episodes``."""
     from tqdm.auto import tqdm
@@ -44,11 +54,14 @@ def fit_token_reference(
     for ep in tqdm(episodes, desc="reference frames", unit="ep"):
         keep = np.arange(0, episode_length(dataset, ep), stride)
         for _, results in _batches(pipe, dataset, ep, keep, batch_size):
-            tokens += [r.input_tokens.float().cpu().numpy() for r in results]
+            batch = [r.input_tokens.float().cpu().numpy() for r in results if r.input_tokens is not None]
+            if len(batch) < len(results):
+                raise ModelError("token_knn needs the encoder-input tokens, but the adapter captured none")
+            tokens += batch
     return KnnScorer.from_tokens(np.stack(tokens), k=k)
 
 
-def frame_bytes(pipe, dataset, episode: int, config: PatchKnnConfig) -> int:
+def frame_bytes(pipe: Pipeline, dataset: LeRobotDataset, episode: int, config: PatchKnnConfig) -> int:
     """Bytes one reference frame takes (every camera's float16 patch grid), from one forward pass."""
     from ..pipeline import vision_batch
 
@@ -59,8 +72,8 @@ def frame_bytes(pipe, dataset, episode: int, config: PatchKnnConfig) -> int:
 
 
 def plan_patch_reference(
-    pipe,
-    dataset,
+    pipe: Pipeline,
+    dataset: LeRobotDataset,
     episodes: Sequence[int],
     config: PatchKnnConfig,
     max_bytes: float | None,
@@ -111,8 +124,8 @@ def plan_patch_reference(
 
 
 def fit_patch_reference(
-    pipe,
-    dataset,
+    pipe: Pipeline,
+    dataset: LeRobotDataset,
     episodes: Sequence[int],
     config: PatchKnnConfig | None = None,
     max_bytes: float | None = None,
@@ -140,7 +153,7 @@ def fit_patch_reference(
     rng = np.random.default_rng(seed)
     bar = tqdm(total=plan["frames"], desc="reference frames", unit="frame")
 
-    def add(batch, results, ep):
+    def add(batch: list[Observation], results: list[FrameResult], ep: int) -> None:
         maps, states = vision_batch(results, batch)
         builder.add(
             {cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()}, states, ep

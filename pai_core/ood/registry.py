@@ -3,22 +3,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 if TYPE_CHECKING:
     from .params import OODParams
     from .scorer import Scorer
 
-SCORERS: dict[str, type] = {}
+SCORERS: dict[str, type[Scorer]] = {}
 T = TypeVar("T", bound=type)
 
 
 def register(cls: T) -> T:
-    SCORERS[cls.name] = cls  # type: ignore[attr-defined]
+    scorer = cast("type[Scorer]", cls)
+    SCORERS[scorer.name] = scorer
     return cls
 
 
-def scorer_class(name: str) -> type:
+def scorer_class(name: str) -> type[Scorer]:
     _load_builtin()
     if name not in SCORERS:
         raise ValueError(f"score={name!r} is not one of {sorted(SCORERS)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from ..errors import ModelError
 from .params import OODParams
 from .registry import register
 from .scorer import FitJob, Fitted, ScoreBatch, ScoreOutput
+
+if TYPE_CHECKING:
+    import torch
 
 REFERENCE_FILE = "ood_reference.safetensors"
 
@@ -44,6 +47,8 @@ class KnnScorer:
         SAE's training episodes, so the calibration episodes stay unseen)."""
         from .reference import fit_token_reference
 
+        if job.reference is None:
+            raise ValueError("token_knn is fitted on reference episodes; the fit job names none")
         ref, episodes = job.reference
         o = job.options
         scorer = fit_token_reference(job.pipe, ref, episodes, o.get("knn_k") or 5, o.get("stride", 1), job.batch_size)
@@ -79,7 +84,10 @@ class KnnScorer:
     def score(self, batch: ScoreBatch) -> ScoreOutput:
         import torch
 
-        scores = self(torch.stack([r.input_tokens for r in batch.results]))
+        tokens = [r.input_tokens for r in batch.results if r.input_tokens is not None]
+        if len(tokens) != len(batch.results):
+            raise ModelError("token_knn scores the encoder-input tokens, but the adapter captured none")
+        scores = self(torch.stack(tokens))
         from ..features import error_maps
 
         return ScoreOutput(scores, error_maps(batch.token_error, batch.results[0].layout))
@@ -97,7 +105,7 @@ class KnnScorer:
         """Its score does not come from the (reconstruction error) maps: per-frame normalisation."""
         return None
 
-    def __call__(self, input_tokens) -> np.ndarray:
+    def __call__(self, input_tokens: torch.Tensor | np.ndarray) -> np.ndarray:
         """(B, S, D) encoder-input tokens (torch or numpy) -> (B,) scores."""
         import torch
 
