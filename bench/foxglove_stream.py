@@ -10,6 +10,10 @@ foxglove-sdk server and a real WebSocket client on 127.0.0.1 (tests/foxglove_cli
   live   : ``FoxgloveLive`` in a control loop: the cost of ``log()`` in the loop, and the time from ``log()``
            to the client holding the frame (overlays rendered, CDR encoded, sent, received)
   cli    : with --cli, ``pai replay --foxglove`` as a process: time from its start to the advertisement
+Ratios: the live part runs plain LeRobot inference (a fresh hook-free load, bench/plain.py) on every frame,
+alternating before and after the pipeline, and prints (step + log) / plain, log / plain and step-to-client /
+plain. The replay and cli parts print no ratio: time to the advertisement, to the first frame and the gaps
+between arrivals measure the streaming path itself, which plain LeRobot has no counterpart of.
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ def ms(x: float) -> str:
 
 def bench_replay(pipeline, dataset, batch_size: int, out: Path) -> None:
     from pai_core.foxglove_live import output_topics
-    from pai_core.replay.accounting import Accounting
     from pai_core.replay.api import ReplayOptions, replay
+    from pai_core.sources.accounting import Accounting
     from pai_core.sources.dataset import iter_episode
     from tests.foxglove_client import FoxgloveClient
 
@@ -68,14 +72,23 @@ def bench_replay(pipeline, dataset, batch_size: int, out: Path) -> None:
     client.close()
 
 
-def bench_live(pipeline, frames: int) -> None:
+def bench_live(pipeline, frames: int, plain) -> None:
+    """``plain``: the hook-free LeRobot baseline (bench/plain.py), run on every frame's observation in
+    alternating order with the pipeline (before it on odd frames, after the frame arrived on even ones)."""
     from pai_core.foxglove_live import FoxgloveConfig, FoxgloveLive, output_topics
     from tests.conftest import random_observation
     from tests.foxglove_client import FoxgloveClient
 
+    def plain_inference(obs) -> float:
+        t0 = time.monotonic()
+        with torch.inference_mode():
+            batch = plain.preprocessor(plain.to_lerobot(obs.images, obs.state))
+            plain.postprocessor(plain.policy.predict_action_chunk(batch))
+        return time.monotonic() - t0
+
     rng = np.random.default_rng(0)
     port = free_port()
-    step_s, log_s, latency_s = [], [], []
+    step_s, log_s, latency_s, plain_s = [], [], [], []
     with FoxgloveLive(pipeline, FoxgloveConfig(port=port)) as fox:
         client = FoxgloveClient(port)
         client.wait(lambda: len(client.topics()) == len(output_topics(pipeline)), 60, "the advertisement")
@@ -83,6 +96,8 @@ def bench_live(pipeline, frames: int) -> None:
         pipeline.reset()
         for i in range(frames):
             obs = random_observation(pipeline.engine, rng, t=0.1 * i)
+            if i % 2:
+                plain_s.append(plain_inference(obs))
             t0 = time.monotonic()  # the client stamps arrivals with the same clock
             frame = pipeline.step(obs)
             t1 = time.monotonic()
@@ -92,6 +107,8 @@ def bench_live(pipeline, frames: int) -> None:
             step_s.append(t1 - t0)
             log_s.append(t2 - t1)
             latency_s.append(client.on(f"{NS}/alarm")[-1].at - t1)
+            if not i % 2:
+                plain_s.append(plain_inference(obs))
         client.close()
 
     def med(v):
@@ -104,6 +121,13 @@ def bench_live(pipeline, frames: int) -> None:
         f"live: Pipeline.step median {med(step_s)}; log() in the loop median {med(log_s)} (p90 {p90(log_s)}); "
         f"log() to the client holding the frame median {med(latency_s)} (p90 {p90(latency_s)}); "
         f"{fox.dropped} dropped"
+    )
+    base = float(np.median(plain_s))
+    print(
+        f"live vs plain LeRobot inference (median {med(plain_s)}, same frames, interleaved): "
+        f"ratio Pipeline.step + log() / plain = {(np.median(np.add(step_s, log_s))) / base:.3f}, "
+        f"log() / plain = {np.median(log_s) / base:.3f}, step to the client holding the frame / plain = "
+        f"{np.median(np.add(step_s, latency_s)) / base:.3f}"
     )
 
 
@@ -178,7 +202,11 @@ def main() -> None:
     )
     for batch_size in (1, args.batch_size):
         bench_replay(pipeline, dataset, batch_size, tmp / f"out{batch_size}")
-    bench_live(pipeline, args.frames)
+    from bench.plain import assert_no_hooks, load_plain
+
+    plain = load_plain(str(policy))
+    bench_live(pipeline, args.frames, plain)
+    assert_no_hooks(plain.policy, "the plain LeRobot policy")
     if args.cli:
         bench_cli(policy, sae, tmp / "ds", tmp / "out_cli")
 

@@ -20,8 +20,8 @@ import pytest
 
 from pai_core.foxglove_live import output_topics
 from pai_core.pipeline import Pipeline
-from pai_core.replay.accounting import Accounting
 from pai_core.replay.api import ReplayOptions, replay
+from pai_core.sources.accounting import Accounting
 from pai_core.sources.dataset import iter_episode, open_dataset
 from pai_core.testing import make_lerobot_dataset
 from tests.conftest import TWO_CAMERAS

@@ -47,8 +47,8 @@ def pipeline(policy_dir, sae_dir=None):
 
 
 def replay_report(pipe, out) -> str:
-    from pai_core.replay.accounting import Accounting
     from pai_core.replay.api import ReplayOptions, replay
+    from pai_core.sources.accounting import Accounting
 
     replay(
         observations(6),

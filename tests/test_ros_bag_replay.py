@@ -181,9 +181,9 @@ def assert_groups_are_the_offline_observations(bag: Path, params: Path, policy_d
     from rclpy.serialization import serialize_message
 
     from pai_core.policy import load_policy
-    from pai_core.replay.accounting import Accounting
     from pai_core.ros_convert import image_msg_to_rgb, joint_state_to_vector
     from pai_core.settings import load_settings
+    from pai_core.sources.accounting import Accounting
     from pai_core.sources.bag import BagSource, BagTopics
 
     bag_replay = bag_replay_module()

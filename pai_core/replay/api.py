@@ -17,7 +17,7 @@ from ..outputs import prepare_output_dir
 from ..overlay import OverlayConfig
 from ..pipeline import Pipeline
 from ..saliency import SaliencyConfig
-from .accounting import Accounting
+from ..sources.accounting import Accounting
 from .runner import RunConfig, RunStats, run
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from ..ood import descriptions
 from ..pipeline import Frame
+from ..sources.accounting import Accounting
 from ..topics import camera_short
-from .accounting import Accounting
 from .run_info import RunInfo
 
 

@@ -13,7 +13,7 @@ from typing import Protocol
 from ..errors import InputError, PaiError
 from ..observation import Observation
 from ..pipeline import Frame, Pipeline
-from .accounting import Accounting
+from ..sources.accounting import Accounting
 from .prefetch import prefetch
 
 

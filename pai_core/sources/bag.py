@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import InputError, PaiError
 from ..observation import Observation
-from ..replay.accounting import Accounting
 from ..sync import ObservationAssembler
+from .accounting import Accounting
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"

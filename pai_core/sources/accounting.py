@@ -1,4 +1,4 @@
-"""Where every input frame went: processed, or skipped with a reason (shown in the report).
+"""Where every input frame went: processed, or skipped with a reason (shown in the replay report).
 
 Sources record what they could not turn into observations; the runner records what the engine refused.
 Nothing is dropped silently: ``check`` verifies that the counts of every input add up.
