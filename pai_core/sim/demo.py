@@ -104,7 +104,7 @@ class Stage:
     what: str = ""
 
 
-def _pai(*argv) -> None:
+def _pai(*argv: object) -> None:
     """Run one ``pai`` command in this process; a non-zero exit fails the stage."""
     from ..cli import main
 
@@ -132,9 +132,9 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         argv = [
             "sim",
             "record",
-            "--output",
+            "--output-dir",
             root,
-            "--episodes",
+            "--num-episodes",
             episodes,
             "--seed",
             seed,
@@ -182,9 +182,9 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
                 lambda: _pai(
                     "sim",
                     "train-policy",
-                    "--dataset",
+                    "--root",
                     ds / "train",
-                    "--output",
+                    "--output-dir",
                     out / "policy",
                     "--steps",
                     cfg.train_steps,
@@ -204,9 +204,9 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
                 "evaluate-policy",
                 "--policy-path",
                 policy,
-                "--episodes",
+                "--num-episodes",
                 cfg.eval_episodes,
-                "--output",
+                "--output-dir",
                 out / "policy" / "eval",
             ),
             "closed-loop success rate",
@@ -281,23 +281,27 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             "SAE feature analysis (top frames, maps, clips)",
         )
     )
+
+    def replay(kind: str) -> Callable[[], None]:
+        return lambda: _pai(
+            "replay",
+            "--bag",
+            bags / kind,
+            *_config_file(),
+            "--policy-path",
+            policy,
+            "--sae-path",
+            sae,
+            "--output-dir",
+            out / "replay" / kind,
+        )
+
     for kind in ("clean", cfg.replay_perturbation):
         stages.append(
             Stage(
                 f"replay_{kind}",
                 [out / "replay" / kind / "report.html"],
-                lambda kind=kind: _pai(
-                    "replay",
-                    "--bag",
-                    bags / kind,
-                    *_config_file(),
-                    "--policy-path",
-                    policy,
-                    "--sae-path",
-                    sae,
-                    "--output-dir",
-                    out / "replay" / kind,
-                ),
+                replay(kind),
                 f"offline replay of the {kind} bag",
             )
         )

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from .env import BLOCK_XY_BOUNDS, PickCubeSim, SimConfig
-from .scene import scene_xml, write_scene
+from .scene import find, scene_xml, write_scene
 
 Kind = Literal["push", "slip", "appear"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -159,7 +159,8 @@ def place_away(
     directions are drawn from ``rng``, the best-clearing one wins when none fits."""
     origin, jaws = np.asarray(origin, float), np.asarray(jaws, float)
     lo, hi = BLOCK_XY_BOUNDS
-    best, best_score = None, -np.inf
+    best: np.ndarray | None = None
+    best_score = -np.inf
     for angle in rng.uniform(0.0, 2 * np.pi, tries):
         xy = origin + distance * np.array([np.cos(angle), np.sin(angle)])
         outside = float(np.sum(np.maximum(lo - xy, 0) + np.maximum(xy - hi, 0)))
@@ -169,6 +170,8 @@ def place_away(
         score = -outside * 10 + min(clear, JAW_CLEARANCE)
         if score > best_score:
             best, best_score = xy, score
+    if best is None:
+        raise ValueError(f"tries={tries} must be >= 1")
     return np.clip(best, lo, hi)
 
 
@@ -219,7 +222,7 @@ def hide_intruder(sim: PickCubeSim) -> None:
 def intruder_scene_xml() -> str:
     """The clean scene plus the box, as a mocap body waiting out of view."""
     root = ET.fromstring(scene_xml("none"))
-    world = root.find("worldbody")
+    world = find(root, "worldbody")
     body = ET.SubElement(world, "body", name=INTRUDER, mocap="true", pos=" ".join(map(str, HIDDEN_POS)))
     ET.SubElement(
         body, "geom", name=INTRUDER, type="box", size=" ".join(map(str, INTRUDER_HALF_SIZE)), rgba=".95 .55 .1 1"

@@ -13,6 +13,7 @@ import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class PickCubeSim:
         xml = Path(scene_path) if scene_path is not None else scene_file(self.config.perturbation)
 
         class _Scene(SO101GymEnv):
-            def __init__(self, xml_path=None, **kw):
+            def __init__(self, xml_path: str | Path | None = None, **kw: Any):
                 super().__init__(xml_path=xml_path or xml, **kw)
 
         class _Env(SO101PickCubeGymEnv, _Scene):
@@ -106,7 +107,7 @@ class PickCubeSim:
         self._mujoco = mujoco
         model = self.env.model
         self._qpos_adr = np.asarray([model.joint(n).qposadr[0] for n in JOINT_NAMES])
-        self._renderer = None
+        self._renderer: Any = None  # mujoco.Renderer (mujoco ships no types)
         self.rng = np.random.default_rng(0)
         self.steps = 0
         self.timestamp = 0.0
@@ -181,5 +182,5 @@ class PickCubeSim:
     def __enter__(self) -> PickCubeSim:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -10,11 +10,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from .env import CAMERA, PickCubeSim, SimConfig
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 
 @dataclass
@@ -81,7 +85,7 @@ def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
         if video:
             import imageio.v2 as imageio
 
-            frames = [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in video]
+            frames: list[ArrayLike] = [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in video]
             imageio.mimwrite(out / "rollouts.mp4", frames, fps=cfg.sim.fps, macro_block_size=1)
             summary["video"] = str(out / "rollouts.mp4")
     return summary

@@ -40,12 +40,12 @@ class PickExpert:
         self.steps_in_phase = 0
         self.table_z: float | None = None
 
-    def _target(self, grasp: np.ndarray, cube: np.ndarray) -> np.ndarray:
+    def _target(self, grasp: np.ndarray, cube: np.ndarray, table_z: float) -> np.ndarray:
         if self.phase is Phase.HOVER:
-            return np.array([cube[0], cube[1], self.table_z + HOVER_HEIGHT])
+            return np.array([cube[0], cube[1], table_z + HOVER_HEIGHT])
         if self.phase is Phase.DESCEND:
-            return np.array([cube[0], cube[1], self.table_z + GRASP_HEIGHT])
-        return np.array([grasp[0], grasp[1], self.table_z + GRASP_HEIGHT + LIFT_HEIGHT])
+            return np.array([cube[0], cube[1], table_z + GRASP_HEIGHT])
+        return np.array([grasp[0], grasp[1], table_z + GRASP_HEIGHT + LIFT_HEIGHT])
 
     def act(self, grasp_point: np.ndarray, cube: np.ndarray) -> np.ndarray:
         """(4,) float32 ``[dx, dy, dz, grasp]`` for the current phase (advancing it when its goal is met)."""
@@ -58,10 +58,10 @@ class PickExpert:
                 delta = np.zeros(3)
                 done = self.steps_in_phase >= CLOSE_STEPS
             else:
-                error = self._target(grasp_point, cube) - grasp_point
+                error = self._target(grasp_point, cube, self.table_z) - grasp_point
                 limit = 1.0 if self.phase is Phase.HOVER else CAREFUL_SPEED
                 delta = np.clip(error / self.action_scale, -limit, limit)
-                done = self.phase is not Phase.LIFT and (
+                done = self.phase is not Phase.LIFT and bool(
                     np.linalg.norm(error) < GOAL_TOLERANCE or self.steps_in_phase >= PHASE_TIMEOUT
                 )
             if not done:

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -79,7 +80,9 @@ def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5) -> Episode:
     while len(steps) < sim.config.max_steps and after <= hold_steps:
         action = expert.act(sim.grasp_point, sim.block_pos)
         velocity = joint_velocities(sim)
-        steps.append(Step(obs.images[CAMERA], obs.state, velocity, action, obs.timestamp))
+        steps.append(
+            Step(obs.images[CAMERA], cast(np.ndarray, obs.state), velocity, action, obs.timestamp)
+        )  # sim sets it
         obs, picked = sim.step(action)
         success = success or picked
         after += int(success)
@@ -111,7 +114,8 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     dataset = LeRobotDataset.create(
         config.repo_id, config.sim.fps, dataset_features(config.sim), root=config.root, use_videos=False
     )
-    written, skipped = [], []
+    written: list[dict] = []
+    skipped: list[dict] = []
     bag_frames = 0
     bar = tqdm(range(config.episodes), desc=f"record {config.sim.perturbation}", unit="ep", disable=not progress)
     with PickCubeSim(config.sim) as sim:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .demo import DemoConfig
 
 
 def _load(path: Path) -> dict | None:
@@ -47,7 +51,7 @@ def plot_alarm_timeline(clean_dir: Path, perturbed_dir: Path, perturbation: str,
     return path
 
 
-def write_demo_report(cfg, log: list[dict]) -> str:
+def write_demo_report(cfg: DemoConfig, log: list[dict]) -> str:
     out = cfg.output_dir
     lines = ["# pai demo report", ""]
     lines += ["| stage | status | seconds |", "|---|---|---|"]

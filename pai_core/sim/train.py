@@ -13,9 +13,15 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..policy import import_lerobot_policies
+
+if TYPE_CHECKING:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from torch import nn
 
 
 @dataclass
@@ -180,7 +186,7 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     return summary
 
 
-def save_policy(policy, pre, post, folder: Path, batch_norm: bool) -> Path:
+def save_policy(policy: Any, pre: Any, post: Any, folder: Path, batch_norm: bool) -> Path:
     """Write ``folder/pretrained_model`` (an ordinary LeRobot ACT: trained BatchNorm folded into
     ``FrozenBatchNorm2d``); ``policy`` is changed in place, so pass a copy mid-training."""
     policy.eval()
@@ -194,7 +200,7 @@ def save_policy(policy, pre, post, folder: Path, batch_norm: bool) -> Path:
     return out
 
 
-def swap_batch_norm(module, trainable: bool) -> None:
+def swap_batch_norm(module: nn.Module, trainable: bool) -> None:
     """Replace every ``FrozenBatchNorm2d`` under ``module`` by a trainable ``BatchNorm2d``
     (``trainable=True``) or fold ``BatchNorm2d`` back into ``FrozenBatchNorm2d`` (``False``).
 
@@ -227,17 +233,19 @@ class EpisodeFrames:
     in [0, 1], ``action`` (B, chunk, A) and ``action_is_pad`` (B, chunk) past an episode's end.
     """
 
-    def __init__(self, images: dict, state, action, episode_end):
+    def __init__(
+        self, images: dict[str, torch.Tensor], state: torch.Tensor, action: torch.Tensor, episode_end: torch.Tensor
+    ):
         self.images, self.state, self.action, self.episode_end = images, state, action, episode_end
         self.size = int(action.shape[0])
 
     @classmethod
-    def load(cls, dataset, progress: bool = True) -> EpisodeFrames:
+    def load(cls, dataset: LeRobotDataset, progress: bool = True) -> EpisodeFrames:
         import torch
         from tqdm import tqdm
 
         cams = list(dataset.meta.camera_keys)
-        images = {k: [] for k in cams}
+        images: dict[str, list[torch.Tensor]] = {k: [] for k in cams}
         state, action, ends = [], [], []
         for ep in tqdm(range(dataset.meta.total_episodes), desc="load episodes", unit="ep", disable=not progress):
             info = dataset.meta.episodes[ep]
@@ -250,7 +258,7 @@ class EpisodeFrames:
             ends.append(torch.full((hi - lo,), hi, dtype=torch.long))
         return cls({k: torch.cat(v) for k, v in images.items()}, torch.cat(state), torch.cat(action), torch.cat(ends))
 
-    def batch(self, batch_size: int, chunk: int, generator) -> dict:
+    def batch(self, batch_size: int, chunk: int, generator: torch.Generator) -> dict:
         import torch
 
         idx = torch.randint(0, self.size, (batch_size,), generator=generator)
