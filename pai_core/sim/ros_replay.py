@@ -170,7 +170,7 @@ def replay_through_node(cfg: RosReplayConfig) -> dict:
                 str(cfg.bag),
                 "--params-file",
                 str(cfg.params_file),
-                "--output-dir",
+                "--output",
                 str(out),
                 "--rate",
                 str(cfg.rate),
