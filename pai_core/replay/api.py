@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from ..errors import PaiError
 from ..observation import Observation
@@ -19,6 +20,12 @@ from ..pipeline import Pipeline
 from ..saliency import SaliencyConfig
 from ..sources.accounting import Accounting
 from .runner import RunConfig, RunStats, run
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from ..settings import PaiSettings
+    from .video import VideoSink
 
 
 @dataclass
@@ -144,7 +151,12 @@ def replay(
     error: PaiError | None = None
     try:
         stats = run(
-            observations, pipeline, sinks, accounting, RunConfig(options.batch_size, progress=options.progress), total
+            observations,
+            pipeline,
+            sinks,
+            accounting,
+            RunConfig(cast(int, options.batch_size), progress=options.progress),
+            total,
         )
     except PaiError as exc:
         error = exc
@@ -193,7 +205,7 @@ def replay(
     return ReplayResult(out, stats, accounting, files, messages.counts if messages else {}, playback)
 
 
-def _files(out: Path, video) -> dict[str, str]:
+def _files(out: Path, video: VideoSink | None) -> dict[str, str]:
     files = {}
     for name, what in (
         ("attention.parquet", "attention shares and action per frame"),
@@ -209,7 +221,7 @@ def _files(out: Path, video) -> dict[str, str]:
     return files
 
 
-def replay_bag(path: str | Path, settings, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
+def replay_bag(path: str | Path, settings: PaiSettings, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
     """Replay a rosbag2 folder or .mcap/.db3 file, topics mapped by ``settings`` (``load_settings``)."""
     from ..sources.bag import BagSource, BagTopics
 
@@ -222,7 +234,7 @@ def replay_bag(path: str | Path, settings, pipeline: Pipeline, options: ReplayOp
         return replay(source, pipeline, options, accounting, total=n, fps=fps, source=str(path))
 
 
-def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
+def replay_episode(dataset: LeRobotDataset, episode: int, pipeline: Pipeline, options: ReplayOptions) -> ReplayResult:
     """Replay one LeRobot dataset episode (image or video dataset)."""
     from ..preflight import check_dataset_for_policy
     from ..sources.dataset import episode_bounds, iter_episode
@@ -257,7 +269,7 @@ def replay_episode(dataset, episode: int, pipeline: Pipeline, options: ReplayOpt
 
 
 def replay_episodes(
-    dataset, episodes: Sequence[int] | None, pipeline: Pipeline, options: ReplayOptions
+    dataset: LeRobotDataset, episodes: Sequence[int] | None, pipeline: Pipeline, options: ReplayOptions
 ) -> dict[int, ReplayResult]:
     """Replay several episodes (None or empty: every episode, the seed's default), each into its own
     ``episode_<index>`` folder under ``options.output_dir`` with every output of ``replay_episode``; the

@@ -8,9 +8,13 @@ message goes out as soon as ``MessageSink`` has built it, frame by frame.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ..foxglove_live import FoxgloveConfig, FoxgloveServer
 from .encoding import Encoded
+
+if TYPE_CHECKING:
+    from ..foxglove_playback import PlaybackServer
 
 
 class FoxgloveWriter:
@@ -23,7 +27,7 @@ class FoxgloveWriter:
         self.keep = keep
         self.server = FoxgloveServer(channels, self.config)
         self.port = self.server.port
-        self.playback = None
+        self.playback: PlaybackServer | None = None
 
     def write(self, message: Encoded) -> None:
         self.server.log(message)

@@ -4,6 +4,7 @@ readable by the ``mcap`` readers and by ``rosbags.highlevel.AnyReader``)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from .encoding import Encoded, msgdef
 
@@ -13,7 +14,7 @@ class McapWriter:
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
-        self._file = open(self.path, "wb")
+        self._file: BinaryIO | None = open(self.path, "wb")
         self._writer = Writer(self._file, compression=CompressionType.ZSTD)
         self._writer.start(profile="ros2", library="pai replay")
         self._schemas: dict[str, int] = {}

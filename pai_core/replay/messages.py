@@ -7,7 +7,7 @@ from typing import Protocol
 
 from ..overlay import OverlayConfig
 from ..pipeline import Frame
-from ..ros_convert import feature_names_message, frame_messages
+from ..ros_convert import OutputMessage, feature_names_message, frame_messages
 from ..topics import NODE_NAME
 from .encoding import Encoded, encode
 from .run_info import RunInfo
@@ -40,7 +40,7 @@ class MessageSink:
         self.counts: dict[str, int] = {}
         self._started = False
 
-    def _send(self, message, log_time_ns: int | None) -> None:
+    def _send(self, message: OutputMessage, log_time_ns: int | None) -> None:
         enc = encode(message, self.namespace, log_time_ns)
         self.counts[enc.topic] = self.counts.get(enc.topic, 0) + 1
         for writer in self.writers:

@@ -25,7 +25,7 @@ def prefetch(items: Iterable[T], maxsize: int = 32) -> Iterator[T]:
     q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
     stop = threading.Event()
 
-    def put(value) -> bool:
+    def put(value: object) -> bool:
         while not stop.is_set():
             try:
                 q.put(value, timeout=0.1)

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,10 @@ from ..pipeline import Frame
 from ..sources.accounting import Accounting
 from ..topics import camera_short
 from .run_info import RunInfo
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -53,7 +58,7 @@ class ReportSink:
                 s.threshold.append(np.nan if f.threshold is None else f.threshold)
                 s.alarm.append(bool(f.alarm.active))
             if f.features is not None:
-                if s.feature_sum is None:
+                if s.feature_sum is None or s.feature_fired is None:
                     s.feature_sum = np.zeros(f.features.shape[0], np.float64)
                     s.feature_fired = np.zeros(f.features.shape[0], np.int64)
                 s.feature_sum += f.features
@@ -128,7 +133,7 @@ def _threshold_label(threshold: list[float]) -> str:
     return f"threshold {fmt(values.pop())}" if len(values) == 1 else "threshold"
 
 
-def _legend_outside(ax) -> None:
+def _legend_outside(ax: Axes) -> None:
     """Legend right of the axes: inside it would cover the curve, often where it crosses the threshold."""
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=9)
 
@@ -199,7 +204,7 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
                 _save(share_figure(series), out / "attention_share.png"),
             )
         )
-    if series.feature_sum is not None and series.time:
+    if series.feature_sum is not None and series.feature_fired is not None and series.time:
         mean = series.feature_sum / len(series.time)
         top = np.argsort(mean)[::-1][:20]
         top = top[mean[top] > 0]
@@ -217,7 +222,7 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
     return made
 
 
-def _save(fig, path: Path) -> str:
+def _save(fig: Figure, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight")  # keeps a legend placed outside the axes
     import matplotlib.pyplot as plt

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,13 +31,13 @@ KEYS = ("episode", "frame", "timestamp")
 class _Table:
     """A Parquet file written in row groups of ``flush_every`` rows."""
 
-    def __init__(self, path: Path, schema, flush_every: int = 256):
+    def __init__(self, path: Path, schema: Any, flush_every: int = 256):  # a pyarrow.Schema (pyarrow ships no types)
         self.path, self.schema, self.flush_every = path, schema, flush_every
         self.rows: dict[str, list] = {name: [] for name in schema.names}
-        self.writer = None
+        self.writer: Any = None  # pyarrow.parquet.ParquetWriter, opened by the first flush
         self.count = 0
 
-    def append(self, **values) -> None:
+    def append(self, **values: Any) -> None:
         for name in self.schema.names:
             self.rows[name].append(values[name])
         self.count += 1

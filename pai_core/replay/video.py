@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -14,6 +15,10 @@ from ..overlay import OverlayConfig, render_overlays
 from ..pipeline import Frame
 from ..topics import camera_short
 from .run_info import RunInfo
+
+if TYPE_CHECKING:
+    from av.container import OutputContainer
+    from av.video.stream import VideoStream
 
 
 def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -36,7 +41,8 @@ class Mp4Writer:
 
     def __init__(self, path: str | Path, fps: float, crf: int = 23):
         self.path, self.fps, self.crf = Path(path), fps, crf
-        self.container = self.stream = None
+        self.container: OutputContainer | None = None
+        self.stream: VideoStream | None = None
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -45,7 +51,7 @@ class Mp4Writer:
         h, w = rgb.shape[:2]
         if h % 2 or w % 2:
             rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if self.container is None:
+        if self.container is None or self.stream is None:
             self.container = av.open(str(self.path), "w")
             rate = Fraction(self.fps).limit_denominator(1001)
             self.stream = self.container.add_stream("libx264", rate=rate)
@@ -58,7 +64,7 @@ class Mp4Writer:
         self.frames += 1
 
     def close(self) -> None:
-        if self.container is not None:
+        if self.container is not None and self.stream is not None:
             for packet in self.stream.encode(None):
                 self.container.mux(packet)
             self.container.close()
