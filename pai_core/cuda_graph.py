@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .adapters import Capture
+from .configs import GRAPH_MODES, GraphMode, check_graph_mode
 from .errors import InputError, ModelError
 
 if TYPE_CHECKING:
@@ -35,14 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GraphMode = Literal["auto", "on", "off"]
-GRAPH_MODES: tuple[str, ...] = get_args(GraphMode)
 WARMUP_RUNS = 3  # eager runs on a side stream before the capture (cuDNN picks its algorithms, lazy inits)
-
-
-def check_graph_mode(mode: str) -> None:
-    if mode not in GRAPH_MODES:
-        raise InputError(f"cuda_graph={mode!r} is not one of {list(GRAPH_MODES)}")
 
 
 @dataclass

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -14,46 +13,12 @@ import torch
 
 from .adapters import Capture, make_adapter
 from .attention import attention_rollout, decoder_relevance, split_by_camera
-from .cuda_graph import GraphMode, LiveGraph, check_graph_mode
+from .configs import IntrospectionConfig
+from .cuda_graph import LiveGraph
 from .errors import InputError
 from .layout import TokenLayout
 from .observation import Observation
-from .policy import LoadedPolicy, ModelDtype, check_model_dtype, load_policy
-
-
-@dataclass
-class IntrospectionConfig:
-    """What the engine computes besides the action.
-
-    Args:
-        device: torch device of the policy and of every tensor the engine computes ("cpu", "cuda").
-        token_layer: encoder layer whose output tokens are returned for the SAE (-1: the last).
-        action_step: None for attention averaged over the action chunk, else that step of the chunk.
-        rollout: also compute attention rollout through the encoder layers.
-        keep_tokens: return the encoder tokens (needed by the SAE; a reference, no copy).
-        resize_images: resize camera images whose size differs from the policy's training size; when
-            False such an image is an error.
-        keep_vision_features: return the vision backbone's feature maps per camera (for ``patch_knn``).
-        cuda_graph: "auto" (default: ``step`` replays a CUDA graph on a CUDA device, eager elsewhere or when
-            the capture fails), "on" (required; an error off CUDA) or "off" (``cuda_graph.py``, docs/gpu.md).
-        model_dtype: "float32", "bfloat16" or "float16": the policy's weights and inputs (``load_policy``).
-        policy_overrides: policy config fields set before the policy is built (``policy.apply_overrides``).
-    """
-
-    device: str = "cpu"
-    token_layer: int = -1
-    action_step: int | None = None
-    rollout: bool = True
-    keep_tokens: bool = True
-    resize_images: bool = True
-    keep_vision_features: bool = False
-    cuda_graph: GraphMode = "auto"
-    model_dtype: ModelDtype = "float32"
-    policy_overrides: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_graph_mode(self.cuda_graph)
-        check_model_dtype(self.model_dtype)
+from .policy import LoadedPolicy, load_policy
 
 
 @dataclass

@@ -22,61 +22,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 
+from .configs import AGGREGATIONS, NORMALISATIONS, Normalisation, SaliencyConfig
 from .engine import Introspector
 from .errors import InputError
 from .observation import Observation
 from .overlay import OverlayConfig, heatmap_overlay
-
-Aggregation = Literal["sum", "norm"]
-AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
-Normalisation = Literal["percentile", "linear"]
-NORMALISATIONS: tuple[str, ...] = get_args(Normalisation)
-
-
-@dataclass
-class SaliencyConfig:
-    """What integrated gradients attribute and how the maps are scaled for display.
-
-    Args:
-        aggregation: how the selected actions become one number: "sum" (the seed's default) or "norm"
-            (their L2 norm, so actions of either sign count).
-        action_step: only this step of the action chunk (0: the action executed next); None: every step.
-            The seed's ``--aggregation timestep --timestep-idx``.
-        action_dim: only this action dimension (e.g. the gripper's index); None: every dimension. The
-            seed's ``--aggregation action_dim --action-dim-idx``. Both may be set.
-        steps: integration points between the baseline and the input (the seed's ``n_integration_steps``).
-        batch_size: interpolated inputs per forward/backward pass (memory against speed).
-        normalisation: per-frame display scale over every camera and the state together: "percentile"
-            clips at ``percentile`` and divides (robust to a few extreme pixels), "linear" is min-max.
-        percentile: the clip percentile of "percentile" normalisation, in (0, 100].
-    """
-
-    aggregation: Aggregation = "sum"
-    action_step: int | None = None
-    action_dim: int | None = None
-    steps: int = 20
-    batch_size: int = 10
-    normalisation: Normalisation = "percentile"
-    percentile: float = 99.0
-
-    def __post_init__(self) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation={self.aggregation!r} is not one of {list(AGGREGATIONS)}")
-        if self.normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation={self.normalisation!r} is not one of {list(NORMALISATIONS)}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps={self.steps} and batch_size={self.batch_size} must be at least 1")
-        if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile={self.percentile} must be within (0, 100]")
-        for name in ("action_step", "action_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name}={value} must be >= 0 (or None for all)")
 
 
 @dataclass

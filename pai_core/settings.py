@@ -18,8 +18,8 @@ from typing import Any, Literal, get_args
 import yaml
 
 from .alarm import AlarmConfig
+from .configs import OverlayConfig
 from .errors import PaiError
-from .overlay import OverlayConfig
 
 #: parameters rclpy itself declares; a params file may set them beside pai's own settings.
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")

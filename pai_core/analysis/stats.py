@@ -8,9 +8,8 @@ from typing import Literal
 
 import numpy as np
 
+from ..configs import RANK_BY
 from ..errors import InputError
-
-RANK_BY = ("variance", "frequency", "mean", "max")
 
 
 @dataclass

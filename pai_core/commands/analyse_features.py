@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from ..analysis.stats import RANK_BY
+    from ..configs import RANK_BY
     from .record_features import parse_episodes
 
     p = sub.add_parser(

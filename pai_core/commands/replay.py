@@ -104,7 +104,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def add_saliency_args(p: argparse.ArgumentParser) -> None:
-    from ..saliency import AGGREGATIONS, NORMALISATIONS, SaliencyConfig
+    from ..configs import AGGREGATIONS, NORMALISATIONS, SaliencyConfig
 
     d = SaliencyConfig()
     g = p.add_argument_group("saliency (integrated gradients; the seed's gradient saliency)")
