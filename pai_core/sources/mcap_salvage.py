@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcap.records import Channel, Message
 
 
 @dataclass
@@ -37,12 +41,14 @@ class SalvagedMcap:
         self.first_ns = self.last_ns = 0
         self.truncated_at = self.size
         self.error = ""
+        from mcap.records import Channel
+
         counts: dict[int, int] = {}
-        channels = {}
-        for kind, record, _offset in self._records():
-            if kind == "channel":
+        channels: dict[int, Channel] = {}
+        for record in self._records():
+            if isinstance(record, Channel):
                 channels[record.id] = record
-            elif kind == "message":
+            else:
                 counts[record.channel_id] = counts.get(record.channel_id, 0) + 1
                 self.first_ns = record.log_time if not self.first_ns else min(self.first_ns, record.log_time)
                 self.last_ns = max(self.last_ns, record.log_time)
@@ -51,8 +57,8 @@ class SalvagedMcap:
             for cid, ch in channels.items()
         ]
 
-    def _records(self) -> Iterator[tuple[str, object, int]]:
-        """("channel" | "message", record, bytes read so far) up to the cut; records where the file breaks off."""
+    def _records(self) -> Iterator[Channel | Message]:
+        """The channel and message records up to the cut; records where the file breaks off."""
         from mcap.records import Channel, Message, Schema
         from mcap.stream_reader import StreamReader
 
@@ -63,10 +69,8 @@ class SalvagedMcap:
                 for record in reader.records:
                     if isinstance(record, Schema):
                         self._schemas[record.id] = record.name
-                    elif isinstance(record, Channel):
-                        yield "channel", record, f.tell()
-                    elif isinstance(record, Message):
-                        yield "message", record, f.tell()
+                    elif isinstance(record, (Channel, Message)):
+                        yield record
             except Exception as exc:  # the cut: a partial record or chunk, a missing footer
                 self.truncated_at = min(f.tell(), self.size)
                 self.error = f"{type(exc).__name__}: {exc}"
@@ -80,12 +84,14 @@ class SalvagedMcap:
         return self.last_ns - self.first_ns
 
     def messages(self, connections: Sequence[SalvagedConnection]) -> Iterator[tuple[SalvagedConnection, int, bytes]]:
+        from mcap.records import Message
+
         wanted = {c.id: c for c in connections}
-        for kind, record, _ in self._records():
-            if kind == "message" and record.channel_id in wanted:
+        for record in self._records():
+            if isinstance(record, Message) and record.channel_id in wanted:
                 yield wanted[record.channel_id], record.log_time, record.data
 
-    def deserialize(self, raw: bytes, msgtype: str):
+    def deserialize(self, raw: bytes, msgtype: str) -> Any:
         return self.typestore.deserialize_cdr(raw, msgtype)
 
     def describe(self) -> str:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ObservationError
+
+if TYPE_CHECKING:
+    from av.video.frame import VideoFrame
 
 
 def decode_at(path: str | Path, timestamps: Sequence[float], tolerance_s: float) -> Iterator[np.ndarray]:
@@ -29,7 +33,7 @@ def decode_at(path: str | Path, timestamps: Sequence[float], tolerance_s: float)
     try:
         container = av.open(str(path))
     except (OSError, av.FFmpegError) as exc:
-        raise InputError(f"Could not open video {path}: {exc}") from exc
+        raise ObservationError(f"Could not open video {path}: {exc}") from exc
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -41,18 +45,18 @@ def decode_at(path: str | Path, timestamps: Sequence[float], tolerance_s: float)
         following = _next(frames, path)
         for ts in timestamps:
             # Advance while the next frame is at least as close to ts as the current one.
-            while following is not None and abs(following.time - ts) <= abs(current.time - ts):
+            while following is not None and current is not None and abs(following.time - ts) <= abs(current.time - ts):
                 current, following = following, _next(frames, path)
             if current is None or abs(current.time - ts) > tolerance_s:
                 got = "no frame" if current is None else f"nearest frame at {current.time:.4f} s"
-                raise InputError(f"Video {path} has no frame at {ts:.4f} s (+-{tolerance_s:.4f} s): {got}")
+                raise ObservationError(f"Video {path} has no frame at {ts:.4f} s (+-{tolerance_s:.4f} s): {got}")
             yield current.to_ndarray(format="rgb24")
 
 
-def _next(frames, path: Path):
+def _next(frames: Iterator[VideoFrame], path: Path) -> VideoFrame | None:
     import av
 
     try:
         return next(frames, None)
     except av.FFmpegError as exc:
-        raise InputError(f"Could not decode video {path}: {exc}") from exc
+        raise ObservationError(f"Could not decode video {path}: {exc}") from exc
