@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, ObservationError, PaiError, UsageError
+from ..errors import InputError, PaiError
 from ..observation import Observation
 from ..sync import ObservationAssembler
 from .accounting import Accounting
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
+
+
+class BagReadError(InputError):
+    """The bag could not be read to the end (corrupt or truncated); what came before was processed."""
 
 
 @dataclass
@@ -52,7 +56,7 @@ class BagTopics:
         mapping = {t: f for t, f in settings.camera_map.items() if f in policy_cameras}
         missing = [c for c in policy_cameras if c not in mapping.values()]
         if missing:
-            raise ConfigError(
+            raise InputError(
                 f"The settings map no camera topic to the policy's image features {missing}; "
                 f"cameras.features are {list(settings.camera_map.values())}, the policy expects {policy_cameras}"
             )
@@ -76,11 +80,11 @@ def bag_file(path: Path) -> Path:
     if len(files) == 1:
         return files[0]
     if not files:
-        raise UsageError(
+        raise InputError(
             f"Bag folder {path} has no metadata.yaml and no .mcap/.db3 file; pass a rosbag2 folder or "
             "an .mcap/.db3 file"
         )
-    raise UsageError(
+    raise InputError(
         f"Bag folder {path} has no metadata.yaml and {len(files)} recordings "
         f"({', '.join(f.name for f in files)}); pass one of them"
     )
@@ -94,10 +98,10 @@ def open_reader(path: str | Path):
 
     path = Path(path).expanduser()
     if not path.exists():
-        raise UsageError(f"Bag {path} does not exist; expected a rosbag2 folder (metadata.yaml) or a .mcap/.db3 file")
+        raise InputError(f"Bag {path} does not exist; expected a rosbag2 folder (metadata.yaml) or a .mcap/.db3 file")
     path = bag_file(path)
     if path.is_file() and path.suffix not in (".mcap", ".db3"):
-        raise UsageError(f"Bag file {path} is neither .mcap nor .db3")
+        raise InputError(f"Bag file {path} is neither .mcap nor .db3")
     reader = AnyReader([path])
     try:
         reader.open()
@@ -158,10 +162,10 @@ class BagSource:
         conns = []
         for topic, types in wanted.items():
             if topic not in found:
-                raise UsageError(f"Bag {self.path} has no topic {topic!r}; its topics are {listing}")
+                raise InputError(f"Bag {self.path} has no topic {topic!r}; its topics are {listing}")
             for conn in found[topic]:
                 if conn.msgtype not in types:
-                    raise UsageError(
+                    raise InputError(
                         f"Bag {self.path}: topic {topic!r} has type {conn.msgtype}, expected one of {list(types)}"
                     )
                 conns.append(conn)
@@ -305,31 +309,3 @@ class BagSource:
             if leftover.get(key):
                 count.skipped[f"after the last {self.driving} frame"] = leftover[key]
             count.used = count.received - sum(count.skipped.values())
-
-
-def read_joint_states(bag: str | Path, topic: str, joint_names: list[str]) -> tuple[np.ndarray, dict[str, int]]:
-    """(N, J) joint positions, ordered by ``joint_names``, of every JointState on ``topic`` of ``bag`` (in the
-    robot's units, as recorded), and the malformed messages (reason -> count) that gave none."""
-    from ..ros_convert import joint_state_to_vector
-
-    reader = open_reader(bag)
-    try:
-        conns = [c for c in reader.connections if c.topic == topic]
-        if not conns:
-            listing = ", ".join(sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})) or "none"
-            raise UsageError(f"Bag {bag} has no topic {topic!r}; its topics are {listing}")
-        wrong = [c.msgtype for c in conns if c.msgtype != JOINT_STATE_TYPE]
-        if wrong:
-            raise UsageError(f"Bag {bag}: topic {topic!r} has type {wrong[0]}, expected {JOINT_STATE_TYPE}")
-        states: list[np.ndarray] = []
-        bad: dict[str, int] = {}
-        for conn, _t, raw in reader.messages(connections=conns):
-            try:
-                states.append(joint_state_to_vector(reader.deserialize(raw, conn.msgtype), joint_names))
-            except (PaiError, ValueError) as exc:
-                bad[str(exc)] = bad.get(str(exc), 0) + 1
-    finally:
-        reader.close()
-    if not states:
-        raise ObservationError(f"Bag {bag}: no usable JointState on {topic} ({sum(bad.values())} malformed: {bad})")
-    return np.stack(states), bad
