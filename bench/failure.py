@@ -30,6 +30,12 @@ successful episode in which the alarm rose; a failure is caught when its alarm r
 an alarm before the onset is premature. Episode statistic (ROC-AUC, positives = failed episodes): the
 highest alarm statistic within [onset, lost] (successes: over the whole episode). Lead time: lost - alarm.
 
+Sides and ratios: every detector scores the same control tick of the same episode (the seed's rule reads the
+encoder tokens of pai's forward), so the sides are paired step by step, not timed apart. This is a detection
+benchmark, so no timing ratio: the comparison is printed per detector (false stops, catches, ROC-AUC,
+median lead time) side by side with the seed's rule. A ratio of bounded rates such as ROC-AUC would hide
+that 0.5 is chance; the inference cost against plain LeRobot is bench/overhead.py's.
+
     python bench/failure.py --quick                      # reuse outputs/demo (make demo) policy and SAE
     python bench/failure.py --episodes 20 --conditions clean jpeg50 push slip
     python bench/failure.py --policy-path P --sae-path S --output-dir outputs/failure_bench

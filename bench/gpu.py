@@ -54,23 +54,6 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, runs: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def peak_gib() -> float | None:
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None
-
-
 def reset_peak() -> None:
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -153,41 +136,54 @@ def compare(a, b) -> dict:
 
 
 def live(models: dict, obs: list, runs: int, dtype: str = "float32") -> dict:
+    """Interleaved (bench/timing.py): plain LeRobot inference on a fresh hook-free float32 load (bench/plain.py;
+    LeRobot itself has no bf16 path for ACT, which builds its latent in float32, so bf16 is compared with it
+    too), ``step`` eager and graph, and with float32 ``Pipeline.step`` + overlays."""
+    from bench.plain import assert_no_hooks, load_plain
+    from bench.timing import interleave
     from pai_core.overlay import render_overlays
     from pai_core.pipeline import Pipeline
 
     out: dict = {}
+    plain_p = load_plain(models["policy"], DEVICE)
     eager = engine(models, cuda_graph="off", model_dtype=dtype)
     graph = engine(models, cuda_graph="on", model_dtype=dtype)
     one = obs[0]
-    with torch.inference_mode():
 
-        def plain():
-            batch = eager.loaded.preprocessor(eager.observation_to_dict(one))
-            eager.loaded.postprocessor(eager.policy.predict_action_chunk(batch))
+    def plain():
+        with torch.inference_mode():
+            batch = plain_p.preprocessor(plain_p.to_lerobot(one.images, one.state))
+            return plain_p.postprocessor(plain_p.policy.predict_action_chunk(batch))
 
-        out["plain_eager_forward"] = stats(timed(plain, runs))
-    out["step_eager"] = stats(timed(lambda: eager.step(one), runs))
-    out["step_graph"] = stats(timed(lambda: graph.step(one), runs))
-    out["graph_status"] = graph.graph.status.describe()
-    eager.reset()
-    graph.reset()
-    out["graph_vs_eager"] = compare([eager.step(o) for o in obs], [graph.step(o) for o in obs])
+    sides = {"plain": plain, "eager": lambda: eager.step(one), "graph": lambda: graph.step(one)}
+    pipe = None
     if dtype == "float32":  # Pipeline.load takes no dtype: in bf16 the engine's figures stand for it
         pipe = Pipeline.load(models["policy"], models["sae"], device=DEVICE)
-        out["pipeline_graph"] = pipe.engine.graph.status.describe()
 
         def everything():
             frame = pipe.step(one)
             render_overlays(frame.observation, frame.result)
 
-        out["pipeline_step_plus_overlays"] = stats(timed(everything, runs))
-        out["ratio_graph_step_to_plain_eager"] = round(
-            out["step_graph"]["median_ms"] / out["plain_eager_forward"]["median_ms"], 3
-        )
-        out["ratio_pipeline_to_plain_eager"] = round(
-            out["pipeline_step_plus_overlays"]["median_ms"] / out["plain_eager_forward"]["median_ms"], 3
-        )
+        sides["pipeline"] = everything
+    t = interleave(sides, rounds=runs, warmup=5, sync=sync)
+    assert_no_hooks(plain_p.policy, "the plain LeRobot policy (after the rounds)")
+
+    def st(side: str) -> dict:
+        return stats(t.ms[side])
+
+    out["plain_eager_forward"] = st("plain")
+    out["step_eager"] = st("eager")
+    out["step_graph"] = st("graph")
+    out["graph_status"] = graph.graph.status.describe()
+    out["ratio_eager_step_to_plain_eager"] = round(t.ratio("eager", "plain"), 3)
+    out["ratio_graph_step_to_plain_eager"] = round(t.ratio("graph", "plain"), 3)
+    eager.reset()
+    graph.reset()
+    out["graph_vs_eager"] = compare([eager.step(o) for o in obs], [graph.step(o) for o in obs])
+    if pipe is not None:
+        out["pipeline_graph"] = pipe.engine.graph.status.describe()
+        out["pipeline_step_plus_overlays"] = st("pipeline")
+        out["ratio_pipeline_to_plain_eager"] = round(t.ratio("pipeline", "plain"), 3)
     return out
 
 
@@ -200,49 +196,51 @@ def bf16(models: dict, obs: list, runs: int) -> dict:
 
 
 def batch(models: dict, obs: list, size: int = 32) -> dict:
+    """``step_batch`` with every output against the plain batched ``policy.model`` forward of a fresh hook-free
+    float32 load (bench/plain.py), interleaved; bf16 is compared with that float32 plain forward too (LeRobot
+    has no bf16 path for ACT: its latent is built in float32). ``ratio``: plain time / step_batch time."""
+    from bench.plain import assert_no_hooks, load_plain
+    from bench.timing import interleave
+
     out = {}
     frames = (obs * (size // len(obs) + 1))[:size]
+    plain_p = load_plain(models["policy"], DEVICE)
+    with torch.inference_mode():
+        items = [plain_p.to_lerobot(o.images, o.state) for o in frames]
+        prepped = plain_p.preprocessor({k: torch.stack([it[k] for it in items]) for k in items[0]})
+    model_batch = dict(prepped)
+    model_batch["observation.images"] = [prepped[k] for k in plain_p.policy.config.image_features]
+
+    def plain():
+        with torch.inference_mode():
+            return plain_p.policy.model(model_batch)
+
     for dtype in ("float32", "bfloat16"):
         e = engine(models, model_dtype=dtype)
-        with torch.inference_mode():
-            prepped = e._preprocess(frames)
-            model_batch = dict(prepped)
-            model_batch["observation.images"] = [prepped[k] for k in e.camera_names]
-            plain = timed(lambda e=e, mb=model_batch: e.policy.model(mb), 20, 3)
-        full = timed(lambda e=e: e.step_batch(frames), 20, 3)
-        p, f = statistics.median(plain), statistics.median(full)
+        t = interleave({"plain": plain, "full": lambda e=e: e.step_batch(frames)}, rounds=20, warmup=3, sync=sync)
+        p, f = t.median("plain"), t.median("full")
         out[dtype] = {
             "plain_forward_fps": round(size * 1000 / p, 1),
+            "plain_dtype": "float32",
             "step_batch_every_output_fps": round(size * 1000 / f, 1),
             "ratio": round(p / f, 3),
             "batch": size,
         }
+    assert_no_hooks(plain_p.policy, "the plain LeRobot policy (after the rounds)")
     return out
 
 
-def _train_speed(params, step, tokens_per_step: int, runs: int) -> dict:
-    """tokens/s and peak GiB of ``step`` (one optimiser step) on the GPU."""
-    ms = timed(step, runs, 2)
-    return {
-        "tokens_per_s": round(tokens_per_step * 1000 / statistics.median(ms)),
-        "peak_gib": peak_gib(),
-        "parameters": sum(p.numel() for p in params),
-    }
-
-
-def _ours(d: int = 512, tokens: int = 4096) -> dict:
+def _ours(d: int = 512, tokens: int = 4096):
     from pai_core.sae import SAEConfig, SparseAutoencoder
     from pai_core.sae.train import training_step
 
     model = SparseAutoencoder(SAEConfig(d_in=d, expansion_factor=16, k=32, aux_k=256, dead_tokens=10**6)).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(tokens, d, device=DEVICE)
-    return _train_speed(model.parameters(), lambda: training_step(model, opt, x, 1 / 32), tokens, 50) | {
-        "batch_tokens": tokens
-    }
+    return model, (lambda: training_step(model, opt, x, 1 / 32)), tokens, {"batch_tokens": tokens}
 
 
-def _seed(n_tokens: int = 77, d: int = 512, frames_per_step: int = 64) -> dict:
+def _seed(n_tokens: int = 77, d: int = 512, frames_per_step: int = 64):
     from bench.baselines import WholeFrameSAE
 
     model = WholeFrameSAE(n_tokens, d).to(DEVICE)
@@ -256,21 +254,35 @@ def _seed(n_tokens: int = 77, d: int = 512, frames_per_step: int = 64) -> dict:
         loss.backward()
         opt.step()
 
-    return _train_speed(model.parameters(), step, frames_per_step * n_tokens, 10) | {"batch_frames": frames_per_step}
+    return model, step, frames_per_step * n_tokens, {"batch_frames": frames_per_step}
 
 
 def sae(small: bool = False) -> dict:
-    """small (--smoke): d 32, 10 tokens a frame, so the seed's SAE fits a CPU."""
-    out = {}
-    runs = (
+    """small (--smoke): d 32, 10 tokens a frame, so the seed's SAE fits a CPU. Each side is built and stepped
+    once on its own first, for its peak memory (what it allocated above what was held before it was built);
+    then the optimiser steps of both are timed interleaved (bench/timing.py)."""
+    from bench.timing import interleave
+
+    out: dict = {}
+    builds = (
         (("topk_per_token", lambda: _ours(32, 512)), ("seed_whole_frame", lambda: _seed(10, 32, 16)))
         if small
         else (("topk_per_token", _ours), ("seed_whole_frame", _seed))
     )
-    for name, run in runs:
+    steps, tokens = {}, {}
+    for name, build_side in builds:
+        held = torch.cuda.memory_allocated() if DEVICE == "cuda" else 0
         reset_peak()
-        out[name] = run()
-    reset_peak()
+        model, step, n_tokens, extra = build_side()
+        step()
+        sync()
+        peak = round((torch.cuda.max_memory_allocated() - held) / 2**30, 2) if DEVICE == "cuda" else None
+        out[name] = {"peak_gib": peak, "parameters": sum(p.numel() for p in model.parameters())} | extra
+        steps[name], tokens[name] = step, n_tokens
+    t = interleave(steps, rounds=10, warmup=2, sync=sync)
+    for name in steps:
+        out[name]["tokens_per_s"] = round(tokens[name] * 1000 / t.median(name))
+        out[name]["step_ms_median"] = round(t.median(name), 3)
     o, s = out["topk_per_token"], out["seed_whole_frame"]
     out["speedup"] = round(o["tokens_per_s"] / s["tokens_per_s"], 2)
     if o["peak_gib"] is not None:

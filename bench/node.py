@@ -309,7 +309,8 @@ def main() -> int:
     r = result["ratios_vs_plain_lerobot"]
     print(
         f"ratio node latency (camera in -> last output) / plain LeRobot inference: median {r['node_latency_median']}"
-        f", p99 {r['node_latency_p99']}; Pipeline.step / plain {r['pipeline_step']} (plain {plain_ms:.2f} ms)"
+        f", p99 {r['node_latency_p99']}; Pipeline.step / plain {r['pipeline_step']} (plain {plain_ms:.2f} ms)",
+        file=sys.stderr,  # stdout is the JSON (bench/gpu.py parses it)
     )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

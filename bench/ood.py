@@ -12,6 +12,11 @@ detection delay (frames from the episode start to the alarm) and episodes detect
 episodes: the frame false-alarm rate and the share of episodes whose alarm rose, against alpha.
 Targets: AUROC >= 0.95 per type, clean frame false alarms <= alpha.
 
+Sides and ratios: both detectors score the very same frames (the seed's rule reads the encoder tokens of the
+Pipeline's forward of each frame), so the sides are paired frame by frame, not timed apart. This is a
+detection benchmark, so no timing ratio: pai and the seed are printed side by side per perturbation. A ratio
+of AUROCs would hide that 0.5 is chance; the inference cost against plain LeRobot is bench/overhead.py's.
+
 Where the inputs come from (each piece separately):
   --policy-path + --sae-path given together; else DEMO_DIR/policy/pretrained_model, else trained in
                              WORK_DIR; and DEMO_DIR/sae (with ood_params.json), else trained and
@@ -123,9 +128,9 @@ def resolve_setup(args) -> Setup:
         stages["train_policy"].run = lambda: _pai(
             "sim",
             "train-policy",
-            "--dataset",
+            "--root",
             dataset("train"),
-            "--output",
+            "--output-dir",
             work / "policy",
             "--steps",
             cfg.train_steps,
@@ -200,7 +205,16 @@ def resolve_setup(args) -> Setup:
                 extra = work / "datasets/test_clean_extra"
                 if not (extra / "pai_sim.json").is_file():
                     print(f"[bench] recording {args.clean_episodes - have} more clean episodes", flush=True)
-                    _pai("sim", "record", "--output", extra, "--episodes", args.clean_episodes - have, "--seed", 8000)
+                    _pai(
+                        "sim",
+                        "record",
+                        "--output-dir",
+                        extra,
+                        "--num-episodes",
+                        args.clean_episodes - have,
+                        "--seed",
+                        8000,
+                    )
                 clean.append(extra)
                 origin["clean"] += f" + {n_episodes(extra)} recorded in {extra}"
 
@@ -246,10 +260,10 @@ class TokenTap:
 
 def score_dataset(tap: TokenTap, root: Path, batch_size: int, episodes=None):
     """(pai EpisodeScores list, per-episode token tensors) of one dataset."""
-    from pai_core.commands.evaluate_ood import open_spec
     from pai_core.ood import score_episodes
+    from pai_core.sources.dataset import open_dataset_spec
 
-    eps = score_episodes(tap, open_spec(str(root), None), episodes, batch_size)
+    eps = score_episodes(tap, open_dataset_spec(str(root), None), episodes, batch_size)
     tokens = tap.take()
     bounds = np.cumsum([0] + [e.scores.size for e in eps])
     return eps, [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -8,6 +8,13 @@ reference frames at a time, so its distances take B x (chunk + k) floats instead
 distances to its ``k_frames`` nearest frames (independent of N). The reference is random (memory and time
 do not depend on the values); the state search always runs at the full --episodes x --frames.
 
+The whole score is timed interleaved with plain LeRobot inference (bench/timing.py) of an ACT at LeRobot's
+defaults (dim_model 512, ResNet18) on the same number of 480x640 cameras, a fresh hook-free load
+(bench/plain.py), and printed as a ratio per frame: what patch_knn adds to each frame's inference. The plain
+side runs at the scored batch up to --plain-max-batch (default 1 on the CPU, where a 480x640 batch of 32
+takes tens of seconds; its per-frame time then stands for the larger batches). The state-search and memory
+figures print no ratio: they are parts of the score, with no plain-LeRobot counterpart.
+
     python bench/patch_knn_scale.py --device cuda                      # 50 episodes x 400 frames, 2 cameras
     python bench/patch_knn_scale.py --patch-episodes 5                 # CPU: patches of 5 episodes, extrapolated
 """
@@ -27,7 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pai_core.ood.patch_knn import CameraReference, PatchKnnConfig, PatchKnnScorer, nearest_states
+from bench.plain import assert_no_hooks  # noqa: E402
+from bench.timing import interleave  # noqa: E402
+from pai_core.ood.patch_knn import CameraReference, PatchKnnConfig, PatchKnnScorer, nearest_states  # noqa: E402
 
 CHANNELS = (64, 128)  # ResNet18 layer1, layer2
 GRID = (24, 32)  # PatchKnnConfig.max_grid: the patch grid of a 480x640 image
@@ -62,6 +71,38 @@ def joint_states(episodes: int, frames: int, seed: int = 0) -> tuple[torch.Tenso
     walk = np.cumsum(rng.normal(scale=0.05, size=(episodes, frames, 6)), axis=1).reshape(-1, 6)
     walk = (walk - walk.mean(0)) / walk.std(0)
     return torch.from_numpy(walk.astype(np.float32)), torch.arange(episodes).repeat_interleave(frames)
+
+
+def plain_policy(cameras: int, h: int, w: int, device: torch.device):
+    """(``run(b)``, the policy): plain LeRobot inference (preprocessor + ``predict_action_chunk`` +
+    postprocessor) of b frames (converted from uint8 once), on a random-init ACT at LeRobot's defaults with
+    ``cameras`` HxW cameras."""
+    import tempfile
+
+    from bench.plain import load_plain
+    from pai_core.testing import make_act_policy
+
+    cams = {f"observation.images.cam{i}": (h, w) for i in range(cameras)}
+    path = make_act_policy(
+        tempfile.mkdtemp() + "/p",
+        cameras=cams,
+        dim_model=512,
+        n_heads=8,
+        dim_feedforward=3200,
+        n_encoder_layers=4,
+        chunk_size=100,
+        n_action_steps=100,
+    )
+    p = load_plain(str(path), str(device))
+    rng = np.random.default_rng(0)
+    frame = p.to_lerobot({k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k in cams}, np.zeros(6, np.float32))
+
+    def run(b: int) -> object:
+        with torch.inference_mode():
+            batch = p.preprocessor({k: torch.stack([v] * b) for k, v in frame.items()})
+            return p.postprocessor(p.policy.predict_action_chunk(batch))
+
+    return run, p.policy
 
 
 def build_scorer(n: int, cameras: int, states, episodes, device, chunk) -> PatchKnnScorer:
@@ -103,6 +144,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="frames scored per call")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--plain-max-batch", type=int, default=0, help="largest batch of the plain side (0: 32 on CUDA, 1 on CPU)"
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -153,6 +197,8 @@ def main() -> None:
         "build_s": round(build_s, 2),
     }
     h, w = 480, 640
+    plain, plain_module = plain_policy(args.cameras, h, w, device)
+    plain_max = args.plain_max_batch or (32 if device.type == "cuda" else 1)
     scoring = {}
     for b in args.batch:
         maps = {
@@ -166,12 +212,24 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        ms = timed(
-            lambda maps=maps, probe=probe: scorer.score_maps(maps, probe),
-            device,
-            max(5, args.runs // (4 if b > 1 else 1)),
+        pb = min(b, plain_max)
+        t = interleave(
+            {
+                "score": lambda maps=maps, probe=probe: scorer.score_maps(maps, probe),
+                "plain": lambda pb=pb: plain(pb),
+            },
+            rounds=max(5, args.runs // (4 if b > 1 else 1)),
+            warmup=2,
+            sync=lambda: sync(device),
         )
-        row = stats(ms) | {"per_frame_ms": round(statistics.median(ms) / b, 3)}
+        ms = t.ms["score"]
+        plain_frame = t.median("plain") / pb
+        row = stats(ms) | {
+            "per_frame_ms": round(statistics.median(ms) / b, 3),
+            "plain_lerobot_batch": pb,
+            "plain_lerobot_per_frame_ms": round(plain_frame, 3),
+            "ratio_score_per_frame_vs_plain": round(statistics.median(ms) / b / plain_frame, 4),
+        }
         if device.type == "cuda":
             row["peak_extra_bytes"] = int(torch.cuda.max_memory_allocated(device) - base)
         scoring[f"batch_{b}"] = row
@@ -190,7 +248,16 @@ def main() -> None:
             "how": "score at the held frames, with the state search over the held frames replaced by the one "
             "measured at full size (patch distances do not depend on the reference size)"
         }
+    assert_no_hooks(plain_module, "the plain LeRobot policy (after the rounds)")
     print(json.dumps(report, indent=2))
+    for b in args.batch:
+        row = scoring[f"batch_{b}"]
+        print(
+            f"ratio patch_knn score / plain LeRobot inference per frame at batch {b}: "
+            f"{row['ratio_score_per_frame_vs_plain']:.4f} ({row['per_frame_ms']} ms vs "
+            f"{row['plain_lerobot_per_frame_ms']} ms at batch {row['plain_lerobot_batch']})",
+            file=sys.stderr,  # stdout is the JSON (bench/gpu.py parses it)
+        )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
 
