@@ -60,9 +60,9 @@ def feature_maps(codes: torch.Tensor, layout: TokenLayout, feature_ids: list[int
     out: list[dict[str, np.ndarray]] = [{} for _ in range(codes.shape[0])]
     for cam in layout.cameras:
         block = chosen[:, :, cam.start : cam.stop].reshape(codes.shape[0], len(feature_ids), cam.height, cam.width)
-        block = block.float().cpu().numpy()
+        maps = block.float().cpu().numpy()
         for i in range(codes.shape[0]):
-            out[i][cam.name] = block[i]
+            out[i][cam.name] = maps[i]
     return out
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from foxglove.websocket import (
     Capability,
+    ChannelView,
+    Client,
     PlaybackCommand,
     PlaybackControlRequest,
     PlaybackState,
@@ -66,6 +68,8 @@ class PlaybackServer:
         self._channels = {}
         for ch in summary.channels.values() if summary else []:
             schema = schemas.get(ch.schema_id)
+            if schema is None:
+                raise RuntimeError(f"the recording's channel {ch.topic} has no schema")
             self._channels[ch.topic] = channel(self.context, ch.topic, schema.name, schema.data)
         self._lock = threading.Lock()
         self._state = _State(PlaybackStatus.Paused, self.times[0], autoplay=autoplay)
@@ -146,7 +150,7 @@ class PlaybackServer:
             with self._lock:
                 s = self._state
                 seek = s.show is not None
-                send = [s.show] if seek else []
+                send = [s.show] if s.show is not None else []
                 s.show = None
                 if s.status == PlaybackStatus.Playing:
                     s.cursor = min(self.times[-1], s.cursor + int(dt * 1e9 * s.speed))
@@ -202,7 +206,7 @@ class PlaybackServer:
     def __enter__(self) -> PlaybackServer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -213,7 +217,7 @@ class _Listener(ServerListener):
     def on_playback_control_request(self, playback_control_request: PlaybackControlRequest) -> PlaybackState:
         return self.owner.request(playback_control_request)
 
-    def on_subscribe(self, client, channel_view) -> None:
+    def on_subscribe(self, client: Client, channel_view: ChannelView) -> None:
         self.owner.subscribed(channel_view.topic)
 
 

@@ -43,7 +43,7 @@ class Nuisance:
         """(H, W, 3) uint8 RGB -> the same scene under this condition (deterministic in ``seed``)."""
         import cv2
 
-        img = rgb.astype(np.float32)
+        img: np.ndarray = rgb.astype(np.float32)
         if self.blur_sigma > 0:
             img = cv2.GaussianBlur(img, (0, 0), self.blur_sigma)
         if self.gain != 1.0:
@@ -53,7 +53,10 @@ class Nuisance:
         out = np.clip(np.rint(img), 0, 255).astype(np.uint8)
         if self.jpeg_quality is not None:
             ok, buf = cv2.imencode(".jpg", out[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(self.jpeg_quality)])
-            out = np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
+            decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            if not ok or decoded is None:
+                raise RuntimeError(f"OpenCV could not round-trip a JPEG at quality {self.jpeg_quality}")
+            out = np.ascontiguousarray(decoded[..., ::-1])
         return out
 
     def observe(self, obs: Observation, seed: int = 0) -> Observation:

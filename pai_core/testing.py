@@ -102,7 +102,7 @@ def synthetic_frame(h: int, w: int, t: float, variant: str = "clean", seed: int 
     "occluded" (a grey patch over the middle), "noise" (sensor noise).
     """
     rng = np.random.default_rng(seed)
-    img = np.empty((h, w, 3), np.uint8)
+    img: np.ndarray = np.empty((h, w, 3), np.uint8)
     img[:] = (150, 140, 120)
     img[: h // 3] = (90, 110, 140)  # wall
     img = np.clip(img.astype(np.int16) + rng.integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
@@ -165,7 +165,7 @@ def make_lerobot_dataset(
             state = np.sin(np.arange(state_dim) + 6.28 * t).astype(np.float32)
             if state_shift is not None:
                 state = state + np.float32(state_shift(ep, i))
-            frame = {
+            frame: dict[str, np.ndarray | str] = {
                 k: synthetic_frame(h, w, t, variant, seed=seed * 1000 + ep * 100 + i) for k, (h, w) in cameras.items()
             }
             frame["observation.state"] = state

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -28,7 +30,10 @@ class FeatureBrowser:
     """The analysis folder's data, independent of the UI (so the API and the widgets share it)."""
 
     def __init__(
-        self, analysis_dir: str | Path, labels_path: str | Path | None = None, mirrors: list[str | Path] | None = None
+        self,
+        analysis_dir: str | Path,
+        labels_path: str | Path | None = None,
+        mirrors: Sequence[str | Path] | None = None,
     ):
         self.root = Path(analysis_dir).resolve()
         summary_file = self.root / SUMMARY_NAME
@@ -89,8 +94,8 @@ def build_app(
     analysis_dir: str | Path,
     read_only: bool = False,
     labels_path: str | Path | None = None,
-    mirrors: list[str | Path] | None = None,
-):
+    mirrors: Sequence[str | Path] | None = None,
+) -> Any:  # a gr.Blocks that also carries ``pai_browser``, its FeatureBrowser
     """The Gradio Blocks app (not launched). ``mirrors``: more labels.json files every save updates."""
     import gradio as gr
 
@@ -98,7 +103,7 @@ def build_app(
     s = data.summary
     clip_is_gif = s.get("config", {}).get("clip_format") == "gif"
 
-    def show(feature):
+    def show(feature: str | None) -> tuple:
         if feature in (None, ""):
             return "", [], gr.update(choices=[], value=None), "", ""
         clips = data.clips(int(feature))
@@ -111,12 +116,12 @@ def build_app(
             label.get("description", ""),
         )
 
-    def save(feature, name, description):
+    def save(feature: str | None, name: str | None, description: str | None) -> tuple:
         if feature in (None, ""):
             return "Choose a feature first.", gr.update()
         data.store.save(int(feature), name or "", description or "")
         return (
-            f"Saved f{feature} as **{name.strip() or '(no name)'}** to `{data.store.path}`",
+            f"Saved f{feature} as **{(name or '').strip() or '(no name)'}** to `{data.store.path}`",
             gr.update(choices=data.choices(), value=str(feature)),
         )
 
@@ -182,7 +187,7 @@ def build_app(
     return app
 
 
-def launch(app, host: str = "127.0.0.1", port: int | None = None, block: bool = True, **kwargs):
+def launch(app: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True, **kwargs: Any) -> Any:
     """Serve the app; only the analysis folder is served as files."""
     return app.launch(
         server_name=host,

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from filelock import FileLock
@@ -59,7 +60,7 @@ class LabelStore:
         timeout_s: how long a save waits for another writer's lock.
     """
 
-    def __init__(self, path: str | Path, mirrors: list[str | Path] | None = None, timeout_s: float = 30.0):
+    def __init__(self, path: str | Path, mirrors: Sequence[str | Path] | None = None, timeout_s: float = 30.0):
         self.path = Path(path)
         self.mirrors = [Path(m) for m in mirrors or []]
         self.timeout_s = timeout_s
