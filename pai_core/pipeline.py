@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,11 @@ from .hub import locate_sae
 from .observation import Observation
 from .ood import OODParams, ReconMse, ScoreBatch, Scorer, load_scorer
 from .sae import load_sae
+
+if TYPE_CHECKING:
+    import torch
+
+    from .settings import PaiSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,7 @@ class Frame:
     ood_maps: dict[str, np.ndarray] = field(default_factory=dict)
     threshold: float | None = None
     alarm: AlarmState = field(default_factory=lambda: AlarmState(False, "", 0))
-    codes: object | None = None
+    codes: torch.Tensor | None = None
     token_error: np.ndarray | None = None
     state_coverage: float | None = None
     signals: dict[str, float] = field(default_factory=dict)
@@ -102,8 +108,8 @@ class Pipeline:
         self._ood = params
         self.scorer: Scorer = load_scorer(params) if params is not None else ReconMse()
         self.signals: dict[str, tuple[Scorer, float]] = {}  # further signals: name -> (scorer, threshold)
-        for i in range(len(params.signals) if params is not None else 0):
-            signal = params.signal(i)
+        signals = [params.signal(i) for i in range(len(params.signals))] if params is not None else []
+        for signal in signals:
             self.signals[signal.score] = (load_scorer(signal), signal.threshold)
         self.engine.adapter.keep_vision_features = any(
             s.needs_vision_features for s in [self.scorer, *(sc for sc, _ in self.signals.values())]
@@ -147,7 +153,7 @@ class Pipeline:
         return cls(engine, extractor, ood, alarm, labels)
 
     @classmethod
-    def from_settings(cls, settings) -> Pipeline:
+    def from_settings(cls, settings: PaiSettings) -> Pipeline:
         pipe = cls.load(
             settings.policy_path,
             settings.sae_path,
@@ -208,7 +214,10 @@ class Pipeline:
             return frames
         import torch
 
-        out = self.extractor(torch.stack([r.tokens for r in results]))
+        tokens = [r.tokens for r in results if r.tokens is not None]
+        if len(tokens) != len(results):
+            raise ModelError("the SAE reads the encoder tokens, but the engine captured none")
+        out = self.extractor(torch.stack(tokens))
         batch = ScoreBatch(results, observations, out.token_error)
         scored = self.scorer.score(batch)
         scores, maps, coverage = scored.scores, scored.maps, scored.coverage
@@ -227,8 +236,8 @@ class Pipeline:
             frame.signals = {name: float(sig[i]) for name, (sig, _) in extra.items()}
             if threshold is not None and not extra:
                 frame.alarm = self.alarm.update(frame.ood_score, threshold)
-            elif threshold is not None:  # any signal above its (jointly calibrated) threshold
-                ratios = {self.ood.score: _ratio(frame.ood_score, threshold)} | {
+            elif threshold is not None and self._ood is not None:  # any signal above its joint threshold
+                ratios = {self._ood.score: _ratio(frame.ood_score, threshold)} | {
                     name: _ratio(frame.signals[name], thr) for name, (_, thr) in extra.items()
                 }
                 source = max(ratios, key=lambda k: ratios[k])
@@ -265,13 +274,18 @@ def check_made_for(engine: Introspector, what: str, fingerprint: str, made_with:
         )
 
 
-def vision_batch(results: Sequence[FrameResult], observations: Sequence[Observation]):
+def vision_batch(
+    results: Sequence[FrameResult], observations: Sequence[Observation]
+) -> tuple[dict[str, list[torch.Tensor]], np.ndarray | None]:
     """Per camera the batch's backbone maps [(B, C, h, w)], and the (B, S) joint states (None without)."""
     import torch
 
+    features = [r.vision_features for r in results if r.vision_features is not None]
+    if len(features) != len(results):
+        raise ModelError("patch_knn scores the backbone feature maps, but the engine kept none")
     maps = {
-        cam: [torch.stack([r.vision_features[cam][j] for r in results]) for j in range(len(levels))]
-        for cam, levels in results[0].vision_features.items()
+        cam: [torch.stack([f[cam][j] for f in features]) for j in range(len(levels))]
+        for cam, levels in features[0].items()
     }
     states = (
         None if any(o.state is None for o in observations) else np.stack([np.asarray(o.state) for o in observations])
