@@ -23,9 +23,8 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import torch
@@ -35,6 +34,9 @@ from .distributed import merged_shards
 from .errors import InputError
 from .layout import TokenLayout
 from .outputs import prepare_output_dir
+
+if TYPE_CHECKING:
+    from .pipeline import Frame
 
 MANIFEST = "activations.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -220,10 +222,9 @@ def record_activations(
 
     Returns a summary: frames recorded now, frames skipped because their shard already existed, shards.
     """
-    from tqdm.auto import tqdm
-
     from .engine import IntrospectionConfig, Introspector
     from .preflight import check_dataset_for_policy
+    from .replay.runner import EngineStepper, RunConfig, Segment, run_segments
     from .sources.dataset import episode_bounds, iter_episode, select_episodes
 
     cfg = config or RecordConfig()
@@ -269,50 +270,16 @@ def record_activations(
                 else:
                     plan.append((d, ep, s, e))
     total = done_frames + sum(e - s for _, _, s, e in plan)
-    manifest: dict | None = None  # written (or checked against the one on disk) after the first batch
-    bar = tqdm(total=total, initial=done_frames, unit="frame", desc="record activations", disable=not progress)
-    recorded = 0
-    for d, ep, s, e in plan:
-        dataset = datasets[d]
-        ep_start = episode_bounds(dataset, ep)[0]
-        name = shard_name(ep, s - ep_start, d if multi else None)
-        chunks, eps, frames = [], [], []
-        shard = iter_episode(dataset, ep, s - ep_start, e - ep_start)  # image and video datasets alike
-        while obs := list(islice(shard, cfg.batch_size)):
-            results = engine.step_batch(obs)
-            tokens = torch.stack([r.tokens for r in results])
-            if cfg.sampling == "blocks":
-                tokens = sample_tokens(tokens, results[0].layout, cfg.block)
-            if manifest is None:
-                manifest = _manifest(
-                    str(policy_path),
-                    datasets,
-                    tokens.shape[-1],
-                    tokens.shape[1],
-                    results[0].layout,
-                    cfg,
-                    engine.fingerprint,
-                    chosen,
-                )
-                _check_same_recording(out, manifest)
-                (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-            chunks.append(tokens.to("cpu", DTYPES[cfg.dtype]))
-            eps += [o.episode_index for o in obs]
-            frames += [o.frame_index for o in obs]
-            bar.update(len(obs))
-        tmp = out / (name + ".tmp")
-        save_file(
-            {
-                "tokens": torch.cat(chunks).contiguous(),
-                "episode_index": torch.tensor(eps, dtype=torch.int64),
-                "frame_index": torch.tensor(frames, dtype=torch.int64),
-                "dataset_index": torch.full((len(eps),), d, dtype=torch.int64),
-            },
-            str(tmp),
-        )
-        os.replace(tmp, out / name)
-        recorded += e - s
-    bar.close()
+    shards = _ShardSink(out, datasets, chosen, cfg, str(policy_path), engine.fingerprint, multi)
+
+    def segment(d: int, ep: int, s: int, e: int) -> Segment:
+        ep_start = episode_bounds(datasets[d], ep)[0]  # image and video datasets alike
+        return Segment((d, ep, s, e), iter_episode(datasets[d], ep, s - ep_start, e - ep_start))
+
+    segments = (segment(*shard) for shard in plan)
+    run_config = RunConfig(cfg.batch_size, progress=progress, desc="record activations", rejected="raise")
+    run_segments(segments, EngineStepper(engine), [shards], config=run_config, total=total - done_frames)
+    recorded = shards.recorded
     if total == 0:
         raise InputError(f"Nothing to record: episodes {episodes} of dataset {_dataset_key(datasets)!r} have no frames")
     return {
@@ -321,6 +288,77 @@ def record_activations(
         "frames_total": total,
         "shards": len(list(out.glob("*.safetensors"))),
     }
+
+
+class _ShardSink:
+    """One shard per segment (``begin``/``end``: its (dataset, episode, first, last + 1) frames): the tokens of
+    every batch, sampled and cast to the storage type, saved under a temporary name and renamed once whole.
+    The manifest is written (or checked against the one on disk) after the first batch, which gives the
+    token widths."""
+
+    def __init__(
+        self,
+        out: Path,
+        datasets: Sequence,
+        chosen: Sequence[Sequence[int]],
+        cfg: RecordConfig,
+        policy_path: str,
+        fingerprint: str,
+        multi: bool,
+    ):
+        self.out, self.datasets, self.chosen, self.cfg = out, datasets, chosen, cfg
+        self.policy_path, self.fingerprint, self.multi = policy_path, fingerprint, multi
+        self.manifest: dict | None = None
+        self.chunks: list[torch.Tensor] = []
+        self.episodes: list[int] = []
+        self.frames: list[int] = []
+        self.recorded = 0
+
+    def begin(self, key: tuple[int, int, int, int]) -> None:
+        self.chunks, self.episodes, self.frames = [], [], []
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        results = [f.result for f in frames]
+        tokens = torch.stack([cast(torch.Tensor, r.tokens) for r in results])  # recorded at the token layer
+        if self.cfg.sampling == "blocks":
+            tokens = sample_tokens(tokens, results[0].layout, self.cfg.block)
+        if self.manifest is None:
+            self.manifest = _manifest(
+                self.policy_path,
+                self.datasets,
+                tokens.shape[-1],
+                tokens.shape[1],
+                results[0].layout,
+                self.cfg,
+                self.fingerprint,
+                self.chosen,
+            )
+            _check_same_recording(self.out, self.manifest)
+            (self.out / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+        self.chunks.append(tokens.to("cpu", DTYPES[self.cfg.dtype]))
+        self.episodes += [f.observation.episode_index for f in frames]
+        self.frames += [f.observation.frame_index for f in frames]
+
+    def end(self, key: tuple[int, int, int, int]) -> None:
+        from .sources.dataset import episode_bounds
+
+        d, ep, s, e = key
+        name = shard_name(ep, s - episode_bounds(self.datasets[d], ep)[0], d if self.multi else None)
+        tmp = self.out / (name + ".tmp")
+        save_file(
+            {
+                "tokens": torch.cat(self.chunks).contiguous(),
+                "episode_index": torch.tensor(self.episodes, dtype=torch.int64),
+                "frame_index": torch.tensor(self.frames, dtype=torch.int64),
+                "dataset_index": torch.full((len(self.episodes),), d, dtype=torch.int64),
+            },
+            str(tmp),
+        )
+        os.replace(tmp, self.out / name)
+        self.recorded += e - s
+
+    def close(self) -> None:
+        pass
 
 
 class ActivationStore:

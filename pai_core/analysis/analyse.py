@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -23,6 +25,10 @@ from .labels import LABELS_NAME, LabelStore
 from .record import load_record
 from .render import feature_panel, fit_height, index_html, write_clip, write_png
 from .stats import RANK_BY, feature_stats, rank_features, recorded_peak, top_frames
+
+if TYPE_CHECKING:
+    from ..observation import Observation
+    from ..pipeline import Frame
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +101,10 @@ def _render_frames(
     """Run the needed frames through the pipeline; returns, per (episode, frame_index), thumbnail-sized
     images by camera, {feature: {camera: (h, w) map}} and the pooled activation of each needed feature."""
     import torch
-    from tqdm import tqdm
 
     from ..features import feature_maps
     from ..pipeline import Pipeline
+    from ..replay.runner import RunConfig, Segment, run_segments
     from ..sources.dataset import iter_episode, open_dataset
 
     root = config.dataset_root or meta["root"]
@@ -110,31 +116,36 @@ def _render_frames(
     if pipe.n_features != meta["n_latents"]:
         raise InputError(f"SAE has {pipe.n_features} features but the recording has {meta['n_latents']}")
     column = {f: j for j, f in enumerate(feature_ids)}
-    images, maps, pooled = {}, {}, {}
+    images: dict = {}
+    maps: dict = {}
+    pooled: dict = {}
 
-    def run(batch):
-        frames = pipe.step_batch(batch)
-        fmaps = feature_maps(torch.stack([f.codes for f in frames]), frames[0].result.layout, feature_ids)
-        for frame, m in zip(frames, fmaps):
-            key = (frame.observation.episode_index, frame.observation.frame_index)
-            images[key] = {cam: fit_height(frame.observation.images[cam], config.thumb_height) for cam in m}
-            maps[key] = {f: {cam: m[cam][column[f]] for cam in m} for f in need[key]}
-            pooled[key] = {f: float(frame.features[f]) for f in need[key]}
-        bar.update(len(batch))
+    def needed(ep: int) -> Iterator[Observation]:
+        wanted = {fi for e, fi in need if e == ep}
+        for obs in islice(iter_episode(dataset, ep), max(wanted) + 1):
+            if obs.frame_index in wanted:
+                yield obs
 
-    with tqdm(total=len(need), desc="render frames", unit="frame", disable=not progress) as bar, torch.inference_mode():
-        for ep in sorted({ep for ep, _ in need}):
-            wanted = {fi for e, fi in need if e == ep}
-            batch = []
-            pipe.reset()
-            for obs in islice(iter_episode(dataset, ep), max(wanted) + 1):
-                if obs.frame_index in wanted:
-                    batch.append(obs)
-                if len(batch) == config.batch_size:
-                    run(batch)
-                    batch = []
-            if batch:
-                run(batch)
+    class Render:
+        """Thumbnails, the selected features' maps and their pooled activations of each needed frame."""
+
+        def write(self, frames: Sequence[Frame]) -> None:
+            fmaps = feature_maps(
+                torch.stack([cast(torch.Tensor, f.codes) for f in frames]), frames[0].result.layout, feature_ids
+            )
+            for frame, m in zip(frames, fmaps):
+                key = (frame.observation.episode_index, frame.observation.frame_index)
+                images[key] = {cam: fit_height(frame.observation.images[cam], config.thumb_height) for cam in m}
+                maps[key] = {f: {cam: m[cam][column[f]] for cam in m} for f in need[key]}
+                pooled[key] = {f: float(cast(np.ndarray, frame.features)[f]) for f in need[key]}
+
+        def close(self) -> None:
+            pass
+
+    segments = (Segment(ep, needed(ep)) for ep in sorted({ep for ep, _ in need}))
+    run_config = RunConfig(config.batch_size, progress=progress, desc="render frames", rejected="raise")
+    with torch.inference_mode():
+        run_segments(segments, pipe, [Render()], config=run_config, total=len(need))
     lost = [k for k in need if k not in images]
     if lost:
         raise InputError(f"{len(lost)} recorded frames are no longer in the dataset, e.g. (episode, frame) {lost[0]}")

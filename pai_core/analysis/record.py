@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from ..observation import Observation
+    from ..pipeline import Frame
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +165,47 @@ def _rows(frames, indices: list[int], shorts: dict[str, str], min_activation: fl
     return cols
 
 
+class _RowSink:
+    """Each batch's rows to the Parquet file; counts every episode's frames (``begin``: the episode)."""
+
+    def __init__(
+        self,
+        writer: Any,
+        schema: Any,
+        shorts: dict[str, str],
+        min_activation: float,
+        bounds: dict[int, tuple[int, int]],
+    ):
+        self.writer, self.schema, self.shorts, self.min_activation = writer, schema, shorts, min_activation
+        self.bounds = bounds
+        self.counts: dict[int, int] = {}
+        self.layout: Any = None
+        self.episode = -1
+
+    def begin(self, episode: int) -> None:
+        self.episode = episode
+        self.counts[episode] = 0
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        import pyarrow as pa
+
+        first = self.bounds[self.episode][0] + self.counts[self.episode]  # dataset index of the batch's first frame
+        indices = list(range(first, first + len(frames)))
+        self.layout = frames[0].result.layout
+        self.writer.write_table(pa.table(_rows(frames, indices, self.shorts, self.min_activation), schema=self.schema))
+        self.counts[self.episode] += len(frames)
+
+    def close(self) -> None:
+        pass
+
+
 def record_features(config: RecordConfig, progress: bool = True) -> dict:
     """Run the pipeline over the chosen episodes and write Parquet + metadata; returns the metadata."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-    from tqdm import tqdm
 
     from ..pipeline import Pipeline
+    from ..replay.runner import RunConfig, Segment, run_segments
     from ..sources.dataset import episode_bounds, iter_episode, open_dataset, select_episodes
 
     dataset = open_dataset(config.dataset_repo_id, config.root)
@@ -186,38 +224,18 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     bounds = {ep: episode_bounds(dataset, ep) for ep in episodes}
     total = sum(stop - start for start, stop in bounds.values())
-    counts: dict[int, int] = {}
-    layout = None
     tmp = out_dir / (PARQUET_NAME + ".tmp")
-    with (
-        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
-        tqdm(total=total, desc="record-features", unit="frame", disable=not progress) as bar,
-        torch.inference_mode(),
-    ):
-        for ep in episodes:
-            pipe.reset()
-            start = bounds[ep][0]
-            batch, indices = [], []
-            counts[ep] = 0
 
-            def flush(ep: int, batch: list, indices: list) -> None:
-                nonlocal layout
-                frames = pipe.step_batch(batch)
-                layout = frames[0].result.layout
-                writer.write_table(pa.table(_rows(frames, indices, shorts, config.min_activation), schema=schema))
-                counts[ep] += len(batch)
-                bar.update(len(batch))
-                batch.clear()
-                indices.clear()
+    def observations(ep: int) -> Iterator[Observation]:
+        for obs in iter_episode(dataset, ep):
+            obs.episode_index = ep if obs.episode_index < 0 else obs.episode_index
+            yield obs
 
-            for pos, obs in enumerate(iter_episode(dataset, ep)):
-                obs.episode_index = ep if obs.episode_index < 0 else obs.episode_index
-                batch.append(obs)
-                indices.append(start + pos)
-                if len(batch) == config.batch_size:
-                    flush(ep, batch, indices)
-            if batch:
-                flush(ep, batch, indices)
+    run_config = RunConfig(config.batch_size, progress=progress, desc="record-features", rejected="raise")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer, torch.inference_mode():
+        rows = _RowSink(writer, schema, shorts, config.min_activation, bounds)
+        run_segments((Segment(ep, observations(ep)) for ep in episodes), pipe, [rows], config=run_config, total=total)
+    counts, layout = rows.counts, rows.layout
     tmp.replace(out_dir / PARQUET_NAME)
     expected = {ep: stop - start for ep, (start, stop) in bounds.items()}
     short_of = {ep: expected[ep] - n for ep, n in counts.items() if n != expected[ep]}

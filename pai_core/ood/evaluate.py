@@ -64,55 +64,64 @@ def score_episodes(
     (calibrating on episodes that are also in the scorer's reference) each episode is scored without
     its own reference frames. With ``nuisance`` (a ``NuisanceRange``) half the frames, drawn at random
     (seeded), are seen under a camera condition from that range: a threshold set on them tolerates it."""
-    from contextlib import nullcontext
-    from itertools import islice
-
-    from tqdm.auto import tqdm
-
+    from ..replay.runner import RunConfig, Segment, run_segments
     from ..sources.dataset import episode_bounds, iter_episode, select_episodes
 
     if pipe.extractor is None:
         raise ModelError("Scoring frames needs a pipeline with an SAE (pass --sae-path)")
     episodes = select_episodes(dataset, episodes)
     total = sum(b - a for a, b in (episode_bounds(dataset, ep) for ep in episodes))
-    out = []
-    bar = tqdm(total=total, unit="frame", desc=f"score {dataset.repo_id}", disable=not progress)
-    for ep in episodes:
-        pipe.reset()
-        scores, stamps, alarm, errors, coverage, signals = [], [], [], [], [], []
+    scorer = getattr(pipe, "scorer", None)
+
+    def segment(ep: int) -> Segment:
         frames = iter_episode(dataset, ep)  # image and video datasets alike
         if nuisance is not None:
             rng = np.random.default_rng([seed, ep])
             frames = (
                 nuisance.sample(rng).observe(o, int(rng.integers(2**31))) if rng.random() < 0.5 else o for o in frames
             )
-        scorer = getattr(pipe, "scorer", None)
-        leave = scorer.leaving_out(ep) if leave_out_own_episode and scorer is not None else nullcontext()
-        with leave:
-            while obs := list(islice(frames, batch_size)):
-                for frame in pipe.step_batch(obs):
-                    scores.append(frame.ood_score)
-                    stamps.append(frame.observation.timestamp)
-                    alarm.append(frame.alarm.active)
-                    errors.append(frame.token_error)
-                    coverage.append(frame.state_coverage)
-                    signals.append(frame.signals)
-                bar.update(len(obs))
-        cov = None if any(c is None for c in coverage) else np.asarray(coverage, np.float64)
-        out.append(
+        leave = (lambda: scorer.leaving_out(ep)) if leave_out_own_episode and scorer is not None else None
+        return Segment(ep, frames, context=leave)
+
+    sink = _ScoreSink(str(dataset.repo_id))
+    config = RunConfig(batch_size, progress=progress, desc=f"score {dataset.repo_id}", rejected="raise")
+    run_segments((segment(ep) for ep in episodes), pipe, [sink], config=config, total=total)
+    return sink.episodes
+
+
+class _ScoreSink:
+    """Collects each episode's frame scores into an ``EpisodeScores``."""
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.episodes: list[EpisodeScores] = []
+        self.frames: list[Any] = []
+
+    def begin(self, episode: int) -> None:
+        self.frames = []
+
+    def write(self, frames: Sequence[Any]) -> None:
+        self.frames.extend(frames)
+
+    def end(self, episode: int) -> None:
+        frames, self.frames = self.frames, []
+        coverage = [f.state_coverage for f in frames]
+        signals = [f.signals for f in frames]
+        self.episodes.append(
             EpisodeScores(
-                str(dataset.repo_id),
-                ep,
-                np.asarray(scores, np.float64),
-                np.asarray(stamps, np.float64),
-                np.asarray(alarm, bool),
-                np.stack(cast("list[np.ndarray]", errors)),  # the SAE (checked above) sets every frame's
-                cov,
-                {k: np.asarray([f[k] for f in signals], np.float64) for k in (signals[0] if signals else {})},
+                self.dataset,
+                episode,
+                np.asarray([f.ood_score for f in frames], np.float64),
+                np.asarray([f.observation.timestamp for f in frames], np.float64),
+                np.asarray([f.alarm.active for f in frames], bool),
+                np.stack(cast("list[np.ndarray]", [f.token_error for f in frames])),  # set by the SAE (checked)
+                None if any(c is None for c in coverage) else np.asarray(coverage, np.float64),
+                {k: np.asarray([s[k] for s in signals], np.float64) for k in (signals[0] if signals else {})},
             )
         )
-    bar.close()
-    return out
+
+    def close(self) -> None:
+        pass
 
 
 def frame_ranges(mask: np.ndarray) -> str:

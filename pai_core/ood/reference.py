@@ -10,7 +10,7 @@ reference file in memory.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -25,49 +25,89 @@ from .token_knn import KnnScorer
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from ..engine import FrameResult
     from ..observation import Observation
-    from ..pipeline import Pipeline
+    from ..pipeline import Frame, Pipeline
+    from ..replay.runner import Segment
 
 log = logging.getLogger(__name__)
 
 
-def _batches(
-    pipe: Pipeline, dataset: LeRobotDataset, episode: int, keep: np.ndarray | None, batch_size: int
-) -> Iterator[tuple[list[Observation], list[FrameResult]]]:
-    """(observations, engine results) of the kept frame offsets of one episode, a batch at a time."""
+def _kept(dataset: LeRobotDataset, episode: int, keep: np.ndarray | None) -> Iterator[Observation]:
+    """The observations at the kept frame offsets of one episode, in time order (reading stops after the
+    last kept one)."""
     from ..sources.dataset import iter_episode
 
-    wanted = None if keep is None else set(int(i) for i in keep)
-    frames = (o for i, o in enumerate(iter_episode(dataset, episode)) if wanted is None or i in wanted)
-    while batch := list(islice(frames, batch_size)):
-        yield batch, pipe.engine.step_batch(batch)
+    frames = iter_episode(dataset, episode)
+    if keep is None:
+        yield from frames
+        return
+    wanted = {int(i) for i in keep}
+    for i, obs in enumerate(islice(frames, max(wanted, default=-1) + 1)):
+        if i in wanted:
+            yield obs
+
+
+class _Collect:
+    """A sink handing each batch's frames, with their segment's key (the episode), to ``add``."""
+
+    def __init__(self, add: Callable[[int, Sequence[Frame]], None]):
+        self.add, self.key = add, -1
+
+    def begin(self, key: int) -> None:
+        self.key = key
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        self.add(self.key, frames)
+
+    def close(self) -> None:
+        pass
+
+
+def _run_engine(
+    pipe: Pipeline,
+    segments: Iterable[Segment],
+    add: Callable[[int, Sequence[Frame]], None],
+    batch_size: int,
+    total: int,
+    progress: bool = True,
+) -> None:
+    """The engine alone (no SAE, no scorer: the reference is what they are fitted on) over ``segments``
+    through the batched runner."""
+    from ..replay.runner import EngineStepper, RunConfig, run_segments
+
+    config = RunConfig(batch_size, progress=progress, desc="reference frames", rejected="raise")
+    run_segments(segments, EngineStepper(pipe.engine), [_Collect(add)], config=config, total=total)
 
 
 def fit_token_reference(
     pipe: Pipeline, dataset: LeRobotDataset, episodes: Sequence[int], k: int = 5, stride: int = 1, batch_size: int = 16
 ) -> KnnScorer:
     """``token_knn``: the encoder-input tokens of every ``stride``-th frame of ``episodes``."""
-    from tqdm.auto import tqdm
+    from ..replay.runner import Segment
 
-    tokens = []
-    for ep in tqdm(episodes, desc="reference frames", unit="ep"):
-        keep = np.arange(0, episode_length(dataset, ep), stride)
-        for _, results in _batches(pipe, dataset, ep, keep, batch_size):
-            batch = [r.input_tokens.float().cpu().numpy() for r in results if r.input_tokens is not None]
-            if len(batch) < len(results):
-                raise ModelError("token_knn needs the encoder-input tokens, but the adapter captured none")
-            tokens += batch
+    tokens: list[np.ndarray] = []
+
+    def add(_ep: int, frames: Sequence[Frame]) -> None:
+        batch = [f.result.input_tokens.float().cpu().numpy() for f in frames if f.result.input_tokens is not None]
+        if len(batch) < len(frames):
+            raise ModelError("token_knn needs the encoder-input tokens, but the adapter captured none")
+        tokens.extend(batch)
+
+    keep = {ep: np.arange(0, episode_length(dataset, ep), stride) for ep in episodes}
+    segments = (Segment(ep, _kept(dataset, ep, offsets)) for ep, offsets in keep.items())
+    _run_engine(pipe, segments, add, batch_size, sum(len(k) for k in keep.values()))
     return KnnScorer.from_tokens(np.stack(tokens), k=k)
 
 
 def frame_bytes(pipe: Pipeline, dataset: LeRobotDataset, episode: int, config: PatchKnnConfig) -> int:
     """Bytes one reference frame takes (every camera's float16 patch grid), from one forward pass."""
     from ..pipeline import vision_batch
+    from ..replay.runner import Segment
 
     pipe.engine.adapter.keep_vision_features = True
-    batch, results = next(_batches(pipe, dataset, episode, np.arange(1), 1))
-    maps, _ = vision_batch(results, batch)
+    frames: list[Frame] = []
+    _run_engine(pipe, [Segment(episode, _kept(dataset, episode, np.arange(1)))], lambda _, f: frames.extend(f), 1, 1)
+    maps, _ = vision_batch([f.result for f in frames], [f.observation for f in frames])
     return sum(2 * patch_grid([m.cpu() for m in levels], config.max_grid)[0].numel() for levels in maps.values())
 
 
@@ -140,9 +180,8 @@ def fit_patch_reference(
     With ``nuisance_variants`` each kept frame also enters the reference as that many copies under camera
     nuisance drawn from ``nuisance`` (JPEG, exposure, noise, blur; seeded): a frame from a compressed
     transport or a brighter camera then finds a twin, instead of every patch looking novel."""
-    from tqdm.auto import tqdm
-
     from ..pipeline import vision_batch
+    from ..replay.runner import Segment
 
     config = config or PatchKnnConfig()
     copies = 1 + nuisance_variants
@@ -151,23 +190,24 @@ def fit_patch_reference(
     builder = ReferenceBuilder(plan["frames"] * copies, config)
     nuisance = nuisance or NuisanceRange()
     rng = np.random.default_rng(seed)
-    bar = tqdm(total=plan["frames"], desc="reference frames", unit="frame")
 
-    def add(batch: list[Observation], results: list[FrameResult], ep: int) -> None:
-        maps, states = vision_batch(results, batch)
+    def batches(ep: int, offsets: np.ndarray) -> Iterator[list[Observation]]:
+        """A batch of kept frames, then that batch under each of its nuisance variants."""
+        frames = _kept(dataset, ep, offsets)
+        while batch := list(islice(frames, batch_size)):
+            yield batch
+            per_frame = [nuisance.variants(nuisance_variants, rng) for _ in batch]
+            for v in range(nuisance_variants):
+                yield [conds[v].observe(o, seed=int(rng.integers(2**31))) for o, conds in zip(batch, per_frame)]
+
+    def add(ep: int, frames: Sequence[Frame]) -> None:
+        maps, states = vision_batch([f.result for f in frames], [f.observation for f in frames])
         builder.add(
             {cam: patch_grid([m.cpu() for m in levels], config.max_grid) for cam, levels in maps.items()}, states, ep
         )
 
-    for ep, offsets in keep.items():
-        for batch, results in _batches(pipe, dataset, ep, offsets, batch_size):
-            add(batch, results, ep)
-            per_frame = [nuisance.variants(nuisance_variants, rng) for _ in batch]
-            for v in range(nuisance_variants):
-                varied = [conds[v].observe(o, seed=int(rng.integers(2**31))) for o, conds in zip(batch, per_frame)]
-                add(varied, pipe.engine.step_batch(varied), ep)
-            bar.update(len(batch))
-    bar.close()
+    segments = (Segment(ep, batches=batches(ep, offsets)) for ep, offsets in keep.items())
+    _run_engine(pipe, segments, add, batch_size, plan["frames"] * copies)
     plan["nuisance_variants"] = nuisance_variants
     try:
         scorer = builder.finish()

@@ -1,45 +1,105 @@
-"""The replay loop: observations in, batched ``Pipeline.step_batch``, frames out to every sink.
+"""The one batched loop: observations in, ``step_batch``, frames out to every sink.
 
-No processing of its own: the frames are exactly what the live node's pipeline computes.
+Replay, OOD scoring and calibration, feature and activation recording, and the feature analysis's
+renders all run here, each job with a sink of its own, so batching, episode resets, reading ahead in
+a thread and closing the outputs when a run breaks off are written once. No processing of its own: the
+frames are exactly what the live node's pipeline computes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import InputError, PaiError
 from ..observation import Observation
-from ..pipeline import Frame, Pipeline
+from ..pipeline import Frame
 from ..sources.accounting import Accounting
 from .prefetch import prefetch
 
 
 class Sink(Protocol):
-    """Consumes processed frames in time order; ``close`` runs even when the replay breaks off."""
+    """Consumes processed frames in time order; ``close`` runs even when the run breaks off.
+
+    A sink may also define ``begin(key)`` and ``end(key)``: called before the first and after the last
+    frame of each ``Segment`` (``end`` only when the segment ran to its end).
+    """
 
     def write(self, frames: Sequence[Frame]) -> None: ...
 
     def close(self) -> None: ...
 
 
+class Stepper(Protocol):
+    """What the loop runs: a ``Pipeline``, or ``EngineStepper`` for jobs that need the engine alone."""
+
+    def step_batch(self, observations: Sequence[Observation]) -> list[Frame]: ...
+
+    def reset(self) -> None: ...
+
+
+class EngineStepper:
+    """An ``Introspector`` as a ``Stepper``: frames with the engine's result only (no SAE, OOD or alarm), for
+    the jobs that record the engine's tokens or backbone maps."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def step_batch(self, observations: Sequence[Observation]) -> list[Frame]:
+        return [Frame(o, r) for o, r in zip(observations, self.engine.step_batch(observations))]
+
+    def reset(self) -> None:
+        self.engine.reset()
+
+
+@dataclass
+class Segment:
+    """Consecutive observations the pipeline starts afresh on (an episode, or a shard of one).
+
+    Args:
+        key: what the sinks' ``begin`` / ``end`` are told (an episode index, a shard).
+        observations: the observations in time order, batched by ``RunConfig.batch_size``; read in a
+            thread ahead of the model.
+        batches: instead of ``observations``: the batches as the job made them (each one ``step_batch`` call).
+        context: entered around the segment's steps (a scorer leaving out the episode's own reference).
+    """
+
+    key: Any = None
+    observations: Iterable[Observation] | None = None
+    batches: Iterable[Sequence[Observation]] | None = None
+    context: Callable[[], AbstractContextManager] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.observations is None) == (self.batches is None):
+            raise ValueError("Segment needs observations or batches (exactly one of them)")
+
+
 @dataclass
 class RunConfig:
     """Args:
-    batch_size: observations per ``Pipeline.step_batch`` call.
-    prefetch: decoded observations the reader thread may hold ahead of the model.
+    batch_size: observations per ``step_batch`` call.
+    prefetch: decoded observations (or batches) the reader thread may hold ahead of the model.
     progress: show a tqdm progress bar.
+    desc: the progress bar's label.
+    rejected: an observation the engine rejects (``InputError``): "skip" it with its reason in the
+        accounting (replay: the rest of its batch still runs), or "raise" the error (jobs whose output
+        must hold every frame).
     """
 
     batch_size: int = 8
     prefetch: int = 32
     progress: bool = True
+    desc: str = "replay"
+    rejected: Literal["skip", "raise"] = "skip"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+        if self.rejected not in ("skip", "raise"):
+            raise ValueError(f"rejected={self.rejected!r} is not one of 'skip', 'raise'")
 
 
 @dataclass
@@ -91,39 +151,60 @@ def _batches(items: Iterator[Observation], size: int) -> Iterator[list[Observati
 
 def run(
     observations: Iterable[Observation],
-    pipeline: Pipeline,
+    pipeline: Stepper,
     sinks: Sequence[Sink],
-    accounting: Accounting,
+    accounting: Accounting | None = None,
     config: RunConfig | None = None,
     total: int | None = None,
 ) -> RunStats:
-    """Replay ``observations`` (in time order) through ``pipeline`` into ``sinks``.
+    """Replay ``observations`` (in time order, one segment) through ``pipeline`` into ``sinks``."""
+    return run_segments([Segment(observations=observations)], pipeline, sinks, accounting, config, total)
 
-    An observation the engine rejects is skipped with its reason (the rest of its batch still runs). A
-    source error (``PaiError``, e.g. a truncated bag) stops the replay after the frames before it were
-    processed and every sink closed; it is recorded in ``accounting.error`` and re-raised.
+
+def run_segments(
+    segments: Iterable[Segment],
+    pipeline: Stepper,
+    sinks: Sequence[Sink],
+    accounting: Accounting | None = None,
+    config: RunConfig | None = None,
+    total: int | None = None,
+) -> RunStats:
+    """Run every segment through ``pipeline`` into ``sinks``: the pipeline is reset before each segment
+    (LeRobot's queue, the scorers' history, the alarm), and batches never span two segments.
+
+    An observation the engine rejects is skipped with its reason (the rest of its batch still runs) or
+    raised, per ``config.rejected``. A source error (``PaiError``, e.g. a truncated bag) stops the run after
+    the frames before it were processed and every sink closed; it is recorded in ``accounting.error`` and
+    re-raised.
     """
     from tqdm.auto import tqdm
 
     config = config or RunConfig()
+    accounting = accounting if accounting is not None else Accounting()
     stats = RunStats()
-    pipeline.reset()
     start = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", desc="replay", disable=not config.progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="frame", desc=config.desc, disable=not config.progress, dynamic_ncols=True)
     try:
-        for batch in _batches(prefetch(observations, config.prefetch), config.batch_size):
-            t0 = time.perf_counter()
-            frames = _step(pipeline, batch, accounting)
-            stats.pipeline_s += time.perf_counter() - t0
-            if frames:
-                for sink in sinks:
-                    sink.write(frames)
-                stats.frames += len(frames)
-                accounting.frames_processed += len(frames)
-                if stats.first_stamp is None:
-                    stats.first_stamp = float(frames[0].observation.timestamp)
-                stats.last_stamp = float(frames[-1].observation.timestamp)
-            bar.update(len(batch))
+        for segment in segments:
+            pipeline.reset()
+            for sink in sinks:
+                _call(sink, "begin", segment.key)
+            with segment.context() if segment.context is not None else nullcontext():
+                for batch in _segment_batches(segment, config):
+                    t0 = time.perf_counter()
+                    frames = _step(pipeline, batch, accounting, config.rejected)
+                    stats.pipeline_s += time.perf_counter() - t0
+                    if frames:
+                        for sink in sinks:
+                            sink.write(frames)
+                        stats.frames += len(frames)
+                        accounting.frames_processed += len(frames)
+                        if stats.first_stamp is None:
+                            stats.first_stamp = float(frames[0].observation.timestamp)
+                        stats.last_stamp = float(frames[-1].observation.timestamp)
+                    bar.update(len(batch))
+            for sink in sinks:
+                _call(sink, "end", segment.key)
     except PaiError as exc:
         accounting.error = str(exc)
         raise
@@ -141,7 +222,24 @@ def run(
     return stats
 
 
-def _step(pipeline: Pipeline, batch: list[Observation], accounting: Accounting) -> list[Frame]:
+def _call(sink: Sink, hook: str, key: Any) -> None:
+    method = getattr(sink, hook, None)
+    if method is not None:
+        method(key)
+
+
+def _segment_batches(segment: Segment, config: RunConfig) -> Iterator[Sequence[Observation]]:
+    if segment.batches is not None:
+        return prefetch(segment.batches, max(1, config.prefetch // config.batch_size))
+    assert segment.observations is not None
+    return _batches(prefetch(segment.observations, config.prefetch), config.batch_size)
+
+
+def _step(
+    pipeline: Stepper, batch: Sequence[Observation], accounting: Accounting, rejected: str = "skip"
+) -> list[Frame]:
+    if rejected == "raise":
+        return pipeline.step_batch(batch)
     try:
         return pipeline.step_batch(batch)
     except InputError:
