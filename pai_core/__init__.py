@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .engine import FrameResult, IntrospectionConfig, Introspector
-    from .errors import InputError, ModelError, PaiError
+    from .errors import ConfigError, InputError, ModelError, ObservationError, PaiError, UsageError
     from .foxglove_live import FoxgloveConfig, FoxgloveLive
     from .layout import CameraTokens, TokenLayout
     from .observation import Observation
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 # Public name -> the submodule that defines it.
 _LAZY = {
     "CameraTokens": "layout",
+    "ConfigError": "errors",
     "Frame": "pipeline",
     "FoxgloveConfig": "foxglove_live",
     "FoxgloveLive": "foxglove_live",
@@ -32,15 +33,18 @@ _LAZY = {
     "Introspector": "engine",
     "ModelError": "errors",
     "Observation": "observation",
+    "ObservationError": "errors",
     "OverlayConfig": "overlay",
     "PaiError": "errors",
     "Pipeline": "pipeline",
     "TokenLayout": "layout",
+    "UsageError": "errors",
     "render_overlays": "overlay",
 }
 
 __all__ = [
     "CameraTokens",
+    "ConfigError",
     "FoxgloveConfig",
     "FoxgloveLive",
     "Frame",
@@ -50,10 +54,12 @@ __all__ = [
     "Introspector",
     "ModelError",
     "Observation",
+    "ObservationError",
     "OverlayConfig",
     "PaiError",
     "Pipeline",
     "TokenLayout",
+    "UsageError",
     "render_overlays",
 ]
 

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .distributed import merged_shards
-from .errors import InputError
+from .errors import UsageError
 from .layout import TokenLayout
 from .outputs import prepare_output_dir
 
@@ -124,20 +124,20 @@ def parse_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | N
     id in the same order, or no root at all (every dataset from the hub / HF cache)."""
     ids, dirs = _split_list(repo_ids), _split_list(roots)
     if not ids or any(not i for i in ids):
-        raise InputError(f"--dataset-repo-id {repo_ids!r}: expected one repo id or a comma-separated list (a,b)")
+        raise UsageError(f"--dataset-repo-id {repo_ids!r}: expected one repo id or a comma-separated list (a,b)")
     if dirs and len(dirs) != len(ids):
-        raise InputError(
+        raise UsageError(
             f"--root {roots!r} lists {len(dirs)} folders for {len(ids)} datasets {ids}; give one root per "
             "dataset, in the same order, separated by commas (or none)"
         )
     if any(not d for d in dirs):
-        raise InputError(f"--root {roots!r} has an empty entry; give one folder per dataset")
+        raise UsageError(f"--root {roots!r} has an empty entry; give one folder per dataset")
     refs = [DatasetRef(i, d or None) for i, d in zip(ids, dirs or [None] * len(ids))]
     seen = set()
     for ref in refs:
         key = (ref.repo_id, str(Path(ref.root).resolve()) if ref.root else None)
         if key in seen:
-            raise InputError(
+            raise UsageError(
                 f"--dataset-repo-id: dataset {ref.repo_id!r}{f' at {ref.root}' if ref.root else ''} is listed twice"
             )
         seen.add(key)
@@ -200,7 +200,7 @@ def _check_same_recording(out: Path, manifest: dict) -> None:
     keys = ("policy", "dataset", "d_model", "tokens_per_frame", "layer", "dtype", "sampling", "block", "shard_frames")
     diff = {k: (old.get(k), manifest[k]) for k in keys if k in manifest and old.get(k) != manifest[k]}
     if diff:
-        raise InputError(
+        raise UsageError(
             f"{out} already holds a different recording "
             f"({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
             "choose another --output-dir or delete it"
@@ -230,9 +230,9 @@ def record_activations(
     cfg = config or RecordConfig()
     datasets = list(dataset) if isinstance(dataset, (list, tuple)) else [dataset]
     if not datasets:
-        raise InputError("record_activations needs at least one dataset")
+        raise UsageError("record_activations needs at least one dataset")
     if len(datasets) > 1 and episodes:
-        raise InputError(
+        raise UsageError(
             f"--episodes {list(episodes)} selects episodes of one dataset; with {len(datasets)} datasets "
             "every episode of each is recorded (record a dataset alone to choose episodes)"
         )
@@ -281,7 +281,7 @@ def record_activations(
     run_segments(segments, EngineStepper(engine), [shards], config=run_config, total=total - done_frames)
     recorded = shards.recorded
     if total == 0:
-        raise InputError(f"Nothing to record: episodes {episodes} of dataset {_dataset_key(datasets)!r} have no frames")
+        raise UsageError(f"Nothing to record: episodes {episodes} of dataset {_dataset_key(datasets)!r} have no frames")
     return {
         "frames_recorded": recorded,
         "frames_skipped_existing": done_frames,
@@ -368,14 +368,14 @@ class ActivationStore:
         self.path = Path(path)
         manifest = self.path / MANIFEST
         if not manifest.is_file():
-            raise InputError(
+            raise UsageError(
                 f"{self.path} is not an activation recording: {MANIFEST} is missing "
                 "(record one with `pai record-activations`)"
             )
         self.manifest: dict = json.loads(manifest.read_text())
         self.shards: list[Path] = merged_shards(self.path)  # its own, and every rank's part (distributed.py)
         if not self.shards:
-            raise InputError(f"Activation recording {self.path} has no shards (*.safetensors)")
+            raise UsageError(f"Activation recording {self.path} has no shards (*.safetensors)")
 
     @property
     def d_model(self) -> int:
@@ -432,7 +432,7 @@ class ActivationStore:
                 [s for i, s in enumerate(self.shards) if i not in held_idx],
                 [s for i, s in enumerate(self.shards) if i in held_idx],
             )
-        raise InputError(
+        raise UsageError(
             f"Activation recording {self.path} has one shard of one episode; a held-out split needs "
             "two episodes (or a smaller shard_frames)"
         )
@@ -478,11 +478,11 @@ def token_batches(
     batch is shared out as evenly as it goes: the ranks together see exactly the batches one process sees.
     """
     if not shards:
-        raise InputError("token_batches needs at least one shard")
+        raise UsageError("token_batches needs at least one shard")
     if batch_size < 1 or batch_size % world:
-        raise InputError(f"batch_size={batch_size} must be a positive multiple of the {world} ranks")
+        raise UsageError(f"batch_size={batch_size} must be a positive multiple of the {world} ranks")
     if not 0 <= rank < world:
-        raise InputError(f"rank={rank} must be within 0..{world - 1}")
+        raise UsageError(f"rank={rank} must be within 0..{world - 1}")
     local = batch_size // world
     lo, hi = rank * local, (rank + 1) * local
     epoch = 0

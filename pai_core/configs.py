@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from .errors import InputError
+from .errors import ConfigError
 from .policy import ModelDtype, check_model_dtype
 
 GraphMode = Literal["auto", "on", "off"]
@@ -30,7 +30,7 @@ RANK_BY: tuple[str, ...] = ("variance", "frequency", "mean", "max")
 
 def check_graph_mode(mode: str) -> None:
     if mode not in GRAPH_MODES:
-        raise InputError(f"cuda_graph={mode!r} is not one of {list(GRAPH_MODES)}")
+        raise ConfigError(f"cuda_graph={mode!r} is not one of {list(GRAPH_MODES)}")
 
 
 @dataclass

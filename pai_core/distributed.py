@@ -38,7 +38,7 @@ from typing import Literal, get_args
 
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def init_ranks(backend: str = "auto") -> Ranks:
     import torch.distributed as dist
 
     if backend not in BACKENDS:
-        raise InputError(f"backend={backend!r} is not one of {list(BACKENDS)}")
+        raise UsageError(f"backend={backend!r} is not one of {list(BACKENDS)}")
     if dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -128,12 +128,12 @@ def record_ranked(
     if top.is_file():
         old = json.loads(top.read_text())
         if "parts" not in old:
-            raise InputError(
+            raise UsageError(
                 f"{out} holds a one-process recording (pai record-activations); record the ranked "
                 "one into another --output-dir"
             )
         if len(old["parts"]) != ranks.world:
-            raise InputError(
+            raise UsageError(
                 f"{out} was recorded by {len(old['parts'])} ranks, this job has {ranks.world}; resume "
                 "with the same number of ranks or choose another --output-dir"
             )
@@ -171,7 +171,7 @@ def _write_parts_manifest(out: Path, world: int) -> None:
     parts = [PART.format(r) for r in range(world)]
     manifests = {p: json.loads((out / p / MANIFEST).read_text()) for p in parts if (out / p / MANIFEST).is_file()}
     if not manifests:
-        raise InputError(f"No rank recorded anything into {out}")
+        raise UsageError(f"No rank recorded anything into {out}")
     first_name, first = next(iter(manifests.items()))
     keys = (
         "policy",
@@ -188,7 +188,7 @@ def _write_parts_manifest(out: Path, world: int) -> None:
     for name, m in manifests.items():
         diff = [k for k in keys if m.get(k) != first.get(k)]
         if diff:
-            raise InputError(f"Parts {first_name} and {name} of {out} disagree on {diff}")
+            raise UsageError(f"Parts {first_name} and {name} of {out} disagree on {diff}")
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps({**first, "parts": parts}, indent=2))
     os.replace(tmp, out / MANIFEST)
@@ -206,7 +206,7 @@ def merged_shards(path: str | Path) -> list[Path]:
     seen: dict[str, Path] = {}
     for shard in shards:
         if shard.name in seen:
-            raise InputError(
+            raise UsageError(
                 f"Recording {path} has shard {shard.name} twice ({seen[shard.name]} and {shard}); "
                 "delete one part and record it again"
             )
@@ -334,10 +334,10 @@ def train_ranked(
     from .sae.train import CHECKPOINT, model_card, train_sae
 
     if config.batch_size % ranks.world:
-        raise InputError(f"--batch-size {config.batch_size} must be a multiple of the {ranks.world} ranks")
+        raise UsageError(f"--batch-size {config.batch_size} must be a multiple of the {ranks.world} ranks")
     out = Path(output_dir)
     if (out / CHECKPOINT).is_file() and not resume:  # checked on every rank, so all stop together
-        raise InputError(
+        raise UsageError(
             f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose another --output-dir"
         )
     store = ActivationStore(activations)
@@ -429,7 +429,7 @@ def _run(args, ranks: Ranks, record_cmd, train_cmd) -> dict:
     from .sources.dataset import open_dataset
 
     if "," in (args.dataset_repo_id or "") or "[" in (args.dataset_repo_id or ""):
-        raise InputError(
+        raise UsageError(
             f"--dataset-repo-id {args.dataset_repo_id!r}: a ranked recording takes one dataset; record "
             "each dataset into its own --output-dir"
         )
@@ -442,13 +442,13 @@ def _run(args, ranks: Ranks, record_cmd, train_cmd) -> dict:
     from .sae.train import TrainConfig
 
     if args.upload_to_hub:
-        raise InputError("--upload-to-hub is not supported under torchrun; publish the SAE with `pai push` afterwards")
+        raise UsageError("--upload-to-hub is not supported under torchrun; publish the SAE with `pai push` afterwards")
     if bool(args.activations) == bool(args.dataset_repo_id):
-        raise InputError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
+        raise UsageError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
     acts = Path(args.activations) if args.activations else Path(args.output_dir) / "activations"
     if args.dataset_repo_id:
         if not args.policy_path:
-            raise InputError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
+            raise UsageError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
         record_ranked(
             open_dataset(args.dataset_repo_id, args.root),
             args.policy_path,
@@ -475,7 +475,7 @@ def _run(args, ranks: Ranks, record_cmd, train_cmd) -> dict:
         )
         cfg.sae_config(store.d_model)
     except ValueError as exc:
-        raise InputError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
     result = train_ranked(acts, args.output_dir, cfg, ranks, args.val_fraction, args.resume)
     if result is None:
         return {}

@@ -15,7 +15,7 @@ from .adapters import Capture, make_adapter
 from .attention import attention_rollout, decoder_relevance, split_by_camera
 from .configs import IntrospectionConfig
 from .cuda_graph import LiveGraph
-from .errors import InputError
+from .errors import ObservationError
 from .layout import TokenLayout
 from .observation import Observation
 from .policy import LoadedPolicy, load_policy
@@ -127,11 +127,11 @@ class Introspector:
         image = self._find_image(obs, key)
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             got = f"dtype {getattr(image, 'dtype', type(image).__name__)} shape {getattr(image, 'shape', '?')}"
-            raise InputError(f"Camera {key!r}: expected a uint8 RGB image of shape (H, W, 3), got {got}")
+            raise ObservationError(f"Camera {key!r}: expected a uint8 RGB image of shape (H, W, 3), got {got}")
         h, w = self.image_shapes[key]
         if image.shape[:2] != (h, w):
             if not self.config.resize_images:
-                raise InputError(
+                raise ObservationError(
                     f"Camera {key!r}: expected image size {h}x{w} (the policy's training size), got "
                     f"{image.shape[0]}x{image.shape[1]}; enable resize_images to resize"
                 )
@@ -146,7 +146,7 @@ class Introspector:
         short = key.rsplit(".", 1)[-1]
         if short in obs.images:
             return obs.images[short]
-        raise InputError(
+        raise ObservationError(
             f"Observation is missing camera {key!r}; the policy expects cameras {self.camera_names}, "
             f"got {sorted(obs.images)}"
         )
@@ -154,12 +154,12 @@ class Introspector:
     def _vector(self, value, name: str, size: int) -> np.ndarray:
         """A checked float32 copy of a state vector."""
         if value is None:
-            raise InputError(f"Observation is missing {name}: the policy expects {size} values")
+            raise ObservationError(f"Observation is missing {name}: the policy expects {size} values")
         arr = np.asarray(value, dtype=np.float32).reshape(-1) if np.ndim(value) <= 1 else np.asarray(value)
         if arr.ndim != 1 or arr.shape[0] != size:
-            raise InputError(f"{name}: expected a vector of {size} values, got shape {np.shape(value)}")
+            raise ObservationError(f"{name}: expected a vector of {size} values, got shape {np.shape(value)}")
         if not np.all(np.isfinite(arr)):
-            raise InputError(f"{name}: values must be finite, got {arr.tolist()}")
+            raise ObservationError(f"{name}: values must be finite, got {arr.tolist()}")
         return arr.copy()
 
     def vector_arrays(self, obs: Observation) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ import foxglove
 from foxglove.websocket import Capability, ServerListener
 
 from . import topics
-from .errors import InputError
+from .errors import UsageError
 from .overlay import OverlayConfig
 from .replay.encoding import Encoded, encode, msgdef
 from .ros_convert import feature_names_message, frame_messages, ns_to_stamp
@@ -127,7 +127,7 @@ def start_server(config: FoxgloveConfig, context, retry_s: float = 0.0, **kwargs
                 time.sleep(0.02)
                 continue
             reason = str(exc).split("FoxgloveError: ", 1)[-1]
-            raise InputError(
+            raise UsageError(
                 f"Foxglove server could not listen on {config.host}:{config.port}: {reason}; "
                 "choose another port (pai replay --foxglove PORT)"
             ) from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import InputError
+from .errors import UsageError
 
 
 def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
@@ -15,15 +15,15 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             where = "is a file" if parent == out else f"lies under {parent}, which is a file"
-            raise InputError(f"{what} {out} {where}; choose a folder")
+            raise UsageError(f"{what} {out} {where}; choose a folder")
         if parent.exists():
             break
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"Could not create {what} {out}: {exc.strerror or exc}") from exc
+        raise UsageError(f"Could not create {what} {out}: {exc.strerror or exc}") from exc
     if not os.access(out, os.W_OK | os.X_OK):
-        raise InputError(f"{what} {out} is not writable")
+        raise UsageError(f"{what} {out} is not writable")
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .errors import InputError, ModelError
+from .errors import ConfigError, ModelError, UsageError
 
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
@@ -72,7 +72,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise InputError(f"--policy-overrides {item!r}: expected KEY=VALUE, e.g. temporal_ensemble_coeff=0.01")
+            raise UsageError(f"--policy-overrides {item!r}: expected KEY=VALUE, e.g. temporal_ensemble_coeff=0.01")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -116,16 +116,16 @@ def apply_overrides(cfg, overrides: Mapping[str, Any]) -> None:
     names = sorted(f.name for f in dataclasses.fields(cfg) if f.name not in FIXED_FIELDS)
     for key, value in overrides.items():
         if key in FIXED_FIELDS:
-            raise InputError(
+            raise UsageError(
                 f"--policy-overrides {key}: this field cannot be overridden (it describes the saved "
                 f"policy{'; use --device' if key == 'device' else ''})"
             )
         if key not in hints:
-            raise InputError(
+            raise UsageError(
                 f"--policy-overrides {key}: {type(cfg).__name__} has no field {key!r}; fields: {', '.join(names)}"
             )
         if not _fits(value, hints[key]):
-            raise InputError(
+            raise UsageError(
                 f"--policy-overrides {key}={json.dumps(value)}: expected a value of type "
                 f"{getattr(hints[key], '__name__', None) or hints[key]}"
             )
@@ -135,12 +135,12 @@ def apply_overrides(cfg, overrides: Mapping[str, Any]) -> None:
         cfg.__post_init__()
     except (ValueError, TypeError, NotImplementedError) as exc:
         given = " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
-        raise InputError(f"--policy-overrides {given}: {type(cfg).__name__} refuses it: {exc}") from exc
+        raise UsageError(f"--policy-overrides {given}: {type(cfg).__name__} refuses it: {exc}") from exc
 
 
 def check_model_dtype(model_dtype: str) -> None:
     if model_dtype not in MODEL_DTYPES:
-        raise InputError(f"model dtype {model_dtype!r} is not one of {list(MODEL_DTYPES)}")
+        raise ConfigError(f"model dtype {model_dtype!r} is not one of {list(MODEL_DTYPES)}")
 
 
 def cast_policy(loaded: LoadedPolicy, dtype: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .errors import InputError
+from .errors import ObservationError, UsageError
 
 
 def frames_needed(alpha: float) -> int:
@@ -33,11 +33,11 @@ def smallest_alpha(frames: int) -> float:
 def check_alpha(frames: int, alpha: float, what: str) -> None:
     """Refuse an ``alpha`` that ``frames`` calibration frames cannot give, before any scoring."""
     if not 0.0 < alpha < 1.0:
-        raise InputError(f"alpha={alpha} must be within (0, 1)")
+        raise UsageError(f"alpha={alpha} must be within (0, 1)")
     need = frames_needed(alpha)
     if frames < need:
         allowed = f"alpha >= {smallest_alpha(frames)}" if frames >= 1 else "no alpha"
-        raise InputError(
+        raise UsageError(
             f"alpha={alpha:g} needs at least {need} calibration frames, but {what} hold {frames}: "
             f"add episodes (--episodes) or use {allowed}"
         )
@@ -58,7 +58,7 @@ def check_dataset_for_policy(dataset, engine, episodes: Sequence[int], policy_na
     have = list(dataset.meta.camera_keys)
     missing = [k for k in engine.image_shapes if k not in have]
     if missing:
-        raise InputError(
+        raise ObservationError(
             f"{name} lacks cameras {missing} that {policy} needs; it has {have}"
             " (record them, or use a policy trained on these cameras)"
         )
@@ -66,17 +66,19 @@ def check_dataset_for_policy(dataset, engine, episodes: Sequence[int], policy_na
     if engine.state_dim:
         state = features.get("observation.state")
         if state is None:
-            raise InputError(f"{name} has no observation.state; {policy} needs a {engine.state_dim}-value joint state")
+            raise ObservationError(
+                f"{name} has no observation.state; {policy} needs a {engine.state_dim}-value joint state"
+            )
         size = int(math.prod(state["shape"]))
         if size != engine.state_dim:
             names = state.get("names")
-            raise InputError(
+            raise ObservationError(
                 f"{name} has a {size}-value observation.state{f' {names}' if names else ''}; "
                 f"{policy} needs {engine.state_dim} values"
             )
     frames = episode_frames(dataset, episodes)
     if not episodes or sum(frames.values()) == 0:
-        raise InputError(
+        raise UsageError(
             f"{name}: episodes {list(episodes)} hold no frames "
             f"(it has {dataset.meta.total_episodes} episodes, {dataset.meta.total_frames} frames)"
         )

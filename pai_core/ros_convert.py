@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from . import topics
-from .errors import InputError
+from .errors import MessageError
 from .overlay import OverlayConfig, render_overlays
 
 #: encodings accepted on sensor_msgs/Image (anything rosbags.image can turn into rgb8 also works).
@@ -28,10 +28,6 @@ COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 JPEG_QUALITY = 85
 #: the next action in the robot's units, as sensor_msgs/JointState with the joint names (a position command that
 #: topic_based_ros2_control and similar drivers take); not published while the alarm holds.
-
-
-class MessageError(InputError):
-    """A ROS message cannot be turned into an observation input (encoding, size, NaN, names)."""
 
 
 # ---------------------------------------------------------------------------------------------- inputs

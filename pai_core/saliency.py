@@ -28,7 +28,7 @@ import torch
 
 from .configs import AGGREGATIONS, NORMALISATIONS, Normalisation, SaliencyConfig
 from .engine import Introspector
-from .errors import InputError
+from .errors import UsageError
 from .observation import Observation
 from .overlay import OverlayConfig, heatmap_overlay
 
@@ -114,7 +114,7 @@ class IntegratedGradients:
             ("action_dim", self.config.action_dim, engine.action_dim, "action dimensions"),
         ):
             if value is not None and value >= size:
-                raise InputError(f"saliency {name}={value} but the policy has {size} {what} (0 .. {size - 1})")
+                raise UsageError(f"saliency {name}={value} but the policy has {size} {what} (0 .. {size - 1})")
         self.inputs: list[str] = list(engine.camera_names)
         if engine.state_dim:
             self.inputs.append("observation.state")

@@ -19,7 +19,7 @@ import yaml
 
 from .alarm import AlarmConfig
 from .configs import OverlayConfig
-from .errors import PaiError
+from .errors import SettingsError
 
 #: parameters rclpy itself declares; a params file may set them beside pai's own settings.
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
@@ -31,10 +31,6 @@ StopBackendName = Literal["trigger", "ros2_control", "topic"]
 STOP_BACKENDS: tuple[str, ...] = get_args(StopBackendName)
 Strictness = Literal["strict", "best_effort"]
 DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-
-
-class SettingsError(PaiError, ValueError):
-    """The configuration file or a parameter value is invalid."""
 
 
 def _positive(name: str, value: float) -> None:

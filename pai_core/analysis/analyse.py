@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, ObservationError, UsageError
 from .labels import LABELS_NAME, LabelStore
 from .record import load_record
 from .render import feature_panel, fit_height, index_html, write_clip, write_png
@@ -82,17 +82,17 @@ class AnalyseConfig:
 
     def __post_init__(self) -> None:
         if self.rank_by not in RANK_BY:
-            raise InputError(f"rank_by={self.rank_by!r} is not one of {list(RANK_BY)}")
+            raise ConfigError(f"rank_by={self.rank_by!r} is not one of {list(RANK_BY)}")
         if self.clip_format not in ("mp4", "gif"):
-            raise InputError(f"clip_format={self.clip_format!r} is not one of 'mp4', 'gif'")
+            raise ConfigError(f"clip_format={self.clip_format!r} is not one of 'mp4', 'gif'")
         for name in ("top_features", "top_frames", "batch_size", "thumb_height"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name}={getattr(self, name)} must be at least 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
         for name in ("min_frame_gap", "clip_radius", "clips_per_feature"):
             if getattr(self, name) < 0:
-                raise InputError(f"{name}={getattr(self, name)} must be >= 0")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if not 0.0 < self.always_on <= 1.0:
-            raise InputError(f"always_on={self.always_on} must be within (0, 1]")
+            raise ConfigError(f"always_on={self.always_on} must be within (0, 1]")
 
 
 def _render_frames(
@@ -114,7 +114,7 @@ def _render_frames(
     )
     pipe.keep_codes = True
     if pipe.n_features != meta["n_latents"]:
-        raise InputError(f"SAE has {pipe.n_features} features but the recording has {meta['n_latents']}")
+        raise UsageError(f"SAE has {pipe.n_features} features but the recording has {meta['n_latents']}")
     column = {f: j for j, f in enumerate(feature_ids)}
     images: dict = {}
     maps: dict = {}
@@ -148,7 +148,9 @@ def _render_frames(
         run_segments(segments, pipe, [Render()], config=run_config, total=len(need))
     lost = [k for k in need if k not in images]
     if lost:
-        raise InputError(f"{len(lost)} recorded frames are no longer in the dataset, e.g. (episode, frame) {lost[0]}")
+        raise ObservationError(
+            f"{len(lost)} recorded frames are no longer in the dataset, e.g. (episode, frame) {lost[0]}"
+        )
     return images, maps, pooled
 
 
@@ -161,7 +163,7 @@ def analyse_features(config: AnalyseConfig, progress: bool = True) -> dict:
     if config.features:
         bad = [f for f in config.features if not 0 <= f < n_latents]
         if bad:
-            raise InputError(f"features {bad} are outside 0..{n_latents - 1}")
+            raise UsageError(f"features {bad} are outside 0..{n_latents - 1}")
         selected = list(dict.fromkeys(int(f) for f in config.features))
     else:
         selected = [int(f) for f in ranking[: config.top_features]]

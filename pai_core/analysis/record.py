@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, ObservationError, UsageError
 
 if TYPE_CHECKING:
     from ..observation import Observation
@@ -60,11 +60,11 @@ class RecordConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise InputError(f"batch_size={self.batch_size} must be at least 1")
+            raise ConfigError(f"batch_size={self.batch_size} must be at least 1")
         if self.min_activation < 0:
-            raise InputError(f"min_activation={self.min_activation} must be >= 0")
+            raise ConfigError(f"min_activation={self.min_activation} must be >= 0")
         if not self.sae_path:
-            raise InputError("sae_path is required: features come from an SAE")
+            raise ConfigError("sae_path is required: features come from an SAE")
 
 
 def camera_short_names(names: Sequence[str]) -> dict[str, str]:
@@ -214,7 +214,7 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     pipe.keep_codes = True
     missing = [k for k in pipe.engine.image_shapes if k not in dataset.meta.camera_keys]
     if missing:
-        raise InputError(
+        raise ObservationError(
             f"Dataset {config.dataset_repo_id!r} lacks the policy's cameras {missing}; it has "
             f"{list(dataset.meta.camera_keys)}"
         )
@@ -287,5 +287,5 @@ def load_record(record_dir: str | Path):
     record_dir = Path(record_dir)
     meta_file, table_file = record_dir / META_NAME, record_dir / PARQUET_NAME
     if not meta_file.is_file() or not table_file.is_file():
-        raise InputError(f"{record_dir} is not a record-features output: it needs {META_NAME} and {PARQUET_NAME}")
+        raise UsageError(f"{record_dir} is not a record-features output: it needs {META_NAME} and {PARQUET_NAME}")
     return json.loads(meta_file.read_text()), pq.read_table(table_file)

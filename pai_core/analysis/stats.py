@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 
 from ..configs import RANK_BY
-from ..errors import InputError
+from ..errors import ConfigError, ObservationError
 
 
 @dataclass
@@ -69,10 +69,10 @@ def feature_stats(table, n_latents: int) -> FeatureStats:
     """Statistics of every feature over the table's frames."""
     n = table.num_rows
     if n == 0:
-        raise InputError("the recording has no frames")
+        raise ObservationError("the recording has no frames")
     _, feat, val = flat_activations(table)
     if feat.size and (feat.max() >= n_latents or feat.min() < 0):
-        raise InputError(f"recorded feature index {int(feat.max())} is outside 0..{n_latents - 1}")
+        raise ObservationError(f"recorded feature index {int(feat.max())} is outside 0..{n_latents - 1}")
     v64 = val.astype(np.float64)
     count = np.bincount(feat, minlength=n_latents)
     total = np.bincount(feat, weights=v64, minlength=n_latents)
@@ -92,7 +92,7 @@ def rank_features(
 ) -> np.ndarray:
     """Feature ids, most interesting first; dead features (and always-on ones, unless included) left out."""
     if rank_by not in RANK_BY:
-        raise InputError(f"rank_by={rank_by!r} is not one of {list(RANK_BY)}")
+        raise ConfigError(f"rank_by={rank_by!r} is not one of {list(RANK_BY)}")
     keep = stats.count > 0
     if not include_always_on:
         keep &= stats.frequency < always_on

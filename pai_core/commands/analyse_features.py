@@ -57,11 +57,11 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..analysis.analyse import AnalyseConfig, analyse_features
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..overlay import COLORMAPS
 
     if args.colormap not in COLORMAPS:
-        raise InputError(f"--colormap {args.colormap!r} is not one of {sorted(COLORMAPS)}")
+        raise UsageError(f"--colormap {args.colormap!r} is not one of {sorted(COLORMAPS)}")
     summary = analyse_features(
         AnalyseConfig(
             record_dir=args.record_dir,

@@ -117,26 +117,26 @@ def register(sub) -> argparse.ArgumentParser:
 def output_location(args, sae) -> tuple[Path, str | None]:
     """(ood_params.json to write, hub repo to publish to), checked before any scoring: a hub SAE's snapshot is
     never written into, and an upload needs the folder holding ood_params.json to be the SAE's."""
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..hub import WEIGHTS
     from ..outputs import prepare_output_dir
 
     if args.output and args.output_dir:
-        raise InputError("give --output (an ood_params.json path) or --output-dir (a calibrated SAE folder), not both")
+        raise UsageError("give --output (an ood_params.json path) or --output-dir (a calibrated SAE folder), not both")
     repo_id = args.hub_repo_id or sae.repo_id
     if args.upload_to_hub and not repo_id:
-        raise InputError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
+        raise UsageError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
     if args.output_dir:
         folder = prepare_output_dir(args.output_dir, "calibrated SAE folder (--output-dir)")
         return folder / "ood_params.json", repo_id
     if sae.repo_id and not args.output:
-        raise InputError(
+        raise UsageError(
             f"--sae-path {args.sae_path} is a hub repo (its snapshot in the hub cache is read-only): pass "
             "--output-dir DIR for the calibrated SAE folder"
         )
     out = Path(args.output) if args.output else sae.path / "ood_params.json"
     if args.upload_to_hub and not (out.parent / WEIGHTS).is_file():
-        raise InputError(
+        raise UsageError(
             f"--upload-to-hub publishes the SAE folder holding ood_params.json, but {out.parent} holds "
             "no SAE; use --output-dir DIR instead of --output"
         )
@@ -203,7 +203,7 @@ def plot_calibration(scores, threshold: float, alpha: float, path: Path, title: 
 def run(args) -> int:
     import numpy as np
 
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..ood import FitJob, OODParams, calibrate, frame_ranges, joint_thresholds, score_episodes, scorer_class
     from ..ood.recon import fit_episode_count
     from ..pipeline import Pipeline
@@ -211,9 +211,9 @@ def run(args) -> int:
     from ..sources.dataset import open_dataset, select_episodes
 
     if not 0.0 < args.alpha < 1.0:
-        raise InputError(f"--alpha {args.alpha} must be within (0, 1)")
+        raise UsageError(f"--alpha {args.alpha} must be within (0, 1)")
     if args.reference_max_gb is not None and not args.reference_max_gb > 0:
-        raise InputError(f"--reference-max-gb {args.reference_max_gb} must be > 0")
+        raise UsageError(f"--reference-max-gb {args.reference_max_gb} must be > 0")
     from ..hub import copy_sae, locate_sae, upload_sae
 
     sae = locate_sae(args.sae_path)
@@ -238,7 +238,7 @@ def run(args) -> int:
         check_dataset_for_policy(ref, pipe.engine, ref_episodes, args.policy_path)
         reference = (ref, ref_episodes)
     if args.reference_nuisance < 0:
-        raise InputError(f"--reference-nuisance {args.reference_nuisance} must be >= 0")
+        raise UsageError(f"--reference-nuisance {args.reference_nuisance} must be >= 0")
     options = {
         "knn_k": args.knn_k,
         "stride": args.reference_stride,
@@ -298,7 +298,7 @@ def run(args) -> int:
                 tau,
             )
     except ValueError as exc:
-        raise InputError(f"Calibration on {scores.size} frames failed: {exc}") from exc
+        raise UsageError(f"Calibration on {scores.size} frames failed: {exc}") from exc
     for key, value in fields.items():
         setattr(params, key, value)
     params.score = args.score

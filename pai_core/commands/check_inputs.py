@@ -62,7 +62,7 @@ def read_states(bag: str, topic: str, units, joint_names: list[str]):
 
 
 def run(args) -> int:
-    from ..errors import InputError
+    from ..errors import ConfigError, UsageError
     from ..policy import load_policy
     from ..settings import PaiSettings, load_settings
     from ..units import JointUnits, check_states, state_stats, suspects
@@ -73,14 +73,14 @@ def run(args) -> int:
     loaded = load_policy(args.policy_path)
     stats = state_stats(loaded.preprocessor)
     if stats is None:
-        raise InputError(
+        raise UsageError(
             f"policy {args.policy_path} has no normalisation statistics for observation.state: "
             "nothing to compare the joint states with"
         )
     states, bad = read_states(args.bag, topic, units, settings.joint_names)
     size = next(iter(stats.values())).size
     if states.shape[1] != size:
-        raise InputError(
+        raise ConfigError(
             f"joint_names {settings.joint_names} give {states.shape[1]} values but the policy's "
             f"observation.state has {size}"
         )

@@ -46,10 +46,10 @@ def run(args) -> int:
     if args.train_policy:
         cfg.policy = "train"
     elif args.train_steps is not None or args.train_minutes is not None:
-        from ..errors import InputError
+        from ..errors import UsageError
 
         if cfg.policy == "shipped":
-            raise InputError("--train-steps and --train-minutes need --train-policy (default: the shipped policy)")
+            raise UsageError("--train-steps and --train-minutes need --train-policy (default: the shipped policy)")
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     if args.train_steps is not None:

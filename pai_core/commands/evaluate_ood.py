@@ -92,19 +92,19 @@ def plot_evaluation(id_eps, ood_eps, result: dict, path: Path) -> Path:
 
 def run(args) -> int:
     from ..alarm import AlarmConfig
-    from ..errors import InputError, ModelError
+    from ..errors import ConfigError, ModelError, UsageError
     from ..ood import evaluate_episodes, score_episodes
     from ..pipeline import Pipeline
 
     try:
         alarm = AlarmConfig(n=args.alarm_n, m=args.alarm_m, latch=True)
     except ValueError as exc:
-        raise InputError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
     from ..hub import locate_sae
 
     sae = locate_sae(args.sae_path)  # a hub id: its snapshot holds ood_params.json
     if sae.repo_id and not args.output_dir:
-        raise InputError(f"--sae-path {args.sae_path} is a hub repo (a read-only snapshot): pass --output-dir")
+        raise UsageError(f"--sae-path {args.sae_path} is a hub repo (a read-only snapshot): pass --output-dir")
     params = Path(args.ood_params) if args.ood_params else sae.path / "ood_params.json"
     if not params.is_file():
         raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")

@@ -37,7 +37,7 @@ def run(args) -> int:
 
     from ..analysis.label_app import build_app, export_space, launch
     from ..analysis.labels import LABELS_NAME
-    from ..errors import InputError
+    from ..errors import UsageError
 
     log = logging.getLogger("pai")
     analysis = Path(args.analysis_dir)
@@ -52,11 +52,11 @@ def run(args) -> int:
         if args.sae_path:
             sae = Path(args.sae_path)
             if not (sae / "config.json").is_file():
-                raise InputError(f"--sae-path {sae} is not an SAE directory (no config.json)")
+                raise UsageError(f"--sae-path {sae} is not an SAE directory (no config.json)")
             mirrors.append(sae / LABELS_NAME)
         app = build_app(analysis, read_only=args.read_only, labels_path=args.labels_path or None, mirrors=mirrors)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        raise InputError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     log.info("labels: %s%s", app.pai_browser.store.path, f" (and {mirrors[0]})" if mirrors else "")
     launch(app, host=args.host, port=args.port, block=True)
     return 0

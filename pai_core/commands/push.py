@@ -28,12 +28,12 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..hub import OOD_PARAMS, sae_unit, upload_sae
 
     folder = Path(args.sae_path).expanduser()
     if not folder.is_dir():
-        raise InputError(f"--sae-path {folder}: no such SAE folder")
+        raise UsageError(f"--sae-path {folder}: no such SAE folder")
     files = sae_unit(folder)
     if OOD_PARAMS not in files:
         log.warning(

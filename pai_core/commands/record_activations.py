@@ -66,7 +66,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 def record_config(args):
     from ..activations import RecordConfig
-    from ..errors import InputError
+    from ..errors import ConfigError
 
     try:
         return RecordConfig(
@@ -80,7 +80,7 @@ def record_config(args):
             model_dtype=args.model_dtype,
         )
     except ValueError as exc:
-        raise InputError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
 
 
 def run(args) -> int:

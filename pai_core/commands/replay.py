@@ -158,7 +158,7 @@ def add_saliency_args(p: argparse.ArgumentParser) -> None:
 
 def saliency_config(args):
     """The ``SaliencyConfig`` of the ``--saliency-*`` flags, or None without ``--saliency ig``."""
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..saliency import SaliencyConfig
 
     if args.saliency == "none":
@@ -174,7 +174,7 @@ def saliency_config(args):
             percentile=args.saliency_percentile,
         )
     except ValueError as exc:
-        raise InputError(f"--saliency ig: {exc}") from exc
+        raise UsageError(f"--saliency ig: {exc}") from exc
 
 
 def _settings(args):
@@ -192,9 +192,9 @@ def _settings(args):
             device=args.device or "cpu",
         )
     if not Path(path).is_file():
-        from ..errors import InputError
+        from ..errors import UsageError
 
-        raise InputError(f"Settings file {path} does not exist; pass --config with the node's parameters YAML")
+        raise UsageError(f"Settings file {path} does not exist; pass --config with the node's parameters YAML")
     settings = load_settings(path)
     changes = {
         k: v
@@ -235,19 +235,19 @@ def load_pipeline(settings, args):
 
 
 def run(args) -> int:
-    from ..errors import InputError
+    from ..errors import UsageError
     from ..replay.api import ReplayOptions, replay_bag, replay_episode, replay_episodes
 
     if bool(args.bag) == bool(args.dataset_repo_id):
-        raise InputError("pass exactly one source: --bag PATH or --dataset-repo-id ID")
+        raise UsageError("pass exactly one source: --bag PATH or --dataset-repo-id ID")
     settings = _settings(args)
     if not settings.policy_path:
-        raise InputError("no policy: pass --policy-path or set policy_path in --config")
+        raise UsageError("no policy: pass --policy-path or set policy_path in --config")
     if args.bag and args.episode_id is not None:
-        raise InputError("--episode-id selects dataset episodes; a --bag is replayed whole")
+        raise UsageError("--episode-id selects dataset episodes; a --bag is replayed whole")
     saliency = saliency_config(args)
     if args.foxglove_keep is not None and (args.episode_id is None or len(args.episode_id) > 1) and not args.bag:
-        raise InputError("--foxglove-keep serves one replay: pick one dataset episode with --episode-id N")
+        raise UsageError("--foxglove-keep serves one replay: pick one dataset episode with --episode-id N")
     pipeline = load_pipeline(settings, args)
     options = ReplayOptions(
         output_dir=args.output_dir,
@@ -281,7 +281,7 @@ def run(args) -> int:
 
 
 def _report(result, prefix: str = "") -> None:
-    from ..errors import InputError
+    from ..errors import ObservationError
 
     acc, stats = result.accounting, result.stats
     for note in acc.notes:
@@ -289,7 +289,7 @@ def _report(result, prefix: str = "") -> None:
     if acc.frames_skipped:
         log.warning("skipped frames: %s", acc.skip_summary())
     if acc.frames_processed == 0:
-        raise InputError(
+        raise ObservationError(
             f"replayed no frame of {acc.frames_total}: {acc.skip_summary() or 'the source holds none'} "
             f"(report: {result.output_dir / 'report.html'})"
         )

@@ -96,9 +96,9 @@ def _sim_config(args):
             perturbation=getattr(args, "perturbation", "none"),
         )
     except ValueError as exc:
-        from ..errors import InputError
+        from ..errors import ConfigError
 
-        raise InputError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
 
 
 def run(args) -> int:

@@ -60,17 +60,17 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from ..activations import ActivationStore, record_activations, token_batches
-    from ..errors import InputError
+    from ..errors import ConfigError, UsageError
     from ..sae.train import TrainConfig, train_sae
 
     if args.upload_to_hub and not args.hub_repo_id:
-        raise InputError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
+        raise UsageError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
     if bool(args.activations) == bool(args.dataset_repo_id):
-        raise InputError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
+        raise UsageError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
     out = Path(args.output_dir)
     if args.dataset_repo_id:
         if not args.policy_path:
-            raise InputError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
+            raise UsageError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
         from ..activations import open_datasets  # one dataset, or several: a,b (--root r1,r2)
 
         acts = out / "activations"
@@ -98,7 +98,7 @@ def run(args) -> int:
         cfg.sae_config(store.d_model)  # validates k against the width before any work
         train, held = store.split(args.val_fraction, args.seed)
     except ValueError as exc:
-        raise InputError(str(exc)) from exc
+        raise ConfigError(str(exc)) from exc
     m = store.manifest
     extra = {
         "activations": str(acts.resolve()),

@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError, UsageError
 from .params import OODParams
 from .registry import register
 from .scorer import FitJob, Fitted, Scale, ScoreBatch, ScoreOutput
@@ -101,7 +101,7 @@ class ReconZ:
         from .evaluate import score_episodes
 
         if len(job.episodes) < 2:
-            raise InputError(
+            raise UsageError(
                 f"--score {cls.name} needs at least two calibration episodes (a quarter fit the "
                 f"standardiser, the others set the threshold); got {job.episodes}"
             )

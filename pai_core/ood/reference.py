@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError, ObservationError, UsageError
 from ..nuisance import NuisanceRange
 from ..sources.dataset import episode_length
 from .patch_knn import PatchKnnConfig, PatchKnnScorer, ReferenceBuilder, patch_grid, select_coverage
@@ -140,7 +140,7 @@ def plan_patch_reference(
         return candidates, plan
     n_keep = int(max_bytes // per_frame)
     if n_keep < 2:
-        raise InputError(
+        raise UsageError(
             f"--reference-max-gb {max_bytes / 1e9:g} holds {n_keep} reference frames of "
             f"{per_frame / 1e6:.2f} MB; give at least {2 * per_frame / 1e9:.3f}"
         )
@@ -212,7 +212,7 @@ def fit_patch_reference(
     try:
         scorer = builder.finish()
     except ValueError as exc:
-        raise InputError(f"patch_knn reference frames: {exc}") from exc
+        raise ObservationError(f"patch_knn reference frames: {exc}") from exc
     plan |= scorer.describe()
     return scorer, plan
 

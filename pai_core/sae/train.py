@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, ModelError
+from ..errors import ModelError, UsageError
 from ..outputs import prepare_output_dir
 from .io import save_sae
 from .loss import aux_k_loss, normalized_mse
@@ -175,7 +175,7 @@ def evaluate_sae(
         s2 += x.double().pow(2).sum()
         n += x.shape[0]
     if n == 0:
-        raise InputError("evaluate_sae got no tokens")
+        raise UsageError("evaluate_sae got no tokens")
     total_var = float(s2 - s1.pow(2).sum() / n)
     return {
         "fvu": sq_err / max(total_var, 1e-12),
@@ -274,7 +274,7 @@ def train_sae(
     auxk_steps = torch.zeros((), dtype=torch.long, device=device)  # steps with a dead latent (no host sync)
     batches = iter(batches)
     if ckpt_path.is_file() and not resume:
-        raise InputError(
+        raise UsageError(
             f"{out} holds a checkpoint of an earlier run; pass --resume to continue it or choose another --output-dir"
         )
     if resume and ckpt_path.is_file():
@@ -286,14 +286,14 @@ def train_sae(
         auxk_steps += int(ckpt.get("auxk_steps", 0))
         for _ in tqdm(range(step), desc="replay stream to checkpoint", unit="batch", disable=not progress):
             if next(batches, None) is None:
-                raise InputError(f"The activation stream ended after fewer than the checkpoint's {step} batches")
+                raise UsageError(f"The activation stream ended after fewer than the checkpoint's {step} batches")
         log.info("resumed from %s at step %d", ckpt_path, step)
     else:
         if resume:
             log.info("no checkpoint in %s: starting a new run", out)
         first = list(itertools.islice(batches, cfg.init_batches))
         if not first:
-            raise InputError("The activation stream is empty: no tokens to train on")
+            raise UsageError("The activation stream is empty: no tokens to train on")
         width = first[0].shape[-1]
         if width != d_in:
             raise ModelError(f"Activations have width {width} but the SAE was set up for d_in={d_in}")
@@ -309,7 +309,7 @@ def train_sae(
     while step < cfg.steps:
         x = next(batches, None)
         if x is None:
-            raise InputError(f"The activation stream ended at step {step} of {cfg.steps}; use a repeating stream")
+            raise UsageError(f"The activation stream ended at step {step} of {cfg.steps}; use a repeating stream")
         x = x.to(device, torch.float32)
         if x.shape[-1] != d_in:
             raise ModelError(f"Activation batch has width {x.shape[-1]}, the SAE expects {d_in}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ObservationError, UsageError
 
 IMAGE_TOPIC = "/camera/front/image_raw"
 JOINT_TOPIC = "/joint_states"
@@ -45,7 +45,7 @@ def write_bag(
 
     path = Path(path)
     if path.exists():
-        raise InputError(f"Bag {path} already exists; choose a new path or delete it")
+        raise UsageError(f"Bag {path} already exists; choose a new path or delete it")
     path.parent.mkdir(parents=True, exist_ok=True)
     store = get_typestore(Stores.ROS2_KILTED)
     Image = store.types["sensor_msgs/msg/Image"]
@@ -61,7 +61,7 @@ def write_bag(
             stamp = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
             img = np.ascontiguousarray(frame.image, dtype=np.uint8)
             if img.ndim != 3 or img.shape[2] != 3:
-                raise InputError(
+                raise ObservationError(
                     f"Bag frame at {frame.timestamp:.3f}s: expected an (H, W, 3) RGB image, got {img.shape}"
                 )
             # Joints first: a camera frame then finds the joint state of its own instant.

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
-from ..errors import PaiError
+from ..errors import PaiError, StageSkipped
 from .scene import PERTURBATIONS
 
 REPO_ID = "pai/so101_pick_cube"
@@ -326,10 +326,6 @@ def _copy_shipped_policy(dest: Path) -> None:
         raise PaiError(f"The shipped demo policy is missing from {SHIPPED_POLICY}; train one with --train-policy")
     print(f"[pai demo] using the shipped demo policy {SHIPPED_POLICY} (docs/demo_policy.md)", flush=True)
     shutil.copytree(SHIPPED_POLICY, dest, dirs_exist_ok=True)
-
-
-class StageSkipped(PaiError):
-    """A stage that cannot run here (e.g. no rclpy): reported as skipped, not failed."""
 
 
 def _replay_ros(cfg: DemoConfig) -> None:

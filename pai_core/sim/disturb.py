@@ -25,7 +25,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, UsageError
 from .env import BLOCK_XY_BOUNDS, PickCubeSim, SimConfig
 from .scene import find, scene_xml, write_scene
 
@@ -69,15 +69,15 @@ class Disturbance:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise InputError(f"Unknown disturbance {self.kind!r}; expected one of {list(KINDS)}")
+            raise ConfigError(f"Unknown disturbance {self.kind!r}; expected one of {list(KINDS)}")
         if self.step == -1:
             object.__setattr__(self, "step", DEFAULT_STEPS[self.kind])
         if self.distance == -1.0:
             object.__setattr__(self, "distance", DEFAULT_DISTANCE[self.kind])
         if self.step < 0:
-            raise InputError(f"disturbance step={self.step} must be >= 0 (or -1 for the default)")
+            raise ConfigError(f"disturbance step={self.step} must be >= 0 (or -1 for the default)")
         if not self.distance > 0:
-            raise InputError(f"disturbance distance={self.distance} must be > 0 m (or -1 for the default)")
+            raise ConfigError(f"disturbance distance={self.distance} must be > 0 m (or -1 for the default)")
 
     @property
     def needs_intruder(self) -> bool:
@@ -196,7 +196,7 @@ def _intruder_id(sim: PickCubeSim) -> int:
 
     body = mujoco.mj_name2id(sim.env.model, mujoco.mjtObj.mjOBJ_BODY, INTRUDER)
     if body < 0:
-        raise InputError(
+        raise UsageError(
             "this simulator has no intruder object: build it with make_sim(config, disturbance) "
             "(scene from intruder_scene_file)"
         )
@@ -240,7 +240,7 @@ def make_sim(config: SimConfig | None = None, disturbance: Disturbance | None = 
     config = config or SimConfig()
     if disturbance is not None and disturbance.needs_intruder:
         if config.perturbation != "none":
-            raise InputError(
+            raise ConfigError(
                 f"disturbance {disturbance.kind!r} runs in the clean scene, not in perturbation {config.perturbation!r}"
             )
         from .env import import_sim_package

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError
 from .env import CAMERA, PickCubeSim, SimConfig
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
-            raise InputError(f"episodes={self.episodes}: evaluate at least one episode")
+            raise ConfigError(f"episodes={self.episodes}: evaluate at least one episode")
 
 
 def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:

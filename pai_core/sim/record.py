@@ -15,7 +15,7 @@ from typing import cast
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, UsageError
 from .bag import BagFrame, write_bag
 from .env import ACTION_NAMES, CAMERA, JOINT_NAMES, TASK, PickCubeSim, SimConfig
 from .expert import PickExpert
@@ -49,7 +49,7 @@ class RecordConfig:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if self.episodes < 1:
-            raise InputError(f"episodes={self.episodes}: record at least one episode")
+            raise ConfigError(f"episodes={self.episodes}: record at least one episode")
         if self.keep_failed is None:
             self.keep_failed = self.sim.perturbation != "none"
 
@@ -108,7 +108,7 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     if config.root.exists():
-        raise InputError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
+        raise UsageError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
     config.root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     dataset = LeRobotDataset.create(
@@ -156,7 +156,7 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     }
     (config.root / SIDECAR).write_text(json.dumps(summary, indent=2))
     if not written:
-        raise InputError(
+        raise UsageError(
             f"The expert failed all {len(skipped)} episodes in scene {config.sim.perturbation!r}; "
             "nothing to write (use keep_failed to keep them)"
         )
@@ -167,5 +167,5 @@ def load_summary(root: str | Path) -> dict:
     """The ``pai_sim.json`` of a dataset recorded by ``record``."""
     path = Path(root) / SIDECAR
     if not path.is_file():
-        raise InputError(f"{path} not found: {root} was not recorded by `pai sim record`")
+        raise UsageError(f"{path} not found: {root} was not recorded by `pai sim record`")
     return json.loads(path.read_text())

@@ -21,16 +21,12 @@ from typing import Any
 
 import yaml
 
-from ..errors import InputError, PaiError
+from ..errors import PaiError, RosUnavailable, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "ros2_ws" / "src" / "pai"
 BASE_PARAMS = ROOT / "config" / "introspect.yaml"
 DDS_PROFILE = ROOT / "config" / "fastdds_loopback.xml"
-
-
-class RosUnavailable(PaiError):
-    """rclpy (or the ROS package sources) is not installed, so nothing can go through a live node."""
 
 
 def rclpy_available() -> str | None:
@@ -148,7 +144,7 @@ def replay_through_node(cfg: RosReplayConfig) -> dict:
         raise RosUnavailable(why)
     for what, p in (("bag", cfg.bag), ("params file", cfg.params_file)):
         if not Path(p).exists():
-            raise InputError(f"ROS replay: the {what} {p} does not exist")
+            raise UsageError(f"ROS replay: the {what} {p} does not exist")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     env = ros_env(cfg.domain_id)

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import ConfigError
 
 # name -> what it changes (shown by ``pai sim record --help`` and in the demo report).
 PERTURBATIONS: dict[str, str] = {
@@ -68,7 +68,7 @@ def package_assets() -> Path:
 
 def check_perturbation(name: str) -> str:
     if name not in PERTURBATIONS:
-        raise InputError(f"Unknown perturbation {name!r}; expected one of {sorted(PERTURBATIONS)}")
+        raise ConfigError(f"Unknown perturbation {name!r}; expected one of {sorted(PERTURBATIONS)}")
     return name
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InputError
+from ..errors import ConfigError, UsageError
 from ..policy import import_lerobot_policies
 
 if TYPE_CHECKING:
@@ -73,15 +73,15 @@ class TrainConfig:
         if self.init_from is not None:
             self.init_from = Path(self.init_from)
             if not (self.init_from / "model.safetensors").is_file():
-                raise InputError(f"init_from={self.init_from}: no such pretrained_model folder (model.safetensors)")
+                raise ConfigError(f"init_from={self.init_from}: no such pretrained_model folder (model.safetensors)")
         if self.dim_model % self.n_heads:
-            raise InputError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
+            raise ConfigError(f"dim_model={self.dim_model} must be divisible by n_heads={self.n_heads}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
-            raise InputError(f"n_action_steps={self.n_action_steps} must be within 1..chunk_size ({self.chunk_size})")
+            raise ConfigError(f"n_action_steps={self.n_action_steps} must be within 1..chunk_size ({self.chunk_size})")
         if self.save_every < 0:
-            raise InputError(f"save_every={self.save_every} must be 0 (no checkpoints) or a number of steps")
+            raise ConfigError(f"save_every={self.save_every} must be 0 (no checkpoints) or a number of steps")
         if self.steps < 1 or (self.max_minutes is not None and self.max_minutes <= 0):
-            raise InputError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
+            raise ConfigError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
 
 
 def act_config(cfg: TrainConfig, features: dict):
@@ -124,12 +124,12 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     try:
         meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root)
     except Exception as exc:
-        raise InputError(f"Could not open LeRobot dataset {cfg.repo_id!r} at {cfg.dataset_root}: {exc}") from exc
+        raise UsageError(f"Could not open LeRobot dataset {cfg.repo_id!r} at {cfg.dataset_root}: {exc}") from exc
     policy_cfg = act_config(cfg, dataset_to_policy_features(meta.features))
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root)
     frames = EpisodeFrames.load(dataset, progress)
     if frames.size < cfg.batch_size:
-        raise InputError(f"Dataset {cfg.dataset_root} has {frames.size} frames, fewer than batch_size={cfg.batch_size}")
+        raise UsageError(f"Dataset {cfg.dataset_root} has {frames.size} frames, fewer than batch_size={cfg.batch_size}")
     if cfg.init_from is not None:
         policy = ACTPolicy.from_pretrained(cfg.init_from)
         policy_cfg = policy.config

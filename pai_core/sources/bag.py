@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError, PaiError
+from ..errors import BagReadError, ConfigError, PaiError, UsageError
 from ..observation import Observation
 from ..sync import ObservationAssembler
 from .accounting import Accounting
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
-
-
-class BagReadError(InputError):
-    """The bag could not be read to the end (corrupt or truncated); what came before was processed."""
 
 
 @dataclass
@@ -56,7 +52,7 @@ class BagTopics:
         mapping = {t: f for t, f in settings.camera_map.items() if f in policy_cameras}
         missing = [c for c in policy_cameras if c not in mapping.values()]
         if missing:
-            raise InputError(
+            raise ConfigError(
                 f"The settings map no camera topic to the policy's image features {missing}; "
                 f"cameras.features are {list(settings.camera_map.values())}, the policy expects {policy_cameras}"
             )
@@ -80,11 +76,11 @@ def bag_file(path: Path) -> Path:
     if len(files) == 1:
         return files[0]
     if not files:
-        raise InputError(
+        raise UsageError(
             f"Bag folder {path} has no metadata.yaml and no .mcap/.db3 file; pass a rosbag2 folder or "
             "an .mcap/.db3 file"
         )
-    raise InputError(
+    raise UsageError(
         f"Bag folder {path} has no metadata.yaml and {len(files)} recordings "
         f"({', '.join(f.name for f in files)}); pass one of them"
     )
@@ -98,10 +94,10 @@ def open_reader(path: str | Path):
 
     path = Path(path).expanduser()
     if not path.exists():
-        raise InputError(f"Bag {path} does not exist; expected a rosbag2 folder (metadata.yaml) or a .mcap/.db3 file")
+        raise UsageError(f"Bag {path} does not exist; expected a rosbag2 folder (metadata.yaml) or a .mcap/.db3 file")
     path = bag_file(path)
     if path.is_file() and path.suffix not in (".mcap", ".db3"):
-        raise InputError(f"Bag file {path} is neither .mcap nor .db3")
+        raise UsageError(f"Bag file {path} is neither .mcap nor .db3")
     reader = AnyReader([path])
     try:
         reader.open()
@@ -162,10 +158,10 @@ class BagSource:
         conns = []
         for topic, types in wanted.items():
             if topic not in found:
-                raise InputError(f"Bag {self.path} has no topic {topic!r}; its topics are {listing}")
+                raise UsageError(f"Bag {self.path} has no topic {topic!r}; its topics are {listing}")
             for conn in found[topic]:
                 if conn.msgtype not in types:
-                    raise InputError(
+                    raise UsageError(
                         f"Bag {self.path}: topic {topic!r} has type {conn.msgtype}, expected one of {list(types)}"
                     )
                 conns.append(conn)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import UsageError
 from ..observation import Observation
 
 
@@ -19,13 +19,13 @@ def open_dataset(repo_id: str, root: str | Path | None = None):
         return LeRobotDataset(repo_id, root=root)
     except Exception as exc:
         where = f" at {root}" if root else ""
-        raise InputError(f"Could not open LeRobot dataset {repo_id!r}{where}: {exc}") from exc
+        raise UsageError(f"Could not open LeRobot dataset {repo_id!r}{where}: {exc}") from exc
 
 
 def episode_bounds(dataset, episode: int) -> tuple[int, int]:
     """Absolute frame index range [start, stop) of one episode."""
     if not 0 <= episode < dataset.meta.total_episodes:
-        raise InputError(
+        raise UsageError(
             f"Episode {episode} not found: dataset {dataset.repo_id!r} has {dataset.meta.total_episodes} episodes"
         )
     ep = dataset.meta.episodes[episode]

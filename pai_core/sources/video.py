@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ObservationError
 
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame
@@ -33,7 +33,7 @@ def decode_at(path: str | Path, timestamps: Sequence[float], tolerance_s: float)
     try:
         container = av.open(str(path))
     except (OSError, av.FFmpegError) as exc:
-        raise InputError(f"Could not open video {path}: {exc}") from exc
+        raise ObservationError(f"Could not open video {path}: {exc}") from exc
     with container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -49,7 +49,7 @@ def decode_at(path: str | Path, timestamps: Sequence[float], tolerance_s: float)
                 current, following = following, _next(frames, path)
             if current is None or abs(current.time - ts) > tolerance_s:
                 got = "no frame" if current is None else f"nearest frame at {current.time:.4f} s"
-                raise InputError(f"Video {path} has no frame at {ts:.4f} s (+-{tolerance_s:.4f} s): {got}")
+                raise ObservationError(f"Video {path} has no frame at {ts:.4f} s (+-{tolerance_s:.4f} s): {got}")
             yield current.to_ndarray(format="rgb24")
 
 
@@ -59,4 +59,4 @@ def _next(frames: Iterator[VideoFrame], path: Path) -> VideoFrame | None:
     try:
         return next(frames, None)
     except av.FFmpegError as exc:
-        raise InputError(f"Could not decode video {path}: {exc}") from exc
+        raise ObservationError(f"Could not decode video {path}: {exc}") from exc
