@@ -27,7 +27,7 @@ import torch
 
 from .adapters import Capture
 from .configs import GRAPH_MODES, GraphMode, check_graph_mode
-from .errors import ConfigError, ModelError, ObservationError, UsageError
+from .errors import InputError, ModelError
 
 if TYPE_CHECKING:
     from .engine import Introspector
@@ -66,7 +66,7 @@ def decide(mode: str, device: torch.device) -> GraphStatus:
         return GraphStatus(mode, False, "disabled by configuration; every step runs the eager forward")
     if device.type != "cuda":
         if mode == "on":
-            raise ConfigError(
+            raise InputError(
                 f"cuda_graph='on' needs a CUDA device, but the engine's device is {str(device)!r}; "
                 "use device='cuda' or cuda_graph='auto'"
             )
@@ -135,7 +135,7 @@ def _like(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _copy(dst: torch.Tensor | None, src: torch.Tensor | None) -> None:
-    if dst is not None:
+    if dst is not None and src is not None:
         dst.copy_(src)
 
 
@@ -151,7 +151,7 @@ class GraphStep:
 
     def __init__(self, engine: Introspector, capture: bool = True):
         if capture and engine.device.type != "cuda":
-            raise UsageError(f"a CUDA graph needs a CUDA device; the engine's device is {str(engine.device)!r}")
+            raise InputError(f"a CUDA graph needs a CUDA device; the engine's device is {str(engine.device)!r}")
         self.engine = engine
         self.capture = capture
         self.device = engine.device
@@ -186,11 +186,11 @@ class GraphStep:
         """Copy fresh outputs into the static ones (allocated from the first outputs' shapes)."""
         if self.outputs is None:
             self.outputs = StaticOutputs(
-                _like(out.actions),
-                _like(out.relevance),
+                torch.empty_like(out.actions),
+                torch.empty_like(out.relevance),
                 _like(out.rollout),
-                _like(out.cross_attention),
-                _like(out.tokens),
+                torch.empty_like(out.cross_attention),
+                torch.empty_like(out.tokens),
                 _like(out.input_tokens),
                 {k: [torch.empty_like(m) for m in maps] for k, maps in out.vision.items()} if out.vision else None,
             )
@@ -204,7 +204,7 @@ class GraphStep:
             (s.input_tokens, out.input_tokens),
         ):
             _copy(dst, src)
-        if s.vision:
+        if s.vision and out.vision:
             for cam, maps in s.vision.items():
                 for dst, src in zip(maps, out.vision[cam]):
                     dst.copy_(src)
@@ -258,9 +258,11 @@ class GraphStep:
             self.graph.replay()
         else:
             self._store(self._forward())
-        s = self.outputs
+        s, layout = self.outputs, self.layout
+        if s is None or layout is None:
+            raise RuntimeError("the graph step ran but left no outputs")
         capture = Capture(
-            layout=self.layout,
+            layout=layout,
             encoder_attention=[],  # reduced inside the graph (relevance, rollout); not copied per step
             cross_attention=s.cross_attention,
             tokens=s.tokens.clone(),
@@ -305,7 +307,7 @@ class LiveGraph:
         before = self._step.captures
         try:
             out = self._step.run(obs)
-        except ObservationError:
+        except InputError:
             raise  # the observation is wrong, not the graph: the eager path would refuse it too
         except Exception as exc:
             if self._step.captures > before or self._step.graph is not None:
