@@ -79,6 +79,8 @@ class SparseAutoencoder(nn.Module):
             the weights so resumed training and the dead-latent metric stay correct.
     """
 
+    tokens_since_fired: torch.Tensor  # a registered buffer (nn.Module's __getattr__ would say Tensor | Module)
+
     def __init__(self, config: SAEConfig):
         super().__init__()
         self.config = config
