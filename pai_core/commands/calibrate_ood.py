@@ -143,68 +143,13 @@ def output_location(args, sae) -> tuple[Path, str | None]:
     return out, repo_id
 
 
-def default_episodes(sae_extra: dict, dataset) -> list[int] | None:
-    """The SAE's held-out episodes when ``dataset`` is the one it was trained on (calibrating on training
-    frames would set the threshold too low)."""
-    same_root = (
-        sae_extra.get("dataset_root") and Path(sae_extra["dataset_root"]).resolve() == Path(dataset.root).resolve()
-    )
-    if same_root and sae_extra.get("held_out_episodes"):
-        return list(sae_extra["held_out_episodes"])
-    return None
-
-
-def reference_set(pipe, args, dataset, calibration_episodes: list[int]):
-    """(reference dataset, its episodes). Default: the SAE's training episodes, plus for ``patch_knn`` the
-    calibration episodes (which its ``fit`` then scores with their own frames left out)."""
-    from ..errors import InputError
-    from ..sources.dataset import open_dataset, select_episodes
-
-    sae_extra = pipe.extractor.sae.config.extra
-    root = args.reference_root or sae_extra.get("dataset_root")
-    if not root:
-        raise InputError(f"--score {args.score} needs --reference-root (the SAE does not record its training dataset)")
-    if args.reference_stride < 1:
-        raise InputError(f"--reference-stride {args.reference_stride} must be at least 1")
-    ref = (
-        dataset
-        if Path(root).resolve() == Path(dataset.root).resolve()
-        else open_dataset(sae_extra.get("dataset") or args.dataset_repo_id, root)
-    )
-    episodes = args.reference_episodes
-    if not episodes and not args.reference_root:  # the SAE's training episodes, never its held-out ones
-        held = set(sae_extra.get("held_out_episodes") or [])
-        episodes = sae_extra.get("train_episodes") or [e for e in range(ref.meta.total_episodes) if e not in held]
-    episodes = select_episodes(ref, episodes)
-    if ref is dataset and args.score == "patch_knn" and not args.reference_episodes:
-        episodes = sorted(set(episodes) | set(calibration_episodes))
-    return ref, episodes
-
-
-def plot_calibration(scores, threshold: float, alpha: float, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(scores, bins=50, color="#4c72b0", alpha=0.85, label=f"calibration frames (n={len(scores)})")
-    ax.axvline(threshold, color="#c44e52", lw=2, label=f"threshold {threshold:.4g} (alpha={alpha:g})")
-    ax.set_xlabel("OOD score")
-    ax.set_ylabel("frames")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def run(args) -> int:
     import numpy as np
 
     from ..errors import UsageError
-    from ..ood import FitJob, OODParams, calibrate, frame_ranges, joint_thresholds, score_episodes, scorer_class
+    from ..ood import FitJob, OODParams, calibrate, joint_thresholds, score_episodes, scorer_class
+    from ..ood.calibration import coverage_summary, default_episodes, reference_set
+    from ..ood.plots import plot_calibration
     from ..ood.recon import fit_episode_count
     from ..pipeline import Pipeline
     from ..preflight import check_alpha, check_dataset_for_policy
@@ -234,7 +179,16 @@ def run(args) -> int:
     )
     reference = None
     if args.score in ("token_knn", "patch_knn"):
-        ref, ref_episodes = reference_set(pipe, args, dataset, episodes)
+        ref, ref_episodes = reference_set(
+            pipe.extractor.sae.config.extra,
+            dataset,
+            episodes,
+            args.score,
+            args.reference_root,
+            args.reference_episodes,
+            args.reference_stride,
+            args.dataset_repo_id,
+        )
         check_dataset_for_policy(ref, pipe.engine, ref_episodes, args.policy_path)
         reference = (ref, ref_episodes)
     if args.reference_nuisance < 0:
@@ -278,7 +232,7 @@ def run(args) -> int:
     covered = np.concatenate([~e.uncovered for e in eps])
     scores = np.concatenate([e.scores for e in eps])[covered]
     if any(e.coverage is not None for e in eps):
-        fields["coverage"] = coverage_summary(eps, frame_ranges)
+        fields["coverage"] = coverage_summary(eps)
     try:
         check_alpha(scores.size, args.alpha, "the covered calibration frames")
         params = calibrate(scores, args.alpha)
@@ -347,22 +301,3 @@ def run(args) -> int:
         )
     print(json.dumps(result, indent=2))
     return 0
-
-
-def coverage_summary(eps, frame_ranges) -> dict:
-    """Calibration frames outside the reference's joint-state coverage: counted, named, and warned about
-    when they are more than a few (their scores say the reference is missing states, not that the frames
-    are novel, so they stay out of the threshold)."""
-    uncovered = {str(e.episode): frame_ranges(e.uncovered) for e in eps if e.uncovered.any()}
-    n = int(sum(e.uncovered.sum() for e in eps))
-    total = int(sum(e.scores.size for e in eps))
-    if n:
-        log.warning(
-            "%d of %d calibration frames have joint states the patch_knn reference does not cover (kept out "
-            "of the threshold): episode: frames %s. Add reference episodes that visit these states "
-            "(--reference-episodes) for the alarm to judge them.",
-            n,
-            total,
-            uncovered,
-        )
-    return {"excluded_frames": n, "frames": total, "episodes": uncovered}

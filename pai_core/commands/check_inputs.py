@@ -31,40 +31,11 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def read_states(bag: str, topic: str, units, joint_names: list[str]):
-    """(N, J) states in the policy's units from every JointState on ``topic``, and the malformed messages."""
-    import numpy as np
-
-    from ..errors import InputError, PaiError
-    from ..ros_convert import joint_state_to_vector
-    from ..sources.bag import JOINT_STATE_TYPE, open_reader
-
-    reader = open_reader(bag)
-    try:
-        conns = [c for c in reader.connections if c.topic == topic]
-        if not conns:
-            listing = ", ".join(sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})) or "none"
-            raise InputError(f"Bag {bag} has no topic {topic!r}; its topics are {listing}")
-        wrong = [c.msgtype for c in conns if c.msgtype != JOINT_STATE_TYPE]
-        if wrong:
-            raise InputError(f"Bag {bag}: topic {topic!r} has type {wrong[0]}, expected {JOINT_STATE_TYPE}")
-        states, bad = [], {}
-        for conn, _t, raw in reader.messages(connections=conns):
-            try:
-                states.append(joint_state_to_vector(reader.deserialize(raw, conn.msgtype), joint_names))
-            except (PaiError, ValueError) as exc:
-                bad[str(exc)] = bad.get(str(exc), 0) + 1
-    finally:
-        reader.close()
-    if not states:
-        raise InputError(f"Bag {bag}: no usable JointState on {topic} ({sum(bad.values())} malformed: {bad})")
-    return units.to_policy(np.stack(states)), bad
-
-
 def run(args) -> int:
     from ..errors import ConfigError, UsageError
     from ..policy import load_policy
     from ..settings import PaiSettings, load_settings
+    from ..sources.bag import read_joint_states
     from ..units import JointUnits, check_states, state_stats, suspects
 
     settings = load_settings(args.config) if args.config else PaiSettings()
@@ -77,7 +48,8 @@ def run(args) -> int:
             f"policy {args.policy_path} has no normalisation statistics for observation.state: "
             "nothing to compare the joint states with"
         )
-    states, bad = read_states(args.bag, topic, units, settings.joint_names)
+    states, bad = read_joint_states(args.bag, topic, settings.joint_names)
+    states = units.to_policy(states)
     size = next(iter(stats.values())).size
     if states.shape[1] != size:
         raise ConfigError(

@@ -40,60 +40,11 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def open_spec(spec: str, root: str | None):
-    """A dataset given as a local directory, as ROOT/<repo id>, or as a hub repo id."""
-    from ..sources.dataset import open_dataset
-
-    path = Path(spec)
-    if path.is_dir():
-        return open_dataset(path.name, path)
-    if root and (Path(root) / spec).is_dir():
-        return open_dataset(spec, Path(root) / spec)
-    return open_dataset(spec, None)
-
-
-def plot_evaluation(id_eps, ood_eps, result: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    thr = result["threshold"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    id_s = np.concatenate([e.scores for e in id_eps])
-    ood_s = np.concatenate([e.scores for e in ood_eps])
-    bins = np.histogram_bin_edges(np.concatenate([id_s, ood_s]), bins=60)
-    ax1.hist(id_s, bins=bins, alpha=0.7, color="#4c72b0", label=f"in-distribution ({id_s.size} frames)")
-    ax1.hist(ood_s, bins=bins, alpha=0.7, color="#dd8452", label=f"OOD ({ood_s.size} frames)")
-    ax1.axvline(thr, color="#c44e52", lw=2, label=f"threshold {thr:.4g}")
-    ax1.set_xlabel("OOD score")
-    ax1.set_ylabel("frames")
-    ax1.set_title(
-        f"AUROC {result['auroc']:.3f}, TPR {result['tpr_at_threshold']:.2f}, "
-        f"FPR {result['false_positive_rate_at_threshold']:.3f}"
-    )
-    ax1.legend()
-    for eps, color in ((id_eps, "#4c72b0"), (ood_eps, "#dd8452")):
-        for e in eps:
-            ax2.plot(e.scores, color=color, alpha=0.6, lw=1)
-            first = np.flatnonzero(e.alarm)
-            if first.size:
-                ax2.plot(first[0], e.scores[first[0]], "v", color="#c44e52")
-    ax2.axhline(thr, color="#c44e52", lw=1.5, ls="--")
-    ax2.set_xlabel("frame in episode")
-    ax2.set_ylabel("OOD score")
-    ax2.set_title("episodes (blue: in-distribution, orange: OOD; v: alarm)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def run(args) -> int:
     from ..alarm import AlarmConfig
     from ..errors import ConfigError, ModelError, UsageError
     from ..ood import evaluate_episodes, score_episodes
+    from ..ood.plots import plot_evaluation
     from ..pipeline import Pipeline
 
     try:
@@ -110,11 +61,11 @@ def run(args) -> int:
         raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")
     from ..outputs import prepare_output_dir
     from ..preflight import check_dataset_for_policy
-    from ..sources.dataset import select_episodes
+    from ..sources.dataset import open_dataset_spec, select_episodes
 
     pipe = Pipeline.load(args.policy_path, args.sae_path, str(params), device=args.device, alarm=alarm)
-    id_sets = [(open_spec(spec, args.root), args.id_episodes) for spec in args.id]
-    ood_sets = [(open_spec(spec, args.root), None) for spec in args.ood]
+    id_sets = [(open_dataset_spec(spec, args.root), args.id_episodes) for spec in args.id]
+    ood_sets = [(open_dataset_spec(spec, args.root), None) for spec in args.ood]
     for ds, episodes in id_sets + ood_sets:  # every dataset checked before the first forward pass
         check_dataset_for_policy(ds, pipe.engine, select_episodes(ds, episodes), args.policy_path)
     id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, args.batch_size)]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import BagReadError, ConfigError, PaiError, UsageError
+from ..errors import BagReadError, ConfigError, ObservationError, PaiError, UsageError
 from ..observation import Observation
 from ..sync import ObservationAssembler
 from .accounting import Accounting
@@ -305,3 +305,31 @@ class BagSource:
             if leftover.get(key):
                 count.skipped[f"after the last {self.driving} frame"] = leftover[key]
             count.used = count.received - sum(count.skipped.values())
+
+
+def read_joint_states(bag: str | Path, topic: str, joint_names: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """(N, J) joint positions, ordered by ``joint_names``, of every JointState on ``topic`` of ``bag`` (in the
+    robot's units, as recorded), and the malformed messages (reason -> count) that gave none."""
+    from ..ros_convert import joint_state_to_vector
+
+    reader = open_reader(bag)
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            listing = ", ".join(sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})) or "none"
+            raise UsageError(f"Bag {bag} has no topic {topic!r}; its topics are {listing}")
+        wrong = [c.msgtype for c in conns if c.msgtype != JOINT_STATE_TYPE]
+        if wrong:
+            raise UsageError(f"Bag {bag}: topic {topic!r} has type {wrong[0]}, expected {JOINT_STATE_TYPE}")
+        states: list[np.ndarray] = []
+        bad: dict[str, int] = {}
+        for conn, _t, raw in reader.messages(connections=conns):
+            try:
+                states.append(joint_state_to_vector(reader.deserialize(raw, conn.msgtype), joint_names))
+            except (PaiError, ValueError) as exc:
+                bad[str(exc)] = bad.get(str(exc), 0) + 1
+    finally:
+        reader.close()
+    if not states:
+        raise ObservationError(f"Bag {bag}: no usable JointState on {topic} ({sum(bad.values())} malformed: {bad})")
+    return np.stack(states), bad

@@ -22,6 +22,17 @@ def open_dataset(repo_id: str, root: str | Path | None = None):
         raise UsageError(f"Could not open LeRobot dataset {repo_id!r}{where}: {exc}") from exc
 
 
+def open_dataset_spec(spec: str, datasets_dir: str | Path | None = None):
+    """A dataset named on a command line: a local dataset folder, a repo id with a local copy under
+    ``datasets_dir`` (``datasets_dir/<repo id>``), or a hub repo id."""
+    path = Path(spec)
+    if path.is_dir():
+        return open_dataset(path.name, path)
+    if datasets_dir and (Path(datasets_dir) / spec).is_dir():
+        return open_dataset(spec, Path(datasets_dir) / spec)
+    return open_dataset(spec, None)
+
+
 def episode_bounds(dataset, episode: int) -> tuple[int, int]:
     """Absolute frame index range [start, stop) of one episode."""
     if not 0 <= episode < dataset.meta.total_episodes:
