@@ -144,7 +144,7 @@ def bench_cli(policy: Path, sae: Path, ds: Path, out: Path) -> None:
         "bench/fox",
         "--root",
         str(ds),
-        "--episode-id",
+        "--episodes",
         "0",
         "--policy-path",
         str(policy),
