@@ -250,7 +250,8 @@ class SAEDataParallel:
     - the dead-latent counters are merged: a latent fired if it fired on any rank, else every rank's tokens
       count, so AuxK sees the same dead latents on every rank and as one process would.
 
-    What remains different from one process: AuxK's normaliser (the residual's norm) is the slice's, and
+    What remains different from one process: AuxK's normaliser (the residual's norm) is the slice's, the
+    usage floor's selection-bias step is the ranks' mean step (each from its slice's counts), and
     floating-point summation order."""
 
     def __init__(self, ranks: Ranks):
@@ -310,6 +311,10 @@ class SAEDataParallel:
         low = since.clone()
         dist.all_reduce(low, op=dist.ReduceOp.MIN)  # 0 where some rank saw the latent fire
         since.copy_(torch.where(low == 0, low, low + (self.ranks.world - 1) * local_tokens))
+        bias = getattr(sae, "selection_bias", None)
+        if bias is not None:  # the usage floor's step, taken from each slice's counts, averaged over the ranks
+            dist.all_reduce(bias)
+            bias.div_(self.ranks.world)
 
     def remove_hooks(self) -> None:
         for handle in self._handles:

@@ -54,6 +54,8 @@ def trained(tmp_path_factory):
             "32",
             "--dead-tokens",
             "5000",
+            "--min-usage",
+            "0",  # AuxK alone, so some latents stay silent (tests/test_sae_dead.py trains with the floor)
             "--steps",
             "300",
             "--batch-size",

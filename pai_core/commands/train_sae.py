@@ -37,6 +37,13 @@ def register(sub) -> argparse.ArgumentParser:
         default=None,
         help="tokens without firing after which a latent is dead (default: scaled with the run)",
     )
+    t.add_argument(
+        "--min-usage",
+        type=float,
+        default=0.5,
+        help="usage floor as a fraction of the uniform rate k/latents: a latent chosen for fewer of a batch's "
+        "tokens gets a selection bias until it is chosen again (0: off, TopK + AuxK alone)",
+    )
     t.add_argument("--steps", type=int, default=5000, help="optimiser steps")
     t.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -86,6 +93,7 @@ def run(args) -> int:
             k=args.k,
             aux_k=args.aux_k,
             dead_tokens=args.dead_tokens,
+            min_usage=args.min_usage,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,

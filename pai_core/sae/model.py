@@ -7,7 +7,7 @@ number of tokens (the seed's whole-frame SAE had 3.1 B parameters at dim_model 5
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -24,6 +24,11 @@ class SAEConfig:
         aux_k: latents used by the auxiliary dead-latent loss (AuxK).
         dead_tokens: a latent that has not fired for this many training tokens counts as dead and joins
             AuxK (the trainer sets it from the run's length, ``TrainConfig.dead_window``).
+        min_usage: usage floor, as a fraction of the uniform rate k / n_latents: a latent chosen for fewer
+            of a batch's tokens has its ``selection_bias`` raised, one chosen for more has it lowered back
+            towards 0 (0 turns the floor off).
+        usage_bias_rate: step of ``selection_bias`` per training batch, as a fraction of the batch's mean
+            active value.
         layer: encoder layer the tokens come from (as ``IntrospectionConfig.token_layer``).
         pooling: how a frame's feature vector pools token activations: "max" or "mean".
         policy: path or hub id of the policy the SAE was trained on (for the model card).
@@ -34,6 +39,8 @@ class SAEConfig:
     k: int = 32
     aux_k: int = 256
     dead_tokens: int = 10_000_000
+    min_usage: float = 0.0
+    usage_bias_rate: float = 3e-3
     layer: int = -1
     pooling: Literal["max", "mean"] = "max"
     policy: str = ""
@@ -46,6 +53,10 @@ class SAEConfig:
             raise ValueError(f"k={self.k} must be within 1..n_latents ({self.n_latents})")
         if self.aux_k < 1 or self.dead_tokens < 1:
             raise ValueError(f"aux_k={self.aux_k} and dead_tokens={self.dead_tokens} must be >= 1")
+        if not 0.0 <= self.min_usage <= 1.0:
+            raise ValueError(f"min_usage={self.min_usage} must be within 0..1 (a fraction of the uniform rate k/n)")
+        if self.usage_bias_rate < 0:
+            raise ValueError(f"usage_bias_rate={self.usage_bias_rate} must be >= 0")
         if self.pooling not in ("max", "mean"):
             raise ValueError(f"pooling={self.pooling!r} is not one of 'max', 'mean'")
 
@@ -69,6 +80,14 @@ class SAEConfig:
 class SparseAutoencoder(nn.Module):
     """``z = TopK_k(ReLU(W_enc (x - b_pre) + b_enc))``, ``x̂ = W_dec z + b_pre``, decoder rows unit norm.
 
+    The k latents are chosen by their pre-activation plus ``selection_bias``; their values are the
+    pre-activations themselves, so the bias decides which latents fire, never how strongly (the bias-only
+    routing of auxiliary-loss-free load balancing, DeepSeek-V3). The bias is 0 except for latents training
+    found chosen too rarely (``SAEConfig.min_usage``). On the demo's 54 k training tokens (3,881 frames) a
+    plain TopK + AuxK SAE left 35 % of its 1,024 latents silent on the 13,580 held-out tokens: latents that
+    fire on a handful of training frames stay positive-but-outranked, which AuxK's dead window never sees;
+    with the floor 0.2 % were silent, at a lower held-out FVU (0.0041 against 0.0048).
+
     Parameters:
         b_pre: (d_in,) pre-encoder bias, initialised to the mean token (centring).
         W_enc: (d_in, n_latents) encoder.
@@ -79,7 +98,8 @@ class SparseAutoencoder(nn.Module):
             the weights so resumed training and the dead-latent metric stay correct.
     """
 
-    tokens_since_fired: torch.Tensor  # a registered buffer (nn.Module's __getattr__ would say Tensor | Module)
+    tokens_since_fired: torch.Tensor  # registered buffers (nn.Module's __getattr__ would say Tensor | Module)
+    selection_bias: torch.Tensor
 
     def __init__(self, config: SAEConfig):
         super().__init__()
@@ -90,6 +110,7 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n))
         self.W_dec = nn.Parameter(torch.empty(n, d))
         self.register_buffer("tokens_since_fired", torch.zeros(n, dtype=torch.long))
+        self.register_buffer("selection_bias", torch.zeros(n))
         nn.init.kaiming_uniform_(self.W_dec)
         self.unit_norm_decoder_()
         with torch.no_grad():
@@ -103,11 +124,34 @@ class SparseAutoencoder(nn.Module):
         """(..., d_in) -> (..., n_latents) before TopK."""
         return torch.relu((x - self.b_pre) @ self.W_enc + self.b_enc)
 
+    def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., n_latents) pre-activations -> (values, indices), each (..., k): the k largest positive
+        pre-activations after adding ``selection_bias`` (a latent at 0 is never chosen over a positive one,
+        so a token keeps k active latents whenever k are positive). Values are the pre-activations."""
+        score = torch.where(pre > 0, pre + self.selection_bias, pre)
+        indices = score.topk(self.config.k, dim=-1).indices
+        return pre.gather(-1, indices), indices
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) -> (..., n_latents) sparse codes with at most k non-zeros per token."""
         pre = self.pre_activation(x)
-        values, indices = pre.topk(self.config.k, dim=-1)
+        values, indices = self.select(pre)
         return torch.zeros_like(pre).scatter_(-1, indices, values)
+
+    @torch.no_grad()
+    def update_selection_bias_(self, counts: torch.Tensor, tokens: int, mean_value: torch.Tensor) -> None:
+        """After a training batch of ``tokens`` tokens in which latent i was active ``counts[i]`` times: raise
+        the bias of latents below the usage floor, lower the others' towards 0 (no host sync)."""
+        cfg = self.config
+        if cfg.min_usage <= 0 or cfg.usage_bias_rate <= 0:
+            return
+        floor = cfg.min_usage * tokens * cfg.k / cfg.n_latents
+        self.selection_bias.add_(cfg.usage_bias_rate * mean_value * torch.sign(floor - counts)).clamp_(min=0.0)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # SAEs saved before the selection bias existed choose by TopK alone: their bias is 0
+        state_dict.setdefault(prefix + "selection_bias", torch.zeros_like(self.selection_bias))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(..., n_latents) -> (..., d_in)."""

@@ -21,7 +21,7 @@ import torch
 from ..errors import ModelError, UsageError
 from ..outputs import prepare_output_dir
 from .io import save_sae
-from .loss import aux_k_loss, normalized_mse
+from .loss import aux_k_loss, normalized_mse, sparse_decode
 from .model import SAEConfig, SparseAutoencoder
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ class TrainConfig:
         aux_coef: weight of the AuxK loss (1/32 in Gao et al.).
         dead_tokens: a latent silent for this many training tokens counts as dead and feeds AuxK; None
             (the default) scales the window with the run (``dead_window``).
+        min_usage: usage floor as a fraction of the uniform rate k / n_latents (``SAEConfig.min_usage``):
+            latents chosen less often get a selection bias until they are chosen again; 0 turns it off.
+        usage_bias_rate: step of that bias per batch, as a fraction of the batch's mean active value.
         steps: optimiser steps in total (a resumed run continues up to it).
         batch_size: tokens per step.
         lr: Adam learning rate.
@@ -57,6 +60,8 @@ class TrainConfig:
     aux_k: int = 256
     aux_coef: float = 1.0 / 32.0
     dead_tokens: int | None = None
+    min_usage: float = 0.5
+    usage_bias_rate: float = 3e-3
     steps: int = 5_000
     batch_size: int = 4096
     lr: float = 1e-3
@@ -73,6 +78,10 @@ class TrainConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.dead_tokens is not None and self.dead_tokens < 1:
             raise ValueError(f"dead_tokens={self.dead_tokens} must be >= 1 (or None to scale with the run)")
+        if not 0.0 <= self.min_usage <= 1.0:
+            raise ValueError(f"min_usage={self.min_usage} must be within 0..1 (a fraction of the uniform rate k/n)")
+        if self.usage_bias_rate < 0:
+            raise ValueError(f"usage_bias_rate={self.usage_bias_rate} must be >= 0")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if self.checkpoint_every < 0:
@@ -94,6 +103,8 @@ class TrainConfig:
             k=self.k,
             aux_k=self.aux_k,
             dead_tokens=self.dead_window,
+            min_usage=self.min_usage,
+            usage_bias_rate=self.usage_bias_rate,
             layer=self.layer,
             pooling=self.pooling,  # type: ignore[arg-type]
             policy=policy,
@@ -116,8 +127,8 @@ def training_step(
     scalar tensors (no host sync, so GPU steps queue back to back)."""
     cfg = sae.config
     pre = sae.pre_activation(x)
-    values, indices = pre.topk(cfg.k, dim=-1)
-    recon = torch.einsum("bk,bkd->bd", values, sae.W_dec[indices]) + sae.b_pre  # sparse decode
+    values, indices = sae.select(pre)
+    recon = sparse_decode(values, indices, sae.W_dec) + sae.b_pre
     fvu = normalized_mse(recon, x)
     dead = sae.tokens_since_fired >= cfg.dead_tokens
     aux = aux_k_loss(pre, (x - recon).detach(), sae.W_dec, dead, cfg.aux_k)
@@ -133,6 +144,7 @@ def training_step(
         )
         since = sae.tokens_since_fired + x.shape[0]
         sae.tokens_since_fired.copy_(torch.where(counts > 0, torch.zeros_like(since), since))
+        sae.update_selection_bias_(counts, x.shape[0], values.mean())
     return {"loss": loss.detach(), "fvu": fvu.detach(), "aux": aux.detach(), "dead": dead.float().mean()}
 
 
@@ -204,6 +216,8 @@ def dead_latents(sae: SparseAutoencoder, trained_tokens: int, held: dict | None,
         "auxk_dead_at_end": float((since >= aux_window).float().mean()),
         "auxk_active_steps": int(auxk_steps),
         "steps": int(steps),
+        "min_usage": sae.config.min_usage,
+        "biased_latents": int((sae.selection_bias > 0).sum()),
     }
     return out
 
@@ -408,5 +422,17 @@ def dead_latent_text(dead: dict | None) -> str:
         f"{dead['training']:.1%} did not fire over the last {n} training tokens. "
         f"AuxK counted a latent dead after {dead['auxk_window_tokens']:,} silent training tokens and was "
         f"active at {dead['auxk_active_steps']} of {dead['steps']} steps ({dead['auxk_dead_at_end']:.1%} "
-        "dead at the end)."
+        "dead at the end)." + usage_floor_text(dead)
+    )
+
+
+def usage_floor_text(dead: dict) -> str:
+    """The usage floor's sentence (SAEs trained before it existed have none)."""
+    if "min_usage" not in dead:
+        return ""
+    if not dead["min_usage"]:
+        return " No usage floor."
+    return (
+        f" Usage floor {dead['min_usage']:g} x k/n: a latent chosen for fewer of a batch's tokens gets a selection "
+        f"bias until it is chosen again; {dead['biased_latents']} latents carry one at the end."
     )
