@@ -31,14 +31,25 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from .errors import ConfigError, InputError, UsageError
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from .activations import RecordConfig
+    from .sae.model import SparseAutoencoder
+    from .sae.train import TrainConfig
+
+#: ``sae.train.training_step``: (sae, optimizer, x, aux_coef) -> detached statistics
+TrainingStep = Callable[["SparseAutoencoder", torch.optim.Optimizer, torch.Tensor, float], dict[str, torch.Tensor]]
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +119,11 @@ def split_episodes(frames: dict[int, int], world: int) -> list[list[int]]:
 
 
 def record_ranked(
-    dataset,
+    dataset: LeRobotDataset,
     policy_path: str,
     output_dir: str | Path,
     episodes: Sequence[int] | None = None,
-    config=None,
+    config: RecordConfig | None = None,
     ranks: Ranks = Ranks(),
     progress: bool = True,
 ) -> dict:
@@ -155,12 +166,12 @@ def record_ranked(
     return {**total, "ranks": ranks.world, "shards": len(merged_shards(out))}
 
 
-def _gather(obj, ranks: Ranks) -> list:
+def _gather(obj: object, ranks: Ranks) -> list:
     if ranks.world == 1:
         return [obj]
     import torch.distributed as dist
 
-    out = [None] * ranks.world
+    out: list[object] = [None] * ranks.world
     dist.all_gather_object(out, obj)
     return out
 
@@ -250,8 +261,7 @@ class SAEDataParallel:
     - the dead-latent counters are merged: a latent fired if it fired on any rank, else every rank's tokens
       count, so AuxK sees the same dead latents on every rank and as one process would.
 
-    What remains different from one process: AuxK's normaliser (the residual's norm) is the slice's, the
-    usage floor's selection-bias step is the ranks' mean step (each from its slice's counts), and
+    What remains different from one process: AuxK's normaliser (the residual's norm) is the slice's, and
     floating-point summation order."""
 
     def __init__(self, ranks: Ranks):
@@ -259,7 +269,7 @@ class SAEDataParallel:
         self._handles: list = []
         self._scale: torch.Tensor | None = None
 
-    def prepare(self, sae: torch.nn.Module) -> None:
+    def prepare(self, sae: SparseAutoencoder) -> None:
         import torch.distributed as dist
 
         if self.ranks.world == 1:
@@ -273,10 +283,13 @@ class SAEDataParallel:
     def _average(self, param: torch.Tensor) -> None:
         import torch.distributed as dist
 
+        grad = param.grad
+        if grad is None:  # a post-accumulate hook runs once the gradient is there
+            return
         if self._scale is not None:
-            param.grad.mul_(self._scale)
-        dist.all_reduce(param.grad)
-        param.grad.div_(self.ranks.world)
+            grad.mul_(self._scale)
+        dist.all_reduce(grad)
+        grad.div_(self.ranks.world)
 
     @torch.no_grad()
     def variance_scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,7 +304,14 @@ class SAEDataParallel:
         total = sums[-1] / n - (sums[:-1] / n).pow(2).sum()
         return (local.double() / total.clamp_min(1e-12)).to(x.dtype)
 
-    def step(self, training_step, sae: torch.nn.Module, optimizer, x: torch.Tensor, aux_coef: float) -> dict:
+    def step(
+        self,
+        training_step: TrainingStep,
+        sae: SparseAutoencoder,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        aux_coef: float,
+    ) -> dict:
         """``training_step(sae, optimizer, x, aux_coef)`` on this rank's slice ``x``, kept in step with the
         other ranks; returns its (per-rank) statistics."""
         if self.ranks.world == 1:
@@ -303,7 +323,7 @@ class SAEDataParallel:
         return stats
 
     @torch.no_grad()
-    def merge_counters(self, sae: torch.nn.Module, local_tokens: int) -> None:
+    def merge_counters(self, sae: SparseAutoencoder, local_tokens: int) -> None:
         """``tokens_since_fired`` as one process training on the global batch would have it."""
         import torch.distributed as dist
 
@@ -311,10 +331,6 @@ class SAEDataParallel:
         low = since.clone()
         dist.all_reduce(low, op=dist.ReduceOp.MIN)  # 0 where some rank saw the latent fire
         since.copy_(torch.where(low == 0, low, low + (self.ranks.world - 1) * local_tokens))
-        bias = getattr(sae, "selection_bias", None)
-        if bias is not None:  # the usage floor's step, taken from each slice's counts, averaged over the ranks
-            dist.all_reduce(bias)
-            bias.div_(self.ranks.world)
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
@@ -325,7 +341,7 @@ class SAEDataParallel:
 def train_ranked(
     activations: str | Path,
     output_dir: str | Path,
-    config,
+    config: TrainConfig,
     ranks: Ranks = Ranks(),
     val_fraction: float = 0.2,
     resume: bool = False,
@@ -430,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run(args, ranks: Ranks, record_cmd, train_cmd) -> dict:
+def _run(args: argparse.Namespace, ranks: Ranks, record_cmd: ModuleType, train_cmd: ModuleType) -> dict:
     from .sources.dataset import open_dataset
 
     if "," in (args.dataset_repo_id or "") or "[" in (args.dataset_repo_id or ""):
