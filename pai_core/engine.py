@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from .adapters import Capture, make_adapter
 from .attention import attention_rollout, decoder_relevance, split_by_camera
@@ -95,7 +97,9 @@ class Introspector:
         return cls(load_policy(path_or_repo_id, config.device, config.model_dtype, config.policy_overrides), config)
 
     @classmethod
-    def wrap(cls, policy, preprocessor, postprocessor, config: IntrospectionConfig | None = None) -> Introspector:
+    def wrap(
+        cls, policy: nn.Module, preprocessor: Any, postprocessor: Any, config: IntrospectionConfig | None = None
+    ) -> Introspector:
         """Wrap a policy you already built in your own LeRobot control loop."""
         return cls(LoadedPolicy(policy, preprocessor, postprocessor, source="<wrapped>"), config)
 
@@ -151,7 +155,7 @@ class Introspector:
             f"got {sorted(obs.images)}"
         )
 
-    def _vector(self, value, name: str, size: int) -> np.ndarray:
+    def _vector(self, value: np.ndarray | Sequence[float] | None, name: str, size: int) -> np.ndarray:
         """A checked float32 copy of a state vector."""
         if value is None:
             raise ObservationError(f"Observation is missing {name}: the policy expects {size} values")
@@ -229,11 +233,11 @@ class Introspector:
 
     def _results(
         self,
-        observations,
-        actions,
+        observations: Sequence[Observation],
+        actions: torch.Tensor,
         capture: Capture,
         start: float,
-        next_actions,
+        next_actions: torch.Tensor | None,
         reduced: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> list[FrameResult]:
         """``reduced``: (relevance, rollout) when already computed (the CUDA graph does it on the device)."""
@@ -261,7 +265,11 @@ class Introspector:
                     state_share=float(rel[i, layout.state_index]) if layout.state_index is not None else 0.0,
                     latent_share=float(rel[i, layout.latent_index]),
                     tokens=capture.tokens[i] if self.config.keep_tokens else None,
-                    input_tokens=capture.input_tokens[i] if self.config.keep_tokens else None,
+                    input_tokens=(
+                        capture.input_tokens[i]
+                        if self.config.keep_tokens and capture.input_tokens is not None
+                        else None
+                    ),
                     vision_features=(
                         {k: [m[i] for m in maps] for k, maps in capture.vision_features.items()}
                         if capture.vision_features
