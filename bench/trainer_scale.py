@@ -374,7 +374,7 @@ def main() -> None:
             "bench/so101",
             "--root",
             ds_root,
-            "--episode-id",
+            "--episodes",
             held,
             "--policy-path",
             policy,

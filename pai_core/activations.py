@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ class RecordConfig:
         block: block edge in tokens for ``sampling="blocks"``.
         device: torch device of the policy ("cpu", "cuda").
         model_dtype: dtype the policy runs in: "float32" (as saved), "bfloat16" or "float16".
+        policy_overrides: policy config fields set before the policy is built (``policy.apply_overrides``).
     """
 
     batch_size: int = 16
@@ -67,6 +68,7 @@ class RecordConfig:
     block: int = 2
     device: str = "cpu"
     model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    policy_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_frames < 1:
@@ -241,7 +243,13 @@ def record_activations(
     chosen = [select_episodes(ds, episodes) for ds in datasets]
     engine = Introspector.from_pretrained(
         str(policy_path),
-        IntrospectionConfig(device=cfg.device, token_layer=cfg.layer, rollout=False, model_dtype=cfg.model_dtype),
+        IntrospectionConfig(
+            device=cfg.device,
+            token_layer=cfg.layer,
+            rollout=False,
+            model_dtype=cfg.model_dtype,
+            policy_overrides=cfg.policy_overrides,
+        ),
     )
     for ds, eps in zip(datasets, chosen):
         check_dataset_for_policy(ds, engine, eps, str(policy_path))

@@ -154,6 +154,14 @@ class Pipeline:
 
     @classmethod
     def from_settings(cls, settings: PaiSettings) -> Pipeline:
+        """The node's and replay's pipeline: ``PaiSettings`` models, device, dtype, policy overrides, alarm."""
+        from .policy import parse_overrides
+
+        engine_config = IntrospectionConfig(
+            device=settings.device,
+            model_dtype=settings.model_dtype,
+            policy_overrides=parse_overrides(settings.policy_overrides),
+        )
         pipe = cls.load(
             settings.policy_path,
             settings.sae_path,
@@ -161,6 +169,7 @@ class Pipeline:
             settings.device,
             settings.alarm,
             settings.feature_labels_path,
+            engine_config=engine_config,
         )
         if settings.threshold > 0:
             pipe.threshold_override = settings.threshold

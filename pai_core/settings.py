@@ -20,6 +20,7 @@ import yaml
 from .alarm import AlarmConfig
 from .configs import OverlayConfig
 from .errors import SettingsError
+from .policy import MODEL_DTYPES, ModelDtype
 
 #: parameters rclpy itself declares; a params file may set them beside pai's own settings.
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")
@@ -177,6 +178,9 @@ class PaiSettings:
     sae_path: SAE directory or hub id ("" runs without features and OOD).
     ood_params_path: ood_params.json ("" looks beside the SAE).
     device: torch device (cpu, cuda, cuda:N, mps).
+    model_dtype: dtype the policy runs in: float32 (as saved), bfloat16 or float16; actions stay float32.
+    policy_overrides: policy config fields set before the policy is built, as KEY=VALUE with JSON values (the
+        CLI's --policy-overrides), e.g. ["temporal_ensemble_coeff=0.01", "n_action_steps=1"].
     joint_states_topic: sensor_msgs/JointState topic.
     joint_names: joint names in the policy's state order (JointState messages may use any order).
     rate_hz: introspection rate; the engine always takes the newest complete observation.
@@ -194,6 +198,8 @@ class PaiSettings:
     sae_path: str = ""
     ood_params_path: str = ""
     device: str = "cpu"
+    model_dtype: ModelDtype = "float32"
+    policy_overrides: list[str] = field(default_factory=list)
     joint_states_topic: str = "/joint_states"
     joint_names: list[str] = field(
         default_factory=lambda: ["shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper"]
@@ -224,6 +230,14 @@ class PaiSettings:
             raise SettingsError(f"threshold={self.threshold} must be 0 (calibrated) or a positive OOD threshold")
         if not DEVICE.match(self.device):
             raise SettingsError(f"device={self.device!r} is not a torch device; expected cpu, cuda, cuda:N or mps")
+        if self.model_dtype not in MODEL_DTYPES:
+            raise SettingsError(f"model_dtype={self.model_dtype!r} is not one of {list(MODEL_DTYPES)}")
+        for i, item in enumerate(self.policy_overrides):
+            key, sep, _ = str(item).partition("=")
+            if not sep or not key.strip():
+                raise SettingsError(
+                    f"policy_overrides[{i}]={item!r}: expected KEY=VALUE, e.g. temporal_ensemble_coeff=0.01"
+                )
         duplicates = sorted({n for n in self.joint_names if self.joint_names.count(n) > 1})
         if duplicates:
             raise SettingsError(f"joint_names {self.joint_names} name {duplicates} more than once")

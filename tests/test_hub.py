@@ -136,7 +136,7 @@ def test_replay_with_a_hub_sae_writes_the_same_tables_as_with_the_local_folder(
                     "pai/synthetic",
                     "--root",
                     str(base / "dark"),
-                    "--episode-id",
+                    "--episodes",
                     "1",
                     "--policy-path",
                     str(policy),
@@ -189,7 +189,7 @@ def test_calibrating_a_hub_sae_asks_for_an_output_folder_and_writes_a_complete_u
     assert pipe.ood.score == "sae_recon_mse" and pipe.feature_labels == {3: "gripper closing", 7: "cube edge"}
     snapshot = locate_sae(REPO_ID).path
     assert json.loads((snapshot / "ood_params.json").read_text())["score"] == "patch_knn"  # the cache untouched
-    assert main(["push", "--sae-path", str(out), "--repo-id", "pai-test/calibrated", "--dry-run"]) == 0
+    assert main(["push", "--sae-path", str(out), "--hub-repo-id", "pai-test/calibrated", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["files"] == sae_unit(out)
 
 

@@ -1,5 +1,5 @@
 """Several datasets and several episodes: activation recording and SAE training on the union of datasets (the
-seed's ``[repo_a,repo_b]``), and ``pai replay`` of every episode when ``--episode-id`` is omitted."""
+seed's ``[repo_a,repo_b]``), and ``pai replay`` of every episode when ``--episodes`` is omitted."""
 
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def test_replay_without_episode_id_replays_every_episode(world, tmp_path, capsys
                 str(policy),
                 "--output-dir",
                 str(tmp_path / "some"),
-                "--episode-id",
+                "--episodes",
                 "0",
                 "2",
                 "--no-mcap",
@@ -268,7 +268,7 @@ def test_replay_without_episode_id_replays_every_episode(world, tmp_path, capsys
                 str(policy),
                 "--output-dir",
                 str(tmp_path / "one"),
-                "--episode-id",
+                "--episodes",
                 "1",
                 "--no-mcap",
                 "--no-video",

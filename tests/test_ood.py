@@ -138,7 +138,7 @@ def test_the_standardised_score_fits_on_a_quarter_of_the_episodes_and_calibrates
                 "0.1",
                 "--score",
                 "sae_recon_z",
-                "--output",
+                "--ood-params-path",
                 str(out),
             ]
         )
@@ -244,7 +244,7 @@ def test_evaluate_ood_without_calibration_says_to_run_calibrate_ood_first(world,
                 str(base / "fresh"),
                 "--ood",
                 str(base / "dark"),
-                "--ood-params",
+                "--ood-params-path",
                 str(tmp_path / "none.json"),
             ]
         )

@@ -96,7 +96,7 @@ def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_th
                 "pai/synthetic",
                 "--root",
                 str(base / "fresh"),
-                "--episode-id",
+                "--episodes",
                 "0",
                 "--policy-path",
                 str(policy),

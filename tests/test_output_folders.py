@@ -51,7 +51,7 @@ def test_an_output_folder_that_is_a_file_or_lies_under_one_is_named(dataset, pol
                 "pai/synthetic",
                 "--root",
                 str(dataset.root),
-                "--episode-id",
+                "--episodes",
                 "0",
                 "--policy-path",
                 str(policy),

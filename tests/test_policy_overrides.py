@@ -76,7 +76,7 @@ def test_an_unknown_override_key_is_an_error_naming_the_key(tmp_path, tiny_polic
             "pai/o",
             "--root",
             str(tmp_path / "ds"),
-            "--episode-id",
+            "--episode-id",  # the deprecated spelling of --episodes, kept here to prove the alias runs
             "0",
             "--policy-path",
             str(tiny_policy),
@@ -145,7 +145,7 @@ def test_replay_with_model_dtype_bfloat16_gives_the_float32_replay_s_actions(tmp
                     "pai/o",
                     "--root",
                     str(tmp_path / "ds"),
-                    "--episode-id",
+                    "--episodes",
                     "0",
                     "--policy-path",
                     str(tiny_policy),

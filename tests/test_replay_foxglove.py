@@ -169,7 +169,7 @@ def test_a_client_that_connects_after_the_replay_plays_it_back_with_foxglove_kee
         "pai/img",
         "--root",
         str(base / "ds"),
-        "--episode-id",
+        "--episodes",
         "0",
         "--policy-path",
         str(policy),

@@ -150,7 +150,7 @@ def test_a_bag_without_the_nodes_camera_topic_is_an_error_naming_the_topic(playe
             str(played["root"] / "bag"),
             "--params-file",
             str(path),
-            "--output",
+            "--output-dir",
             str(tmp_path / "out"),
             "--start-timeout",
             "1",

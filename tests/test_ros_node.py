@@ -631,6 +631,11 @@ def test_a_reset_while_inputs_are_still_stale_says_it_cannot_hold_and_one_after_
             "sae_path='no/such/sae': no such directory (relative paths are relative to the working directory",
         ),
         ({"device": "cuda:64"}, "device='cuda:64' but torch sees"),
+        ({"model_dtype": "float8"}, "model_dtype='float8' is not one of ['float32', 'bfloat16', 'float16']"),
+        (  # the parameter reaches the policy's config before the policy is built
+            {"policy_overrides": ["tempral_ensemble_coeff=0.01"]},
+            "tempral_ensemble_coeff: ACTConfig has no field 'tempral_ensemble_coeff'",
+        ),
         (
             {"safe_stop": {"backend": "ros2_control", "controllers": ["arm_controller"]}},
             "safe_stop.backend=ros2_control needs the controller_manager_msgs/srv/SwitchController service type",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from . import args as flags
+
 
 def register(sub) -> argparse.ArgumentParser:
     from ..configs import RANK_BY
-    from .record_features import parse_episodes
 
     p = sub.add_parser(
         "analyse-features",
@@ -18,11 +19,9 @@ def register(sub) -> argparse.ArgumentParser:
         "plus summary.json, feature_stats.csv and index.html.",
     )
     p.add_argument("--record-dir", required=True, help="pai record-features output folder")
-    p.add_argument("--output-dir", required=True, help="analysis folder (created)")
+    flags.add_output_dir(p, "analysis folder (created)")
     p.add_argument("--top-features", type=int, default=20, help="ranked features to render (default 20)")
-    p.add_argument(
-        "--features", type=parse_episodes, default=None, help="render these feature ids instead, e.g. 12,40-45"
-    )
+    flags.add_indices(p, "--features", "render these feature ids instead, e.g. 12,40-45", metavar="ID")
     p.add_argument("--top-frames", type=int, default=8, help="top-activating frames per feature (default 8)")
     p.add_argument("--rank-by", choices=RANK_BY, default="variance", help="ranking statistic (default variance)")
     p.add_argument(
@@ -45,15 +44,14 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--colormap", default="jet", help="heatmap colormap (jet, turbo, inferno, viridis, hot)")
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity (default 0.5)")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass when rendering")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--policy-path", default="", help="override the policy path stored in record.json")
-    p.add_argument("--sae-path", default="", help="override the SAE path stored in record.json")
-    p.add_argument("--root", default="", help="override the dataset root stored in record.json")
+    flags.add_device(p)
+    flags.add_policy_path(p, required=False, default="", help="override the policy path stored in record.json")
+    flags.add_sae_path(p, required=False, default="", help="override the SAE path stored in record.json")
+    p.add_argument("--root", default="", metavar="DIR", help="override the dataset folder stored in record.json")
     return p
 
 
 def run(args) -> int:
-    import logging
     from pathlib import Path
 
     from ..analysis.analyse import AnalyseConfig, analyse_features
@@ -87,13 +85,8 @@ def run(args) -> int:
         )
     )
     c = summary["counts"]
-    logging.getLogger("pai").info(
-        "%d frames, %d features: %d dead, %d always on; rendered %d -> %s",
-        summary["n_frames"],
-        summary["n_latents"],
-        c["dead"],
-        c["always_on"],
-        len(summary["features"]),
-        Path(args.output_dir) / "index.html",
+    print(  # the result, on stdout
+        f"{summary['n_frames']} frames, {summary['n_latents']} features: {c['dead']} dead, {c['always_on']} always "
+        f"on; rendered {len(summary['features'])} -> {Path(args.output_dir) / 'index.html'}"
     )
     return 0

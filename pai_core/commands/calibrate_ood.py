@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from . import args as flags
+
 log = logging.getLogger(__name__)
 SCORE_NAMES = ["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"]  # the registry's, without importing torch
 
@@ -21,16 +23,13 @@ def register(sub) -> argparse.ArgumentParser:
         "the SAE directory (or a copy of it, --output-dir); --upload-to-hub then publishes "
         "the calibrated SAE as one unit.",
     )
-    p.add_argument("--sae-path", required=True, help="SAE directory from `pai train-sae`, or a hub id")
-    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
-    p.add_argument("--dataset-repo-id", required=True, help="LeRobot dataset repo id")
-    p.add_argument("--root", default=None, help="local copy of the dataset")
-    p.add_argument(
-        "--episodes",
-        type=int,
-        nargs="*",
-        default=None,
-        help="held-out episodes (default: the SAE's held-out episodes when this is its training dataset, else all)",
+    flags.add_sae_path(p, help="SAE folder from `pai train-sae`, or a hub id")
+    flags.add_policy_path(p)
+    flags.add_dataset(p)
+    flags.add_episodes(
+        p,
+        help="held-out episodes, e.g. 0,2,5-7 (default: the SAE's held-out episodes when this is its training "
+        "dataset, else all)",
     )
     p.add_argument("--alpha", type=float, default=0.01, help="target false-alarm rate per frame")
     p.add_argument(
@@ -58,12 +57,10 @@ def register(sub) -> argparse.ArgumentParser:
         default=None,
         help="token_knn/patch_knn: clean reference dataset (default: the SAE's training dataset)",
     )
-    p.add_argument(
+    flags.add_indices(
+        p,
         "--reference-episodes",
-        type=int,
-        nargs="*",
-        default=None,
-        help="token_knn: reference episodes (default: the SAE's training episodes); patch_knn: default "
+        "token_knn: reference episodes, e.g. 0-9 (default: the SAE's training episodes); patch_knn: default "
         "the SAE's training episodes and the calibration episodes, each calibration episode "
         "scored against the others (so replaying it later finds itself in the reference)",
     )
@@ -95,13 +92,17 @@ def register(sub) -> argparse.ArgumentParser:
         "exposure +-15 %%, noise, slight blur), so a compressed or brighter camera does not look novel",
     )
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--output", default=None, help="ood_params.json path (default: SAE_PATH/ood_params.json)")
-    p.add_argument(
-        "--output-dir",
-        default=None,
-        help="write the calibrated SAE here: a copy of the SAE's files with the new OOD files (needed for "
+    flags.add_device(p)
+    flags.add_model_args(p)
+    flags.add_ood_params_path(
+        p, "ood_params.json to write (default: SAE_PATH/ood_params.json)", old=["--output"], default=None
+    )
+    flags.add_output_dir(
+        p,
+        "write the calibrated SAE here: a copy of the SAE's files with the new OOD files (needed for "
         "a hub SAE, whose snapshot in the hub cache is read-only)",
+        required=False,
+        default=None,
     )
     h = p.add_argument_group("hub")
     h.add_argument(
@@ -109,8 +110,7 @@ def register(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="publish the calibrated SAE folder (weights, card, OOD parameters, reference, labels)",
     )
-    h.add_argument("--hub-repo-id", default=None, help="hub model repo (default: the --sae-path hub id)")
-    h.add_argument("--hub-private", action="store_true", help="make a new hub repo private")
+    flags.add_hub_repo(h, help="hub model repo (default: the --sae-path hub id)")
     return p
 
 
@@ -121,24 +121,26 @@ def output_location(args, sae) -> tuple[Path, str | None]:
     from ..hub import WEIGHTS
     from ..outputs import prepare_output_dir
 
-    if args.output and args.output_dir:
-        raise UsageError("give --output (an ood_params.json path) or --output-dir (a calibrated SAE folder), not both")
+    if args.ood_params_path and args.output_dir:
+        raise UsageError(
+            "give --ood-params-path (an ood_params.json to write) or --output-dir (a calibrated SAE folder), not both"
+        )
     repo_id = args.hub_repo_id or sae.repo_id
     if args.upload_to_hub and not repo_id:
         raise UsageError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
     if args.output_dir:
         folder = prepare_output_dir(args.output_dir, "calibrated SAE folder (--output-dir)")
         return folder / "ood_params.json", repo_id
-    if sae.repo_id and not args.output:
+    if sae.repo_id and not args.ood_params_path:
         raise UsageError(
             f"--sae-path {args.sae_path} is a hub repo (its snapshot in the hub cache is read-only): pass "
             "--output-dir DIR for the calibrated SAE folder"
         )
-    out = Path(args.output) if args.output else sae.path / "ood_params.json"
+    out = Path(args.ood_params_path) if args.ood_params_path else sae.path / "ood_params.json"
     if args.upload_to_hub and not (out.parent / WEIGHTS).is_file():
         raise UsageError(
             f"--upload-to-hub publishes the SAE folder holding ood_params.json, but {out.parent} holds "
-            "no SAE; use --output-dir DIR instead of --output"
+            "no SAE; use --output-dir DIR instead of --ood-params-path"
         )
     return out, repo_id
 
@@ -146,6 +148,7 @@ def output_location(args, sae) -> tuple[Path, str | None]:
 def run(args) -> int:
     import numpy as np
 
+    from ..engine import IntrospectionConfig
     from ..errors import UsageError
     from ..ood import FitJob, OODParams, calibrate, joint_thresholds, score_episodes, scorer_class
     from ..ood.calibration import coverage_summary, default_episodes, reference_set
@@ -164,7 +167,10 @@ def run(args) -> int:
     sae = locate_sae(args.sae_path)
     out, repo_id = output_location(args, sae)
     dataset = open_dataset(args.dataset_repo_id, args.root)
-    pipe = Pipeline.load(args.policy_path, str(sae.path), device=args.device, load_ood=False)
+    engine_config = IntrospectionConfig(device=args.device, **flags.model_options(args))
+    pipe = Pipeline.load(
+        args.policy_path, str(sae.path), device=args.device, engine_config=engine_config, load_ood=False
+    )
     episodes = args.episodes
     if not episodes:
         episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import args as flags
+
 EXIT_SUSPECT = 3
 
 
@@ -22,7 +24,7 @@ def register(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--bag", required=True, help="rosbag2 folder or .mcap/.db3 file")
-    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
+    flags.add_policy_path(p)
     p.add_argument(
         "--config", help="the node's params YAML (joint_names, joint_states_topic, units); default: pai's defaults"
     )

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import args as flags
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -15,8 +17,8 @@ def register(sub) -> argparse.ArgumentParser:
         "pipeline with the calibrated threshold and alarm policy. Writes "
         "ood_evaluation.json and ood_evaluation.png.",
     )
-    p.add_argument("--sae-path", required=True, help="SAE directory (with ood_params.json from calibrate-ood)")
-    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
+    flags.add_sae_path(p, help="SAE folder (with ood_params.json from calibrate-ood) or hub id")
+    flags.add_policy_path(p)
     p.add_argument(
         "--id",
         nargs="+",
@@ -25,23 +27,32 @@ def register(sub) -> argparse.ArgumentParser:
         help="in-distribution datasets: local dataset directories or repo ids",
     )
     p.add_argument("--ood", nargs="+", required=True, metavar="ROOT_OR_ID", help="out-of-distribution datasets")
-    p.add_argument("--root", default=None, help="directory holding local copies of repo ids (ROOT/<repo id>)")
-    p.add_argument(
-        "--id-episodes", type=int, nargs="*", default=None, help="episodes of the --id datasets (default all)"
+    flags.add(
+        p,
+        "--datasets-dir",
+        old=["--root"],
+        default=None,
+        metavar="DIR",
+        help="folder holding local copies of repo ids (DIR/<repo id>)",
     )
-    p.add_argument("--ood-params", default="", help="ood_params.json (default: SAE_PATH/ood_params.json)")
+    flags.add_indices(p, "--id-episodes", "episodes of the --id datasets, e.g. 0,2,5-7 (default all)")
+    flags.add_ood_params_path(
+        p, "ood_params.json (default: SAE_PATH/ood_params.json)", old=["--ood-params"], default=""
+    )
     p.add_argument(
         "--alarm-n", type=int, default=3, help="frames above threshold among the last M that raise the alarm"
     )
     p.add_argument("--alarm-m", type=int, default=5, help="alarm window in frames")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    p.add_argument("--output-dir", default=None, help="where to write the JSON and PNG (default: SAE_PATH)")
+    flags.add_device(p)
+    flags.add_model_args(p)
+    flags.add_output_dir(p, "where to write the JSON and PNG (default: SAE_PATH)", required=False, default=None)
     return p
 
 
 def run(args) -> int:
     from ..alarm import AlarmConfig
+    from ..engine import IntrospectionConfig
     from ..errors import ConfigError, ModelError, UsageError
     from ..ood import evaluate_episodes, score_episodes
     from ..ood.plots import plot_evaluation
@@ -56,16 +67,19 @@ def run(args) -> int:
     sae = locate_sae(args.sae_path)  # a hub id: its snapshot holds ood_params.json
     if sae.repo_id and not args.output_dir:
         raise UsageError(f"--sae-path {args.sae_path} is a hub repo (a read-only snapshot): pass --output-dir")
-    params = Path(args.ood_params) if args.ood_params else sae.path / "ood_params.json"
+    params = Path(args.ood_params_path) if args.ood_params_path else sae.path / "ood_params.json"
     if not params.is_file():
         raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")
     from ..outputs import prepare_output_dir
     from ..preflight import check_dataset_for_policy
     from ..sources.dataset import open_dataset_spec, select_episodes
 
-    pipe = Pipeline.load(args.policy_path, args.sae_path, str(params), device=args.device, alarm=alarm)
-    id_sets = [(open_dataset_spec(spec, args.root), args.id_episodes) for spec in args.id]
-    ood_sets = [(open_dataset_spec(spec, args.root), None) for spec in args.ood]
+    engine_config = IntrospectionConfig(device=args.device, **flags.model_options(args))
+    pipe = Pipeline.load(
+        args.policy_path, args.sae_path, str(params), device=args.device, alarm=alarm, engine_config=engine_config
+    )
+    id_sets = [(open_dataset_spec(spec, args.datasets_dir), args.id_episodes) for spec in args.id]
+    ood_sets = [(open_dataset_spec(spec, args.datasets_dir), None) for spec in args.ood]
     for ds, episodes in id_sets + ood_sets:  # every dataset checked before the first forward pass
         check_dataset_for_policy(ds, pipe.engine, select_episodes(ds, episodes), args.policy_path)
     id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, args.batch_size)]

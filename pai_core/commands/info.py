@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import args as flags
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -12,8 +14,8 @@ def register(sub) -> argparse.ArgumentParser:
         help="show a policy's cameras, state, and token layout",
         description="Load a policy and print its inputs and the token layout of one forward pass.",
     )
-    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    flags.add_policy_path(p)
+    flags.add_device(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     return p
 

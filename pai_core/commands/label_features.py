@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import args as flags
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -16,8 +18,11 @@ def register(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--analysis-dir", required=True, help="pai analyse-features output folder")
     p.add_argument("--labels-path", default="", help="labels file (default: ANALYSIS_DIR/labels.json)")
-    p.add_argument(
-        "--sae-path", default="", help="also write every label into SAE_PATH/labels.json, where node and replay find it"
+    flags.add_sae_path(
+        p,
+        required=False,
+        default="",
+        help="also write every label into SAE_PATH/labels.json (a local SAE folder), where node and replay find it",
     )
     p.add_argument("--read-only", action="store_true", help="browse only: no editing, no save endpoint")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; 0.0.0.0 exposes it)")
@@ -44,9 +49,7 @@ def run(args) -> int:
     try:
         if args.export_space:
             out = export_space(analysis, args.export_space)
-            log.info(
-                "Space written to %s. Deploy: cd %s && gradio deploy  (read-only unless PAI_READ_ONLY=0)", out, out
-            )
+            print(f"Space written to {out}. Deploy: cd {out} && gradio deploy  (read-only unless PAI_READ_ONLY=0)")
             return 0
         mirrors = []
         if args.sae_path:

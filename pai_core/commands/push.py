@@ -7,6 +7,8 @@ import json
 import logging
 from pathlib import Path
 
+from . import args as flags
+
 log = logging.getLogger(__name__)
 
 
@@ -20,9 +22,8 @@ def register(sub) -> argparse.ArgumentParser:
         "so OOD files of earlier weights never stay behind. Loading the repo id "
         "(--sae-path ID) then finds every part.",
     )
-    p.add_argument("--sae-path", required=True, help="SAE folder (pai train-sae, then pai calibrate-ood)")
-    p.add_argument("--repo-id", required=True, help="hub model repo to create or update (user/name)")
-    p.add_argument("--private", action="store_true", help="make a new repo private")
+    flags.add_sae_path(p, help="SAE folder (pai train-sae, then pai calibrate-ood)")
+    flags.add_hub_repo(p, required=True, old=("--repo-id", "--private"))
     p.add_argument("--dry-run", action="store_true", help="list the files that would be uploaded, upload nothing")
     return p
 
@@ -39,10 +40,10 @@ def run(args) -> int:
         log.warning(
             "%s has no %s: the hub SAE will run without an OOD alarm (run pai calibrate-ood first)", folder, OOD_PARAMS
         )
-    result: dict = {"sae_path": str(folder), "repo_id": args.repo_id, "files": files}
+    result: dict = {"sae_path": str(folder), "repo_id": args.hub_repo_id, "files": files}
     if not args.dry_run:
         result["uploaded"] = upload_sae(
-            folder, args.repo_id, private=args.private, commit_message="Upload SAE with pai push"
+            folder, args.hub_repo_id, private=args.hub_private, commit_message="Upload SAE with pai push"
         )
     print(json.dumps(result, indent=2))
     return 0

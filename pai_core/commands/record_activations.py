@@ -5,33 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import args as flags
 
-def add_dataset_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument(
-        "--dataset-repo-id",
+
+def add_dataset_args(p: argparse._ActionsContainer, required: bool = True) -> None:
+    flags.add_dataset(
+        p,
         required=required,
-        help="LeRobot dataset repo id (hub id or local name); several: a,b (or the seed's [a,b]), "
+        repo_help="LeRobot dataset repo id (hub id or local name); several: a,b (or the seed's [a,b]), "
         "recorded together as one set of frames",
-    )
-    p.add_argument(
-        "--root",
-        default=None,
-        help="local copy of the dataset (default: the hub / HF cache); several datasets: r1,r2 in the "
+        root_help="local copy of the dataset (default: the hub / HF cache); several datasets: r1,r2 in the "
         "order of --dataset-repo-id",
     )
-    p.add_argument(
-        "--episodes",
-        type=int,
-        nargs="*",
-        default=None,
-        help="episode indices of a single dataset (default: all; several datasets: always all)",
+    flags.add_episodes(
+        p, help="episodes of a single dataset, e.g. 0,2,5-7 (default: all; several datasets: always all)"
     )
 
 
-def add_record_args(p: argparse.ArgumentParser) -> None:
+def add_record_args(p: argparse._ActionsContainer) -> None:
     p.add_argument("--frames-per-batch", type=int, default=16, help="frames per engine forward")
     p.add_argument("--shard-frames", type=int, default=256, help="frames per shard (bounds memory)")
-    p.add_argument("--layer", type=int, default=-1, help="encoder layer whose tokens are recorded (-1: last)")
+    p.add_argument("--layer", type=int, default=-1, help="encoder layer whose tokens are recorded (-1: the last)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="storage type")
     p.add_argument(
         "--token-sampling",
@@ -40,12 +34,7 @@ def add_record_args(p: argparse.ArgumentParser) -> None:
         help="'blocks' keeps latent+state tokens and averages camera tokens in blocks (the seed's way)",
     )
     p.add_argument("--block", type=int, default=2, help="block edge in tokens for --token-sampling blocks")
-    p.add_argument(
-        "--model-dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default="float32",
-        help="dtype the policy runs in (default float32, as saved)",
-    )
+    flags.add_model_args(p)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -57,27 +46,27 @@ def register(sub) -> argparse.ArgumentParser:
         "shards are skipped.",
     )
     add_dataset_args(p)
-    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
-    p.add_argument("--output-dir", required=True, help="directory for the shards and activations.json")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    flags.add_policy_path(p)
+    flags.add_output_dir(p, "folder for the shards and activations.json")
+    flags.add_device(p)
     add_record_args(p)
     return p
 
 
-def record_config(args):
+def record_config(ns: argparse.Namespace):
     from ..activations import RecordConfig
     from ..errors import ConfigError
 
     try:
         return RecordConfig(
-            batch_size=args.frames_per_batch,
-            shard_frames=args.shard_frames,
-            layer=args.layer,
-            dtype=args.dtype,
-            sampling=args.token_sampling,
-            block=args.block,
-            device=args.device,
-            model_dtype=args.model_dtype,
+            batch_size=ns.frames_per_batch,
+            shard_frames=ns.shard_frames,
+            layer=ns.layer,
+            dtype=ns.dtype,
+            sampling=ns.token_sampling,
+            block=ns.block,
+            device=ns.device,
+            **flags.model_options(ns),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def parse_episodes(text: str) -> list[int]:
-    """ "0,2,5-7" -> [0, 2, 5, 6, 7]."""
-    out: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, _, hi = part.partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--episodes {text!r}: expected indices like 0,2,5-7") from None
-    return out
+from . import args as flags
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -25,12 +15,11 @@ def register(sub) -> argparse.ArgumentParser:
         "the node and replay) and write activations.parquet (sparse feature activations and, per "
         "camera, where each active feature peaks) and record.json to --output-dir.",
     )
-    p.add_argument("--dataset-repo-id", required=True, help="LeRobot dataset id (local with --root)")
-    p.add_argument("--root", default=None, help="local dataset root folder")
-    p.add_argument("--episodes", type=parse_episodes, default=None, help="episodes, e.g. 0,2,5-7 (default: all)")
-    p.add_argument("--policy-path", required=True, help="LeRobot pretrained_model directory or hub id")
-    p.add_argument("--sae-path", required=True, help="SAE directory (pai train-sae output)")
-    p.add_argument("--output-dir", required=True, help="folder for activations.parquet and record.json")
+    flags.add_dataset(p)
+    flags.add_episodes(p)
+    flags.add_policy_path(p)
+    flags.add_sae_path(p)
+    flags.add_output_dir(p, "folder for activations.parquet and record.json")
     p.add_argument("--batch-size", type=int, default=16, help="frames per forward pass (default 16)")
     p.add_argument(
         "--min-activation",
@@ -38,13 +27,12 @@ def register(sub) -> argparse.ArgumentParser:
         default=0.0,
         help="store a feature only above this activation (default 0: every non-zero one)",
     )
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    flags.add_device(p)
+    flags.add_model_args(p)
     return p
 
 
 def run(args) -> int:
-    import logging
-
     from ..analysis.record import PARQUET_NAME, RecordConfig, record_features
 
     meta = record_features(
@@ -58,15 +46,11 @@ def run(args) -> int:
             batch_size=args.batch_size,
             device=args.device,
             min_activation=args.min_activation,
+            **flags.model_options(args),
         )
     )
-    logging.getLogger("pai").info(
-        "recorded %d frames of %d episodes (%d missing), %d features -> %s/%s",
-        meta["n_frames"],
-        len(meta["episodes"]),
-        meta["frames_missing"],
-        meta["n_latents"],
-        args.output_dir,
-        PARQUET_NAME,
+    print(  # the result, on stdout
+        f"recorded {meta['n_frames']} frames of {len(meta['episodes'])} episodes ({meta['frames_missing']} missing), "
+        f"{meta['n_latents']} features -> {args.output_dir}/{PARQUET_NAME}"
     )
     return 0 if meta["frames_missing"] == 0 else 1

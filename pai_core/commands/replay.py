@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..policy import MODEL_DTYPES
+from . import args as flags
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def register(sub) -> argparse.ArgumentParser:
         "through the same pipeline as the live node.",
         epilog="examples:\n"
         "  pai replay --bag rec/ --config config/introspect.yaml --output-dir out/replay\n"
-        "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --episode-id 0 \\\n"
+        "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --episodes 0 \\\n"
         "      --policy-path outputs/train/act/pretrained_model --output-dir out/ep0\n"
         "  pai replay --dataset-repo-id lerobot/svla_so101_pickplace --policy-path DIR \\\n"
         "      --saliency ig --saliency-action-dim 5 --output-dir out/all   # every episode, gripper IG",
@@ -27,16 +27,12 @@ def register(sub) -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("source (one of)")
     src.add_argument("--bag", help="rosbag2 folder (metadata.yaml) or a .mcap / .db3 file")
-    src.add_argument("--dataset-repo-id", help="LeRobot dataset repo id (local under --root, else the hub)")
-    p.add_argument("--root", help="local dataset root directory")
-    p.add_argument(
-        "--episode-id",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="dataset episode(s) to replay; one: its outputs go straight into --output-dir; several or "
-        "none (default: every episode): one episode_<N> folder each and episodes.json",
+    flags.add_dataset(src, required=False)
+    flags.add_episodes(
+        p,
+        help="dataset episodes to replay, e.g. 3 or 0,2,5-7; one: its outputs go straight into --output-dir; "
+        "several or none (default: every episode): one episode_<N> folder each and episodes.json",
+        old=["--episode-id"],
     )
     p.add_argument(
         "--config",
@@ -44,25 +40,12 @@ def register(sub) -> argparse.ArgumentParser:
         help="settings file (ROS parameters YAML, as the node); required for --bag "
         "(default config/introspect.yaml): topic mapping, models, overlay, alarm",
     )
-    p.add_argument("--policy-path", help="LeRobot pretrained_model directory or hub id (default: from --config)")
-    p.add_argument("--sae-path", help="SAE directory ('' for none; default: from --config)")
-    p.add_argument("--ood-params-path", help="ood_params.json (default: beside the SAE)")
-    p.add_argument(
-        "--policy-overrides",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="policy config fields set before the policy is built (JSON values), e.g. "
-        "temporal_ensemble_coeff=0.01 n_action_steps=1 (temporal ensembling needs 1 step)",
-    )
-    p.add_argument(
-        "--model-dtype",
-        choices=MODEL_DTYPES,
-        default="float32",
-        help="run the policy in this dtype (default float32, as saved); actions stay float32",
-    )
-    p.add_argument("--device", help="torch device (default: from --config, else cpu)")
-    p.add_argument("--output-dir", required=True, help="directory for every output")
+    flags.add_policy_path(p, required=False, help="LeRobot pretrained_model folder or hub id (default: from --config)")
+    flags.add_sae_path(p, required=False, help="SAE folder or hub id ('' for none; default: from --config)")
+    flags.add_ood_params_path(p)
+    flags.add_model_args(p)
+    flags.add_device(p, default=None, help="torch device (default: from --config, else cpu)")
+    flags.add_output_dir(p, "folder for every output")
     p.add_argument(
         "--batch-size",
         type=int,
@@ -178,60 +161,44 @@ def saliency_config(args):
 
 
 def _settings(args):
+    """The settings file (or the defaults), with the model flags given on the command line on top."""
     import dataclasses
     from pathlib import Path
 
+    from ..policy import parse_overrides
     from ..settings import PaiSettings, load_settings
 
-    path = args.config or ("config/introspect.yaml" if args.bag else None)
-    if path is None:
-        return PaiSettings(
-            policy_path=args.policy_path or "",
-            sae_path=args.sae_path or "",
-            ood_params_path=args.ood_params_path or "",
-            device=args.device or "cpu",
-        )
-    if not Path(path).is_file():
-        from ..errors import UsageError
-
-        raise UsageError(f"Settings file {path} does not exist; pass --config with the node's parameters YAML")
-    settings = load_settings(path)
-    changes = {
+    parse_overrides(args.policy_overrides or [])  # a malformed KEY=VALUE is named as the flag's
+    flags_given = {
         k: v
         for k, v in (
             ("policy_path", args.policy_path),
             ("sae_path", args.sae_path),
             ("ood_params_path", args.ood_params_path),
             ("device", args.device),
+            ("model_dtype", args.model_dtype),
+            ("policy_overrides", args.policy_overrides),
         )
         if v is not None
     }
+    path = args.config or ("config/introspect.yaml" if args.bag else None)
+    if path is None:
+        return PaiSettings(**flags_given)
+    if not Path(path).is_file():
+        from ..errors import UsageError
+
+        raise UsageError(f"Settings file {path} does not exist; pass --config with the node's parameters YAML")
+    settings = load_settings(path)
     if args.sae_path is not None and args.ood_params_path is None:
-        changes["ood_params_path"] = ""
-    return dataclasses.replace(settings, **changes)
+        flags_given["ood_params_path"] = ""
+    return dataclasses.replace(settings, **flags_given)
 
 
 def load_pipeline(settings, args):
-    """``Pipeline.from_settings`` with the policy built in ``--model-dtype`` and with ``--policy-overrides``."""
-    from ..engine import IntrospectionConfig
+    """``Pipeline.from_settings``: the settings carry ``--model-dtype`` and ``--policy-overrides`` (``_settings``)."""
     from ..pipeline import Pipeline
-    from ..policy import parse_overrides
 
-    engine_config = IntrospectionConfig(
-        device=settings.device, model_dtype=args.model_dtype, policy_overrides=parse_overrides(args.policy_overrides)
-    )
-    pipeline = Pipeline.load(
-        settings.policy_path,
-        settings.sae_path,
-        settings.ood_params_path,
-        settings.device,
-        settings.alarm,
-        settings.feature_labels_path,
-        engine_config=engine_config,
-    )
-    if settings.threshold > 0:
-        pipeline.threshold_override = settings.threshold
-    return pipeline
+    return Pipeline.from_settings(settings)
 
 
 def run(args) -> int:
@@ -243,11 +210,11 @@ def run(args) -> int:
     settings = _settings(args)
     if not settings.policy_path:
         raise UsageError("no policy: pass --policy-path or set policy_path in --config")
-    if args.bag and args.episode_id is not None:
-        raise UsageError("--episode-id selects dataset episodes; a --bag is replayed whole")
+    if args.bag and args.episodes is not None:
+        raise UsageError("--episodes selects dataset episodes; a --bag is replayed whole")
     saliency = saliency_config(args)
-    if args.foxglove_keep is not None and (args.episode_id is None or len(args.episode_id) > 1) and not args.bag:
-        raise UsageError("--foxglove-keep serves one replay: pick one dataset episode with --episode-id N")
+    if args.foxglove_keep is not None and (args.episodes is None or len(args.episodes) > 1) and not args.bag:
+        raise UsageError("--foxglove-keep serves one replay: pick one dataset episode with --episodes N")
     pipeline = load_pipeline(settings, args)
     options = ReplayOptions(
         output_dir=args.output_dir,
@@ -268,13 +235,13 @@ def run(args) -> int:
         from ..sources.dataset import open_dataset
 
         dataset = open_dataset(args.dataset_repo_id, args.root)
-        if args.episode_id is None or len(args.episode_id) > 1:
-            results = replay_episodes(dataset, args.episode_id, pipeline, options)
+        if args.episodes is None or len(args.episodes) > 1:
+            results = replay_episodes(dataset, args.episodes, pipeline, options)
             for episode, result in results.items():
                 _report(result, f"episode {episode}: ")
             print(f"  {options.output_dir}/episodes.json: {len(results)} episodes")
             return 0
-        result = replay_episode(dataset, args.episode_id[0], pipeline, options)
+        result = replay_episode(dataset, args.episodes[0], pipeline, options)
     _report(result)
     _keep_serving(result, args.foxglove_keep)
     return 0
@@ -314,13 +281,10 @@ def _keep_serving(result, keep_s: float | None) -> None:
     if server is None:
         return
     until = "Ctrl-C" if keep_s is None or keep_s < 0 else f"{keep_s:g} s or Ctrl-C"
-    print(
-        f"serving the replay on {server.url} with playback controls (play, pause, seek, speed) until {until}",
-        flush=True,
-    )
+    log.info("serving the replay on %s with playback controls (play, pause, seek, speed) until %s", server.url, until)
     try:
         server.wait(None if keep_s is None or keep_s < 0 else keep_s)
     except KeyboardInterrupt:
-        print("stopped serving")
+        log.info("stopped serving")
     finally:
         server.close()

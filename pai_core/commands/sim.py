@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import args as flags
+
+REPO_ID = "pai/so101_pick_cube"
+
 
 def _sim_args(p: argparse.ArgumentParser, perturbation: bool = True) -> None:
     from ..sim.scene import PERTURBATIONS
@@ -31,9 +35,9 @@ def register(sub) -> argparse.ArgumentParser:
     ssub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
 
     r = ssub.add_parser("record", help="record scripted-expert episodes as a LeRobot dataset (+ one rosbag2)")
-    r.add_argument("--output", required=True, help="dataset folder to create (must not exist)")
-    r.add_argument("--repo-id", default="pai/so101_pick_cube", help="LeRobot repo id in the metadata")
-    r.add_argument("--episodes", type=int, default=20, help="episodes to record (default 20)")
+    flags.add_output_dir(r, "dataset folder to create (must not exist)", old=["--output"])
+    flags.add(r, "--dataset-repo-id", old=["--repo-id"], default=REPO_ID, help="LeRobot repo id in the metadata")
+    flags.add(r, "--num-episodes", old=["--episodes"], type=int, default=20, help="episodes to record (default 20)")
     r.add_argument("--seed", type=int, default=0, help="episode i places the cube with seed SEED+i")
     r.add_argument("--bag", default="", help="also write the first episode as a rosbag2 (MCAP) folder here")
     r.add_argument(
@@ -42,9 +46,9 @@ def register(sub) -> argparse.ArgumentParser:
     _sim_args(r)
 
     t = ssub.add_parser("train-policy", help="train a small ACT on a recorded dataset (CPU, bounded time)")
-    t.add_argument("--dataset", required=True, help="dataset folder from `pai sim record`")
-    t.add_argument("--repo-id", default="pai/so101_pick_cube")
-    t.add_argument("--output", required=True, help="folder for pretrained_model/, training.json, training_loss.png")
+    flags.add(t, "--root", old=["--dataset"], required=True, metavar="DIR", help="dataset folder from `pai sim record`")
+    flags.add(t, "--dataset-repo-id", old=["--repo-id"], default=REPO_ID, help="LeRobot repo id of the dataset")
+    flags.add_output_dir(t, "folder for pretrained_model/, training.json, training_loss.png", old=["--output"])
     t.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     t.add_argument(
         "--max-minutes",
@@ -77,10 +81,10 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--use-vae", action="store_true", help="train ACT's CVAE (off: the expert is deterministic)")
 
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
-    e.add_argument("--policy-path", required=True, help="LeRobot pretrained_model folder")
-    e.add_argument("--episodes", type=int, default=10)
+    flags.add_policy_path(e, help="LeRobot pretrained_model folder")
+    flags.add(e, "--num-episodes", old=["--episodes"], type=int, default=10, help="episodes to run (default 10)")
     e.add_argument("--seed", type=int, default=10_000, help="first episode seed (held out from recordings)")
-    e.add_argument("--output", default="", help="folder for evaluation.json and rollouts.mp4")
+    flags.add_output_dir(e, "folder for evaluation.json and rollouts.mp4", required=False, old=["--output"], default="")
     _sim_args(e)
     return p
 
@@ -109,9 +113,9 @@ def run(args) -> int:
 
         summary = record(
             RecordConfig(
-                Path(args.output),
-                args.repo_id,
-                args.episodes,
+                Path(args.output_dir),
+                args.dataset_repo_id,
+                args.num_episodes,
                 args.seed,
                 keep_failed=True if args.keep_failed else None,
                 bag_path=Path(args.bag) if args.bag else None,
@@ -130,9 +134,9 @@ def run(args) -> int:
 
         summary = train_policy(
             TrainConfig(
-                args.dataset,
-                args.output,
-                args.repo_id,
+                args.root,
+                args.output_dir,
+                args.dataset_repo_id,
                 args.steps,
                 args.max_minutes,
                 args.batch_size,
@@ -155,7 +159,7 @@ def run(args) -> int:
     from ..sim.evaluate import EvalConfig, evaluate_policy
 
     summary = evaluate_policy(
-        EvalConfig(args.policy_path, args.episodes, args.seed, args.output, sim=_sim_config(args))
+        EvalConfig(args.policy_path, args.num_episodes, args.seed, args.output_dir, sim=_sim_config(args))
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
     print(f"success rate {summary['success_rate']:.0%} ({summary['successes']} of {summary['episodes']} episodes)")

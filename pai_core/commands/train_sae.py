@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from . import args as flags
 from .record_activations import add_dataset_args, add_record_args, record_config
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,10 @@ def register(sub) -> argparse.ArgumentParser:
     src = p.add_argument_group("tokens")
     src.add_argument("--activations", default=None, help="directory written by `pai record-activations`")
     add_dataset_args(src, required=False)
-    src.add_argument("--policy-path", default=None, help="policy to record with (when --dataset-repo-id is given)")
+    flags.add_policy_path(src, required=False, help="policy to record with (when --dataset-repo-id is given)")
     add_record_args(src)
     t = p.add_argument_group("training")
-    t.add_argument("--output-dir", required=True, help="SAE directory to write")
+    flags.add_output_dir(t, "SAE folder to write")
     t.add_argument("--expansion-factor", type=int, default=16, help="latents = expansion factor x dim_model")
     t.add_argument("--k", type=int, default=32, help="active latents per token (TopK)")
     t.add_argument("--aux-k", type=int, default=256, help="dead latents used by the AuxK loss")
@@ -51,7 +52,7 @@ def register(sub) -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     t.add_argument("--pooling", choices=["max", "mean"], default="max", help="per-frame pooling of token features")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    flags.add_device(t)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
     h = p.add_argument_group("hub")
     h.add_argument(
@@ -60,8 +61,7 @@ def register(sub) -> argparse.ArgumentParser:
         help="upload the SAE now, without OOD parameters (calibrate first, then publish with `pai push` "
         "or `pai calibrate-ood --upload-to-hub` for a hub SAE with its alarm)",
     )
-    h.add_argument("--hub-repo-id", default=None, help="hub model repo (required with --upload-to-hub)")
-    h.add_argument("--hub-private", action="store_true", help="make the hub repo private")
+    flags.add_hub_repo(h, help="hub model repo (required with --upload-to-hub)")
     return p
 
 
@@ -147,7 +147,7 @@ def run(args) -> int:
         log.warning(
             "uploading %s before calibration: the hub repo gets no OOD parameters, so an SAE loaded from it "
             "runs without an alarm. Run `pai calibrate-ood --sae-path %s ...`, then `pai push --sae-path %s "
-            "--repo-id %s`",
+            "--hub-repo-id %s`",
             out,
             out,
             out,

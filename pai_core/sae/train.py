@@ -407,7 +407,7 @@ pipe = Pipeline.load(policy_path, sae_path="<this directory or hub id>")
 ```
 
 The OOD alarm needs `ood_params.json` (and the reference file it names) from `pai calibrate-ood`;
-`pai push --sae-path DIR --repo-id ID` publishes the folder with them as one unit.
+`pai push --sae-path DIR --hub-repo-id ID` publishes the folder with them as one unit.
 """
 
 

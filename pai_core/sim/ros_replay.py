@@ -166,7 +166,7 @@ def replay_through_node(cfg: RosReplayConfig) -> dict:
                 str(cfg.bag),
                 "--params-file",
                 str(cfg.params_file),
-                "--output",
+                "--output-dir",
                 str(out),
                 "--rate",
                 str(cfg.rate),

@@ -41,6 +41,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 
 from pai_core import topics
+from pai_core.commands import args as flags
 from pai_core.errors import InputError, PaiError
 from pai_core.ros_convert import stamp_to_ns
 from pai_core.ros_qos import message_class, output_qos
@@ -499,7 +500,7 @@ def parse_args(argv: list[str] | None = None) -> ReplayArgs:
     )
     p.add_argument("--bag", required=True, help="rosbag2 folder (metadata.yaml) or .mcap / .db3 file")
     p.add_argument("--params-file", required=True, help="the node's params YAML (input topics, joint names)")
-    p.add_argument("--output", required=True, help="folder for node_outputs.parquet, summary.json and the plot")
+    flags.add_output_dir(p, "folder for node_outputs.parquet, summary.json and the plot", old=["--output"])
     p.add_argument("--offline-dir", help="offline `pai replay` output folder (its ood.parquet) to compare with")
     p.add_argument(
         "--rate",
@@ -517,7 +518,7 @@ def parse_args(argv: list[str] | None = None) -> ReplayArgs:
     return ReplayArgs(
         Path(a.bag),
         Path(a.params_file),
-        Path(a.output),
+        Path(a.output_dir),
         Path(a.offline_dir) if a.offline_dir else None,
         a.rate,
         a.node,

@@ -52,7 +52,10 @@ class IntrospectNode(Node):
         check_device(s.device)
         check_paths(s)
         backend = safe_stop_clients.make_backend(self, s.safe_stop)  # a missing service type fails before loading
-        self.get_logger().info(f"loading policy {s.policy_path!r} (SAE {s.sae_path or 'none'}) on {s.device}")
+        overrides = f", overrides {s.policy_overrides}" if s.policy_overrides else ""
+        self.get_logger().info(
+            f"loading policy {s.policy_path!r} (SAE {s.sae_path or 'none'}) on {s.device} in {s.model_dtype}{overrides}"
+        )
         from pai_core.pipeline import Pipeline
 
         self.pipeline = Pipeline.from_settings(s)
