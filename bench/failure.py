@@ -59,6 +59,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pai_core.commands import args as flags  # noqa: E402
 from pai_core.errors import InputError, PaiError  # noqa: E402
 from pai_core.nuisance import Nuisance  # noqa: E402
 from pai_core.sim.disturb import DISTURBANCES, Disturbance  # noqa: E402
@@ -979,7 +980,9 @@ def main(argv: list[str] | None = None) -> int:
         "--policy-path", default="", help="LeRobot pretrained_model (default DEMO_DIR/policy/pretrained_model)"
     )
     ap.add_argument("--sae-path", default="", help="SAE folder with ood_params.json (default DEMO_DIR/sae)")
-    ap.add_argument("--ood-params", default="", help="ood_params.json (default SAE_PATH/ood_params.json)")
+    flags.add_ood_params_path(
+        ap, "ood_params.json (default SAE_PATH/ood_params.json)", old=["--ood-params"], default=""
+    )
     ap.add_argument("--demo-dir", default="outputs/demo", help="`make demo` outputs to reuse (default outputs/demo)")
     ap.add_argument("--output-dir", default="outputs/failure_bench", help="failure.json and failure.png go here")
     ap.add_argument("--episodes", type=int, default=None, help="episodes per condition (quick 2, full 10)")
@@ -1021,7 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     try:
-        policy, sae, params, origin = resolve_inputs(args.policy_path, args.sae_path, args.ood_params, args.demo_dir)
+        policy, sae, params, origin = resolve_inputs(
+            args.policy_path, args.sae_path, args.ood_params_path, args.demo_dir
+        )
         cfg = FailureBenchConfig(
             str(policy),
             str(sae),

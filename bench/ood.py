@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pai_core.commands import args as flags  # noqa: E402
 from pai_core.errors import InputError, PaiError  # noqa: E402
 
 AUROC_TARGET = 0.95
@@ -182,7 +183,7 @@ def resolve_setup(args) -> Setup:
                 args.alpha,
             )
         origin["sae"] = f"built in {work}"
-    ood_params = Path(args.ood_params) if args.ood_params else sae / "ood_params.json"
+    ood_params = Path(args.ood_params_path) if args.ood_params_path else sae / "ood_params.json"
     if not ood_params.is_file():
         raise InputError(
             f"No OOD parameters at {ood_params}: run `pai calibrate-ood --sae-path {sae} ...` "
@@ -424,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes: few episodes, short training (minutes)")
     ap.add_argument("--policy-path", default="", help="LeRobot pretrained_model directory")
     ap.add_argument("--sae-path", default="", help="SAE directory with ood_params.json")
-    ap.add_argument("--ood-params", default="", help="ood_params.json (default SAE_PATH/ood_params.json)")
+    flags.add_ood_params_path(
+        ap, "ood_params.json (default SAE_PATH/ood_params.json)", old=["--ood-params"], default=""
+    )
     ap.add_argument("--clean", nargs="*", default=[], metavar="ROOT", help="clean held-out dataset roots")
     ap.add_argument("--ood", nargs="*", default=[], metavar="NAME=ROOT", help="perturbed dataset roots")
     ap.add_argument(
