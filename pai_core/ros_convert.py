@@ -131,7 +131,7 @@ def joint_state_to_vector(msg: Any, joint_names: Sequence[str]) -> np.ndarray:
     position = np.asarray(msg.position, dtype=np.float64).reshape(-1)
     if len(names) != position.size:
         raise MessageError(f"JointState has {len(names)} names but {position.size} positions; they must match")
-    index = {}
+    index: dict[str, int] = {}
     for i, name in enumerate(names):
         index.setdefault(name, i)
     missing = [n for n in joint_names if n not in index]

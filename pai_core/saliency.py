@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .configs import AGGREGATIONS, NORMALISATIONS, Normalisation, SaliencyConfig
+from .configs import AGGREGATIONS, NORMALISATIONS, IntrospectionConfig, Normalisation, SaliencyConfig
 from .engine import Introspector
 from .errors import UsageError
 from .observation import Observation
@@ -81,7 +81,7 @@ def normalise(
 ) -> tuple[dict[str, np.ndarray], float]:
     """Scale non-negative maps and the state value to [0, 1] on one scale for the whole frame (the seed's
     global normalisation): "percentile" clips at that percentile of every value, "linear" is min-max."""
-    values = [np.asarray(m, np.float32).ravel() for m in maps.values()]
+    values: list[np.ndarray] = [np.asarray(m, np.float32).ravel() for m in maps.values()]
     if state is not None:
         values.append(np.asarray([state], np.float32))
     every = np.concatenate(values) if values else np.zeros(1, np.float32)
@@ -92,7 +92,7 @@ def normalise(
     if not high > low:
         return {k: np.zeros_like(m, np.float32) for k, m in maps.items()}, 0.0
 
-    def scale(v):
+    def scale(v: np.ndarray | float) -> np.ndarray:
         return np.clip((np.asarray(v, np.float32) - low) / (high - low), 0.0, 1.0)
 
     return {k: scale(m) for k, m in maps.items()}, float(scale(state)) if state is not None else 0.0
@@ -123,7 +123,10 @@ class IntegratedGradients:
 
     @classmethod
     def from_pretrained(
-        cls, path_or_repo_id: str, config: SaliencyConfig | None = None, engine_config=None
+        cls,
+        path_or_repo_id: str,
+        config: SaliencyConfig | None = None,
+        engine_config: IntrospectionConfig | None = None,
     ) -> IntegratedGradients:
         return cls(Introspector.from_pretrained(path_or_repo_id, engine_config), config)
 
