@@ -19,10 +19,10 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import foxglove
-from foxglove.websocket import Capability, ServerListener
+from foxglove.websocket import Capability, ChannelView, Client, ServerListener
 
 from . import topics
 from .errors import UsageError
@@ -113,7 +113,9 @@ def output_topics(
     return out
 
 
-def start_server(config: FoxgloveConfig, context, retry_s: float = 0.0, **kwargs):
+def start_server(
+    config: FoxgloveConfig, context: foxglove.Context, retry_s: float = 0.0, **kwargs: Any
+) -> foxglove.WebSocketServer:
     """``foxglove.start_server`` with one clear error when the port cannot be had. ``retry_s``: keep trying
     that long (the port a server stopped a moment ago can take a few milliseconds to free)."""
     deadline = time.monotonic() + retry_s
@@ -133,7 +135,7 @@ def start_server(config: FoxgloveConfig, context, retry_s: float = 0.0, **kwargs
             ) from None
 
 
-def channel(context, topic: str, msgtype: str, schema: bytes | None = None):
+def channel(context: foxglove.Context, topic: str, msgtype: str, schema: bytes | None = None) -> foxglove.Channel:
     """A CDR channel with the type's ``ros2msg`` schema (what Foxglove decodes ROS 2 messages with)."""
     data = schema if schema is not None else msgdef(msgtype).encode()
     return foxglove.Channel(
@@ -253,7 +255,7 @@ class _Resend(ServerListener):
     def __init__(self, owner: FoxgloveServer):
         self.owner = owner
 
-    def on_subscribe(self, client, channel_view) -> None:
+    def on_subscribe(self, client: Client, channel_view: ChannelView) -> None:
         self.owner.resend_latched(channel_view.topic)
 
 
@@ -392,7 +394,7 @@ class FoxgloveLive:
     def __enter__(self) -> FoxgloveLive:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

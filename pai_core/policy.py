@@ -12,9 +12,12 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .errors import ConfigError, ModelError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 ModelDtype = Literal["float32", "bfloat16", "float16"]
 MODEL_DTYPES: tuple[str, ...] = get_args(ModelDtype)
@@ -44,7 +47,7 @@ class LoadedPolicy:
     fingerprint: str = ""  # ``policy_fingerprint`` of the weights as saved (before a cast to ``model_dtype``)
 
 
-def policy_fingerprint(policy) -> str:
+def policy_fingerprint(policy: torch.nn.Module) -> str:
     """A short hash of a policy's weights (64 evenly spaced values of every tensor, with names and shapes).
     SAE and OOD files record it, so files made for another policy of the same architecture are refused
     wherever the policy was saved or copied to."""
@@ -106,7 +109,7 @@ def _fits(value: Any, hint: Any) -> bool:
     return False
 
 
-def apply_overrides(cfg, overrides: Mapping[str, Any]) -> None:
+def apply_overrides(cfg: Any, overrides: Mapping[str, Any]) -> None:  # a LeRobot PreTrainedConfig
     """Set policy config fields before the policy is built (so e.g. a temporal ensembler exists), then run the
     config's own validation. An unknown key, a value of the wrong type or a combination the config refuses is
     an ``InputError`` naming the key."""

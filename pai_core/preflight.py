@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import ObservationError, UsageError
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from .engine import Introspector
 
 
 def frames_needed(alpha: float) -> int:
@@ -43,14 +49,16 @@ def check_alpha(frames: int, alpha: float, what: str) -> None:
         )
 
 
-def episode_frames(dataset, episodes: Sequence[int]) -> dict[int, int]:
+def episode_frames(dataset: LeRobotDataset, episodes: Sequence[int]) -> dict[int, int]:
     """Frames per episode from the metadata (no frame read)."""
     from .sources.dataset import episode_length
 
     return {int(ep): episode_length(dataset, ep) for ep in episodes}
 
 
-def check_dataset_for_policy(dataset, engine, episodes: Sequence[int], policy_name: str = "") -> dict[int, int]:
+def check_dataset_for_policy(
+    dataset: LeRobotDataset, engine: Introspector, episodes: Sequence[int], policy_name: str = ""
+) -> dict[int, int]:
     """The dataset gives every camera and the joint-state size that ``engine``'s policy needs, and the
     episodes exist and hold frames. Returns frames per episode."""
     name = f"Dataset {dataset.repo_id!r} at {dataset.root}"
