@@ -1,8 +1,9 @@
 """ros2 launch pai introspect.launch.py [config:=<yaml>] [policy_path:=...] [sae_path:=...] [device:=cuda]
-[namespace:=robot1]
+[model_dtype:=bfloat16] [namespace:=robot1]
 
 Starts the pai introspection node with a ROS 2 parameters file (default: share/pai/config/introspect.yaml);
-policy_path, sae_path and device, when given, override the file. A config that does not exist is an error, and
+policy_path, sae_path, device and model_dtype, when given, override the file (policy_overrides, a list, is set
+in the file). A config that does not exist is an error, and
 the launch ends with the node: when it fails (bad parameters, no GPU, a crash), ros2 launch exits non-zero.
 """
 
@@ -18,7 +19,7 @@ from launch_ros.actions import Node
 from launch import LaunchDescription
 from pai.launch_checks import LaunchError, check_config, exit_error, overrides
 
-OVERRIDES = ("policy_path", "sae_path", "device")
+OVERRIDES = ("policy_path", "sae_path", "device", "model_dtype")
 
 
 def _on_exit(event, context):
@@ -52,6 +53,9 @@ def generate_launch_description():
             DeclareLaunchArgument("policy_path", default_value="", description="overrides policy_path of the file"),
             DeclareLaunchArgument("sae_path", default_value="", description="overrides sae_path of the file"),
             DeclareLaunchArgument("device", default_value="", description="overrides device (cpu, cuda, cuda:1)"),
+            DeclareLaunchArgument(
+                "model_dtype", default_value="", description="overrides model_dtype (float32, bfloat16, float16)"
+            ),
             DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and its topics"),
             OpaqueFunction(function=_node),
         ]

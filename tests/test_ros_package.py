@@ -73,11 +73,11 @@ def test_the_launch_file_starts_the_installed_executable_with_the_installed_conf
         for c in ast.walk(tree)
         if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "DeclareLaunchArgument"
     ]
-    assert args == ["config", "policy_path", "sae_path", "device", "namespace"]
+    assert args == ["config", "policy_path", "sae_path", "device", "model_dtype", "namespace"]
     overrides = next(
         n.value for n in ast.walk(tree) if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "OVERRIDES"
     )
-    assert ast.literal_eval(overrides) == ("policy_path", "sae_path", "device")
+    assert ast.literal_eval(overrides) == ("policy_path", "sae_path", "device", "model_dtype")
     # the launch ends with the node, and fails when it fails: an OnProcessExit handler on the node that raises
     # (launch logs an exception raised in an event handler and exits 1) or emits Shutdown for a clean exit
     handler = calls["OnProcessExit"]
