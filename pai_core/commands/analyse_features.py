@@ -7,7 +7,7 @@ import argparse
 from . import args as flags
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     from ..configs import RANK_BY
 
     p = sub.add_parser(
@@ -51,7 +51,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..analysis.analyse import AnalyseConfig, analyse_features

@@ -29,6 +29,7 @@ log = logging.getLogger("pai")
 #: the policy dtypes (``pai_core.policy.MODEL_DTYPES``, spelt out so this module imports nothing heavy).
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 Container = argparse._ActionsContainer  # a parser or an argument group (add_argument_group's return type)
+Subparsers = argparse._SubParsersAction  # what each command's ``register(sub)`` adds its parser to
 
 
 # ---------------------------------------------------------------------------------- deprecated aliases
@@ -37,7 +38,13 @@ class _DeprecatedSpelling:
 
     old_spellings: frozenset[str] = frozenset()
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         if option_string in self.old_spellings:
             new = self.option_strings[0]  # type: ignore[attr-defined]
             log.warning("%s is deprecated and will be removed in the next release; use %s", option_string, new)
@@ -96,7 +103,13 @@ class _Indices(argparse.Action):
     """Joins the values of ``nargs="*"`` (``0 2 5-7``, ``0,2,5-7`` or both) into one list; none given: None
     (the default, usually "all")."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string=None):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         flat = [i for value in values or [] for i in value]
         setattr(namespace, self.dest, flat or None)
 

@@ -6,14 +6,18 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import args as flags
+
+if TYPE_CHECKING:
+    from ..hub import SaeLocation
 
 log = logging.getLogger(__name__)
 SCORE_NAMES = ["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"]  # the registry's, without importing torch
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "calibrate-ood",
         help="set the OOD threshold for a target false-alarm rate",
@@ -114,7 +118,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def output_location(args, sae) -> tuple[Path, str | None]:
+def output_location(args: argparse.Namespace, sae: SaeLocation) -> tuple[Path, str | None]:
     """(ood_params.json to write, hub repo to publish to), checked before any scoring: a hub SAE's snapshot is
     never written into, and an upload needs the folder holding ood_params.json to be the SAE's."""
     from ..errors import UsageError
@@ -145,11 +149,11 @@ def output_location(args, sae) -> tuple[Path, str | None]:
     return out, repo_id
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine import IntrospectionConfig
-    from ..errors import UsageError
+    from ..errors import ModelError, UsageError
     from ..ood import FitJob, OODParams, calibrate, joint_thresholds, score_episodes, scorer_class
     from ..ood.calibration import coverage_summary, default_episodes, reference_set
     from ..ood.plots import plot_calibration
@@ -171,6 +175,8 @@ def run(args) -> int:
     pipe = Pipeline.load(
         args.policy_path, str(sae.path), device=args.device, engine_config=engine_config, load_ood=False
     )
+    if pipe.extractor is None:
+        raise ModelError(f"--sae-path {args.sae_path} loaded no SAE")
     episodes = args.episodes
     if not episodes:
         episodes = default_episodes(pipe.extractor.sae.config.extra, dataset)
@@ -301,7 +307,7 @@ def run(args) -> int:
             ),
             6,
         )
-    if args.upload_to_hub:
+    if args.upload_to_hub and repo_id is not None:  # output_location refused an upload without one
         result["uploaded"] = upload_sae(
             out.parent, repo_id, private=args.hub_private, commit_message="Upload SAE calibrated with pai calibrate-ood"
         )

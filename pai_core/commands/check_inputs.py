@@ -16,7 +16,7 @@ from . import args as flags
 EXIT_SUSPECT = 3
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check-inputs",
         help="compare a bag's joint states with the policy's statistics (units)",
@@ -33,7 +33,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, UsageError
     from ..policy import load_policy
     from ..settings import PaiSettings, load_settings

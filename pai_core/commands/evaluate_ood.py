@@ -9,7 +9,7 @@ from pathlib import Path
 from . import args as flags
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate-ood",
         help="AUROC, TPR, false alarms and detection delay of the OOD detector",
@@ -50,7 +50,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..alarm import AlarmConfig
     from ..engine import IntrospectionConfig
     from ..errors import ConfigError, ModelError, UsageError
@@ -78,16 +78,19 @@ def run(args) -> int:
     pipe = Pipeline.load(
         args.policy_path, args.sae_path, str(params), device=args.device, alarm=alarm, engine_config=engine_config
     )
+    ood, threshold = pipe.ood, pipe.threshold
+    if ood is None or threshold is None:
+        raise ModelError(f"{params} loaded no OOD parameters")
     id_sets = [(open_dataset_spec(spec, args.datasets_dir), args.id_episodes) for spec in args.id]
     ood_sets = [(open_dataset_spec(spec, args.datasets_dir), None) for spec in args.ood]
     for ds, episodes in id_sets + ood_sets:  # every dataset checked before the first forward pass
         check_dataset_for_policy(ds, pipe.engine, select_episodes(ds, episodes), args.policy_path)
     id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, args.batch_size)]
     ood_eps = [e for ds, _ in ood_sets for e in score_episodes(pipe, ds, None, args.batch_size)]
-    result = evaluate_episodes(id_eps, ood_eps, pipe.threshold)
+    result = evaluate_episodes(id_eps, ood_eps, threshold)
     result.update(
         {
-            "alpha": pipe.ood.alpha,
+            "alpha": ood.alpha,
             "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
             "id": args.id,
             "ood": args.ood,

@@ -8,7 +8,7 @@ import json
 from . import args as flags
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "info",
         help="show a policy's cameras, state, and token layout",
@@ -20,7 +20,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..engine import IntrospectionConfig, Introspector

@@ -7,7 +7,7 @@ import argparse
 from . import args as flags
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "label-features",
         help="browse analysed features and name them (Gradio app, HF Space export)",
@@ -36,7 +36,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 

@@ -12,7 +12,7 @@ from . import args as flags
 log = logging.getLogger(__name__)
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "push",
         help="upload an SAE folder with its OOD files and labels to the hub",
@@ -28,7 +28,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..hub import OOD_PARAMS, sae_unit, upload_sae
 

@@ -37,7 +37,7 @@ def add_record_args(p: argparse._ActionsContainer) -> None:
     flags.add_model_args(p)
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "record-activations",
         help="record a policy's encoder tokens over dataset episodes",
@@ -72,7 +72,7 @@ def record_config(ns: argparse.Namespace):
         raise ConfigError(str(exc)) from exc
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..activations import open_datasets, record_activations
 
     datasets = open_datasets(args.dataset_repo_id, args.root)

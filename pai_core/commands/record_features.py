@@ -7,7 +7,7 @@ import argparse
 from . import args as flags
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "record-features",
         help="record per-frame SAE feature activations of dataset episodes to Parquet",
@@ -32,7 +32,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..analysis.record import PARQUET_NAME, RecordConfig, record_features
 
     meta = record_features(

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from . import args as flags
+
+if TYPE_CHECKING:
+    from ..pipeline import Pipeline
+    from ..replay.api import ReplayResult
+    from ..settings import PaiSettings
 
 log = logging.getLogger(__name__)
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "replay",
         help="replay a rosbag or LeRobot episodes: videos, Parquet, MCAP, report",
@@ -139,7 +145,7 @@ def add_saliency_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def saliency_config(args):
+def saliency_config(args: argparse.Namespace):
     """The ``SaliencyConfig`` of the ``--saliency-*`` flags, or None without ``--saliency ig``."""
     from ..errors import UsageError
     from ..saliency import SaliencyConfig
@@ -160,7 +166,7 @@ def saliency_config(args):
         raise UsageError(f"--saliency ig: {exc}") from exc
 
 
-def _settings(args):
+def _settings(args: argparse.Namespace):
     """The settings file (or the defaults), with the model flags given on the command line on top."""
     import dataclasses
     from pathlib import Path
@@ -194,14 +200,14 @@ def _settings(args):
     return dataclasses.replace(settings, **flags_given)
 
 
-def load_pipeline(settings, args):
+def load_pipeline(settings: PaiSettings, args: argparse.Namespace) -> Pipeline:
     """``Pipeline.from_settings``: the settings carry ``--model-dtype`` and ``--policy-overrides`` (``_settings``)."""
     from ..pipeline import Pipeline
 
     return Pipeline.from_settings(settings)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..replay.api import ReplayOptions, replay_bag, replay_episode, replay_episodes
 
@@ -247,7 +253,7 @@ def run(args) -> int:
     return 0
 
 
-def _report(result, prefix: str = "") -> None:
+def _report(result: ReplayResult, prefix: str = "") -> None:
     from ..errors import ObservationError
 
     acc, stats = result.accounting, result.stats
@@ -268,14 +274,14 @@ def _report(result, prefix: str = "") -> None:
         print(f"  {result.output_dir / name}: {what}")
 
 
-def _foxglove_port(args) -> int | None:
+def _foxglove_port(args: argparse.Namespace) -> int | None:
     """--foxglove PORT, or the default port when only --foxglove-keep is given."""
     if args.foxglove is None and args.foxglove_keep is not None:
         return 8765
     return args.foxglove
 
 
-def _keep_serving(result, keep_s: float | None) -> None:
+def _keep_serving(result: ReplayResult, keep_s: float | None) -> None:
     """--foxglove-keep: serve the finished replay with playback controls until Ctrl-C (or ``keep_s``)."""
     server = result.foxglove
     if server is None:

@@ -25,7 +25,7 @@ def _sim_args(p: argparse.ArgumentParser, perturbation: bool = True) -> None:
         )
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "sim",
         help="SO-101 simulation: record expert data, train and evaluate an ACT",
@@ -89,7 +89,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _sim_config(args):
+def _sim_config(args: argparse.Namespace):
     from ..sim.env import SimConfig
 
     try:
@@ -105,7 +105,7 @@ def _sim_config(args):
         raise ConfigError(str(exc)) from exc
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.sim_command == "record":

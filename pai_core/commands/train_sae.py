@@ -13,7 +13,7 @@ from .record_activations import add_dataset_args, add_record_args, record_config
 log = logging.getLogger(__name__)
 
 
-def register(sub) -> argparse.ArgumentParser:
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train-sae",
         help="train a sparse autoencoder on a policy's encoder tokens",
@@ -65,7 +65,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..activations import ActivationStore, record_activations, token_batches
     from ..errors import ConfigError, UsageError
     from ..sae.train import TrainConfig, train_sae

@@ -24,6 +24,7 @@ from .runner import RunConfig, RunStats, run
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from ..foxglove_playback import PlaybackServer
     from ..settings import PaiSettings
     from .video import VideoSink
 
@@ -79,7 +80,7 @@ class ReplayResult:
     accounting: Accounting
     files: dict[str, str]
     topics: dict[str, int]
-    foxglove: object | None = None  # foxglove_playback.PlaybackServer with ReplayOptions.foxglove_keep
+    foxglove: PlaybackServer | None = None  # with ReplayOptions.foxglove_keep
 
 
 def replay(
