@@ -19,7 +19,7 @@ from .configs import IntrospectionConfig
 from .cuda_graph import LiveGraph
 from .errors import ObservationError
 from .layout import TokenLayout
-from .observation import Observation
+from .observation import Observation, camera_short
 from .policy import LoadedPolicy, load_policy
 
 
@@ -147,7 +147,7 @@ class Introspector:
     def _find_image(self, obs: Observation, key: str) -> np.ndarray:
         if key in obs.images:
             return obs.images[key]
-        short = key.rsplit(".", 1)[-1]
+        short = camera_short(key)
         if short in obs.images:
             return obs.images[short]
         raise ObservationError(

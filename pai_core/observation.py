@@ -7,13 +7,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def camera_short(feature: str) -> str:
+    """The short name of a policy camera: the last part of its image feature name
+    (``observation.images.front`` -> ``front``). The one rule for what an observation's images may be keyed
+    by, what the node's per-camera topics and replay's per-camera files and columns are called."""
+    return feature.rsplit(".", 1)[-1]
+
+
 @dataclass
 class Observation:
     """Camera images and robot state at one instant, as a source produced them.
 
     Args:
         images: camera images by policy image feature name (``observation.images.front``) or by its
-            last part (``front``); each uint8 of shape (H, W, 3), RGB, any resolution.
+            short name (``front``, ``camera_short``); each uint8 of shape (H, W, 3), RGB, any resolution.
         state: robot state vector (``observation.state``), in the policy's joint order, real units.
         timestamp: seconds (stamp of the newest input; ROS time or dataset time).
         env_state: optional ``observation.environment_state`` vector.

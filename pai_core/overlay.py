@@ -11,7 +11,7 @@ import numpy as np
 from .attention import normalize_maps
 from .configs import COLORMAP_NAMES, OverlayConfig
 from .engine import FrameResult
-from .observation import Observation
+from .observation import Observation, camera_short
 
 COLORMAPS = {name: getattr(cv2, f"COLORMAP_{name.upper()}") for name in COLORMAP_NAMES}
 
@@ -139,7 +139,7 @@ def render_overlays(
     for name, heat in scaled.items():
         image = obs.images.get(name)
         if image is None:
-            image = obs.images[name.rsplit(".", 1)[-1]]
+            image = obs.images[camera_short(name)]
         img = heatmap_overlay(image, heat, config.colormap, config.alpha, weighted=config.weighted or scale is not None)
         if config.mark_peak and float(np.max(heat)) > 0:
             _mark_peak(img, heat)
@@ -150,7 +150,7 @@ def render_overlays(
         if config.label:
             _draw_label(
                 img,
-                f"{name.rsplit('.', 1)[-1]} {100 * result.camera_share.get(name, 0.0):.0f}%"
+                f"{camera_short(name)} {100 * result.camera_share.get(name, 0.0):.0f}%"
                 f" state {100 * result.state_share:.0f}%",
                 left=bar,
             )

@@ -29,7 +29,7 @@ import torch
 from .configs import AGGREGATIONS, NORMALISATIONS, IntrospectionConfig, Normalisation, SaliencyConfig
 from .engine import Introspector
 from .errors import UsageError
-from .observation import Observation
+from .observation import Observation, camera_short
 from .overlay import OverlayConfig, heatmap_overlay
 
 
@@ -233,7 +233,7 @@ def render_saliency(
     for name, heat in result.display.items():
         image = obs.images.get(name)
         if image is None:
-            image = obs.images[name.rsplit(".", 1)[-1]]
+            image = obs.images[camera_short(name)]
         img = heatmap_overlay(image, heat, config.colormap, config.alpha, weighted=config.weighted)
         bar = 0
         if config.state_bar and "observation.state" in result.shares:
@@ -242,7 +242,7 @@ def render_saliency(
         if config.label:
             _draw_label(
                 img,
-                f"{name.rsplit('.', 1)[-1]} IG {100 * result.shares.get(name, 0.0):.0f}%"
+                f"{camera_short(name)} IG {100 * result.shares.get(name, 0.0):.0f}%"
                 f" state {100 * result.shares.get('observation.state', 0.0):.0f}%",
                 left=bar,
             )

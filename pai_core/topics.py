@@ -4,6 +4,8 @@ Camera-specific topics use the last part of the policy image feature name ("obse
 -> "front").
 """
 
+from .observation import camera_short  # the topics' {camera}
+
 OVERLAY = "~/overlay/{camera}"  # sensor_msgs/Image rgb8, input header stamp
 OVERLAY_COMPRESSED = "~/overlay/{camera}/compressed"  # sensor_msgs/CompressedImage jpeg
 FEATURES = "~/features"  # std_msgs/Float32MultiArray, dim label "features"
@@ -22,10 +24,6 @@ DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray
 RESET_ALARM = "~/reset_alarm"  # std_srvs/Trigger service
 
 NODE_NAME = "pai_introspector"
-
-
-def camera_short(feature: str) -> str:
-    return feature.rsplit(".", 1)[-1]
 
 
 def resolve(topic: str, camera: str = "", namespace: str = f"/{NODE_NAME}") -> str:

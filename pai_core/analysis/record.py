@@ -15,11 +15,12 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigError, ObservationError, UsageError
+from ..observation import camera_short
 
 if TYPE_CHECKING:
     from ..observation import Observation
@@ -45,8 +46,6 @@ class RecordConfig:
         batch_size: frames per ``Pipeline.step_batch`` call.
         device: torch device ("cpu", "cuda").
         min_activation: a feature counts as active in a frame (and is stored) when above this value.
-        model_dtype: dtype the policy runs in ("float32" as saved, "bfloat16", "float16").
-        policy_overrides: policy config fields set before the policy is built (``policy.apply_overrides``).
     """
 
     dataset_repo_id: str
@@ -59,8 +58,6 @@ class RecordConfig:
     device: str = "cpu"
     min_activation: float = 0.0
     extra: dict = field(default_factory=dict)
-    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    policy_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -73,7 +70,7 @@ class RecordConfig:
 
 def camera_short_names(names: Sequence[str]) -> dict[str, str]:
     """Policy camera feature name -> short column prefix (``observation.images.front`` -> ``front``)."""
-    short = {n: n.rsplit(".", 1)[-1] for n in names}
+    short = {n: camera_short(n) for n in names}
     if len(set(short.values())) < len(short):
         short = {n: n.replace(".", "_") for n in names}
     return short
@@ -208,17 +205,13 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from ..engine import IntrospectionConfig
     from ..pipeline import Pipeline
     from ..replay.runner import RunConfig, Segment, run_segments
     from ..sources.dataset import episode_bounds, iter_episode, open_dataset, select_episodes
 
     dataset = open_dataset(config.dataset_repo_id, config.root)
     episodes = select_episodes(dataset, config.episodes)
-    engine_config = IntrospectionConfig(
-        device=config.device, model_dtype=config.model_dtype, policy_overrides=config.policy_overrides
-    )
-    pipe = Pipeline.load(config.policy_path, config.sae_path, device=config.device, engine_config=engine_config)
+    pipe = Pipeline.load(config.policy_path, config.sae_path, device=config.device)
     pipe.keep_codes = True
     missing = [k for k in pipe.engine.image_shapes if k not in dataset.meta.camera_keys]
     if missing:

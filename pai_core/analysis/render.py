@@ -68,21 +68,9 @@ def write_clip(path: Path, frames: Sequence[np.ndarray], fps: float, fmt: str = 
         pics = [Image.fromarray(f) for f in frames]
         pics[0].save(path, save_all=True, append_images=pics[1:], duration=int(1000 / max(fps, 1)), loop=0)
         return
-    from fractions import Fraction
+    from ..video_writer import write_mp4
 
-    import av
-
-    frames = [_even(f) for f in frames]
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "23", "movflags": "+faststart"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_mp4(path, [_even(f) for f in frames], fps, preset="medium", faststart=True)
 
 
 def index_html(summary: dict, features: list[dict], labels: dict[int, dict]) -> str:

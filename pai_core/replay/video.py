@@ -1,12 +1,10 @@
-"""Overlay videos per camera (attention, and OOD error maps when an SAE is loaded), H.264 via PyAV, and with
+"""Overlay videos per camera (attention, and OOD error maps when an SAE is loaded), H.264 (``video_writer``), and with
 two or more cameras one side-by-side video of all of them per overlay kind."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -14,11 +12,8 @@ import numpy as np
 from ..overlay import OverlayConfig, render_overlays
 from ..pipeline import Frame
 from ..topics import camera_short
+from ..video_writer import Mp4Writer
 from .run_info import RunInfo
-
-if TYPE_CHECKING:
-    from av.container import OutputContainer
-    from av.video.stream import VideoStream
 
 
 def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -34,41 +29,6 @@ def side_by_side(images: Sequence[np.ndarray]) -> np.ndarray:
         for img in images
     ]
     return np.hstack(scaled)
-
-
-class Mp4Writer:
-    """RGB frames -> H.264 mp4 (yuv420p; odd sizes are padded by one edge pixel, as H.264 needs)."""
-
-    def __init__(self, path: str | Path, fps: float, crf: int = 23):
-        self.path, self.fps, self.crf = Path(path), fps, crf
-        self.container: OutputContainer | None = None
-        self.stream: VideoStream | None = None
-        self.frames = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        import av
-
-        h, w = rgb.shape[:2]
-        if h % 2 or w % 2:
-            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if self.container is None or self.stream is None:
-            self.container = av.open(str(self.path), "w")
-            rate = Fraction(self.fps).limit_denominator(1001)
-            self.stream = self.container.add_stream("libx264", rate=rate)
-            self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
-            self.stream.pix_fmt = "yuv420p"
-            self.stream.options = {"crf": str(self.crf), "preset": "veryfast"}
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self.container is not None and self.stream is not None:
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
-            self.container.close()
-            self.container = None
 
 
 class VideoSink:

@@ -10,15 +10,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
 from .env import CAMERA, PickCubeSim, SimConfig
-
-if TYPE_CHECKING:
-    from numpy.typing import ArrayLike
 
 
 @dataclass
@@ -83,9 +79,8 @@ def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "evaluation.json").write_text(json.dumps(summary, indent=2))
         if video:
-            import imageio.v2 as imageio
+            from ..video_writer import write_mp4
 
-            frames: list[ArrayLike] = [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in video]
-            imageio.mimwrite(out / "rollouts.mp4", frames, fps=cfg.sim.fps, macro_block_size=1)
+            write_mp4(out / "rollouts.mp4", (np.repeat(np.repeat(f, 2, 0), 2, 1) for f in video), cfg.sim.fps)
             summary["video"] = str(out / "rollouts.mp4")
     return summary
