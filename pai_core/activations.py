@@ -36,6 +36,8 @@ from .layout import TokenLayout
 from .outputs import prepare_output_dir
 
 if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
     from .pipeline import Frame
 
 MANIFEST = "activations.json"
@@ -134,7 +136,8 @@ def parse_datasets(repo_ids: str | Sequence[str], roots: str | Sequence[str] | N
         )
     if any(not d for d in dirs):
         raise UsageError(f"--root {roots!r} has an empty entry; give one folder per dataset")
-    refs = [DatasetRef(i, d or None) for i, d in zip(ids, dirs or [None] * len(ids))]
+    roots_or_none: list[str | None] = list(dirs) if dirs else [None] * len(ids)
+    refs = [DatasetRef(i, d or None) for i, d in zip(ids, roots_or_none)]
     seen = set()
     for ref in refs:
         key = (ref.repo_id, str(Path(ref.root).resolve()) if ref.root else None)
@@ -210,7 +213,7 @@ def _check_same_recording(out: Path, manifest: dict) -> None:
 
 
 def record_activations(
-    dataset,
+    dataset: LeRobotDataset | Sequence[LeRobotDataset],
     policy_path: str,
     output_dir: str | Path,
     episodes: Sequence[int] | None = None,

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -24,11 +24,14 @@ from ..errors import ConfigError, ObservationError, UsageError
 from .labels import LABELS_NAME, LabelStore
 from .record import load_record
 from .render import feature_panel, fit_height, index_html, write_clip, write_png
-from .stats import RANK_BY, feature_stats, rank_features, recorded_peak, top_frames
+from .stats import RANK_BY, RankBy, feature_stats, rank_features, recorded_peak, top_frames
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from ..observation import Observation
     from ..pipeline import Frame
+    from .stats import FeatureStats
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class AnalyseConfig:
     top_features: int = 20
     features: list[int] | None = None
     top_frames: int = 8
-    rank_by: str = "variance"
+    rank_by: RankBy = "variance"
     always_on: float = 0.99
     include_always_on: bool = False
     min_frame_gap: int = 0
@@ -191,7 +194,7 @@ def analyse_features(config: AnalyseConfig, progress: bool = True) -> dict:
     shorts = {c["name"]: c["short"] for c in meta["cameras"]}
     timestamps = table.column("timestamp").to_numpy()
     index_col = table.column("index").to_numpy()
-    features_out = []
+    features_out: list[dict[str, Any]] = []
     for f in selected:
         folder = out / f"feature_{f:05d}"
         folder.mkdir(exist_ok=True)
@@ -294,7 +297,7 @@ def analyse_features(config: AnalyseConfig, progress: bool = True) -> dict:
     return summary
 
 
-def _recorded_location(table, row: int, feature: int, meta: dict) -> dict:
+def _recorded_location(table: pa.Table, row: int, feature: int, meta: dict) -> dict:
     """Where the recording says a feature peaked in one frame: per camera (token row/col), on a non-image
     token (latent/state), and which of these is strongest ("peak_on")."""
     shorts = [c["short"] for c in meta["cameras"]]
@@ -305,10 +308,14 @@ def _recorded_location(table, row: int, feature: int, meta: dict) -> dict:
         names = {v: k for k, v in meta.get("nonimage_tokens", {}).items()}
         nonimage["name"] = names.get(nonimage["token"], str(nonimage["token"]))
         strength[nonimage["name"]] = nonimage["value"]
-    return {"peak_on": max(strength, key=strength.get) if strength else None, "spatial": spatial, "nonimage": nonimage}
+    return {
+        "peak_on": max(strength, key=lambda s: strength[s]) if strength else None,
+        "spatial": spatial,
+        "nonimage": nonimage,
+    }
 
 
-def _write_stats_csv(path: Path, stats, always_on: np.ndarray) -> None:
+def _write_stats_csv(path: Path, stats: FeatureStats, always_on: np.ndarray) -> None:
     import pandas as pd
 
     flag = np.full(stats.count.size, "", dtype=object)

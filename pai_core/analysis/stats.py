@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from ..configs import RANK_BY
 from ..errors import ConfigError, ObservationError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+RankBy = Literal["variance", "frequency", "mean", "max"]  # RANK_BY
 
 
 @dataclass
@@ -52,7 +57,7 @@ class FeatureStats:
         }
 
 
-def flat_activations(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def flat_activations(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, feature, value) arrays of every stored activation of the table."""
     idx = table.column("feature_indices").combine_chunks()
     val = table.column("feature_values").combine_chunks()
@@ -65,7 +70,7 @@ def flat_activations(table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def feature_stats(table, n_latents: int) -> FeatureStats:
+def feature_stats(table: pa.Table, n_latents: int) -> FeatureStats:
     """Statistics of every feature over the table's frames."""
     n = table.num_rows
     if n == 0:
@@ -86,7 +91,7 @@ def feature_stats(table, n_latents: int) -> FeatureStats:
 
 def rank_features(
     stats: FeatureStats,
-    rank_by: Literal["variance", "frequency", "mean", "max"] = "variance",
+    rank_by: RankBy = "variance",
     always_on: float = 0.99,
     include_always_on: bool = False,
 ) -> np.ndarray:
@@ -101,7 +106,7 @@ def rank_features(
     return ids[np.lexsort((ids, -score))]  # descending score, ties by feature id
 
 
-def top_frames(table, feature: int, k: int, min_gap: int = 0) -> list[tuple[int, float]]:
+def top_frames(table: pa.Table, feature: int, k: int, min_gap: int = 0) -> list[tuple[int, float]]:
     """The ``k`` table rows where ``feature`` is strongest, as (row, activation), highest first.
 
     ``min_gap`` > 0 skips frames within that many frames of an already chosen one in the same episode
@@ -126,7 +131,9 @@ def top_frames(table, feature: int, k: int, min_gap: int = 0) -> list[tuple[int,
     return chosen
 
 
-def recorded_peak(table, row: int, feature: int, group: str, fields: tuple[str, ...] = ("row", "col")) -> dict | None:
+def recorded_peak(
+    table: pa.Table, row: int, feature: int, group: str, fields: tuple[str, ...] = ("row", "col")
+) -> dict | None:
     """Recorded peak of ``feature`` in one frame within a column group (a camera's short name, or
     "nonimage" with ``fields=("token",)``): {"value", *fields}, or None where it is not active."""
     feats = table.column(f"{group}.feature")[row].values.to_numpy()
