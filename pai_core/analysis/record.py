@@ -19,10 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ConfigError, ObservationError, UsageError
+from ..errors import ConfigError, ModelError, ObservationError, UsageError
 from ..observation import camera_short
 
 if TYPE_CHECKING:
+    import torch
+
+    from ..layout import TokenLayout
     from ..observation import Observation
     from ..pipeline import Frame
 
@@ -103,13 +106,15 @@ def _schema(shorts: Sequence[str]):
     return pa.schema(fields)
 
 
-def spatial_maxima(codes, layout, min_activation: float) -> dict[str, tuple[np.ndarray, ...]]:
+def spatial_maxima(
+    codes: torch.Tensor, layout: TokenLayout, min_activation: float
+) -> dict[str, tuple[np.ndarray, ...]]:
     """Per camera: (feature, value, row, col) of every feature whose maximum over the camera's tokens
     exceeds ``min_activation``; row/col index the camera's token grid (as ``features.feature_maps``).
 
     codes: (S, n_latents) one frame's token codes.
     """
-    out = {}
+    out: dict[str, tuple[np.ndarray, ...]] = {}
     for cam in layout.cameras:
         values, pos = codes[cam.start : cam.stop].max(dim=0)
         keep = (values > min_activation).nonzero().flatten()
@@ -124,13 +129,13 @@ def spatial_maxima(codes, layout, min_activation: float) -> dict[str, tuple[np.n
     return out
 
 
-def nonimage_tokens(layout) -> dict[str, int]:
+def nonimage_tokens(layout: TokenLayout) -> dict[str, int]:
     """Token index of the latent, state and env-state tokens present in the layout."""
     named = {"latent": layout.latent_index, "state": layout.state_index, "env_state": layout.env_state_index}
     return {k: v for k, v in named.items() if v is not None}
 
 
-def nonimage_maxima(codes, layout, min_activation: float) -> tuple[np.ndarray, ...]:
+def nonimage_maxima(codes: torch.Tensor, layout: TokenLayout, min_activation: float) -> tuple[np.ndarray, ...]:
     """(feature, value, token) of every feature whose maximum over the non-image tokens exceeds
     ``min_activation``. codes: (S, n_latents)."""
     tokens = sorted(nonimage_tokens(layout).values())
@@ -140,7 +145,9 @@ def nonimage_maxima(codes, layout, min_activation: float) -> tuple[np.ndarray, .
     return keep.cpu().numpy().astype(np.int32), values[keep].float().cpu().numpy().astype(np.float32), token
 
 
-def _rows(frames, indices: list[int], shorts: dict[str, str], min_activation: float) -> dict[str, list]:
+def _rows(
+    frames: Sequence[Frame], indices: list[int], shorts: dict[str, str], min_activation: float
+) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in _schema(list(shorts.values())).names}
     for frame, index in zip(frames, indices):
         obs = frame.observation
@@ -153,11 +160,14 @@ def _rows(frames, indices: list[int], shorts: dict[str, str], min_activation: fl
         cols["feature_indices"].append(active)
         cols["feature_values"].append(feats[active])
         cols["ood_score"].append(frame.ood_score)
-        f, v, t = nonimage_maxima(frame.codes, frame.result.layout, min_activation)
+        codes = frame.codes
+        if codes is None:
+            raise ModelError("the feature recording reads each frame's token codes (Pipeline.keep_codes)")
+        f, v, t = nonimage_maxima(codes, frame.result.layout, min_activation)
         cols["nonimage.feature"].append(f)
         cols["nonimage.value"].append(v)
         cols["nonimage.token"].append(t)
-        for cam, (f, v, r, c) in spatial_maxima(frame.codes, frame.result.layout, min_activation).items():
+        for cam, (f, v, r, c) in spatial_maxima(codes, frame.result.layout, min_activation).items():
             s = shorts[cam]
             cols[f"{s}.feature"].append(f)
             cols[f"{s}.value"].append(v)
@@ -242,6 +252,8 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     short_of = {ep: expected[ep] - n for ep, n in counts.items() if n != expected[ep]}
     if short_of:
         log.warning("frames missing from the recording (episode: count): %s", short_of)
+    if pipe.extractor is None:
+        raise ModelError("recording features needs a pipeline with an SAE")
     sae_cfg = pipe.extractor.sae.config
     meta = {
         "config": asdict(config),
