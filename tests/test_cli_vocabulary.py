@@ -153,3 +153,22 @@ def test_record_features_builds_the_policy_with_model_dtype_and_overrides_and_pr
     rc = main(common + ["--output-dir", str(tmp_path / "bad"), "--policy-overrides", "tempral_ensemble_coeff=0.01"])
     err = capsys.readouterr().err
     assert rc == 1 and "--policy-overrides tempral_ensemble_coeff: ACTConfig has no field" in err
+
+
+def test_the_command_prints_its_result_alone_on_stdout_and_logs_warnings_to_stderr(tmp_path):
+    """As a user's shell sees it: ``pai ... > result.json`` holds only the result."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pai_core.sae import SAEConfig, SparseAutoencoder, save_sae
+
+    sae = save_sae(SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
+    pai = str(Path(sys.executable).with_name("pai"))
+    argv = [pai, "push", "--sae-path", str(sae), "--repo-id", "pai-test/x", "--dry-run"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)  # the whole of stdout is the JSON result
+    assert result["repo_id"] == "pai-test/x" and "model.safetensors" in result["files"]
+    err = proc.stderr.splitlines()
+    assert "[pai] --repo-id is deprecated and will be removed in the next release; use --hub-repo-id" in err
+    assert any(line.startswith("[pai] ") and "has no ood_params.json" in line for line in err)
