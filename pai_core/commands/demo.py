@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from . import args as flags
 
-def register(sub) -> argparse.ArgumentParser:
+
+def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="run pai end to end on the SO-101 simulation (what `make demo` runs)",
@@ -39,7 +41,7 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.preset(args.output_dir, quick=args.quick)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from ..outputs import prepare_output_dir
 from .io import save_sae
 from .loss import aux_k_loss, normalized_mse, sparse_decode
 from .model import SAEConfig, SparseAutoencoder
+
+if TYPE_CHECKING:
+    from ..distributed import SAEDataParallel
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -224,7 +228,13 @@ def dead_latents(sae: SparseAutoencoder, trained_tokens: int, held: dict | None,
 
 # ---------------------------------------------------------------------------------------------- loop
 def _save_checkpoint(
-    path: Path, sae: SparseAutoencoder, optimizer, step: int, cfg: TrainConfig, history, auxk_steps: torch.Tensor
+    path: Path,
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    cfg: TrainConfig,
+    history: list[dict],
+    auxk_steps: torch.Tensor,
 ) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
@@ -262,7 +272,7 @@ def train_sae(
     policy: str = "",
     extra: dict | None = None,
     progress: bool = True,
-    parallel=None,
+    parallel: SAEDataParallel | None = None,
 ) -> TrainResult:
     """Train an SAE on ``batches`` ((batch, d_in) tensors, a deterministic stream) and save it.
 
