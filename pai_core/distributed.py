@@ -261,6 +261,8 @@ class SAEDataParallel:
     - the dead-latent counters are merged: a latent fired if it fired on any rank, else every rank's tokens
       count, so AuxK sees the same dead latents on every rank and as one process would.
 
+    - the usage floor's counts are summed, so every rank takes the step one process would take.
+
     What remains different from one process: AuxK's normaliser (the residual's norm) is the slice's, and
     floating-point summation order."""
 
@@ -314,12 +316,18 @@ class SAEDataParallel:
     ) -> dict:
         """``training_step(sae, optimizer, x, aux_coef)`` on this rank's slice ``x``, kept in step with the
         other ranks; returns its (per-rank) statistics."""
+        from .sae.train import USAGE
+
         if self.ranks.world == 1:
             return training_step(sae, optimizer, x, aux_coef)
         self._scale = self.variance_scale(x)
         stats = training_step(sae, optimizer, x, aux_coef)
         self._scale = None
         self.merge_counters(sae, x.shape[0])
+        if USAGE in stats:  # the usage floor's counts of the global batch: one process's step on every rank
+            import torch.distributed as dist
+
+            dist.all_reduce(stats[USAGE])
         return stats
 
     @torch.no_grad()

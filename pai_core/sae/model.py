@@ -139,7 +139,9 @@ class SparseAutoencoder(nn.Module):
         return torch.zeros_like(pre).scatter_(-1, indices, values)
 
     @torch.no_grad()
-    def update_selection_bias_(self, counts: torch.Tensor, tokens: int, mean_value: torch.Tensor) -> None:
+    def update_selection_bias_(
+        self, counts: torch.Tensor, tokens: int | torch.Tensor, mean_value: torch.Tensor
+    ) -> None:
         """After a training batch of ``tokens`` tokens in which latent i was active ``counts[i]`` times: raise
         the bias of latents below the usage floor, lower the others' towards 0 (no host sync)."""
         cfg = self.config

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+USAGE = "usage"  # training_step's per-latent usage statistics (a vector, not a logged scalar)
 MAX_DEAD_WINDOW = 10_000_000  # openai/sparse_autoencoder's dead_toks_threshold
 DEAD_WINDOW_DIVISOR = 10  # default window: a tenth of the run's tokens
 
@@ -128,7 +129,9 @@ def training_step(
 ) -> dict[str, torch.Tensor]:
     """One Adam step on a (B, d_in) batch: TopK reconstruction + AuxK, decoder gradient made orthogonal
     to the decoder rows, decoder rows renormalised, ``tokens_since_fired`` advanced. Returns detached
-    scalar tensors (no host sync, so GPU steps queue back to back)."""
+    scalar tensors (no host sync, so GPU steps queue back to back) and, under ``USAGE``, the counts that the
+    caller's ``apply_usage_floor_`` takes its step from (``train_sae`` does; a data-parallel run sums them
+    over the ranks first)."""
     cfg = sae.config
     pre = sae.pre_activation(x)
     values, indices = sae.select(pre)
@@ -148,8 +151,18 @@ def training_step(
         )
         since = sae.tokens_since_fired + x.shape[0]
         sae.tokens_since_fired.copy_(torch.where(counts > 0, torch.zeros_like(since), since))
-        sae.update_selection_bias_(counts, x.shape[0], values.mean())
-    return {"loss": loss.detach(), "fvu": fvu.detach(), "aux": aux.detach(), "dead": dead.float().mean()}
+        tokens = torch.full((1,), float(x.shape[0]), device=x.device)
+        usage = torch.cat([counts, tokens, values.sum().reshape(1)])
+    return {"loss": loss.detach(), "fvu": fvu.detach(), "aux": aux.detach(), "dead": dead.float().mean(), USAGE: usage}
+
+
+@torch.no_grad()
+def apply_usage_floor_(sae: SparseAutoencoder, usage: torch.Tensor) -> None:
+    """The usage floor's step from a training step's ``USAGE`` statistics, (n_latents + 2,): how often each
+    latent was chosen (value > 0), the batch's tokens, the sum of the chosen values. A data-parallel run sums
+    them over the ranks first (``distributed.SAEDataParallel``), so every rank takes one process's step."""
+    counts, tokens, value_sum = usage[:-2], usage[-2], usage[-1]
+    sae.update_selection_bias_(counts, tokens, value_sum / (tokens * sae.config.k).clamp_min(1.0))
 
 
 @torch.no_grad()
@@ -342,6 +355,7 @@ def train_sae(
             if parallel is None
             else parallel.step(training_step, sae, optimizer, x, cfg.aux_coef)
         )
+        apply_usage_floor_(sae, step_stats.pop(USAGE))
         auxk_steps += step_stats["dead"] > 0
         step += 1
         seen += x.shape[0]
