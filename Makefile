@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 REQS := requirements/base.txt requirements/ros.txt requirements/constraints.txt pyproject.toml
 
-.PHONY: demo demo-quick test env bench clean-env
+.PHONY: demo demo-quick test lint env bench clean-env
 
 env: $(STAMP)
 
@@ -17,9 +17,14 @@ $(STAMP): $(REQS) scripts/install_env.sh scripts/python_for_env.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/install_env.sh
 	touch $(STAMP)
 
+# lint (ruff format, ruff check, mypy) first: a finding fails `make test` before the suite runs
 test: $(STAMP)
+	VENV=$(VENV) bash scripts/lint.sh
 	bash scripts/install_system.sh --tests
 	bash scripts/run_tests.sh
+
+lint: $(STAMP)
+	VENV=$(VENV) bash scripts/lint.sh
 
 demo: $(STAMP)
 	bash scripts/install_system.sh
