@@ -31,7 +31,7 @@ def import_lerobot_policies() -> None:
             import transformers  # noqa: F401
 
             if int(transformers.__version__.split(".")[0]) >= 5:
-                sys.modules["transformers"] = None  # type: ignore[assignment]
+                sys.modules["transformers"] = None  # type: ignore[assignment]  # None blocks the import (Python's idiom); typeshed allows only modules
         except ImportError:
             pass
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("pai")
 
@@ -33,7 +33,7 @@ Subparsers = argparse._SubParsersAction  # what each command's ``register(sub)``
 
 
 # ---------------------------------------------------------------------------------- deprecated aliases
-class _DeprecatedSpelling:
+class _DeprecatedSpelling(argparse.Action):
     """Mixin of an action with old option strings: using one of them logs a warning naming the new flag."""
 
     old_spellings: frozenset[str] = frozenset()
@@ -46,9 +46,9 @@ class _DeprecatedSpelling:
         option_string: str | None = None,
     ) -> None:
         if option_string in self.old_spellings:
-            new = self.option_strings[0]  # type: ignore[attr-defined]
+            new = self.option_strings[0]
             log.warning("%s is deprecated and will be removed in the next release; use %s", option_string, new)
-        super().__call__(parser, namespace, values, option_string)  # type: ignore[misc]
+        super().__call__(parser, namespace, values, option_string)  # the concrete action's (mixed in after)
 
 
 _CLASSES: dict[type, type] = {}
@@ -65,7 +65,7 @@ def alias(action: argparse.Action, *old: str) -> argparse.Action:
         if base not in _CLASSES:
             _CLASSES[base] = type(f"Deprecated{base.__name__}", (_DeprecatedSpelling, base), {})
         action.__class__ = _CLASSES[base]
-    action.old_spellings = frozenset(old)  # type: ignore[attr-defined]
+    cast(_DeprecatedSpelling, action).old_spellings = frozenset(old)  # its class was just swapped for one
     # the parser keeps every spelling in its lookup table; help and errors name only the current one
     action.option_strings = [o for o in action.option_strings if o not in old]
     return action

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -73,7 +73,7 @@ class TrainConfig:
     init_batches: int = 8
     checkpoint_every: int = 1_000
     layer: int = -1
-    pooling: str = "max"
+    pooling: Literal["max", "mean"] = "max"
     seed: int = 0
     device: str = "cpu"
 
@@ -111,7 +111,7 @@ class TrainConfig:
             min_usage=self.min_usage,
             usage_bias_rate=self.usage_bias_rate,
             layer=self.layer,
-            pooling=self.pooling,  # type: ignore[arg-type]
+            pooling=self.pooling,
             policy=policy,
             extra=dict(extra or {}),
         )
