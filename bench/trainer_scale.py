@@ -11,7 +11,12 @@ analyse-features, replay. Per step: wall time and peak RSS (the child's ru_maxrs
 - the run-time memory of a ``patch_knn`` reference loaded memory-mapped against loaded into memory
   (anonymous RSS of a process that scores frames, at two reference sizes);
 - the extrapolation to --target-episodes x --target-frames, with the arithmetic printed: which steps
-  grow with the data (time, disk, memory), what fits in 24 GB, which need a GPU.
+  grow with the data (time, disk, memory), what fits in 24 GB, which need a GPU;
+- the ratio of each forward-bound step (record-activations, evaluate-ood, record-features, replay) to plain
+  LeRobot inference on the same number of frames, also run as a process (a fresh hook-free load, batch 8,
+  measured once before and once after the steps, median): process start and loading are in both sides.
+  train-sae, calibrate-ood and analyse-features print no ratio: they have no plain-LeRobot counterpart
+  (SAE training; a reference fit whose forward count depends on its budget; reading recorded features).
 
     python bench/trainer_scale.py                    # 3 episodes x 30 frames (about 10 min on 2 cores)
     python bench/trainer_scale.py --episodes 2 --frames 12 --height 96 --width 128 --dim-model 64   # smoke
@@ -63,6 +68,47 @@ def run_step(name: str, argv: list[str], results: dict) -> dict:
     results[name] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak / GB, 3), "result": parsed}
     print(f"{name:<22} {wall:8.1f} s   peak RSS {peak / GB:6.2f} GB", flush=True)
     return results[name]
+
+
+PLAIN_CHILD = """
+import json, sys, time
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+from bench.plain import assert_no_hooks, load_plain
+t0 = time.perf_counter()
+plain = load_plain(sys.argv[2])
+loaded = time.perf_counter()
+shapes = {k: (int(f.shape[1]), int(f.shape[2])) for k, f in plain.policy.config.image_features.items()}
+state = int(plain.policy.config.robot_state_feature.shape[0])
+rng = np.random.default_rng(0)
+n, batch = int(sys.argv[3]), int(sys.argv[4])
+with torch.inference_mode():
+    for start in range(0, n, batch):
+        items = [plain.to_lerobot({k: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for k, (h, w) in
+                 shapes.items()}, rng.normal(size=state).astype(np.float32)) for _ in range(min(batch, n - start))]
+        plain.postprocessor(plain.policy.predict_action_chunk(
+            plain.preprocessor({k: torch.stack([it[k] for it in items]) for k in items[0]})))
+assert_no_hooks(plain.policy, "the plain LeRobot policy")
+print(json.dumps({"load_s": loaded - t0, "forward_s_per_frame": (time.perf_counter() - loaded) / n}))
+"""
+
+
+def plain_baseline(policy: Path, frames: int, batch: int) -> dict:
+    """Plain LeRobot inference as a process of its own, like the steps: a fresh hook-free load
+    (bench/plain.py), then ``frames`` frames of the policy's shape at ``batch`` per forward (from uint8). Returns
+    the process's wall time, its load time and the forward seconds per frame."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_CHILD, str(ROOT), str(policy), str(frames), str(batch)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"the plain LeRobot baseline failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["wall_s"] = time.perf_counter() - start
+    out["start_s"] = out["wall_s"] - out["forward_s_per_frame"] * frames  # process start, imports, load
+    return out
 
 
 def _child(queue, fn, args) -> None:
@@ -243,6 +289,8 @@ def main() -> None:
 
     results: dict = {}
     held = str(args.episodes - 1)
+    n_now = args.episodes * args.frames
+    plain_runs = [plain_baseline(policy, n_now, 8)]  # before the steps; again after them (the load may change)
     run_step(
         "record-activations",
         [
@@ -387,6 +435,29 @@ def main() -> None:
         results,
     )
 
+    plain_runs.append(plain_baseline(policy, n_now, 8))
+    plain = {k: float(np.median([r[k] for r in plain_runs])) for k in ("start_s", "forward_s_per_frame")}
+    results["plain_lerobot"] = {"runs": plain_runs, **plain}
+    # frames each forward-bound step runs through the policy (calibrate-ood's count depends on its reference)
+    step_frames = {
+        "record-activations": n_now,
+        "evaluate-ood": 2 * args.frames,
+        "record-features": args.frames,
+        "replay": args.frames,
+    }
+    print(
+        f"\nplain LeRobot inference as a process (hook-free load, batch 8, median of {len(plain_runs)} runs, one "
+        f"before and one after the steps): start {plain['start_s']:.1f} s + "
+        f"{plain['forward_s_per_frame'] * 1e3:.0f} ms/frame"
+    )
+    for name, n in step_frames.items():
+        base = plain["start_s"] + n * plain["forward_s_per_frame"]
+        results[name]["ratio_vs_plain"] = results[name]["wall_s"] / base
+        print(
+            f"  ratio {name} / plain on its {n} frames = {results[name]['wall_s']:.1f} s / {base:.1f} s = "
+            f"{results[name]['wall_s'] / base:.2f}"
+        )
+
     # ---------------------------------------------------------------- reference memory: measured slopes
     small, full = results["calibrate-ood small"], results["calibrate-ood"]
     d_ref = (full["reference"]["frames"] - small["reference"]["frames"]) * per_ref_frame
@@ -401,7 +472,6 @@ def main() -> None:
     cli_ratio, fit_ratio = fit_ratio, builder_ratio  # the CLI's slope is within RSS noise at this size
 
     # ---------------------------------------------------------------- extrapolation
-    n_now = args.episodes * args.frames
     n_target = args.target_episodes * args.target_frames
     ratio = n_target / n_now
     tokens_per_frame = json.loads((work / "acts" / "activations.json").read_text())["tokens_per_frame"]
