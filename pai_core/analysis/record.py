@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class RecordConfig:
         batch_size: frames per ``Pipeline.step_batch`` call.
         device: torch device ("cpu", "cuda").
         min_activation: a feature counts as active in a frame (and is stored) when above this value.
+        model_dtype: dtype the policy runs in ("float32" as saved, "bfloat16", "float16").
+        policy_overrides: policy config fields set before the policy is built (``policy.apply_overrides``).
     """
 
     dataset_repo_id: str
@@ -61,6 +63,8 @@ class RecordConfig:
     device: str = "cpu"
     min_activation: float = 0.0
     extra: dict = field(default_factory=dict)
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    policy_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -215,13 +219,17 @@ def record_features(config: RecordConfig, progress: bool = True) -> dict:
     import pyarrow.parquet as pq
     import torch
 
+    from ..engine import IntrospectionConfig
     from ..pipeline import Pipeline
     from ..replay.runner import RunConfig, Segment, run_segments
     from ..sources.dataset import episode_bounds, iter_episode, open_dataset, select_episodes
 
     dataset = open_dataset(config.dataset_repo_id, config.root)
     episodes = select_episodes(dataset, config.episodes)
-    pipe = Pipeline.load(config.policy_path, config.sae_path, device=config.device)
+    engine_config = IntrospectionConfig(
+        device=config.device, model_dtype=config.model_dtype, policy_overrides=config.policy_overrides
+    )
+    pipe = Pipeline.load(config.policy_path, config.sae_path, device=config.device, engine_config=engine_config)
     pipe.keep_codes = True
     missing = [k for k in pipe.engine.image_shapes if k not in dataset.meta.camera_keys]
     if missing:
