@@ -513,7 +513,9 @@ def main() -> None:
     per_frame_s = {k: results[k]["wall_s"] / args.frames for k in ("evaluate-ood", "record-features", "replay")}
     for k, s in per_frame_s.items():
         lines.append(f"  {k}: {s:.2f} s/frame; constant memory (peak {results[k]['peak_rss_gb']:.2f} GB)")
-    worst = max([cal_peak] + [results[k]["peak_rss_gb"] * GB for k in results if k != "calibrate-ood"])
+    worst = max(
+        [cal_peak] + [r["peak_rss_gb"] * GB for k, r in results.items() if k != "calibrate-ood" and "peak_rss_gb" in r]
+    )
     lines.append(
         f"  largest peak: {worst / GB:.1f} GB: {'fits' if worst < args.memory_gb * GB else 'does NOT fit'} in "
         f"{args.memory_gb:g} GB"
