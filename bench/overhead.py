@@ -48,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bench.seed import SeedMissing, attention_mapper, package_dir
-    from pai_core import IntrospectionConfig, Introspector, Observation, render_overlays
+    from pai_core import FrameResult, IntrospectionConfig, Introspector, Observation, render_overlays
     from pai_core.testing import make_act_policy
 
     seed_mapper = None
@@ -108,7 +108,7 @@ def main() -> None:
         seed_mapper.visualize_attention()
         return seed_p.postprocessor(action)
 
-    def ours() -> object:
+    def ours() -> FrameResult:
         res = engine.step_batch([obs])[0]
         render_overlays(obs, res)
         return res
@@ -131,7 +131,10 @@ def main() -> None:
         f"device={args.device} threads={args.threads} dim_model={args.dim_model} "
         f"cameras=2x{args.height}x{args.width} rounds={t.rounds} (interleaved, rotated order) warmup={args.warmup}"
     )
-    print(f"plain policy hooks: {registered_hooks(policy) or 'none'}; engine hooks: {len(engine.adapter._handles)}")
+    print(
+        f"plain policy hooks: {registered_hooks(policy) or 'none'}; "
+        f"engine policy hooks: {len(registered_hooks(engine.policy))}"
+    )
     print(t.table())
     print(t.ratio_line("engine", "plain", "(target <= 1.05)"))
     print(t.ratio_line("lerobot", "plain"))
