@@ -108,3 +108,31 @@ def attention_mapper(policy: Any, preprocessor: Any) -> Any:
         # has that module (the IntermediateLayerGetter returning {"feature_map": layer4}) at model.backbone.
         model.vision_encoder = SimpleNamespace(resnet_feature_extractor=model.backbone)
     return load_module("attention_maps/act_attention_mapper.py").ACTPolicyWithAttention(policy, preprocessor)
+
+
+def whole_frame_sae(num_tokens: int, token_dim: int, device: str = "cpu", expansion_factor: float = 1.0) -> Any:
+    """The seed's ``MultiModalSAE`` (``sae/sae.py``): one linear encoder over a whole frame's
+    ``num_tokens * token_dim`` values, LeakyReLU(0.1), one linear decoder. Built as the seed's trainer builds it
+    (``create_multimodal_sae``, which passes no ``activation_fn``, so the class default ``leaky_relu`` applies
+    whatever the config's ``activation_fn`` says); ``feature_dim = num_tokens * token_dim * expansion_factor``
+    as ``SAETrainingConfig.feature_dim`` computes it (default expansion 1). ``compute_loss(x, l1_penalty)`` is
+    its MSE + L1 training loss. No shim: the file imports only torch and typing."""
+    module = load_module("sae/sae.py")
+    return module.create_multimodal_sae(
+        num_tokens=num_tokens,
+        token_dim=token_dim,
+        feature_dim=int(num_tokens * token_dim * expansion_factor),
+        device=device,
+    )
+
+
+# The seed's SAE training defaults (sae/config.py SAETrainingConfig; sae/trainer.py: Adam with weight decay,
+# gradient norm clipped, constant learning rate): what bench/sae.py trains its whole-frame SAE with.
+SAE_TRAINING = {
+    "batch_size": 128,
+    "learning_rate": 1e-4,
+    "num_epochs": 20,
+    "l1_penalty": 0.3,
+    "weight_decay": 1e-5,
+    "gradient_clip_norm": 1.0,
+}
