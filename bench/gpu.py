@@ -22,6 +22,7 @@ Defaults: random-init ACT at LeRobot's sizes (dim_model 512, 4 encoder layers, c
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import statistics
@@ -217,7 +218,9 @@ def batch(models: dict, obs: list, size: int = 32) -> dict:
 
     for dtype in ("float32", "bfloat16"):
         e = engine(models, model_dtype=dtype)
-        t = interleave({"plain": plain, "full": lambda e=e: e.step_batch(frames)}, rounds=20, warmup=3, sync=sync)
+        t = interleave(
+            {"plain": plain, "full": functools.partial(e.step_batch, frames)}, rounds=20, warmup=3, sync=sync
+        )
         p, f = t.median("plain"), t.median("full")
         out[dtype] = {
             "plain_forward_fps": round(size * 1000 / p, 1),

@@ -22,6 +22,7 @@ figures print no ratio: they are parts of the score, with no plain-LeRobot count
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -215,8 +216,8 @@ def main() -> None:
         pb = min(b, plain_max)
         t = interleave(
             {
-                "score": lambda maps=maps, probe=probe: scorer.score_maps(maps, probe),
-                "plain": lambda pb=pb: plain(pb),
+                "score": functools.partial(scorer.score_maps, maps, probe),
+                "plain": functools.partial(plain, pb),
             },
             rounds=max(5, args.runs // (4 if b > 1 else 1)),
             warmup=2,
