@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UsageError
 from ..observation import Observation
 
+if TYPE_CHECKING:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-def open_dataset(repo_id: str, root: str | Path | None = None):
+
+def open_dataset(repo_id: str, root: str | Path | None = None) -> LeRobotDataset:
     """Open a LeRobot dataset: a local copy under ``root`` or the hub id (downloaded when not local)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -22,7 +27,7 @@ def open_dataset(repo_id: str, root: str | Path | None = None):
         raise UsageError(f"Could not open LeRobot dataset {repo_id!r}{where}: {exc}") from exc
 
 
-def open_dataset_spec(spec: str, datasets_dir: str | Path | None = None):
+def open_dataset_spec(spec: str, datasets_dir: str | Path | None = None) -> LeRobotDataset:
     """A dataset named on a command line: a local dataset folder, a repo id with a local copy under
     ``datasets_dir`` (``datasets_dir/<repo id>``), or a hub repo id."""
     path = Path(spec)
@@ -33,7 +38,7 @@ def open_dataset_spec(spec: str, datasets_dir: str | Path | None = None):
     return open_dataset(spec, None)
 
 
-def episode_bounds(dataset, episode: int) -> tuple[int, int]:
+def episode_bounds(dataset: LeRobotDataset, episode: int) -> tuple[int, int]:
     """Absolute frame index range [start, stop) of one episode."""
     if not 0 <= episode < dataset.meta.total_episodes:
         raise UsageError(
@@ -43,7 +48,7 @@ def episode_bounds(dataset, episode: int) -> tuple[int, int]:
     return int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
 
 
-def select_episodes(dataset, episodes: Sequence[int] | None) -> list[int]:
+def select_episodes(dataset: LeRobotDataset, episodes: Sequence[int] | None) -> list[int]:
     """All episodes when ``episodes`` is None or empty, else the given ones (checked)."""
     if not episodes:
         return list(range(dataset.meta.total_episodes))
@@ -52,7 +57,7 @@ def select_episodes(dataset, episodes: Sequence[int] | None) -> list[int]:
     return list(episodes)
 
 
-def to_uint8_image(value) -> np.ndarray:
+def to_uint8_image(value: torch.Tensor | np.ndarray) -> np.ndarray:
     """LeRobot image tensor (C, H, W) float in [0, 1] -> (H, W, 3) uint8 RGB."""
     arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
     if arr.dtype != np.uint8:
@@ -78,7 +83,9 @@ def item_to_observation(item: dict, camera_keys: Sequence[str]) -> Observation:
     )
 
 
-def iter_episode(dataset, episode: int, first: int = 0, last: int | None = None) -> Iterator[Observation]:
+def iter_episode(
+    dataset: LeRobotDataset, episode: int, first: int = 0, last: int | None = None
+) -> Iterator[Observation]:
     """The frames ``first`` .. ``last - 1`` (offsets in the episode; default all) of one episode in time
     order, image or video datasets alike: every command reads frames here, never through
     ``dataset[i]``, whose video decoding needs torchcodec or ``torchvision.io.VideoReader`` (gone in
@@ -96,7 +103,7 @@ def iter_episode(dataset, episode: int, first: int = 0, last: int | None = None)
         yield item_to_observation(dataset[idx], keys)
 
 
-def episode_table(dataset, episode: int) -> dict[str, np.ndarray]:
+def episode_table(dataset: LeRobotDataset, episode: int) -> dict[str, np.ndarray]:
     """An episode's table columns without decoding any image: ``frame_index`` (T,), ``timestamp`` (T,)
     and, where the dataset has it, ``observation.state`` (T, S). For choosing frames before any work."""
     start, stop = episode_bounds(dataset, episode)
@@ -110,7 +117,7 @@ def episode_table(dataset, episode: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _rows(dataset, start: int, stop: int, columns: Sequence[str] | None = None) -> list[dict]:
+def _rows(dataset: LeRobotDataset, start: int, stop: int, columns: Sequence[str] | None = None) -> list[dict]:
     """Table rows [start, stop) (absolute indices) of the dataset's Parquet data, no images decoded."""
     dataset._ensure_hf_dataset_loaded()
     table = dataset.hf_dataset
@@ -121,12 +128,14 @@ def _rows(dataset, start: int, stop: int, columns: Sequence[str] | None = None) 
     return [table[rel[i] if rel else i] for i in range(start, stop)]
 
 
-def episode_length(dataset, episode: int) -> int:
+def episode_length(dataset: LeRobotDataset, episode: int) -> int:
     start, stop = episode_bounds(dataset, episode)
     return stop - start
 
 
-def _iter_video_episode(dataset, episode: int, start: int, stop: int, keys: list[str]) -> Iterator[Observation]:
+def _iter_video_episode(
+    dataset: LeRobotDataset, episode: int, start: int, stop: int, keys: list[str]
+) -> Iterator[Observation]:
     """Video datasets: table rows from the Parquet data, camera frames decoded with PyAV (``video.py``)
     in one sequential pass per camera instead of LeRobot's per-item seek, which needs torchcodec."""
     from .video import decode_at
