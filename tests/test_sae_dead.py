@@ -158,3 +158,26 @@ def test_a_usage_floor_outside_zero_to_one_names_the_setting():
         TrainConfig(min_usage=1.5)
     with pytest.raises(ValueError, match="usage_bias_rate=-1 must be >= 0"):
         SAEConfig(d_in=4, k=2, usage_bias_rate=-1)
+
+
+def test_train_sae_takes_the_usage_floor_from_the_command_line(ood_world, tmp_path):
+    from pai_core.cli import main
+
+    out = tmp_path / "sae"
+    flags = ["--expansion-factor", "4", "--k", "8", "--aux-k", "32", "--steps", "20", "--batch-size", "128"]
+    code = main(
+        [
+            "train-sae",
+            "--activations",
+            str(ood_world[0] / "acts"),
+            "--output-dir",
+            str(out),
+            *flags,
+            "--min-usage",
+            "0.25",
+        ]
+    )
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["min_usage"] == 0.25
+    assert json.loads((out / "metrics.json").read_text())["training"]["min_usage"] == 0.25
+    assert "Usage floor 0.25 x k/n" in (out / "README.md").read_text()
