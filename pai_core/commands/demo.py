@@ -23,7 +23,7 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--train-policy",
         action="store_true",
-        help="train the policy here instead of using the shipped demo policy (docs/demo_policy.md)",
+        help="train the policy here instead of using the shipped demo policy (pai_core/sim/demo_policy/README.md)",
     )
     p.add_argument(
         "--train-steps",
@@ -42,16 +42,15 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
     from ..sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.preset(args.output_dir, quick=args.quick)
+    training_flags = args.train_steps is not None or args.train_minutes is not None
     if args.train_policy:
         cfg.policy = "train"
-    elif args.train_steps is not None or args.train_minutes is not None:
-        from ..errors import UsageError
-
-        if cfg.policy == "shipped":
-            raise UsageError("--train-steps and --train-minutes need --train-policy (default: the shipped policy)")
+    elif training_flags and cfg.policy == "shipped":
+        raise UsageError("--train-steps and --train-minutes need --train-policy (default: the shipped policy)")
     if args.train_minutes is not None:
         cfg.train_minutes = args.train_minutes
     if args.train_steps is not None:

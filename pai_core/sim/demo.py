@@ -1,8 +1,10 @@
 """``pai demo``: the whole of pai on the SO-101 simulation, as a list of named, cached stages.
 
 Each stage declares the files it produces; a stage whose outputs all exist is skipped, so a second
-run only redoes what is missing (``--force NAME`` reruns one). Stages call the other commands through
-``pai_core.cli.main`` (the documented CLI), so the demo runs exactly what a user would type.
+run only redoes what is missing (``--force NAME`` reruns one). Stages call the library (``sim.record``,
+``sim.train``, ``sim.evaluate``, ``analysis``, ``replay.api``) with the same values the CLI would pass. Three
+stages still go through ``pai_core.cli.main`` (``_pai``): train-sae, calibrate-ood and evaluate-ood, whose
+flow lives in their commands' ``run`` and has no library entry point yet.
 """
 
 from __future__ import annotations
@@ -12,16 +14,22 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-from ..errors import PaiError, StageSkipped
+from ..errors import ObservationError, PaiError, StageSkipped
 from .scene import PERTURBATIONS
 
+if TYPE_CHECKING:
+    from ..settings import PaiSettings
+
 REPO_ID = "pai/so101_pick_cube"
-# The shipped demo policy (docs/demo_policy.md): trained once with `pai sim train-policy` for longer than the
-# demo can afford on a CPU; `pai demo --train-policy` trains one instead.
-SHIPPED_POLICY = Path(__file__).resolve().parent / "demo_policy"
+# The shipped demo policy (pai_core/sim/demo_policy/README.md): trained once with `pai sim train-policy` for
+# longer than the demo can afford on a CPU; `pai demo --train-policy` trains one instead. Package data
+# (pyproject's package-data), found through importlib.resources in a source checkout and in an installed wheel
+# alike (both put it on the file system, which LeRobot's loader needs).
+SHIPPED_POLICY = Path(str(resources.files("pai_core.sim") / "demo_policy"))
 
 
 PolicySource = Literal["shipped", "train"]
@@ -40,7 +48,7 @@ class DemoConfig:
         perturbations: perturbations recorded and evaluated.
         replay_perturbation: the perturbed episode replayed offline and through ROS.
         policy: "shipped" copies the shipped demo policy (``SHIPPED_POLICY``, made by the same recording and
-            ``pai sim train-policy`` command, docs/demo_policy.md); "train" trains one here.
+            ``pai sim train-policy`` command, pai_core/sim/demo_policy/README.md); "train" trains one here.
         train_steps, batch_size: policy training with ``policy="train"`` (bounded by steps: the same command
             gives the same policy; 1,669 steps took 605 s on an idle 2-core CPU); train_minutes: an optional
             extra clock bound.
@@ -115,9 +123,70 @@ def _pai(*argv: object) -> None:
         raise PaiError(f"`pai {shlex.join(args)}` exited with {code}")
 
 
-def _config_file() -> list[str]:
-    path = Path(__file__).resolve().parents[2] / "config" / "introspect.yaml"
-    return ["--config", str(path)] if path.is_file() else []
+def demo_settings(policy: Path, sae: Path) -> PaiSettings:
+    """What ``pai replay --config config/introspect.yaml`` reads for a simulated bag, without the file: pai's
+    defaults (the values config/introspect.yaml holds) with the simulator's topics and joints."""
+    from ..settings import CameraSettings, PaiSettings
+    from .bag import IMAGE_TOPIC, JOINT_TOPIC
+    from .env import CAMERA, JOINT_NAMES
+
+    return PaiSettings(
+        policy_path=str(policy),
+        sae_path=str(sae),
+        cameras=CameraSettings(topics=[IMAGE_TOPIC], features=[CAMERA]),
+        joint_states_topic=JOINT_TOPIC,
+        joint_names=list(JOINT_NAMES),
+    )
+
+
+def _record(root: Path, episodes: int, seed: int, perturbation: str, bag: Path | None) -> None:
+    from .env import SimConfig
+    from .record import RecordConfig, record
+
+    print(f"[pai demo] sim record: {episodes} episodes, scene {perturbation} -> {root}", flush=True)
+    record(RecordConfig(root, REPO_ID, episodes, seed, bag_path=bag, sim=SimConfig(perturbation=perturbation)))
+
+
+def _train_policy(cfg: DemoConfig) -> None:
+    from .train import TrainConfig, train_policy
+
+    out = cfg.output_dir
+    print(f"[pai demo] sim train-policy: {cfg.train_steps} steps -> {out / 'policy'}", flush=True)
+    train_policy(
+        TrainConfig(
+            out / "datasets" / "train",
+            out / "policy",
+            REPO_ID,
+            cfg.train_steps,
+            cfg.train_minutes or None,
+            cfg.batch_size,
+        )
+    )
+
+
+def _evaluate_policy(cfg: DemoConfig) -> None:
+    from .evaluate import EvalConfig, evaluate_policy
+
+    out = cfg.output_dir / "policy"
+    summary = evaluate_policy(
+        EvalConfig(str(out / "pretrained_model"), cfg.eval_episodes, output_dir=str(out / "eval"))
+    )
+    print(f"[pai demo] closed-loop success rate {summary['success_rate']:.0%}", flush=True)
+
+
+def _replay(bag: Path, policy: Path, sae: Path, output_dir: Path) -> None:
+    """``pai replay --bag``: the pipeline from the settings, every output (videos, Parquet, MCAP, report)."""
+    from ..pipeline import Pipeline
+    from ..replay.api import ReplayOptions, replay_bag
+
+    settings = demo_settings(policy, sae)
+    print(f"[pai demo] replay {bag} -> {output_dir}", flush=True)
+    result = replay_bag(
+        bag, settings, Pipeline.from_settings(settings), ReplayOptions(output_dir, overlay=settings.overlay)
+    )
+    acc = result.accounting
+    if acc.frames_processed == 0:
+        raise ObservationError(f"replayed no frame of {acc.frames_total} of {bag}: {acc.skip_summary()}")
 
 
 def build_stages(cfg: DemoConfig) -> list[Stage]:
@@ -129,25 +198,11 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
     stages: list[Stage] = []
 
     def rec(name: str, root: Path, episodes: int, seed: int, perturbation: str = "none", bag: Path | None = None):
-        argv = [
-            "sim",
-            "record",
-            "--output-dir",
-            root,
-            "--num-episodes",
-            episodes,
-            "--seed",
-            seed,
-            "--perturbation",
-            perturbation,
-        ]
-        if bag is not None:
-            argv += ["--bag", bag]
         stages.append(
             Stage(
                 name,
                 [root / "pai_sim.json"] + ([bag / "metadata.yaml"] if bag else []),
-                lambda: _pai(*argv),
+                lambda: _record(root, episodes, seed, perturbation, bag),
                 f"expert episodes, scene {perturbation}",
             )
         )
@@ -179,19 +234,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             Stage(
                 "train_policy",
                 [policy / "model.safetensors"],
-                lambda: _pai(
-                    "sim",
-                    "train-policy",
-                    "--root",
-                    ds / "train",
-                    "--output-dir",
-                    out / "policy",
-                    "--steps",
-                    cfg.train_steps,
-                    *(["--max-minutes", cfg.train_minutes] if cfg.train_minutes else []),
-                    "--batch-size",
-                    cfg.batch_size,
-                ),
+                lambda: _train_policy(cfg),
                 "small ACT on the clean episodes",
             )
         )
@@ -199,16 +242,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         Stage(
             "evaluate_policy",
             [out / "policy" / "eval" / "evaluation.json"],
-            lambda: _pai(
-                "sim",
-                "evaluate-policy",
-                "--policy-path",
-                policy,
-                "--num-episodes",
-                cfg.eval_episodes,
-                "--output-dir",
-                out / "policy" / "eval",
-            ),
+            lambda: _evaluate_policy(cfg),
             "closed-loop success rate",
         )
     )
@@ -283,18 +317,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
     )
 
     def replay(kind: str) -> Callable[[], None]:
-        return lambda: _pai(
-            "replay",
-            "--bag",
-            bags / kind,
-            *_config_file(),
-            "--policy-path",
-            policy,
-            "--sae-path",
-            sae,
-            "--output-dir",
-            out / "replay" / kind,
-        )
+        return lambda: _replay(bags / kind, policy, sae, out / "replay" / kind)
 
     for kind in ("clean", cfg.replay_perturbation):
         stages.append(
@@ -324,7 +347,7 @@ def _copy_shipped_policy(dest: Path) -> None:
 
     if not (SHIPPED_POLICY / "pretrained_model" / "model.safetensors").is_file():
         raise PaiError(f"The shipped demo policy is missing from {SHIPPED_POLICY}; train one with --train-policy")
-    print(f"[pai demo] using the shipped demo policy {SHIPPED_POLICY} (docs/demo_policy.md)", flush=True)
+    print(f"[pai demo] using the shipped demo policy {SHIPPED_POLICY} (pai_core/sim/demo_policy/README.md)", flush=True)
     shutil.copytree(SHIPPED_POLICY, dest, dirs_exist_ok=True)
 
 
@@ -389,21 +412,26 @@ def _evaluate_ood(cfg: DemoConfig) -> None:
 
 
 def _features(cfg: DemoConfig) -> None:
+    """``pai record-features`` then ``pai analyse-features`` on the clean test episodes."""
+    from ..analysis.analyse import AnalyseConfig, analyse_features
+    from ..analysis.record import RecordConfig, record_features
+
     out = cfg.output_dir
-    _pai(
-        "record-features",
-        "--dataset-repo-id",
-        REPO_ID,
-        "--root",
-        out / "datasets" / "test_clean",
-        "--policy-path",
-        out / "policy" / "pretrained_model",
-        "--sae-path",
-        out / "sae",
-        "--output-dir",
-        out / "features" / "record",
+    record_dir, analysis_dir = out / "features" / "record", out / "features" / "analysis"
+    print(f"[pai demo] record-features -> {record_dir}", flush=True)
+    meta = record_features(
+        RecordConfig(
+            dataset_repo_id=REPO_ID,
+            root=str(out / "datasets" / "test_clean"),
+            policy_path=str(out / "policy" / "pretrained_model"),
+            sae_path=str(out / "sae"),
+            output_dir=str(record_dir),
+        )
     )
-    _pai("analyse-features", "--record-dir", out / "features" / "record", "--output-dir", out / "features" / "analysis")
+    if meta["frames_missing"]:
+        raise ObservationError(f"record-features: {meta['frames_missing']} frames missing from {record_dir}")
+    print(f"[pai demo] analyse-features -> {analysis_dir}", flush=True)
+    analyse_features(AnalyseConfig(record_dir=str(record_dir), output_dir=str(analysis_dir)))
 
 
 def run_demo(cfg: DemoConfig, force: list[str] | None = None, only: list[str] | None = None) -> str:

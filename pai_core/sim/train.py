@@ -168,7 +168,6 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
             save_policy(
                 copy.deepcopy(policy), pre, post, cfg.output_dir / "checkpoints" / f"{step:06d}", cfg.batch_norm
             )
-            policy.train()
     bar.close()
     out = save_policy(policy, pre, post, cfg.output_dir, cfg.batch_norm)
     summary = {
