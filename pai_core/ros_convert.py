@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +222,7 @@ def frame_messages(
     actions: bool = True,
     stamp: tuple[int, int] | None = None,
     command: JointCommand | None = None,
+    overlays: Mapping[str, np.ndarray] | None = None,
 ) -> list[OutputMessage]:
     """Every output of one pipeline ``Frame``: overlays (Image, and CompressedImage jpeg when
     ``compressed``), attention shares, features, OOD score and threshold, alarm, and, when ``actions`` and
@@ -231,13 +232,16 @@ def frame_messages(
         stamp: exact (sec, nanosec) of the input header; default the observation's ``stamp_ns`` (integer
             nanoseconds, exact), else its ``timestamp`` in seconds.
         command: the next action in the robot's units, published on ``topics.JOINT_COMMAND`` as sensor_msgs/JointState.
+        overlays: the frame's overlays (camera -> RGB) when the caller already rendered them with
+            ``overlay_config`` (replay renders once for its videos and its messages).
     """
     obs, result = frame.observation, frame.result
     t = float(obs.timestamp)
     if stamp is None:
         stamp = ns_to_stamp(obs.stamp_ns) if obs.stamp_ns is not None else sec_to_stamp(t)
     out: list[OutputMessage] = []
-    overlays = render_overlays(obs, result, overlay_config or OverlayConfig())
+    if overlays is None:
+        overlays = render_overlays(obs, result, overlay_config or OverlayConfig())
     for camera, rgb in overlays.items():
         short = topics.camera_short(camera)
         out.append(

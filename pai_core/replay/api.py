@@ -101,11 +101,14 @@ def replay(
     out = prepare_output_dir(out, "replay output folder (--output-dir)")
     info = RunInfo.of(pipeline)
     sinks: list = [TableSink(out, info)]
+    from .video import OverlayRenders
+
+    renders = OverlayRenders(options.overlay)  # rendered once for the videos and the messages
     video = messages = None
     if options.video:
         from .video import VideoSink
 
-        video = VideoSink(out, fps, options.overlay, options.video_maps, info=info)
+        video = VideoSink(out, fps, options.overlay, options.video_maps, info=info, renders=renders)
         sinks.append(video)
     saliency = None
     if options.saliency is not None:
@@ -144,7 +147,7 @@ def replay(
     if writers:
         from .messages import MessageSink
 
-        messages = MessageSink(info, writers, options.overlay, options.compressed, options.namespace)
+        messages = MessageSink(info, writers, options.overlay, options.compressed, options.namespace, renders)
         sinks.append(messages)
     report = ReportSink(info)
     sinks.append(report)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..overlay import OverlayConfig
 from ..pipeline import Frame
@@ -11,6 +11,9 @@ from ..ros_convert import OutputMessage, feature_names_message, frame_messages
 from ..topics import NODE_NAME
 from .encoding import Encoded, encode
 from .run_info import RunInfo
+
+if TYPE_CHECKING:
+    from .video import OverlayRenders
 
 
 class MessageWriter(Protocol):
@@ -25,6 +28,7 @@ class MessageSink:
 
     Args:
         namespace: node namespace the topics are resolved in (the node's default "/pai_introspector").
+        renders: attention overlays shared with the videos (``video.OverlayRenders``, same overlay look).
     """
 
     def __init__(
@@ -34,9 +38,11 @@ class MessageSink:
         overlay: OverlayConfig | None = None,
         compressed: bool = True,
         namespace: str = f"/{NODE_NAME}",
+        renders: OverlayRenders | None = None,
     ):
         self.info, self.writers = info, list(writers)
         self.overlay, self.compressed, self.namespace = overlay or OverlayConfig(), compressed, namespace
+        self.renders = renders
         self.counts: dict[str, int] = {}
         self._started = False
 
@@ -55,7 +61,8 @@ class MessageSink:
             if not self._started and self.info.n_features:
                 self._send(feature_names_message(self.info, f.observation.timestamp), log)
             self._started = True
-            for message in frame_messages(f, self.info, self.overlay, compressed=self.compressed):
+            overlays = self.renders.attention(f, last=True) if self.renders is not None else None
+            for message in frame_messages(f, self.info, self.overlay, compressed=self.compressed, overlays=overlays):
                 self._send(message, log)
 
     def close(self) -> None:

@@ -19,13 +19,15 @@ from ..observation import Observation
 from ..pipeline import Frame
 from ..sources.accounting import Accounting
 from .prefetch import prefetch
+from .write_behind import WriteBehind, write_all
 
 
 class Sink(Protocol):
     """Consumes processed frames in time order; ``close`` runs even when the run breaks off.
 
     A sink may also define ``begin(key)`` and ``end(key)``: called before the first and after the last
-    frame of each ``Segment`` (``end`` only when the segment ran to its end).
+    frame of each ``Segment`` (``end`` only when the segment ran to its end). The calls come from one
+    thread, in order, but not the runner's (``RunConfig.write_behind``).
     """
 
     def write(self, frames: Sequence[Frame]) -> None: ...
@@ -84,6 +86,8 @@ class RunConfig:
     prefetch: decoded observations (or batches) the reader thread may hold ahead of the model.
     progress: show a tqdm progress bar.
     desc: the progress bar's label.
+    write_behind: calls (a batch's frames, a segment's begin or end) the sinks may lag behind the model, in
+        a thread of their own (``write_behind.WriteBehind``); 0 writes in the model's thread.
     rejected: an observation the engine rejects (``InputError``): "skip" it with its reason in the
         accounting (replay: the rest of its batch still runs), or "raise" the error (jobs whose output
         must hold every frame).
@@ -94,12 +98,15 @@ class RunConfig:
     progress: bool = True
     desc: str = "replay"
     rejected: Literal["skip", "raise"] = "skip"
+    write_behind: int = 2
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be at least 1")
         if self.rejected not in ("skip", "raise"):
             raise ValueError(f"rejected={self.rejected!r} is not one of 'skip', 'raise'")
+        if self.write_behind < 0:
+            raise ValueError(f"write_behind={self.write_behind} must be >= 0")
 
 
 @dataclass
@@ -184,19 +191,27 @@ def run_segments(
     stats = RunStats()
     start = time.perf_counter()
     bar = tqdm(total=total, unit="frame", desc=config.desc, disable=not config.progress, dynamic_ncols=True)
+    behind = WriteBehind(config.write_behind) if config.write_behind > 0 else None
+
+    def emit(fn: Callable[..., Any], *args: Any) -> None:
+        if behind is None:
+            fn(*args)
+        else:
+            behind.call(fn, *args)
+
     try:
         for segment in segments:
             pipeline.reset()
             for sink in sinks:
-                _call(sink, "begin", segment.key)
+                if hasattr(sink, "begin"):
+                    emit(sink.begin, segment.key)
             with segment.context() if segment.context is not None else nullcontext():
                 for batch in _segment_batches(segment, config):
                     t0 = time.perf_counter()
                     frames = _step(pipeline, batch, accounting, config.rejected)
                     stats.pipeline_s += time.perf_counter() - t0
                     if frames:
-                        for sink in sinks:
-                            sink.write(frames)
+                        emit(write_all, sinks, frames)
                         stats.frames += len(frames)
                         accounting.frames_processed += len(frames)
                         if stats.first_stamp is None:
@@ -204,12 +219,17 @@ def run_segments(
                         stats.last_stamp = float(frames[-1].observation.timestamp)
                     bar.update(len(batch))
             for sink in sinks:
-                _call(sink, "end", segment.key)
+                if hasattr(sink, "end"):
+                    emit(sink.end, segment.key)
+        if behind is not None:
+            behind.finish()
     except PaiError as exc:
         accounting.error = str(exc)
         raise
     finally:
         bar.close()
+        if behind is not None:
+            behind.stop()  # the frames stepped before an error still reach the sinks
         stats.wall_s = time.perf_counter() - start
         errors = []
         for sink in sinks:
@@ -220,12 +240,6 @@ def run_segments(
         if errors and not accounting.error:
             raise PaiError("Could not finish outputs: " + "; ".join(errors))
     return stats
-
-
-def _call(sink: Sink, hook: str, key: Any) -> None:
-    method = getattr(sink, hook, None)
-    if method is not None:
-        method(key)
 
 
 def _segment_batches(segment: Segment, config: RunConfig) -> Iterator[Sequence[Observation]]:
