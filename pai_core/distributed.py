@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from .activations import RecordConfig
     from .sae.model import SparseAutoencoder
-    from .sae.train import TrainConfig
+    from .sae.train import TrainConfig, TrainResult
 
 #: ``sae.train.training_step``: (sae, optimizer, x, aux_coef) -> detached statistics
 TrainingStep = Callable[["SparseAutoencoder", torch.optim.Optimizer, torch.Tensor, float], dict[str, torch.Tensor]]
@@ -354,7 +354,7 @@ def train_ranked(
     val_fraction: float = 0.2,
     resume: bool = False,
     progress: bool = True,
-):
+) -> TrainResult | None:
     """Train an SAE on a recording with every rank of the job (``train_sae`` with ``SAEDataParallel``).
     ``config.batch_size`` is the global batch. Rank 0 writes ``output_dir`` (tokens/s over all ranks);
     the others train in a scratch folder that is removed. Returns rank 0's ``TrainResult`` (None elsewhere)."""

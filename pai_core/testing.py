@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .policy import import_lerobot_policies
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 
 def make_act_policy(
@@ -134,7 +138,7 @@ def make_lerobot_dataset(
     seed: int = 0,
     state_names: Sequence[str] | None = None,
     state_shift: Callable[[int, int], float] | None = None,
-):
+) -> LeRobotDataset:
     """Create a real LeRobotDataset v3 on disk (``root`` must not exist) and return it finalised.
 
     Args:

@@ -23,6 +23,7 @@ from ..errors import ConfigError, ModelError, ObservationError, UsageError
 from ..observation import camera_short
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
     from ..layout import TokenLayout
@@ -83,7 +84,7 @@ def camera_short_names(names: Sequence[str]) -> dict[str, str]:
     return short
 
 
-def _schema(shorts: Sequence[str]):
+def _schema(shorts: Sequence[str]) -> pa.Schema:
     import pyarrow as pa
 
     fields = [
@@ -301,7 +302,7 @@ def _absolute_if_local(path_or_id: str) -> str:
     return str(Path(path_or_id).resolve()) if Path(path_or_id).exists() else path_or_id
 
 
-def load_record(record_dir: str | Path):
+def load_record(record_dir: str | Path) -> tuple[dict, pa.Table]:
     """(metadata, pyarrow Table) of a ``pai record-features`` output folder."""
     import pyarrow.parquet as pq
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from . import args as flags
+
+if TYPE_CHECKING:
+    from ..activations import RecordConfig
 
 
 def add_dataset_args(p: argparse._ActionsContainer, required: bool = True) -> None:
@@ -53,7 +57,7 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def record_config(ns: argparse.Namespace):
+def record_config(ns: argparse.Namespace) -> RecordConfig:
     from ..activations import RecordConfig
     from ..errors import ConfigError
 

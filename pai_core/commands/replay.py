@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from . import args as flags
 
 if TYPE_CHECKING:
+    from ..configs import SaliencyConfig
     from ..pipeline import Pipeline
     from ..replay.api import ReplayResult
     from ..settings import PaiSettings
@@ -145,7 +146,7 @@ def add_saliency_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def saliency_config(args: argparse.Namespace):
+def saliency_config(args: argparse.Namespace) -> SaliencyConfig | None:
     """The ``SaliencyConfig`` of the ``--saliency-*`` flags, or None without ``--saliency ig``."""
     from ..errors import UsageError
     from ..saliency import SaliencyConfig
@@ -166,7 +167,7 @@ def saliency_config(args: argparse.Namespace):
         raise UsageError(f"--saliency ig: {exc}") from exc
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> PaiSettings:
     """The settings file (or the defaults), with the model flags given on the command line on top."""
     import dataclasses
     from pathlib import Path

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from . import args as flags
+
+if TYPE_CHECKING:
+    from ..sim.env import SimConfig
 
 REPO_ID = "pai/so101_pick_cube"
 
@@ -89,7 +93,7 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _sim_config(args: argparse.Namespace):
+def _sim_config(args: argparse.Namespace) -> SimConfig:
     from ..sim.env import SimConfig
 
     try:

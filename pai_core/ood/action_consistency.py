@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import ClassVar
 
@@ -95,7 +95,7 @@ class ActionConsistency:
             diffs.append(float(np.mean((chunk[:h] - earlier[shift : shift + h]) ** 2)))
         return float(np.mean(diffs)) if diffs else 0.0
 
-    def leaving_out(self, episode: int | None):
+    def leaving_out(self, episode: int | None) -> AbstractContextManager[ActionConsistency]:
         return nullcontext(self)
 
     def describe(self) -> dict:

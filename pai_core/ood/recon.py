@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import ClassVar
 
@@ -69,7 +69,7 @@ class ReconMse:
     def score(self, batch: ScoreBatch) -> ScoreOutput:
         return ScoreOutput(batch.token_error.mean(axis=1).astype(np.float64), _error_maps(batch))
 
-    def leaving_out(self, episode: int | None):
+    def leaving_out(self, episode: int | None) -> AbstractContextManager[ReconMse]:
         return nullcontext(self)
 
     def reset(self) -> None:
@@ -120,7 +120,7 @@ class ReconZ:
     def score(self, batch: ScoreBatch) -> ScoreOutput:
         return ScoreOutput(frame_scores(batch.token_error, self.params).astype(np.float64), _error_maps(batch))
 
-    def leaving_out(self, episode: int | None):
+    def leaving_out(self, episode: int | None) -> AbstractContextManager[ReconZ]:
         return nullcontext(self)
 
     def reset(self) -> None:

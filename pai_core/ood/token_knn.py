@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -92,7 +92,7 @@ class KnnScorer:
 
         return ScoreOutput(scores, error_maps(batch.token_error, batch.results[0].layout))
 
-    def leaving_out(self, episode: int | None):
+    def leaving_out(self, episode: int | None) -> AbstractContextManager[KnnScorer]:
         return nullcontext(self)
 
     def reset(self) -> None:

@@ -138,7 +138,7 @@ def _legend_outside(ax: Axes) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=9)
 
 
-def ood_figure(series: Series):
+def ood_figure(series: Series) -> Figure:
     """The OOD timeline: score, threshold (labelled with its value) and alarm spans."""
     import matplotlib
 
@@ -169,7 +169,7 @@ def ood_figure(series: Series):
     return fig
 
 
-def share_figure(series: Series):
+def share_figure(series: Series) -> Figure:
     """Attention share per input token group, stacked."""
     import matplotlib
 

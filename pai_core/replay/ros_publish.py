@@ -7,6 +7,8 @@ raw, so they are byte-identical to the MCAP file's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import PaiError
 from ..ros_qos import message_class, output_qos
 from .encoding import Encoded
@@ -26,9 +28,9 @@ class RosPublisher:
             rclpy.init()
         self.node = rclpy.create_node(node_name)
         self.namespace = namespace
-        self._publishers: dict[str, object] = {}
+        self._publishers: dict[str, Any] = {}  # topic -> rclpy Publisher
 
-    def _publisher(self, message: Encoded):
+    def _publisher(self, message: Encoded) -> Any:
         pub = self._publishers.get(message.topic)
         if pub is None:
             pub = self.node.create_publisher(

@@ -197,7 +197,9 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
     bags = out / "bags"
     stages: list[Stage] = []
 
-    def rec(name: str, root: Path, episodes: int, seed: int, perturbation: str = "none", bag: Path | None = None):
+    def rec(
+        name: str, root: Path, episodes: int, seed: int, perturbation: str = "none", bag: Path | None = None
+    ) -> None:
         stages.append(
             Stage(
                 name,

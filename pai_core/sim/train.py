@@ -21,6 +21,7 @@ from ..policy import import_lerobot_policies
 if TYPE_CHECKING:
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.act.configuration_act import ACTConfig
     from torch import nn
 
 
@@ -84,7 +85,7 @@ class TrainConfig:
             raise ConfigError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
 
 
-def act_config(cfg: TrainConfig, features: dict):
+def act_config(cfg: TrainConfig, features: dict) -> ACTConfig:
     from lerobot.configs.types import FeatureType
     from lerobot.policies.act.configuration_act import ACTConfig
 

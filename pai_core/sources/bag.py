@@ -23,6 +23,7 @@ from .accounting import Accounting
 
 if TYPE_CHECKING:
     from ..settings import PaiSettings
+    from .mcap_salvage import SalvagedMcap
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
@@ -86,7 +87,7 @@ def bag_file(path: Path) -> Path:
     )
 
 
-def open_reader(path: str | Path):
+def open_reader(path: str | Path) -> Any:  # rosbags' AnyReader, or a SalvagedMcap with the part of it we use
     """An opened reader over a rosbag2 folder, a folder holding one .mcap/.db3, or a single .mcap/.db3
     file (clear errors). A truncated .mcap that indexed readers refuse is salvaged with a stream reader
     (``mcap_salvage.SalvagedMcap``: its ``truncated`` and ``describe()`` say where it breaks off)."""
@@ -110,7 +111,7 @@ def open_reader(path: str | Path):
     return reader
 
 
-def _salvage(path: Path):
+def _salvage(path: Path) -> SalvagedMcap | None:
     from .mcap_salvage import SalvagedMcap
 
     try:
