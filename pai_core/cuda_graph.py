@@ -27,7 +27,7 @@ import torch
 
 from .adapters import Capture
 from .configs import GRAPH_MODES, GraphMode, check_graph_mode
-from .errors import InputError, ModelError
+from .errors import ConfigError, ModelError, ObservationError, UsageError
 
 if TYPE_CHECKING:
     from .engine import Introspector
@@ -66,7 +66,7 @@ def decide(mode: str, device: torch.device) -> GraphStatus:
         return GraphStatus(mode, False, "disabled by configuration; every step runs the eager forward")
     if device.type != "cuda":
         if mode == "on":
-            raise InputError(
+            raise ConfigError(
                 f"cuda_graph='on' needs a CUDA device, but the engine's device is {str(device)!r}; "
                 "use device='cuda' or cuda_graph='auto'"
             )
@@ -151,7 +151,7 @@ class GraphStep:
 
     def __init__(self, engine: Introspector, capture: bool = True):
         if capture and engine.device.type != "cuda":
-            raise InputError(f"a CUDA graph needs a CUDA device; the engine's device is {str(engine.device)!r}")
+            raise UsageError(f"a CUDA graph needs a CUDA device; the engine's device is {str(engine.device)!r}")
         self.engine = engine
         self.capture = capture
         self.device = engine.device
@@ -307,7 +307,7 @@ class LiveGraph:
         before = self._step.captures
         try:
             out = self._step.run(obs)
-        except InputError:
+        except ObservationError:
             raise  # the observation is wrong, not the graph: the eager path would refuse it too
         except Exception as exc:
             if self._step.captures > before or self._step.graph is not None:
