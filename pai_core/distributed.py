@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
-from .errors import ConfigError, InputError, UsageError
+from .errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ranks = init_ranks(args.backend)
         args.device = ranks.device(args.device)
-        summary = _run(args, ranks, record_cmd, train_cmd)
+        summary = _run(args, ranks, train_cmd)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -454,7 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, ranks: Ranks, record_cmd: ModuleType, train_cmd: ModuleType) -> dict:
+def _run(args: argparse.Namespace, ranks: Ranks, train_cmd: ModuleType) -> dict:
+    from .commands import args as flags
     from .sources.dataset import open_dataset
 
     if "," in (args.dataset_repo_id or "") or "[" in (args.dataset_repo_id or ""):
@@ -465,10 +466,9 @@ def _run(args: argparse.Namespace, ranks: Ranks, record_cmd: ModuleType, train_c
     if args.command == "record-activations":
         dataset = open_dataset(args.dataset_repo_id, args.root)
         return record_ranked(
-            dataset, args.policy_path, args.output_dir, args.episodes, record_cmd.record_config(args), ranks
+            dataset, args.policy_path, args.output_dir, args.episodes, flags.record_config(args), ranks
         )
     from .activations import ActivationStore
-    from .sae.train import TrainConfig
 
     if args.upload_to_hub:
         raise UsageError("--upload-to-hub is not supported under torchrun; publish the SAE with `pai push` afterwards")
@@ -483,28 +483,10 @@ def _run(args: argparse.Namespace, ranks: Ranks, record_cmd: ModuleType, train_c
             args.policy_path,
             acts,
             args.episodes,
-            record_cmd.record_config(args),
+            flags.record_config(args),
             ranks,
         )
-    store = ActivationStore(acts)
-    try:
-        cfg = TrainConfig(
-            expansion_factor=args.expansion_factor,
-            k=args.k,
-            aux_k=args.aux_k,
-            dead_tokens=args.dead_tokens,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            checkpoint_every=args.checkpoint_every,
-            layer=int(store.manifest["layer"]),
-            pooling=args.pooling,
-            seed=args.seed,
-            device=args.device,
-        )
-        cfg.sae_config(store.d_model)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    cfg = train_cmd.train_config(args, ActivationStore(acts))
     result = train_ranked(acts, args.output_dir, cfg, ranks, args.val_fraction, args.resume)
     if result is None:
         return {}

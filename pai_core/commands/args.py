@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from ..activations import RecordConfig
 
 log = logging.getLogger("pai")
 
@@ -215,3 +218,50 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         "model_dtype": args.model_dtype or "float32",
         "policy_overrides": parse_overrides(args.policy_overrides or []),
     }
+
+
+# record-activations' flags, shared with train-sae (which records first) and its torchrun form
+def add_recording_dataset(p: argparse._ActionsContainer, required: bool = True) -> None:
+    add_dataset(
+        p,
+        required=required,
+        repo_help="LeRobot dataset repo id (hub id or local name); several: a,b (or the seed's [a,b]), "
+        "recorded together as one set of frames",
+        root_help="local copy of the dataset (default: the hub / HF cache); several datasets: r1,r2 in the "
+        "order of --dataset-repo-id",
+    )
+    add_episodes(p, help="episodes of a single dataset, e.g. 0,2,5-7 (default: all; several datasets: always all)")
+
+
+def add_record_args(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--frames-per-batch", type=int, default=16, help="frames per engine forward")
+    p.add_argument("--shard-frames", type=int, default=256, help="frames per shard (bounds memory)")
+    p.add_argument("--layer", type=int, default=-1, help="encoder layer whose tokens are recorded (-1: the last)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="storage type")
+    p.add_argument(
+        "--token-sampling",
+        choices=["all", "blocks"],
+        default="all",
+        help="'blocks' keeps latent+state tokens and averages camera tokens in blocks (the seed's way)",
+    )
+    p.add_argument("--block", type=int, default=2, help="block edge in tokens for --token-sampling blocks")
+    add_model_args(p)
+
+
+def record_config(ns: argparse.Namespace) -> RecordConfig:
+    from ..activations import RecordConfig
+    from ..errors import ConfigError
+
+    try:
+        return RecordConfig(
+            batch_size=ns.frames_per_batch,
+            shard_frames=ns.shard_frames,
+            layer=ns.layer,
+            dtype=ns.dtype,
+            sampling=ns.token_sampling,
+            block=ns.block,
+            device=ns.device,
+            **model_options(ns),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc

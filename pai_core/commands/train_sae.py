@@ -6,9 +6,13 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import args as flags
-from .record_activations import add_dataset_args, add_record_args, record_config
+
+if TYPE_CHECKING:
+    from ..activations import ActivationStore
+    from ..sae.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +28,9 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("tokens")
     src.add_argument("--activations", default=None, help="directory written by `pai record-activations`")
-    add_dataset_args(src, required=False)
+    flags.add_recording_dataset(src, required=False)
     flags.add_policy_path(src, required=False, help="policy to record with (when --dataset-repo-id is given)")
-    add_record_args(src)
+    flags.add_record_args(src)
     t = p.add_argument_group("training")
     flags.add_output_dir(t, "SAE folder to write")
     t.add_argument("--expansion-factor", type=int, default=16, help="latents = expansion factor x dim_model")
@@ -65,28 +69,12 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..activations import ActivationStore, record_activations, token_batches
-    from ..errors import ConfigError, UsageError
-    from ..sae.train import TrainConfig, train_sae
+def train_config(args: argparse.Namespace, store: ActivationStore) -> TrainConfig:
+    """The flags as a ``TrainConfig`` for ``store``'s layer, checked against its width before any work
+    (one place for ``pai train-sae`` and its torchrun form in ``distributed``)."""
+    from ..errors import ConfigError
+    from ..sae.train import TrainConfig
 
-    if args.upload_to_hub and not args.hub_repo_id:
-        raise UsageError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
-    if bool(args.activations) == bool(args.dataset_repo_id):
-        raise UsageError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
-    out = Path(args.output_dir)
-    if args.dataset_repo_id:
-        if not args.policy_path:
-            raise UsageError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
-        from ..activations import open_datasets  # one dataset, or several: a,b (--root r1,r2)
-
-        acts = out / "activations"
-        record_activations(
-            open_datasets(args.dataset_repo_id, args.root), args.policy_path, acts, args.episodes, record_config(args)
-        )
-    else:
-        acts = Path(args.activations)
-    store = ActivationStore(acts)
     try:
         cfg = TrainConfig(
             expansion_factor=args.expansion_factor,
@@ -103,7 +91,40 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             device=args.device,
         )
-        cfg.sae_config(store.d_model)  # validates k against the width before any work
+        cfg.sae_config(store.d_model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..activations import ActivationStore, record_activations, token_batches
+    from ..errors import ConfigError, UsageError
+    from ..sae.train import train_sae
+
+    if args.upload_to_hub and not args.hub_repo_id:
+        raise UsageError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
+    if bool(args.activations) == bool(args.dataset_repo_id):
+        raise UsageError("give either --activations DIR or --dataset-repo-id (with --policy-path) to record first")
+    out = Path(args.output_dir)
+    if args.dataset_repo_id:
+        if not args.policy_path:
+            raise UsageError("--dataset-repo-id needs --policy-path: the policy whose tokens are recorded")
+        from ..activations import open_datasets  # one dataset, or several: a,b (--root r1,r2)
+
+        acts = out / "activations"
+        record_activations(
+            open_datasets(args.dataset_repo_id, args.root),
+            args.policy_path,
+            acts,
+            args.episodes,
+            flags.record_config(args),
+        )
+    else:
+        acts = Path(args.activations)
+    store = ActivationStore(acts)
+    cfg = train_config(args, store)
+    try:
         train, held = store.split(args.val_fraction, args.seed)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
