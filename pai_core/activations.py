@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .distributed import merged_shards
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 from .layout import TokenLayout
 from .outputs import prepare_output_dir
 
@@ -426,7 +426,7 @@ class ActivationStore:
         """(train shards, held-out shards): whole episodes are held out when there are two or more,
         else whole shards, so held-out tokens never come from frames the SAE trained on."""
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction} must be within (0, 1)")
+            raise ConfigError(f"val_fraction={val_fraction} must be within (0, 1) (--val-fraction)")
         rng = np.random.default_rng(seed)
         keys = sorted({self.shard_key(s) for s in self.shards})
         if len(keys) >= 2:

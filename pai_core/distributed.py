@@ -346,7 +346,7 @@ class SAEDataParallel:
         self._handles = []
 
 
-def train_ranked(
+def train_on_recording(
     activations: str | Path,
     output_dir: str | Path,
     config: TrainConfig,
@@ -355,9 +355,11 @@ def train_ranked(
     resume: bool = False,
     progress: bool = True,
 ) -> TrainResult | None:
-    """Train an SAE on a recording with every rank of the job (``train_sae`` with ``SAEDataParallel``).
-    ``config.batch_size`` is the global batch. Rank 0 writes ``output_dir`` (tokens/s over all ranks);
-    the others train in a scratch folder that is removed. Returns rank 0's ``TrainResult`` (None elsewhere)."""
+    """Train an SAE on a recording: ``pai train-sae``'s work, in one process (``Ranks()``, the default) or with
+    every rank of a torchrun job (``train_sae`` with ``SAEDataParallel``). ``config.batch_size`` is the global
+    batch; the held-out episodes are ``val_fraction`` of the recording's. Rank 0 writes ``output_dir`` (tokens/s
+    over all ranks); the others train in a scratch folder that is removed. Returns rank 0's ``TrainResult``
+    (None elsewhere)."""
     from .activations import ActivationStore, token_batches
     from .sae.io import save_sae
     from .sae.train import CHECKPOINT, model_card, train_sae
@@ -376,14 +378,16 @@ def train_ranked(
         "activations": str(Path(activations).resolve()),
         "dataset": m.get("dataset"),
         "dataset_root": m.get("dataset_root"),
-        "train_episodes": sorted({store.shard_episode(s) for s in train}),
-        "held_out_episodes": sorted({store.shard_episode(s) for s in held}),
+        "train_episodes": store.episode_labels(train),  # "repo:episode" for several datasets
+        "held_out_episodes": store.episode_labels(held),
+        "datasets": m.get("datasets", []),
         "tokens_per_frame": m.get("tokens_per_frame"),
         "sampling": m.get("sampling"),
         "dtype": m.get("dtype"),
         "policy_fingerprint": m.get("policy_fingerprint", ""),
         "ranks": ranks.world,
     }
+    log.info("training on %d tokens, %d held out", store.count_tokens(train), store.count_tokens(held))
     scratch = None if ranks.is_main else Path(tempfile.mkdtemp(prefix=f"pai-sae-rank{ranks.rank}-"))
     target = out if scratch is None else scratch / "sae"
     if scratch is not None and resume and (out / CHECKPOINT).is_file():
@@ -487,7 +491,7 @@ def _run(args: argparse.Namespace, ranks: Ranks, train_cmd: ModuleType) -> dict:
             ranks,
         )
     cfg = train_cmd.train_config(args, ActivationStore(acts))
-    result = train_ranked(acts, args.output_dir, cfg, ranks, args.val_fraction, args.resume)
+    result = train_on_recording(acts, args.output_dir, cfg, ranks, args.val_fraction, args.resume)
     if result is None:
         return {}
     return {
@@ -508,7 +512,7 @@ __all__ = [
     "rank_batches",
     "record_ranked",
     "split_episodes",
-    "train_ranked",
+    "train_on_recording",
 ]
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pai_core.activations import (
     shard_name,
     token_batches,
 )
-from pai_core.distributed import Ranks, merged_shards, rank_batches, split_episodes, train_ranked
+from pai_core.distributed import Ranks, merged_shards, rank_batches, split_episodes, train_on_recording
 from pai_core.errors import InputError
 from pai_core.sae import TrainConfig, load_sae, train_sae
 
@@ -203,7 +203,7 @@ def train_one_process(acts: Path, out: Path):
 def test_one_rank_trains_exactly_what_train_sae_trains(recorded, tmp_path, one_thread):
     base, _ = recorded
     cfg = TrainConfig(**SAE_FLAGS, layer=-1)
-    ranked = train_ranked(base / "one", tmp_path / "ranked", cfg, Ranks(), val_fraction=0.25, progress=False)
+    ranked = train_on_recording(base / "one", tmp_path / "ranked", cfg, Ranks(), val_fraction=0.25, progress=False)
     plain = train_one_process(base / "one", tmp_path / "plain")
     for name, value in plain.sae.state_dict().items():
         assert torch.equal(value, ranked.sae.state_dict()[name]), name

@@ -98,9 +98,9 @@ def train_config(args: argparse.Namespace, store: ActivationStore) -> TrainConfi
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..activations import ActivationStore, record_activations, token_batches
-    from ..errors import ConfigError, UsageError
-    from ..sae.train import train_sae
+    from ..activations import ActivationStore, record_activations
+    from ..distributed import train_on_recording
+    from ..errors import UsageError
 
     if args.upload_to_hub and not args.hub_repo_id:
         raise UsageError("--upload-to-hub needs --hub-repo-id (the hub model repo to create or update)")
@@ -122,36 +122,9 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         acts = Path(args.activations)
-    store = ActivationStore(acts)
-    cfg = train_config(args, store)
-    try:
-        train, held = store.split(args.val_fraction, args.seed)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    m = store.manifest
-    extra = {
-        "activations": str(acts.resolve()),
-        "dataset": m.get("dataset"),
-        "dataset_root": m.get("dataset_root"),
-        "train_episodes": store.episode_labels(train),  # "repo:episode" for several datasets
-        "held_out_episodes": store.episode_labels(held),
-        "datasets": m.get("datasets", []),
-        "tokens_per_frame": m.get("tokens_per_frame"),
-        "sampling": m.get("sampling"),
-        "dtype": m.get("dtype"),
-        "policy_fingerprint": m.get("policy_fingerprint", ""),
-    }
-    log.info("training on %d tokens, %d held out", store.count_tokens(train), store.count_tokens(held))
-    result = train_sae(
-        token_batches(train, args.batch_size, seed=args.seed, repeat=True, device=args.device),
-        store.d_model,
-        out,
-        cfg,
-        held_out=lambda: token_batches(held, 8192, shuffle=False, device=args.device),
-        resume=args.resume,
-        policy=str(m.get("policy", "")),
-        extra=extra,
-    )
+    cfg = train_config(args, ActivationStore(acts))
+    result = train_on_recording(acts, out, cfg, val_fraction=args.val_fraction, resume=args.resume)
+    assert result is not None  # one process is rank 0
     print(
         json.dumps(
             {

@@ -2,9 +2,9 @@
 
 Each stage declares the files it produces; a stage whose outputs all exist is skipped, so a second
 run only redoes what is missing (``--force NAME`` reruns one). Stages call the library (``sim.record``,
-``sim.train``, ``sim.evaluate``, ``analysis``, ``replay.api``) with the same values the CLI would pass. Three
-stages still go through ``pai_core.cli.main`` (``_pai``): train-sae, calibrate-ood and evaluate-ood, whose
-flow lives in their commands' ``run`` and has no library entry point yet.
+``sim.train``, ``sim.evaluate``, ``analysis``, ``replay.api``) with the same values the CLI would pass. Two
+stages still go through ``pai_core.cli.main`` (``_pai``): calibrate-ood and evaluate-ood, whose flow lives
+in their commands' ``run`` and has no library entry point yet.
 """
 
 from __future__ import annotations
@@ -252,27 +252,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         Stage(
             "train_sae",
             [sae / "model.safetensors"],
-            lambda: _pai(
-                "train-sae",
-                "--dataset-repo-id",
-                REPO_ID,
-                "--root",
-                ds / "train",
-                "--policy-path",
-                policy,
-                "--output-dir",
-                sae,
-                "--steps",
-                cfg.sae_steps,
-                "--batch-size",
-                1024,
-                "--expansion-factor",
-                8,
-                "--k",
-                16,
-                "--aux-k",
-                64,
-            ),
+            lambda: _train_sae(cfg),
             "activations + TopK SAE",
         )
     )
@@ -394,6 +374,22 @@ def _replay_ros(cfg: DemoConfig) -> None:
             + f"; {out / 'replay_ros' / kind}",
             flush=True,
         )
+
+
+def _train_sae(cfg: DemoConfig) -> None:
+    """``pai train-sae --dataset-repo-id ... --expansion-factor 8 --k 16 --aux-k 64 --batch-size 1024``: record
+    the policy's tokens on the clean training episodes, then train the SAE on them."""
+    from ..activations import ActivationStore, open_datasets, record_activations
+    from ..distributed import train_on_recording
+    from ..sae.train import TrainConfig
+
+    out = cfg.output_dir
+    sae, acts = out / "sae", out / "sae" / "activations"
+    datasets = open_datasets(REPO_ID, str(out / "datasets" / "train"))
+    record_activations(datasets, str(out / "policy" / "pretrained_model"), acts)
+    layer = int(ActivationStore(acts).manifest["layer"])
+    config = TrainConfig(expansion_factor=8, k=16, aux_k=64, steps=cfg.sae_steps, batch_size=1024, layer=layer)
+    train_on_recording(acts, sae, config)
 
 
 def _evaluate_ood(cfg: DemoConfig) -> None:
