@@ -38,6 +38,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pai_core.observation import camera_short  # noqa: E402 (needs the checkout on sys.path)
+
 
 def build_models(out: Path, args) -> dict:
     from pai_core.ood import OODParams
@@ -106,7 +108,7 @@ def write_params(path: Path, models: dict, args) -> None:
         stale_timeout_s=30.0,
     )
     p["cameras"] = {
-        "topics": [f"/bench/{k.rsplit('.', 1)[-1]}/image_raw" for k in models["cams"]],
+        "topics": [f"/bench/{camera_short(k)}/image_raw" for k in models["cams"]],
         "features": list(models["cams"]),
     }
     p["safe_stop"] = {"service": ""}
@@ -151,7 +153,7 @@ def run_node_bench(models: dict, args, params: Path) -> dict:
     latencies_all: list[float] = []  # to the joint command: the frame's last output
     diag: dict = {}
     lock = threading.Lock()
-    first = next(iter(models["cams"])).rsplit(".", 1)[-1]
+    first = camera_short(next(iter(models["cams"])))
 
     def on_overlay(msg):
         now = time.perf_counter()
@@ -187,7 +189,7 @@ def run_node_bench(models: dict, args, params: Path) -> dict:
     )
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
-    cams = {k: node.create_publisher(Image, f"/bench/{k.rsplit('.', 1)[-1]}/image_raw", qos) for k in models["cams"]}
+    cams = {k: node.create_publisher(Image, f"/bench/{camera_short(k)}/image_raw", qos) for k in models["cams"]}
     joints = node.create_publisher(JointState, "/bench/joint_states", qos)
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
