@@ -101,6 +101,31 @@ def test_segments_reset_the_pipeline_batch_apart_and_reach_the_sinks_in_order(wr
     assert log.threads == ({"pai-sink-writer"} if write_behind else {threading.current_thread().name})
 
 
+class ModelLog(Log):
+    """A sink that runs the model itself (as ``SaliencySink``): it must never run beside the next step."""
+
+    runs_model = True
+
+    def __init__(self, stepper: Stepper):
+        super().__init__()
+        self.stepper, self.steps_seen = stepper, []
+
+    def write(self, frames: Sequence[Frame]) -> None:
+        super().write(frames)
+        self.steps_seen.append(len(self.stepper.calls))
+
+
+def test_a_sink_that_runs_the_model_is_called_in_the_runners_thread_right_after_its_step():
+    stepper = Stepper()
+    model_sink, log = ModelLog(stepper), Log()
+    config = RunConfig(batch_size=2, progress=False, write_behind=2)
+    run_segments([Segment(0, observations(0, 6))], stepper, [model_sink, log], config=config)
+    assert model_sink.threads == {threading.current_thread().name} and log.threads == {"pai-sink-writer"}
+    assert model_sink.steps_seen == [1, 2, 3]  # each batch before the next step_batch, in order
+    assert [e for e in model_sink.events if e[0] != "write"] == [("begin", 0), ("end", 0)]
+    assert [e for e in log.events if e[0] == "write"] == [e for e in model_sink.events if e[0] == "write"]
+
+
 def test_a_rejected_observation_is_skipped_with_its_reason_or_raised():
     accounting, log = Accounting(), Log()
     run(observations(0, 4), Stepper(bad=[2]), [log], accounting, RunConfig(batch_size=4, progress=False))

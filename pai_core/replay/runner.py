@@ -27,7 +27,9 @@ class Sink(Protocol):
 
     A sink may also define ``begin(key)`` and ``end(key)``: called before the first and after the last
     frame of each ``Segment`` (``end`` only when the segment ran to its end). The calls come from one
-    thread, in order, but not the runner's (``RunConfig.write_behind``).
+    thread, in order, but not the runner's (``RunConfig.write_behind``), except for a sink that runs the
+    model itself (``runs_model = True``, e.g. ``SaliencySink``): it is called in the runner's thread, between
+    two steps, because the engine's hooks hold one forward pass at a time.
     """
 
     def write(self, frames: Sequence[Frame]) -> None: ...
@@ -193,34 +195,42 @@ def run_segments(
     bar = tqdm(total=total, unit="frame", desc=config.desc, disable=not config.progress, dynamic_ncols=True)
     behind = WriteBehind(config.write_behind) if config.write_behind > 0 else None
 
+    inline = [s for s in sinks if getattr(s, "runs_model", False)]  # never beside the model's next step
+    later = [s for s in sinks if s not in inline]
+
     def emit(fn: Callable[..., Any], *args: Any) -> None:
         if behind is None:
             fn(*args)
         else:
             behind.call(fn, *args)
 
+    def each(method: str, *args: Any) -> None:
+        for sink in inline:
+            if hasattr(sink, method):
+                getattr(sink, method)(*args)
+        for sink in later:
+            if hasattr(sink, method):
+                emit(getattr(sink, method), *args)
+
     try:
         for segment in segments:
             pipeline.reset()
-            for sink in sinks:
-                if hasattr(sink, "begin"):
-                    emit(sink.begin, segment.key)
+            each("begin", segment.key)
             with segment.context() if segment.context is not None else nullcontext():
                 for batch in _segment_batches(segment, config):
                     t0 = time.perf_counter()
                     frames = _step(pipeline, batch, accounting, config.rejected)
                     stats.pipeline_s += time.perf_counter() - t0
                     if frames:
-                        emit(write_all, sinks, frames)
+                        write_all(inline, frames)
+                        emit(write_all, later, frames)
                         stats.frames += len(frames)
                         accounting.frames_processed += len(frames)
                         if stats.first_stamp is None:
                             stats.first_stamp = float(frames[0].observation.timestamp)
                         stats.last_stamp = float(frames[-1].observation.timestamp)
                     bar.update(len(batch))
-            for sink in sinks:
-                if hasattr(sink, "end"):
-                    emit(sink.end, segment.key)
+            each("end", segment.key)
         if behind is not None:
             behind.finish()
     except PaiError as exc:

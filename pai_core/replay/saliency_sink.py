@@ -30,12 +30,15 @@ from .video import VideoSink
 class SaliencySink:
     """Runs integrated gradients on every frame the replay processed (batched as the replay batches) and writes
     the videos and the table. The attributions are computed here, after the pipeline's own forward pass, so
-    the other outputs stay exactly the pipeline's.
+    the other outputs stay exactly the pipeline's. It runs the model, so the runner calls it in its own thread
+    (``runs_model``), never beside the next batch's forward pass.
 
     Args:
         ig: the attribution method (on the run's engine, with its ``SaliencyConfig``).
         info: the run's description (its cameras name the share columns).
     """
+
+    runs_model = True
 
     def __init__(
         self,
