@@ -248,3 +248,26 @@ def test_a_missing_bag_path_is_an_error_saying_what_was_expected(tmp_path, polic
     )
     assert rc == 1
     assert "does not exist; expected a rosbag2 folder" in capsys.readouterr().err
+
+
+def test_a_failed_replay_into_an_earlier_runs_folder_leaves_none_of_the_earlier_runs_files(tmp_path, policy_dir):
+    rec, damaged = _damaged(tmp_path, "mcap", "corrupt")
+    settings = write_settings(tmp_path / "s.yaml", CAMS, policy_dir)
+    out = tmp_path / "out"
+
+    def replay(bag, *flags: str) -> int:
+        argv = ["replay", "--bag", str(bag), "--config", str(settings), "--output-dir", str(out), "--no-progress"]
+        return main([*argv, "--batch-size", "4", *flags])
+
+    assert replay(tmp_path / "bag") == 0  # the undamaged recording, with videos and replay.mcap
+    first = json.loads((out / "summary.json").read_text())
+    assert {"front_attention.mp4", "replay.mcap"} <= set(first["files"]) and (out / "front_attention.mp4").is_file()
+    (out / "notes.txt").write_text("the user's own file")
+    assert replay(damaged, "--no-video", "--no-mcap") == 1
+    second = json.loads((out / "summary.json").read_text())
+    assert second["accounting"]["error"] and 0 < second["frames processed"] < first["frames processed"]
+    assert pq.read_table(out / "attention.parquet").num_rows == second["frames processed"]
+    assert not (out / "front_attention.mp4").exists() and not (out / "replay.mcap").exists()  # the earlier run's
+    assert "Replay stopped early" in (out / "report.html").read_text()
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind

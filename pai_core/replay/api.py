@@ -7,6 +7,8 @@ Chooses sinks from ``ReplayOptions``, runs the batched pipeline loop, then write
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,13 +94,35 @@ def replay(
     fps: float = 10.0,
     source: str = "",
 ) -> ReplayResult:
-    """Run ``observations`` through ``pipeline`` into every output chosen by ``options``."""
+    """Run ``observations`` through ``pipeline`` into every output chosen by ``options``.
+
+    The run writes into a fresh folder inside ``options.output_dir`` and moves its files into place when it
+    ends, successful or not (``move_into_place``): the folder never mixes this run's files with an earlier
+    run's, and files that are not a replay's are left alone."""
+    final = prepare_output_dir(Path(options.output_dir), "replay output folder (--output-dir)")
+    out = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=final))  # this run's files, moved into place at the end
+    try:
+        return _replay(observations, pipeline, options, accounting, total, fps, source, out, final)
+    finally:
+        move_into_place(out, final)
+
+
+def _replay(
+    observations: Iterable[Observation],
+    pipeline: Pipeline,
+    options: ReplayOptions,
+    accounting: Accounting,
+    total: int | None,
+    fps: float,
+    source: str,
+    out: Path,
+    final: Path,
+) -> ReplayResult:
+    """``replay`` writing into the staging folder ``out``; the result names ``final``."""
     from .report import ReportSink, write_report
     from .run_info import RunInfo
     from .tables import TableSink
 
-    out = Path(options.output_dir)
-    out = prepare_output_dir(out, "replay output folder (--output-dir)")
     info = RunInfo.of(pipeline)
     sinks: list = [TableSink(out, info)]
     from .video import OverlayRenders
@@ -206,7 +230,31 @@ def replay(
         if playback is not None:
             playback.close()
         raise error
-    return ReplayResult(out, stats, accounting, files, messages.counts if messages else {}, playback)
+    return ReplayResult(final, stats, accounting, files, messages.counts if messages else {}, playback)
+
+
+STAGING_PREFIX = ".pai-replay-"
+#: what a replay writes besides the files its summary.json lists (the report and its plots)
+REPORT_FILES = ("summary.json", "report.html", "ood_timeline.png", "attention_share.png", "top_features.png")
+
+
+def move_into_place(staging: Path, final: Path) -> None:
+    """Move a run's files from ``staging`` into ``final``. The files of an earlier replay there (those its
+    ``summary.json`` lists, and its report) that this run did not write are removed first, so a failed
+    or smaller run never sits beside an earlier run's report, videos or tables."""
+    earlier: set[str] = set()
+    try:
+        earlier = set(json.loads((final / "summary.json").read_text()).get("files", {})) | set(REPORT_FILES)
+    except (OSError, ValueError, AttributeError):  # no earlier replay here (or not one that pai wrote)
+        pass
+    written = {p.name for p in staging.iterdir()}
+    for name in earlier - written:
+        old = final / name
+        if old.is_file() and old.parent == final:
+            old.unlink()
+    for path in staging.iterdir():
+        os.replace(path, final / path.name)
+    staging.rmdir()
 
 
 def _files(out: Path, video: VideoSink | None) -> dict[str, str]:
