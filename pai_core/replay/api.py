@@ -234,8 +234,6 @@ def _replay(
 
 
 STAGING_PREFIX = ".pai-replay-"
-#: what a replay writes besides the files its summary.json lists (the report and its plots)
-REPORT_FILES = ("summary.json", "report.html", "ood_timeline.png", "attention_share.png", "top_features.png")
 
 
 def move_into_place(staging: Path, final: Path) -> None:
@@ -244,7 +242,10 @@ def move_into_place(staging: Path, final: Path) -> None:
     or smaller run never sits beside an earlier run's report, videos or tables."""
     earlier: set[str] = set()
     try:
-        earlier = set(json.loads((final / "summary.json").read_text()).get("files", {})) | set(REPORT_FILES)
+        from .report import REPORT_FILES  # besides the files the summary lists: the report and its plots
+
+        listed = json.loads((final / "summary.json").read_text()).get("files", {})
+        earlier = set(listed) | {"summary.json", *REPORT_FILES}
     except (OSError, ValueError, AttributeError):  # no earlier replay here (or not one that pai wrote)
         pass
     written = {p.name for p in staging.iterdir()}

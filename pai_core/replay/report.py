@@ -188,6 +188,12 @@ def share_figure(series: Series) -> Figure:
     return fig
 
 
+#: the report's files: the page and the plots it shows (each plot only when the run has its data)
+REPORT_PAGE = "report.html"
+OOD_PLOT, SHARE_PLOT, FEATURE_PLOT = "ood_timeline.png", "attention_share.png", "top_features.png"
+REPORT_FILES = (REPORT_PAGE, OOD_PLOT, SHARE_PLOT, FEATURE_PLOT)
+
+
 def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -196,12 +202,12 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
 
     made = []
     if series.score:
-        made.append(("OOD score with threshold and alarm", _save(ood_figure(series), out / "ood_timeline.png")))
+        made.append(("OOD score with threshold and alarm", _save(ood_figure(series), out / OOD_PLOT)))
     if series.shares:
         made.append(
             (
                 "Attention share per camera, state and latent token",
-                _save(share_figure(series), out / "attention_share.png"),
+                _save(share_figure(series), out / SHARE_PLOT),
             )
         )
     if series.feature_sum is not None and series.feature_fired is not None and series.time:
@@ -218,7 +224,7 @@ def _plots(series: Series, names: list[str], out: Path) -> list[tuple[str, str]]
             )
             ax.set_xlabel("mean pooled activation")
             ax.set_title("Most active SAE features")
-            made.append(("Most active SAE features", _save(fig, out / "top_features.png")))
+            made.append(("Most active SAE features", _save(fig, out / FEATURE_PLOT)))
     return made
 
 
@@ -267,6 +273,6 @@ of {accounting.frames_total}.</p>
 <h2>Inputs</h2><table><tr><th>input</th><th>received</th><th>used</th><th>not used</th></tr>{inputs}</table>
 <h2>Files</h2><ul>{files}</ul>
 </body></html>"""
-    path = out / "report.html"
+    path = out / REPORT_PAGE
     path.write_text(page)
     return path
