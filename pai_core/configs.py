@@ -24,6 +24,12 @@ AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 Normalisation = Literal["percentile", "linear"]
 NORMALISATIONS: tuple[str, ...] = get_args(Normalisation)
 
+# OOD appearance scores (``ood.registry``) and the further signals calibrated jointly with one.
+OodScore = Literal["sae_recon_mse", "sae_recon_z", "token_knn", "patch_knn"]
+OOD_SCORES: tuple[str, ...] = get_args(OodScore)
+OodSignal = Literal["action_consistency"]
+OOD_SIGNALS: tuple[str, ...] = get_args(OodSignal)
+
 # Statistics ``pai analyse-features`` may rank features by (``analysis.stats.rank_features``).
 RANK_BY: tuple[str, ...] = ("variance", "frequency", "mean", "max")
 

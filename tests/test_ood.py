@@ -271,3 +271,23 @@ def test_standardised_score_weighs_each_token_position_by_its_own_clean_spread()
         frame_scores(clean[:, :3], params)
     with pytest.raises(ValueError, match="score='nn' is not one of"):
         OODParams(threshold=0.0, score="nn")
+
+
+def test_the_cli_offers_exactly_the_scores_and_signals_the_registry_holds():
+    from pai_core.configs import OOD_SCORES, OOD_SIGNALS
+    from pai_core.ood import SCORERS
+
+    assert sorted(OOD_SCORES + OOD_SIGNALS) == sorted(SCORERS)
+
+
+def test_a_calibration_job_names_the_setting_it_refuses(tmp_path):
+    from pai_core.errors import UsageError
+    from pai_core.ood.calibration import CalibrationJob
+
+    base = dict(sae_path=tmp_path, policy_path=tmp_path, dataset_repo_id="x", root=tmp_path)
+    with pytest.raises(UsageError, match="--alpha 1.5"):
+        CalibrationJob(**base, ood_params_path=tmp_path / "o.json", alpha=1.5)
+    with pytest.raises(UsageError, match="--score 'mahalanobis'"):
+        CalibrationJob(**base, ood_params_path=tmp_path / "o.json", score="mahalanobis")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--signals"):
+        CalibrationJob(**base, ood_params_path=tmp_path / "o.json", signals=["entropy"])  # type: ignore[list-item]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from . import args as flags
 
@@ -51,65 +50,29 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..alarm import AlarmConfig
-    from ..engine import IntrospectionConfig
-    from ..errors import ConfigError, ModelError, UsageError
-    from ..ood import evaluate_episodes, score_episodes
-    from ..ood.plots import plot_evaluation
-    from ..pipeline import Pipeline
-
-    try:
-        alarm = AlarmConfig(n=args.alarm_n, m=args.alarm_m, latch=True)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    from ..errors import UsageError
     from ..hub import locate_sae
+    from ..ood.evaluate import EvaluationJob, evaluate_ood
 
     sae = locate_sae(args.sae_path)  # a hub id: its snapshot holds ood_params.json
     if sae.repo_id and not args.output_dir:
         raise UsageError(f"--sae-path {args.sae_path} is a hub repo (a read-only snapshot): pass --output-dir")
-    params = Path(args.ood_params_path) if args.ood_params_path else sae.path / "ood_params.json"
-    if not params.is_file():
-        raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {args.sae_path} ...` first")
-    from ..outputs import prepare_output_dir
-    from ..preflight import check_dataset_for_policy
-    from ..sources.dataset import open_dataset_spec, select_episodes
-
-    engine_config = IntrospectionConfig(device=args.device, **flags.model_options(args))
-    pipe = Pipeline.load(
-        args.policy_path, args.sae_path, str(params), device=args.device, alarm=alarm, engine_config=engine_config
-    )
-    ood, threshold = pipe.ood, pipe.threshold
-    if ood is None or threshold is None:
-        raise ModelError(f"{params} loaded no OOD parameters")
-    id_sets = [(open_dataset_spec(spec, args.datasets_dir), args.id_episodes) for spec in args.id]
-    ood_sets = [(open_dataset_spec(spec, args.datasets_dir), None) for spec in args.ood]
-    for ds, episodes in id_sets + ood_sets:  # every dataset checked before the first forward pass
-        check_dataset_for_policy(ds, pipe.engine, select_episodes(ds, episodes), args.policy_path)
-    id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, args.batch_size)]
-    ood_eps = [e for ds, _ in ood_sets for e in score_episodes(pipe, ds, None, args.batch_size)]
-    result = evaluate_episodes(id_eps, ood_eps, threshold)
-    result.update(
-        {
-            "alpha": ood.alpha,
-            "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
-            "id": args.id,
-            "ood": args.ood,
-        }
-    )
-    out = Path(args.output_dir or args.sae_path)
-    out = prepare_output_dir(out, "evaluation folder (--output-dir)")
-    (out / "ood_evaluation.json").write_text(json.dumps(result, indent=2))
-    png = plot_evaluation(id_eps, ood_eps, result, out / "ood_evaluation.png")
-    summary = {
-        k: result[k]
-        for k in (
-            "auroc",
-            "tpr_at_threshold",
-            "false_positive_rate_at_threshold",
-            "episodes_with_false_alarm",
-            "ood_episodes_detected",
-            "mean_detection_delay_frames",
+    summary = evaluate_ood(
+        EvaluationJob(
+            sae.path,
+            args.policy_path,
+            args.id,
+            args.ood,
+            output_dir=args.output_dir or sae.path,
+            ood_params_path=args.ood_params_path or None,
+            datasets_dir=args.datasets_dir,
+            id_episodes=args.id_episodes or None,
+            alarm_n=args.alarm_n,
+            alarm_m=args.alarm_m,
+            batch_size=args.batch_size,
+            device=args.device,
+            model_options=flags.model_options(args),
         )
-    }
-    print(json.dumps({**summary, "json": str(out / "ood_evaluation.json"), "plot": str(png)}, indent=2))
+    )
+    print(json.dumps(summary, indent=2))
     return 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, UsageError
 from .conformal import auroc
 
 if TYPE_CHECKING:
@@ -215,3 +216,96 @@ def evaluate_episodes(id_eps: list[EpisodeScores], ood_eps: list[EpisodeScores],
         "in_distribution_episodes": per_id,
         "ood_episodes": per_ood,
     }
+
+
+@dataclass
+class EvaluationJob:
+    """What ``evaluate_ood`` scores and where it writes (the CLI's flags, by the same names).
+
+    Args:
+    sae_path: SAE folder; ood_params_path: its calibrated ``ood_params.json``.
+    policy_path: the policy the SAE was trained on.
+    id, ood: in-distribution and OOD datasets (local folders, or repo ids found under ``datasets_dir``).
+    id_episodes: episodes of the ``id`` datasets (None: all).
+    alarm_n, alarm_m: the alarm rule (n frames above threshold among the last m).
+    output_dir: where ``ood_evaluation.json`` and ``ood_evaluation.png`` go.
+    batch_size, device, model_options: how the pipeline runs (``IntrospectionConfig`` keywords).
+    """
+
+    sae_path: str | Path
+    policy_path: str | Path
+    id: Sequence[str | Path]
+    ood: Sequence[str | Path]
+    output_dir: str | Path
+    ood_params_path: str | Path | None = None
+    datasets_dir: str | None = None
+    id_episodes: list[int] | None = None
+    alarm_n: int = 3
+    alarm_m: int = 5
+    batch_size: int = 16
+    device: str = "cpu"
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ood_params_path = Path(self.ood_params_path or Path(self.sae_path) / "ood_params.json")
+        if not self.id or not self.ood:
+            raise UsageError(f"evaluate-ood needs in-distribution and OOD datasets (--id {self.id}, --ood {self.ood})")
+
+
+def evaluate_ood(job: EvaluationJob) -> dict[str, Any]:
+    """Score the ``id`` and ``ood`` episodes with the calibrated threshold and alarm, write the JSON and the
+    plot; returns the summary ``pai evaluate-ood`` prints."""
+    import json
+
+    from ..alarm import AlarmConfig
+    from ..engine import IntrospectionConfig
+    from ..errors import ConfigError
+    from ..outputs import prepare_output_dir
+    from ..pipeline import Pipeline
+    from ..preflight import check_dataset_for_policy
+    from ..sources.dataset import open_dataset_spec, select_episodes
+    from .plots import plot_evaluation
+
+    try:
+        alarm = AlarmConfig(n=job.alarm_n, m=job.alarm_m, latch=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    params = Path(cast(Path, job.ood_params_path))
+    if not params.is_file():
+        raise ModelError(f"No OOD parameters at {params}: run `pai calibrate-ood --sae-path {job.sae_path} ...` first")
+    engine_config = IntrospectionConfig(device=job.device, **job.model_options)
+    pipe = Pipeline.load(
+        str(job.policy_path),
+        str(job.sae_path),
+        str(params),
+        device=job.device,
+        alarm=alarm,
+        engine_config=engine_config,
+    )
+    if pipe.ood is None or pipe.threshold is None:
+        raise ModelError(f"{params} loaded no OOD parameters")
+    id_sets = [(open_dataset_spec(str(spec), job.datasets_dir), job.id_episodes) for spec in job.id]
+    ood_sets = [(open_dataset_spec(str(spec), job.datasets_dir), None) for spec in job.ood]
+    for ds, episodes in id_sets + ood_sets:  # every dataset checked before the first forward pass
+        check_dataset_for_policy(ds, pipe.engine, select_episodes(ds, episodes), str(job.policy_path))
+    id_eps = [e for ds, episodes in id_sets for e in score_episodes(pipe, ds, episodes, job.batch_size)]
+    ood_eps = [e for ds, _ in ood_sets for e in score_episodes(pipe, ds, None, job.batch_size)]
+    result = evaluate_episodes(id_eps, ood_eps, pipe.threshold)
+    result |= {
+        "alpha": pipe.ood.alpha,
+        "alarm": {"n": alarm.n, "m": alarm.m, "latch": alarm.latch},
+        "id": [str(s) for s in job.id],
+        "ood": [str(s) for s in job.ood],
+    }
+    out = prepare_output_dir(job.output_dir, "evaluation folder (--output-dir)")
+    (out / "ood_evaluation.json").write_text(json.dumps(result, indent=2))
+    png = plot_evaluation(id_eps, ood_eps, result, out / "ood_evaluation.png")
+    keys = (
+        "auroc",
+        "tpr_at_threshold",
+        "false_positive_rate_at_threshold",
+        "episodes_with_false_alarm",
+        "ood_episodes_detected",
+        "mean_detection_delay_frames",
+    )
+    return {k: result[k] for k in keys} | {"json": str(out / "ood_evaluation.json"), "plot": str(png)}

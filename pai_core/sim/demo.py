@@ -2,15 +2,13 @@
 
 Each stage declares the files it produces; a stage whose outputs all exist is skipped, so a second
 run only redoes what is missing (``--force NAME`` reruns one). Stages call the library (``sim.record``,
-``sim.train``, ``sim.evaluate``, ``analysis``, ``replay.api``) with the same values the CLI would pass. Two
-stages still go through ``pai_core.cli.main`` (``_pai``): calibrate-ood and evaluate-ood, whose flow lives
-in their commands' ``run`` and has no library entry point yet.
+``sim.train``, ``sim.evaluate``, ``distributed``, ``ood.calibration``, ``ood.evaluate``, ``analysis``,
+``replay.api``) with the same values the CLI would pass; none goes through the CLI.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
+from ..configs import OodSignal
 from ..errors import ObservationError, PaiError, StageSkipped
 from .scene import PERTURBATIONS
 
@@ -76,7 +75,7 @@ class DemoConfig:
     sae_steps: int = 1500
     alpha: float = 0.01
     reference_nuisance: int = 4
-    signals: list[str] = field(default_factory=lambda: ["action_consistency"])
+    signals: list[OodSignal] = field(default_factory=lambda: ["action_consistency"])
     ros: bool = True
 
     def __post_init__(self) -> None:
@@ -110,17 +109,6 @@ class Stage:
     outputs: list[Path]
     run: Callable[[], None]
     what: str = ""
-
-
-def _pai(*argv: object) -> None:
-    """Run one ``pai`` command in this process; a non-zero exit fails the stage."""
-    from ..cli import main
-
-    args = [str(a) for a in argv]
-    print(f"[pai demo] $ pai {shlex.join(args)}", flush=True)
-    code = main(args)
-    if code:
-        raise PaiError(f"`pai {shlex.join(args)}` exited with {code}")
 
 
 def demo_settings(policy: Path, sae: Path) -> PaiSettings:
@@ -260,24 +248,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         Stage(
             "calibrate_ood",
             [sae / "ood_params.json"],
-            lambda: _pai(
-                "calibrate-ood",
-                "--sae-path",
-                sae,
-                "--policy-path",
-                policy,
-                "--dataset-repo-id",
-                REPO_ID,
-                "--root",
-                ds / "calibration",
-                "--alpha",
-                cfg.alpha,
-                "--score",
-                "patch_knn",
-                "--reference-nuisance",
-                cfg.reference_nuisance,
-                *(["--signals", *cfg.signals] if cfg.signals else []),
-            ),
+            lambda: _calibrate_ood(cfg),
             "conformal threshold on held-out clean episodes (patch_knn + action consistency, docs/demo.md)",
         )
     )
@@ -392,21 +363,36 @@ def _train_sae(cfg: DemoConfig) -> None:
     train_on_recording(acts, sae, config)
 
 
-def _evaluate_ood(cfg: DemoConfig) -> None:
+def _calibrate_ood(cfg: DemoConfig) -> None:
+    from ..ood.calibration import CalibrationJob, calibrate_ood
+
     out = cfg.output_dir
-    _pai(
-        "evaluate-ood",
-        "--sae-path",
+    job = CalibrationJob(
         out / "sae",
-        "--policy-path",
         out / "policy" / "pretrained_model",
-        "--id",
-        out / "datasets" / "test_clean",
-        "--ood",
-        *[out / "datasets" / f"ood_{p}" for p in cfg.perturbations],
-        "--output-dir",
+        REPO_ID,
+        out / "datasets" / "calibration",
+        out / "sae" / "ood_params.json",
+        alpha=cfg.alpha,
+        score="patch_knn",
+        signals=cfg.signals,
+        reference_nuisance=cfg.reference_nuisance,
+    )
+    print(f"[pai demo] calibrate-ood: {json.dumps(calibrate_ood(job))}", flush=True)
+
+
+def _evaluate_ood(cfg: DemoConfig) -> None:
+    from ..ood.evaluate import EvaluationJob, evaluate_ood
+
+    out = cfg.output_dir
+    job = EvaluationJob(
+        out / "sae",
+        out / "policy" / "pretrained_model",
+        [out / "datasets" / "test_clean"],
+        [out / "datasets" / f"ood_{p}" for p in cfg.perturbations],
         out / "ood_eval",
     )
+    print(f"[pai demo] evaluate-ood: {json.dumps(evaluate_ood(job))}", flush=True)
 
 
 def _features(cfg: DemoConfig) -> None:
