@@ -47,6 +47,14 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     r.add_argument(
         "--keep-failed", action="store_true", help="keep episodes the expert failed (always kept in perturbed scenes)"
     )
+    r.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        metavar="SCALE",
+        help="DART noise injection: execute the expert's action plus Gaussian noise (scale drawn per episode "
+        "from [0, SCALE] action units) while approaching the cube, record the clean action (default 0: none)",
+    )
     _sim_args(r)
 
     t = ssub.add_parser("train-policy", help="train a small ACT on a recorded dataset (CPU, bounded time)")
@@ -123,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 args.seed,
                 keep_failed=True if args.keep_failed else None,
                 bag_path=Path(args.bag) if args.bag else None,
+                action_noise=args.action_noise,
                 sim=_sim_config(args),
             )
         )

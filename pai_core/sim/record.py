@@ -8,6 +8,7 @@ The dataset holds what the policy may use (front camera, six joint positions) an
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from ..errors import ConfigError, UsageError
 from .bag import BagFrame, write_bag
 from .env import ACTION_NAMES, CAMERA, JOINT_NAMES, TASK, PickCubeSim, SimConfig
-from .expert import PickExpert
+from .expert import Phase, PickExpert
 
 SIDECAR = "pai_sim.json"
 
@@ -34,6 +35,10 @@ class RecordConfig:
         frames are what OOD detection is measured on); otherwise failed ones are counted and skipped.
     hold_steps: frames recorded after the cube is lifted, holding it.
     bag_path: also write the first episode as a rosbag2 (MCAP) folder here.
+    action_noise: DART noise injection (Laskey et al. 2017): the robot executes the expert's action plus
+        Gaussian noise on ``dx, dy, dz`` while it approaches the cube, and the dataset records the clean
+        expert action, so the policy also learns how to recover from states just off the expert's path.
+        Each episode draws its noise scale uniformly from ``[0, action_noise]`` (action units; 0: none).
     sim: simulation settings (image size, perturbation, ...).
     """
 
@@ -44,12 +49,15 @@ class RecordConfig:
     keep_failed: bool | None = None
     hold_steps: int = 5
     bag_path: Path | None = None
+    action_noise: float = 0.0
     sim: SimConfig = field(default_factory=SimConfig)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if self.episodes < 1:
             raise ConfigError(f"episodes={self.episodes}: record at least one episode")
+        if not (math.isfinite(self.action_noise) and 0.0 <= self.action_noise <= 1.0):
+            raise ConfigError(f"action_noise={self.action_noise}: expected a noise scale within 0..1 action units")
         if self.keep_failed is None:
             self.keep_failed = self.sim.perturbation != "none"
 
@@ -70,11 +78,17 @@ class Episode:
     success: bool
 
 
-def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5) -> Episode:
-    """One expert episode: every frame with the action taken in it, until the cube is held up for
-    ``hold_steps`` frames or ``sim.config.max_steps`` run out."""
+def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5, action_noise: float = 0.0) -> Episode:
+    """One expert episode: every frame with the expert's action in it, until the cube is held up for
+    ``hold_steps`` frames or ``sim.config.max_steps`` run out.
+
+    ``action_noise`` > 0: the executed action gets N(0, scale^2) noise on ``dx, dy, dz`` while the expert
+    approaches the cube (hover and descend), with ``scale`` drawn per episode from ``[0, action_noise]``;
+    the recorded action stays the clean one (``RecordConfig.action_noise``)."""
     expert = PickExpert(sim.config.action_scale)
     obs = sim.reset(seed)
+    noise_rng = np.random.default_rng([seed, 0xDA27])
+    scale = float(noise_rng.uniform(0.0, action_noise)) if action_noise > 0 else 0.0
     steps: list[Step] = []
     success, after = False, 0
     while len(steps) < sim.config.max_steps and after <= hold_steps:
@@ -83,7 +97,11 @@ def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5) -> Episode:
         steps.append(
             Step(obs.images[CAMERA], cast(np.ndarray, obs.state), velocity, action, obs.timestamp)
         )  # sim sets it
-        obs, picked = sim.step(action)
+        executed = action
+        if scale > 0 and expert.phase in (Phase.HOVER, Phase.DESCEND):
+            executed = action.copy()
+            executed[:3] += noise_rng.normal(0.0, scale, 3).astype(np.float32)
+        obs, picked = sim.step(executed)
         success = success or picked
         after += int(success)
     return Episode(seed, steps, success)
@@ -120,7 +138,7 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     bar = tqdm(range(config.episodes), desc=f"record {config.sim.perturbation}", unit="ep", disable=not progress)
     with PickCubeSim(config.sim) as sim:
         for i in bar:
-            episode = run_expert(sim, config.seed + i, config.hold_steps)
+            episode = run_expert(sim, config.seed + i, config.hold_steps, config.action_noise)
             info = {"seed": episode.seed, "success": episode.success, "frames": len(episode.steps)}
             if not episode.success and not config.keep_failed:
                 skipped.append(info)
@@ -152,6 +170,7 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
         "frames": sum(e["frames"] for e in written),
         "bag": str(config.bag_path) if config.bag_path else None,
         "bag_frames": bag_frames,
+        "action_noise": config.action_noise,
         "seconds": round(time.perf_counter() - start, 1),
     }
     (config.root / SIDECAR).write_text(json.dumps(summary, indent=2))
