@@ -39,6 +39,27 @@ def test_the_expert_picks_up_the_cube_in_most_seeds():
     assert all(len(e.steps) < sim.config.max_steps for e in lifted)
 
 
+def test_dart_noise_moves_the_robot_off_the_expert_path_but_the_recorded_action_stays_the_experts():
+    from pai_core.errors import ConfigError
+    from pai_core.sim.record import RecordConfig, run_expert
+
+    with PickCubeSim(SimConfig(height=32, width=32)) as sim:
+        clean = run_expert(sim, 11, hold_steps=0)
+        noisy = run_expert(sim, 11, hold_steps=0, action_noise=0.6)
+        again = run_expert(sim, 11, hold_steps=0, action_noise=0.6)
+    assert all(np.array_equal(s.executed, s.action) for s in clean.steps)
+    assert [s.state.tolist() for s in noisy.steps] == [s.state.tolist() for s in again.steps]  # seeded
+    n = min(len(clean.steps), len(noisy.steps))
+    assert not np.allclose([s.state for s in clean.steps[:n]], [s.state for s in noisy.steps[:n]], atol=1e-3)
+    approach = [s for s in noisy.steps if s.action[3] == 1.0]  # jaws open: hover and descend
+    noise = np.stack([s.executed[:3] - s.action[:3] for s in approach])
+    assert (np.abs(noise) > 0).all() and 0 < noise.std() <= 0.6
+    recorded = np.stack([s.action for s in noisy.steps])
+    assert np.abs(recorded[:, :3]).max() <= 1.0 and set(recorded[:, 3].tolist()) <= {0.0, 1.0}
+    with pytest.raises(ConfigError, match="action_noise=-0.1"):
+        RecordConfig("unused", action_noise=-0.1)
+
+
 def test_the_recorded_dataset_loads_with_lerobot_and_matches_its_summary(recording):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 

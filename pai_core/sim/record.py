@@ -67,8 +67,9 @@ class Step:
     image: np.ndarray
     state: np.ndarray
     velocity: np.ndarray
-    action: np.ndarray
+    action: np.ndarray  # the expert's, recorded
     timestamp: float
+    executed: np.ndarray  # what the robot was sent (the action plus DART noise, if any)
 
 
 @dataclass
@@ -94,13 +95,12 @@ def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5, action_noise: f
     while len(steps) < sim.config.max_steps and after <= hold_steps:
         action = expert.act(sim.grasp_point, sim.block_pos)
         velocity = joint_velocities(sim)
-        steps.append(
-            Step(obs.images[CAMERA], cast(np.ndarray, obs.state), velocity, action, obs.timestamp)
-        )  # sim sets it
         executed = action
         if scale > 0 and expert.phase in (Phase.HOVER, Phase.DESCEND):
             executed = action.copy()
             executed[:3] += noise_rng.normal(0.0, scale, 3).astype(np.float32)
+        state = cast(np.ndarray, obs.state)  # the sim sets it
+        steps.append(Step(obs.images[CAMERA], state, velocity, action, obs.timestamp, executed))
         obs, picked = sim.step(executed)
         success = success or picked
         after += int(success)
