@@ -48,7 +48,11 @@ class FeatureExtractor:
         if tokens.shape[-1] != self.sae.config.d_in:
             raise ModelError(f"SAE expects tokens of width {self.sae.config.d_in}, got {tokens.shape[-1]}")
         x = tokens.to(self.sae.b_pre.device, torch.float32)
-        recon, codes = self.sae(x)
+        values, indices = self.sae.select(self.sae.pre_activation(x))
+        codes = torch.zeros(
+            (*x.shape[:-1], self.sae.config.n_latents), dtype=values.dtype, device=values.device
+        ).scatter_(-1, indices, values)
+        recon = self.sae.decode_sparse(values, indices)
         err = (recon - x).pow(2).mean(dim=-1)
         pooled = codes.amax(dim=1) if self.pooling == "max" else codes.mean(dim=1)
         return FeatureOutput(pooled.cpu().numpy(), err.cpu().numpy(), codes)

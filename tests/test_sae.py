@@ -160,6 +160,25 @@ def test_aux_loss_revives_latents_that_never_win_the_top_k(trained):
     assert revived[0.0] == 0 and revived[1.0 / 32] >= 2, revived
 
 
+def test_the_sparse_decode_inference_uses_equals_the_dense_decode_of_the_codes(trained):
+    from pai_core.features import FeatureExtractor
+
+    _, _, out = trained
+    sae = load_sae(out)
+    x = ActivationStore(out / "activations").load_tokens()[:200].reshape(8, 25, -1)
+    with torch.no_grad():
+        recon, codes = sae(x)
+        values, indices = sae.select(sae.pre_activation(x))
+        sparse = sae.decode_sparse(values, indices)
+    assert sparse.shape == recon.shape and torch.allclose(sparse, recon, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(sparse, torch.zeros_like(sparse) + sae.b_pre)  # the rows do contribute
+    features = FeatureExtractor(sae)(x)
+    assert torch.equal(features.codes, codes)
+    expected = (recon - x).pow(2).mean(dim=-1).numpy()
+    assert features.token_error.shape == expected.shape
+    assert abs(features.token_error - expected).max() <= 1e-5 * max(1.0, float(expected.max()))
+
+
 def test_sae_whose_width_does_not_match_the_policy_gives_a_clear_model_error(trained, tmp_path, capsys):
     _, policy, _ = trained
     narrow = save_sae(SparseAutoencoder(SAEConfig(d_in=32, expansion_factor=2, k=4)), tmp_path / "narrow")

@@ -122,14 +122,16 @@ class SparseAutoencoder(nn.Module):
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) -> (..., n_latents) before TopK."""
-        return torch.relu((x - self.b_pre) @ self.W_enc + self.b_enc)
+        return ((x - self.b_pre) @ self.W_enc).add_(self.b_enc).relu_()  # in place: no (..., n_latents) copies
 
     def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., n_latents) pre-activations -> (values, indices), each (..., k): the k largest positive
         pre-activations after adding ``selection_bias`` (a latent at 0 is never chosen over a positive one,
         so a token keeps k active latents whenever k are positive). Values are the pre-activations."""
-        score = torch.where(pre > 0, pre + self.selection_bias, pre)
-        indices = score.topk(self.config.k, dim=-1).indices
+        # pre >= 0 (ReLU): sign is 1 where positive and 0 elsewhere, so this is
+        # where(pre > 0, pre + bias, pre), bit for bit, in one pass fewer over (..., n_latents)
+        with torch.no_grad():  # the choice only: gradients flow through the gathered values
+            indices = pre.sign().mul_(self.selection_bias).add_(pre).topk(self.config.k, dim=-1).indices
         return pre.gather(-1, indices), indices
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,6 +160,19 @@ class SparseAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(..., n_latents) -> (..., d_in)."""
         return z @ self.W_dec + self.b_pre
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """(..., k) active values and their latent indices (``select``) -> (..., d_in), equal to ``decode`` of
+        the scattered codes: a weighted sum of k decoder rows per token instead of a dense (n_latents x d_in)
+        product, which is n_latents / k times the work (inference: ``features.FeatureExtractor``)."""
+        k = indices.shape[-1]
+        rows = torch.nn.functional.embedding_bag(
+            indices.reshape(-1, k),
+            self.W_dec,
+            per_sample_weights=values.reshape(-1, k).to(self.W_dec.dtype),
+            mode="sum",
+        )
+        return rows.reshape(*indices.shape[:-1], self.W_dec.shape[1]) + self.b_pre
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (reconstruction, codes)."""
