@@ -162,6 +162,8 @@ class FailureBenchConfig:
     alarm_n, alarm_m: the n-of-m alarm (latched), as the node runs it.
     device: torch device of the policy and SAE.
     batch_size: frames per forward when training tokens go through the pipeline.
+    workers: processes that run the conditions (each loads the pipeline once and runs whole conditions
+        with one torch thread; the seed's rule is trained once and shared). 1: this process.
     """
 
     policy_path: str
@@ -183,6 +185,7 @@ class FailureBenchConfig:
     alarm_m: int = 5
     device: str = "cpu"
     batch_size: int = 16
+    workers: int = 1
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.conditions if c not in CONDITION_NAMES]
@@ -192,7 +195,7 @@ class FailureBenchConfig:
             raise InputError(f"skipped_frame={self.skipped_frame!r} is not one of 'hold', 'repeat'")
         if self.baseline not in ("seed", "none"):
             raise InputError(f"baseline={self.baseline!r} is not one of 'seed', 'none'")
-        for name in ("episodes", "max_steps", "baseline_steps", "batch_size"):
+        for name in ("episodes", "max_steps", "baseline_steps", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}={getattr(self, name)} must be >= 1")
         if self.disturb_step < -1:
@@ -686,6 +689,38 @@ def run_benchmark(
     return records
 
 
+_WORKER: dict = {}  # a worker process's config, pipeline and seed's rule (``run_in_workers``)
+
+
+def _start_worker(cfg: FailureBenchConfig, seed_rule: SeedRule | None) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER.update(cfg=cfg, pipe=load_pipeline(cfg), seed_rule=seed_rule)
+
+
+def _run_condition(name: str) -> list[EpisodeRecord]:
+    cfg = replace(_WORKER["cfg"], conditions=[name])
+    return run_benchmark(cfg, _WORKER["pipe"], _WORKER["seed_rule"], progress=False)
+
+
+def run_in_workers(cfg: FailureBenchConfig, seed_rule: SeedRule | None, progress: bool = True) -> list[EpisodeRecord]:
+    """``run_benchmark`` with the conditions spread over ``cfg.workers`` processes (spawned: MuJoCo's EGL
+    context does not survive a fork); records come back in the order of ``cfg.conditions``."""
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    ctx = multiprocessing.get_context("spawn")
+    records: list[EpisodeRecord] = []
+    with ctx.Pool(min(cfg.workers, len(cfg.conditions)), _start_worker, (cfg, seed_rule)) as pool:
+        done = pool.imap(_run_condition, cfg.conditions)
+        for name, mine in tqdm(zip(cfg.conditions, done), total=len(cfg.conditions), disable=not progress):
+            print(f"[failure] {name}: {sum(r.success for r in mine)}/{len(mine)} succeeded", flush=True)
+            records.extend(mine)
+    return records
+
+
 # ------------------------------------------------------------------------------------------ results
 def summarise(records: Sequence[EpisodeRecord], detectors: list[str], alpha: float | None = None) -> dict:
     """Metrics per condition and pooled (all episodes; and clean + nuisance only), per detector, and the
@@ -940,7 +975,10 @@ def run(cfg: FailureBenchConfig, output_dir: Path, setup: dict | None = None, pr
     start = time.perf_counter()
     pipe = load_pipeline(cfg)
     seed_rule, base_info = train_seed_rule(pipe, cfg) if cfg.baseline == "seed" else (None, {})
-    records = run_benchmark(cfg, pipe, seed_rule, progress)
+    if cfg.workers > 1:
+        records = run_in_workers(cfg, seed_rule, progress)
+    else:
+        records = run_benchmark(cfg, pipe, seed_rule, progress)
     signals = signal_names(pipe)
     detectors = [PAI, *signals] + ([SEED_RULE] if seed_rule is not None else [])
     result = {
@@ -1020,6 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes: 2 episodes, 60 steps, 500 baseline steps")
     ap.add_argument("--device", default="cpu", help="torch device of the policy and SAE")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="processes running the conditions, one torch thread each (default 1)"
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
 
@@ -1046,6 +1087,7 @@ def main(argv: list[str] | None = None) -> int:
             alarm_n=args.alarm_n,
             alarm_m=args.alarm_m,
             device=args.device,
+            workers=args.workers,
         )
         if args.threads:
             import torch

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -332,6 +333,27 @@ def test_the_benchmark_runs_end_to_end_and_writes_its_table_json_and_plot(tiny_s
     assert set(saved["summary"]["targets"]) == {"pai", "seed"}
     table = fb.format_table(result)
     assert all(c in table for c in conditions) and "Targets, pai's alarm" in table and "+-" in table
+
+
+def test_conditions_spread_over_worker_processes_give_the_episodes_one_process_gives(tiny_setup, tmp_path):
+    _, policy, sae = tiny_setup
+    cfg = fb.FailureBenchConfig(
+        str(policy), str(sae), conditions=["clean", "push"], episodes=1, max_steps=6, disturb_step=2, baseline="none"
+    )
+    one = fb.run(cfg, tmp_path / "one", progress=False)["episodes"]
+    two = fb.run(replace(cfg, workers=2), tmp_path / "two", progress=False)["episodes"]
+    assert [e["condition"] for e in two] == ["clean", "push"]
+    for a, b in zip(one, two):
+        assert (a["success"], a["steps"], a["onset_step"], a["frame_steps"]) == (
+            b["success"],
+            b["steps"],
+            b["onset_step"],
+            b["frame_steps"],
+        )
+        for name, trace in a["detectors"].items():
+            assert np.allclose(trace["stats"], b["detectors"][name]["stats"], rtol=1e-4, atol=1e-6), name
+    with pytest.raises(fb.InputError, match="workers=0"):
+        replace(cfg, workers=0)
 
 
 def test_missing_demo_outputs_are_named_with_what_makes_them(tmp_path, capsys):
