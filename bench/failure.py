@@ -415,6 +415,9 @@ def targets(
     fs_met = bool(tested) and len(tested) == len(per) and all(r.rate <= FALSE_STOP_TARGET for r in tested.values())
     ca = caught(records, detector)
     auc = failure_auroc(records, detector)
+    # a named scene perturbation is novelty the alarm is meant to raise even when the policy copes, so its
+    # successful episodes are alarmed by design; this AUROC leaves those conditions out (reported beside)
+    own_scene = [r for r in records if r.kind != "perturbation"]
     return {
         "false_stops": {
             "target": FALSE_STOP_TARGET,
@@ -439,6 +442,11 @@ def targets(
             "value": auc,
             "failed": sum(not r.success for r in records),
             "successful": sum(r.success for r in records),
+            "training_scene": {
+                "value": failure_auroc(own_scene, detector),
+                "failed": sum(not r.success for r in own_scene),
+                "successful": sum(r.success for r in own_scene),
+            },
         },
         "clean_frames": _clean_frames_target(records, detector, alpha),
     }
@@ -902,7 +910,9 @@ def format_table(result: dict) -> str:
         au = t["auroc"]
         lines.append(
             f"  pooled episode ROC-AUC >= {AUROC_TARGET}: {_fmt_auc(au['value'])} ({au['failed']} failed vs "
-            f"{au['successful']} successful episodes): {'met' if au['met'] else 'NOT met'}"
+            f"{au['successful']} successful episodes): {'met' if au['met'] else 'NOT met'}; without the named "
+            f"scene perturbations (alarmed by design): {_fmt_auc(au['training_scene']['value'])} "
+            f"({au['training_scene']['failed']} vs {au['training_scene']['successful']})"
         )
         cf = t.get("clean_frames")
         if cf and cf["n"]:

@@ -193,6 +193,17 @@ def test_the_false_stop_target_needs_every_clean_and_nuisance_condition_measured
     assert t["false_stops"]["met"] and t["auroc"]["value"] is None and not t["auroc"]["met"]
 
 
+def test_the_training_scene_auroc_leaves_out_perturbed_successes_the_alarm_is_meant_to_raise():
+    kinds = {"clean": "clean", "distractor": "perturbation"}
+    records = [rec(True, [0.2], None, condition="clean", kind="clean") for _ in range(3)]
+    records.append(rec(False, [0.1, 1.5], 1, condition="clean", kind="clean"))
+    records.append(rec(True, [4.0], 0, condition="distractor", kind="perturbation"))  # novel scene, alarmed
+    au = fb.targets(records, kinds)["auroc"]
+    # all pooled: the failure (1.5) beats the 3 clean successes but not the alarmed distractor success (4.0)
+    assert au["value"] == pytest.approx(3 / 4) and not au["met"]
+    assert au["training_scene"] == {"value": 1.0, "failed": 1, "successful": 3}
+
+
 def test_clean_frames_above_threshold_are_held_against_alpha_frame_by_frame():
     clean = [
         rec(True, [0.1] * 99 + [1.5], 99, condition="clean", kind="clean"),  # 1 of 100 frames above
