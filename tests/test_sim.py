@@ -142,6 +142,30 @@ def test_a_policy_trained_on_the_recording_drives_the_simulator_in_closed_loop(r
     assert (tmp_path / "eval" / "rollouts.mp4").stat().st_size > 0
 
 
+def test_the_trained_policy_normalises_images_with_their_measured_pixel_statistics(recording, tmp_path):
+    """LeRobot 0.4.4's dataset statistics give the images a std of about 0 (computed on uint8); the policy's
+    preprocessor must hold the real per-channel mean and std of the frames it was trained on."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from safetensors.torch import load_file
+
+    from pai_core.sim.train import TrainConfig, train_policy
+
+    root, _ = recording
+    summary = train_policy(
+        TrainConfig(root / "ds", tmp_path / "policy", steps=1, batch_size=4, dim_model=32, dim_feedforward=64),
+        progress=False,
+    )
+    ds = LeRobotDataset("pai/so101_pick_cube", root=root / "ds")
+    pixels = torch.stack([ds[i][CAMERA] for i in range(len(ds))]).double()  # (N, 3, H, W) in [0, 1]
+    saved = next((tmp_path / "policy" / "pretrained_model").glob("policy_preprocessor_step_*_normalizer_*.safetensors"))
+    stats = load_file(saved)
+    mean, std = stats[f"{CAMERA}.mean"].reshape(-1).double(), stats[f"{CAMERA}.std"].reshape(-1).double()
+    assert torch.allclose(mean, pixels.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert torch.allclose(std, pixels.std(dim=(0, 2, 3)), atol=1e-4)
+    assert summary["steps"] == 1
+
+
 def test_the_backbone_trains_with_batch_norm_and_saves_as_an_exact_frozen_batch_norm(tmp_path):
     import torch
     from torchvision.ops.misc import FrozenBatchNorm2d

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UsageError
 from ..policy import import_lerobot_policies
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -140,7 +143,8 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.batch_norm:
         swap_batch_norm(policy.model.backbone, trainable=True)
     policy.train()
-    pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
+    stats = with_image_stats(meta.stats, frames)
+    pre, post = make_pre_post_processors(policy_cfg, dataset_stats=stats)
     optim_cfg = policy_cfg.get_optimizer_preset()
     optimizer = optim_cfg.build(policy.get_optim_params())
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -184,6 +188,43 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     (cfg.output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
     plot_losses(losses, cfg.output_dir / "training_loss.png")
     return summary
+
+
+def with_image_stats(stats: dict[str, dict[str, Any]], frames: EpisodeFrames) -> dict[str, dict[str, Any]]:
+    """``stats`` with each camera's per-channel mean and std measured on ``frames`` (every pixel, in [0, 1]).
+
+    LeRobot 0.4.4 computes image statistics on the uint8 frames (``compute_stats.get_feature_stats``), where
+    the variance truncates to 0; the aggregated std of a dataset is then only the spread of its episodes'
+    mean colours (0.003-0.006 for the demo's frames, whose true std is 0.09-0.20). Normalised with it, the
+    images reach the backbone about 30 times too large, and the ACT trained on them learned to ignore the
+    camera (its action did not change with a black image). The policy's preprocessor saves these statistics,
+    so inference normalises the same way."""
+    import numpy as np
+
+    out = {key: dict(value) for key, value in stats.items()}
+    for cam, images in frames.images.items():
+        pixels = images.permute(1, 0, 2, 3).reshape(images.shape[1], -1)  # (3, N*H*W) uint8
+        total = np.zeros(pixels.shape[0])
+        squares = np.zeros(pixels.shape[0])
+        for part in pixels.split(1 << 24, dim=1):  # float64 sums in slices: exact enough, bounded memory
+            values = part.double().div_(255.0)
+            total += values.sum(dim=1).numpy()
+            squares += values.square().sum(dim=1).numpy()
+        n = pixels.shape[1]
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+        old = np.asarray(out.get(cam, {}).get("std", std)).reshape(-1)
+        if not np.allclose(old, std, rtol=0.5):
+            log.warning(
+                "%s: image std in the dataset statistics is %s, measured %s: training with the measured one",
+                cam,
+                np.round(old, 4).tolist(),
+                np.round(std, 4).tolist(),
+            )
+        out.setdefault(cam, {})
+        out[cam]["mean"] = mean.reshape(-1, 1, 1).astype(np.float32)
+        out[cam]["std"] = std.reshape(-1, 1, 1).astype(np.float32)
+    return out
 
 
 def save_policy(policy: Any, pre: Any, post: Any, folder: Path, batch_norm: bool) -> Path:
