@@ -166,6 +166,24 @@ def test_the_trained_policy_normalises_images_with_their_measured_pixel_statisti
     assert summary["steps"] == 1
 
 
+def test_the_camera_effect_is_zero_for_a_policy_that_cannot_see_and_positive_for_one_that_can(tmp_path):
+    import torch
+
+    from pai_core.engine import Introspector
+    from pai_core.sim.evaluate import camera_effect
+    from pai_core.testing import make_act_policy
+
+    with PickCubeSim(SimConfig(**SMALL)) as sim:
+        frames = [sim.reset(seed) for seed in (1, 2)]
+    engine = Introspector.from_pretrained(str(make_act_policy(tmp_path / "p", cameras={CAMERA: (48, 64)})))
+    assert camera_effect(engine, frames) > 1e-4
+    with torch.no_grad():  # cut the image tokens off: nothing the decoder reads depends on the camera
+        proj = engine.policy.model.encoder_img_feat_input_proj
+        proj.weight.zero_()
+        proj.bias.zero_()
+    assert camera_effect(engine, frames) == 0.0
+
+
 def test_the_backbone_trains_with_batch_norm_and_saves_as_an_exact_frozen_batch_norm(tmp_path):
     import torch
     from torchvision.ops.misc import FrozenBatchNorm2d

@@ -175,5 +175,8 @@ def run(args: argparse.Namespace) -> int:
         EvalConfig(args.policy_path, args.num_episodes, args.seed, args.output_dir, sim=_sim_config(args))
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
-    print(f"success rate {summary['success_rate']:.0%} ({summary['successes']} of {summary['episodes']} episodes)")
+    print(
+        f"success rate {summary['success_rate']:.0%} ({summary['successes']} of {summary['episodes']} episodes); "
+        f"camera effect {summary['camera_effect']:.3g} (mean change of the first action chunk with a black image)"
+    )
     return 0

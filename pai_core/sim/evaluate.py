@@ -10,10 +10,12 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..observation import Observation
 from .env import CAMERA, PickCubeSim, SimConfig
 
 
@@ -41,19 +43,38 @@ class EvalConfig:
             raise ConfigError(f"episodes={self.episodes}: evaluate at least one episode")
 
 
+def camera_effect(engine: Any, first_frames: list[Observation]) -> float:
+    """How much the policy's action chunk depends on its camera: the mean absolute change of the chunk (in
+    action units) when each observation's images are replaced by black ones. About 0: the policy is blind
+    and replays an average trajectory (docs/demo.md)."""
+    import dataclasses
+
+    changes = []
+    for obs in first_frames:
+        black = dataclasses.replace(obs, images={k: np.zeros_like(v) for k, v in obs.images.items()})
+        chunks = []
+        for o in (obs, black):
+            engine.reset()
+            chunks.append(np.asarray(engine.step(o).action_chunk, dtype=np.float64))
+        changes.append(float(np.abs(chunks[0] - chunks[1]).mean()))
+    engine.reset()
+    return float(np.mean(changes)) if changes else 0.0
+
+
 def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from ..engine import IntrospectionConfig, Introspector
 
     engine = Introspector.from_pretrained(cfg.policy_path, IntrospectionConfig(rollout=False, keep_tokens=False))
-    results, video = [], []
+    results, video, first_frames = [], [], []
     start = time.perf_counter()
     bar = tqdm(range(cfg.episodes), desc="evaluate policy", unit="ep", disable=not progress)
     with PickCubeSim(cfg.sim) as sim:
         for i in bar:
             seed = cfg.seed + i
             obs = sim.reset(seed)
+            first_frames.append(obs)
             engine.reset()
             success = False
             for _ in range(cfg.sim.max_steps):
@@ -72,6 +93,7 @@ def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
         "successes": sum(r["success"] for r in results),
         "success_rate": rate,
         "seconds": round(time.perf_counter() - start, 1),
+        "camera_effect": round(camera_effect(engine, first_frames), 6),
         "results": results,
     }
     if cfg.output_dir:

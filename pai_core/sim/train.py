@@ -196,9 +196,8 @@ def with_image_stats(stats: dict[str, dict[str, Any]], frames: EpisodeFrames) ->
     LeRobot 0.4.4 computes image statistics on the uint8 frames (``compute_stats.get_feature_stats``), where
     the variance truncates to 0; the aggregated std of a dataset is then only the spread of its episodes'
     mean colours (0.003-0.006 for the demo's frames, whose true std is 0.09-0.20). Normalised with it, the
-    images reach the backbone about 30 times too large, and the ACT trained on them learned to ignore the
-    camera (its action did not change with a black image). The policy's preprocessor saves these statistics,
-    so inference normalises the same way."""
+    images reach the backbone about 30 times too large. The policy's preprocessor saves these statistics, so
+    inference normalises the same way."""
     import numpy as np
 
     out = {key: dict(value) for key, value in stats.items()}
