@@ -257,4 +257,7 @@ def test_the_docker_build_commands_give_an_install_that_runs_after_build_is_remo
             node.kill()
             node.wait(timeout=30)
     # ... and the launch file's OnProcessExit handler takes that exit as a clean end, not a failure
-    assert launch_checks().exit_error("pai_introspector", node.returncode) is None, node.returncode
+    shutdown_output = node.stdout.read()  # with faulthandler on, a native crash leaves every thread's stack here
+    assert launch_checks().exit_error("pai_introspector", node.returncode) is None, (
+        f"{node.returncode}: {shutdown_output}"
+    )

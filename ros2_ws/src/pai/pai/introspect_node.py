@@ -8,6 +8,7 @@ rather than transported lives in the runner and is tested without ROS.
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 import threading
 from pathlib import Path
@@ -192,6 +193,7 @@ def missing_params_files(args: list[str]) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> int:
+    faulthandler.enable()  # a crash in native code (torch, OpenCV, rcl) prints every thread's Python stack
     argv = list(sys.argv if args is None else args)
     missing = missing_params_files(argv)
     if missing:
