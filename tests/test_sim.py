@@ -166,6 +166,52 @@ def test_the_trained_policy_normalises_images_with_their_measured_pixel_statisti
     assert summary["steps"] == 1
 
 
+def test_the_cube_position_loss_targets_where_each_episode_put_the_cube_and_leaves_a_plain_act(recording, tmp_path):
+    """The auxiliary head reads the cube position from each episode's seed; it trains beside ACT and is not
+    part of the saved policy (the same parameters as an ACT built from the saved config)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.act.modeling_act import ACTPolicy
+
+    from pai_core.sim.env import BLOCK_XY_BOUNDS
+    from pai_core.sim.train import EpisodeFrames, TrainConfig, cube_targets, train_policy
+
+    root, summary = recording
+    frames = EpisodeFrames.load(LeRobotDataset("pai/so101_pick_cube", root=root / "ds"), progress=False)
+    targets = cube_targets(root / "ds", frames)
+    assert targets.shape == (frames.size, 2)
+    lo, hi = BLOCK_XY_BOUNDS
+    with PickCubeSim(SimConfig(**SMALL)) as sim:
+        for episode, start in zip(summary["episodes"], [0, summary["episodes"][0]["frames"]]):
+            sim.reset(episode["seed"])
+            expected = 2 * (sim.block_pos[:2] - lo) / (hi - lo) - 1
+            assert np.allclose(targets[start : start + episode["frames"]].numpy(), expected, atol=1e-6)
+    out = train_policy(
+        TrainConfig(
+            root / "ds",
+            tmp_path / "policy",
+            steps=2,
+            batch_size=4,
+            dim_model=32,
+            dim_feedforward=64,
+            cube_position_loss=1.0,
+            state_dropout=0.5,
+        ),
+        progress=False,
+    )
+    saved = ACTPolicy.from_pretrained(out["policy_path"])
+    assert set(saved.state_dict()) == set(ACTPolicy(saved.config).state_dict())
+    assert np.isfinite(out["final_loss"])
+
+
+@pytest.mark.parametrize("field, value", [("cube_position_loss", -1.0), ("state_dropout", 1.5)])
+def test_training_settings_out_of_range_are_refused_by_name(tmp_path, field, value):
+    from pai_core.errors import ConfigError
+    from pai_core.sim.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(tmp_path, tmp_path / "out", **{field: value})
+
+
 def test_the_camera_effect_is_zero_for_a_policy_that_cannot_see_and_positive_for_one_that_can(tmp_path):
     import torch
 

@@ -91,6 +91,18 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
         help="keep LeRobot's frozen (identity) BatchNorm in the backbone instead of training it",
     )
     t.add_argument("--use-vae", action="store_true", help="train ACT's CVAE (off: the expert is deterministic)")
+    t.add_argument(
+        "--state-dropout",
+        type=float,
+        default=0.0,
+        help="probability that a training sample's joint state is hidden, so the policy must use its camera",
+    )
+    t.add_argument(
+        "--cube-position-loss",
+        type=float,
+        default=0.0,
+        help="weight of a training-only loss that makes the decoder locate the cube (default 0: off)",
+    )
 
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
     flags.add_policy_path(e, help="LeRobot pretrained_model folder")
@@ -162,11 +174,19 @@ def run(args: argparse.Namespace) -> int:
                 init_from=args.init_from,
                 batch_norm=not args.frozen_batch_norm,
                 use_vae=args.use_vae,
+                state_dropout=args.state_dropout,
+                cube_position_loss=args.cube_position_loss,
             )
         )
         print(
             f"trained {summary['steps']} steps in {summary['seconds']} s (stopped by {summary['stopped_by']}), "
-            f"final loss {summary['final_loss']:.4f}; policy: {summary['policy_path']}"
+            f"final loss {summary['final_loss']:.4f}"
+            + (
+                f" (cube position {summary['final_cube_position_loss']:.4f})"
+                if "final_cube_position_loss" in summary
+                else ""
+            )
+            + f"; policy: {summary['policy_path']}"
         )
         return 0
     from ..sim.evaluate import EvalConfig, evaluate_policy

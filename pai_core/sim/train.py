@@ -50,6 +50,12 @@ class TrainConfig:
         ``FrozenBatchNorm2d`` for saving (``swap_batch_norm``): a ResNet trained from scratch learns far
         faster with normalisation, and the saved model is an ordinary LeRobot ACT.
     use_vae: ACT's CVAE; off by default, as the scripted expert is deterministic.
+    state_dropout: probability that a training sample's joint state is hidden (set to the dataset mean),
+        so the policy cannot get by on the state alone.
+    cube_position_loss: weight of an auxiliary training loss (0: off): a linear head on every decoder
+        output predicts where the cube lies on the table (from each episode's seed in ``pai_sim.json``).
+        Without it the ACT learned to replay the average trajectory and ignore the cube (docs/demo.md); the
+        head is dropped when saving, so the saved policy is a plain LeRobot ACT.
     """
 
     dataset_root: Path
@@ -71,6 +77,8 @@ class TrainConfig:
     threads: int = 2
     batch_norm: bool = True
     use_vae: bool = False
+    state_dropout: float = 0.0
+    cube_position_loss: float = 0.0
 
     def __post_init__(self) -> None:
         self.dataset_root, self.output_dir = Path(self.dataset_root), Path(self.output_dir)
@@ -84,6 +92,10 @@ class TrainConfig:
             raise ConfigError(f"n_action_steps={self.n_action_steps} must be within 1..chunk_size ({self.chunk_size})")
         if self.save_every < 0:
             raise ConfigError(f"save_every={self.save_every} must be 0 (no checkpoints) or a number of steps")
+        if self.cube_position_loss < 0:
+            raise ConfigError(f"cube_position_loss={self.cube_position_loss} must be >= 0 (0: off)")
+        if not 0.0 <= self.state_dropout <= 1.0:
+            raise ConfigError(f"state_dropout={self.state_dropout} must be a probability in [0, 1]")
         if self.steps < 1 or (self.max_minutes is not None and self.max_minutes <= 0):
             raise ConfigError(f"steps={self.steps} and max_minutes={self.max_minutes} must be positive")
 
@@ -132,6 +144,8 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     policy_cfg = act_config(cfg, dataset_to_policy_features(meta.features))
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root)
     frames = EpisodeFrames.load(dataset, progress)
+    if cfg.cube_position_loss:
+        frames.cube = cube_targets(cfg.dataset_root, frames)
     if frames.size < cfg.batch_size:
         raise UsageError(f"Dataset {cfg.dataset_root} has {frames.size} frames, fewer than batch_size={cfg.batch_size}")
     if cfg.init_from is not None:
@@ -147,10 +161,12 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     pre, post = make_pre_post_processors(policy_cfg, dataset_stats=stats)
     optim_cfg = policy_cfg.get_optimizer_preset()
     optimizer = optim_cfg.build(policy.get_optim_params())
+    cube_head = CubePositionHead(policy, optimizer) if cfg.cube_position_loss else None
     generator = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     deadline = math.inf if cfg.max_minutes is None else start + cfg.max_minutes * 60.0
     losses: list[float] = []
+    cube_losses: list[float] = []  # the auxiliary loss alone (unweighted), when on
     step = 0
     stopped_by = "steps"
     bar = tqdm(total=cfg.steps, desc="train ACT", unit="step", disable=not progress)
@@ -158,22 +174,40 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
         if time.perf_counter() > deadline:
             stopped_by = "max_minutes"
             break
-        batch = pre(frames.batch(cfg.batch_size, policy_cfg.chunk_size, generator))
+        sample = frames.batch(cfg.batch_size, policy_cfg.chunk_size, generator)
+        cube = sample.pop("cube", None)
+        batch = pre(sample)
+        if cfg.state_dropout:
+            hidden = torch.rand(cfg.batch_size, generator=generator) < cfg.state_dropout
+            batch["observation.state"][hidden] = 0.0  # normalised: the dataset mean
         loss, _ = policy.forward(batch)
+        losses.append(float(loss.detach()))
+        if cube_head is not None:
+            cube_loss = cube_head.loss(cube)
+            cube_losses.append(float(cube_loss.detach()))
+            loss = loss + cfg.cube_position_loss * cube_loss
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), optim_cfg.grad_clip_norm)
         optimizer.step()
-        losses.append(float(loss.detach()))
         step += 1
         bar.update(1)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+            shown = {"loss": f"{sum(losses[-10:]) / 10:.3f}"}
+            if cube_losses:
+                shown["cube"] = f"{sum(cube_losses[-10:]) / 10:.3f}"
+            bar.set_postfix(shown)
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            if cube_head is not None:
+                cube_head.remove()  # the hook holds the graph of this step, which cannot be copied
             save_policy(
                 copy.deepcopy(policy), pre, post, cfg.output_dir / "checkpoints" / f"{step:06d}", cfg.batch_norm
             )
+            if cube_head is not None:
+                cube_head.attach(policy)
     bar.close()
+    if cube_head is not None:
+        cube_head.remove()
     out = save_policy(policy, pre, post, cfg.output_dir, cfg.batch_norm)
     summary = {
         "policy_path": str(out),
@@ -185,7 +219,11 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
         "final_loss": sum(losses[-20:]) / len(losses[-20:]),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
     }
-    (cfg.output_dir / "training.json").write_text(json.dumps({**summary, "losses": losses}, indent=2))
+    if cube_losses:
+        summary["final_cube_position_loss"] = sum(cube_losses[-20:]) / len(cube_losses[-20:])
+    (cfg.output_dir / "training.json").write_text(
+        json.dumps({**summary, "losses": losses, "cube_position_losses": cube_losses}, indent=2)
+    )
     plot_losses(losses, cfg.output_dir / "training_loss.png")
     return summary
 
@@ -278,6 +316,7 @@ class EpisodeFrames:
     ):
         self.images, self.state, self.action, self.episode_end = images, state, action, episode_end
         self.size = int(action.shape[0])
+        self.cube: torch.Tensor | None = None  # (N, 2) auxiliary target per frame (``cube_targets``)
 
     @classmethod
     def load(cls, dataset: LeRobotDataset, progress: bool = True) -> EpisodeFrames:
@@ -309,7 +348,62 @@ class EpisodeFrames:
         out["observation.state"] = self.state[idx]
         out["action"] = self.action[steps]
         out["action_is_pad"] = pad
+        if self.cube is not None:
+            out["cube"] = self.cube[idx]
         return out
+
+
+def cube_targets(root: Path, frames: EpisodeFrames) -> torch.Tensor:
+    """(N, 2) where each frame's cube lies on the table, scaled to [-1, 1] over the sampling box: the position
+    ``PickCubeSim.reset`` draws from the episode's seed (the cube only rises when lifted, so x, y hold)."""
+    import numpy as np
+    import torch
+
+    from .env import BLOCK_XY_BOUNDS
+    from .record import load_summary
+
+    try:
+        seeds = {int(e["episode_index"]): int(e["seed"]) for e in load_summary(root)["episodes"]}
+    except (OSError, KeyError, ValueError) as exc:
+        raise UsageError(f"cube_position_loss needs {root}/pai_sim.json from `pai sim record`: {exc}") from exc
+    starts = torch.unique_consecutive(frames.episode_end, return_counts=True)
+    lo, hi = BLOCK_XY_BOUNDS
+    out = []
+    for ep, (_, count) in enumerate(zip(*starts)):
+        if ep not in seeds:
+            raise UsageError(f"{root}/pai_sim.json has no seed for episode {ep}")
+        xy = np.random.default_rng(seeds[ep]).uniform(lo, hi)
+        out.append(torch.tensor((2 * (xy - lo) / (hi - lo) - 1), dtype=torch.float32).expand(int(count), 2))
+    return torch.cat(out)
+
+
+class CubePositionHead:
+    """Training-only linear head on the inputs of ACT's action head, (B, chunk, D) -> (B, chunk, 2), read
+    through a forward hook; its parameters join ``optimizer``."""
+
+    def __init__(self, policy: Any, optimizer: torch.optim.Optimizer):
+        import torch
+
+        self.head = torch.nn.Linear(policy.config.dim_model, 2)
+        optimizer.add_param_group({"params": list(self.head.parameters())})
+        self._features: torch.Tensor | None = None
+        self.attach(policy)
+
+    def attach(self, policy: Any) -> None:
+        self._hook = policy.model.action_head.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self._features = inputs[0]
+
+    def loss(self, target: torch.Tensor) -> torch.Tensor:
+        """L1 between every decoder output's predicted cube position and ``target`` (B, 2)."""
+        assert self._features is not None, "call after policy.forward"
+        pred = self.head(self._features)
+        return (pred - target[:, None, :]).abs().mean()
+
+    def remove(self) -> None:
+        self._hook.remove()
+        self._features = None
 
 
 def plot_losses(losses: list[float], path: Path) -> Path:
