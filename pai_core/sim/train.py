@@ -359,21 +359,21 @@ def cube_targets(root: Path, frames: EpisodeFrames) -> torch.Tensor:
     import numpy as np
     import torch
 
-    from .env import BLOCK_XY_BOUNDS
+    from .env import BLOCK_XY_BOUNDS, cube_xy
     from .record import load_summary
 
     try:
         seeds = {int(e["episode_index"]): int(e["seed"]) for e in load_summary(root)["episodes"]}
     except (OSError, KeyError, ValueError) as exc:
         raise UsageError(f"cube_position_loss needs {root}/pai_sim.json from `pai sim record`: {exc}") from exc
-    starts = torch.unique_consecutive(frames.episode_end, return_counts=True)
+    _, frames_per_episode = torch.unique_consecutive(frames.episode_end, return_counts=True)
     lo, hi = BLOCK_XY_BOUNDS
     out = []
-    for ep, (_, count) in enumerate(zip(*starts)):
+    for ep, count in enumerate(frames_per_episode.tolist()):
         if ep not in seeds:
             raise UsageError(f"{root}/pai_sim.json has no seed for episode {ep}")
-        xy = np.random.default_rng(seeds[ep]).uniform(lo, hi)
-        out.append(torch.tensor((2 * (xy - lo) / (hi - lo) - 1), dtype=torch.float32).expand(int(count), 2))
+        xy = cube_xy(np.random.default_rng(seeds[ep]))
+        out.append(torch.tensor(2 * (xy - lo) / (hi - lo) - 1, dtype=torch.float32).expand(count, 2))
     return torch.cat(out)
 
 
