@@ -30,14 +30,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("policies", nargs="+", help="LeRobot pretrained_model folders")
-    ap.add_argument("--positions", type=int, default=120, help="cube positions (seeds 30000..)")
+    ap.add_argument("--positions", type=int, default=120, help="cube positions (seeds --first-seed..)")
+    ap.add_argument(
+        "--first-seed", type=int, default=30_000, help="30000: positions no recording used; 0: the training set's"
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     images, states, cubes, expert = [], [], [], []
     with PickCubeSim(SimConfig()) as sim:
         for i in range(args.positions):
-            obs = sim.reset(30_000 + i)
+            obs = sim.reset(args.first_seed + i)
             images.append(obs.images[CAMERA])
             states.append(obs.state)
             cubes.append(sim.block_pos[:2].copy())

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: the WebSocket subprotocol foxglove-sdk's server speaks (Foxglove WebSocket protocol v1 messages).
 SUBPROTOCOL = "foxglove.sdk.v1"
+# The SDK queues a status per client and ``stop()`` drops what is still queued (no flush exists), so a
+# client told "the run is over" is given this long to receive it before its connection closes.
+STATUS_GRACE_S = 0.5
 #: topics the node publishes transient-local: re-sent to every client that subscribes late.
 LATCHED = (topics.FEATURE_NAMES,)
 
@@ -228,6 +231,7 @@ class FoxgloveServer:
         recording = None
         if self.server is not None and self.config.record:
             self.server.publish_status("pai: the run is over; reconnect to play it back", foxglove.StatusLevel.Info)
+            time.sleep(STATUS_GRACE_S)
         self.close(keep_recording=True)
         if self._record_file is not None:
             recording = Recording(

@@ -104,6 +104,12 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
         help="weight of a training-only loss that makes the decoder locate the cube (default 0: off)",
     )
 
+    t.add_argument(
+        "--dilation",
+        action="store_true",
+        help="LeRobot's replace_final_stride_with_dilation: 6x8 image tokens from a 96x128 frame instead of 3x4",
+    )
+
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
     flags.add_policy_path(e, help="LeRobot pretrained_model folder")
     flags.add(e, "--num-episodes", old=["--episodes"], type=int, default=10, help="episodes to run (default 10)")
@@ -176,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
                 use_vae=args.use_vae,
                 state_dropout=args.state_dropout,
                 cube_position_loss=args.cube_position_loss,
+                dilation=args.dilation,
             )
         )
         print(

@@ -56,6 +56,8 @@ class TrainConfig:
         output predicts where the cube lies on the table (from each episode's seed in ``pai_sim.json``).
         Without it the ACT learned to replay the average trajectory and ignore the cube (docs/demo.md); the
         head is dropped when saving, so the saved policy is a plain LeRobot ACT.
+    dilation: LeRobot's ``replace_final_stride_with_dilation``: the ResNet's last stage keeps stride 16,
+        so a 96x128 frame gives 6x8 image tokens instead of 3x4 (the cube then falls in a token of its own).
     """
 
     dataset_root: Path
@@ -79,6 +81,7 @@ class TrainConfig:
     use_vae: bool = False
     state_dropout: float = 0.0
     cube_position_loss: float = 0.0
+    dilation: bool = False
 
     def __post_init__(self) -> None:
         self.dataset_root, self.output_dir = Path(self.dataset_root), Path(self.output_dir)
@@ -115,6 +118,7 @@ def act_config(cfg: TrainConfig, features: dict) -> ACTConfig:
         dim_feedforward=cfg.dim_feedforward,
         n_encoder_layers=cfg.n_encoder_layers,
         n_decoder_layers=1,
+        replace_final_stride_with_dilation=cfg.dilation,
         chunk_size=cfg.chunk_size,
         n_action_steps=cfg.n_action_steps,
         use_vae=cfg.use_vae,
