@@ -13,6 +13,7 @@ docs/demo.md ("Where the camera's information is lost") has what these measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import numpy as np
@@ -20,14 +21,34 @@ import numpy as np
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+@functools.cache
+def first_frames(height: int, width: int, first_seed: int, positions: int) -> tuple:
+    """Images (N, 3, H, W) in [0, 1], states (N, 6), cube table positions (N, 2) and the expert's first dy (N,)."""
+    import torch
+
+    from pai_core.sim.env import CAMERA, PickCubeSim, SimConfig
+    from pai_core.sim.expert import PickExpert
+
+    images, states, cubes, expert = [], [], [], []
+    with PickCubeSim(SimConfig(height=height, width=width)) as sim:
+        for i in range(positions):
+            obs = sim.reset(first_seed + i)
+            images.append(obs.images[CAMERA])
+            states.append(obs.state)
+            cubes.append(sim.block_pos[:2].copy())
+            expert.append(PickExpert().act(sim.grasp_point, sim.block_pos)[1])
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    return x, torch.from_numpy(np.stack(states)), np.stack(cubes), np.asarray(expert)
+
+
 def main() -> None:
     import torch
     from lerobot.policies.act.modeling_act import ACTPolicy
     from lerobot.policies.factory import make_pre_post_processors
 
-    from pai_core.sim.env import CAMERA, PickCubeSim, SimConfig
-    from pai_core.sim.expert import PickExpert
+    from pai_core.sim.env import CAMERA, import_sim_package
 
+    import_sim_package()  # before any policy loads: it orders triton's LLVM before Mesa's
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("policies", nargs="+", help="LeRobot pretrained_model folders")
     ap.add_argument("--positions", type=int, default=120, help="cube positions (seeds --first-seed..)")
@@ -37,17 +58,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    images, states, cubes, expert = [], [], [], []
-    with PickCubeSim(SimConfig()) as sim:
-        for i in range(args.positions):
-            obs = sim.reset(args.first_seed + i)
-            images.append(obs.images[CAMERA])
-            states.append(obs.state)
-            cubes.append(sim.block_pos[:2].copy())
-            expert.append(PickExpert().act(sim.grasp_point, sim.block_pos)[1])
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
-    state = torch.from_numpy(np.stack(states))
-    cube, expert_dy = np.stack(cubes), np.asarray(expert)
     fit = slice(0, 3 * args.positions // 4)
     test = slice(fit.stop, args.positions)
     for path in args.policies:
@@ -55,6 +65,8 @@ def main() -> None:
         pre, post = make_pre_post_processors(
             policy.config, pretrained_path=path, preprocessor_overrides={"device_processor": {"device": "cpu"}}
         )
+        _, height, width = policy.config.input_features[CAMERA].shape
+        x, state, cube, expert_dy = first_frames(height, width, args.first_seed, args.positions)
         got: dict[str, torch.Tensor] = {}
         hook = policy.model.decoder.layers[0].multihead_attn.register_forward_hook(
             lambda m, i, o, got=got: got.__setitem__("weights", o[1])
@@ -67,10 +79,9 @@ def main() -> None:
         z = (features - features[fit].mean(0)) / (features[fit].std(0) + 1e-6)
         r2 = []
         for lam in (1.0, 10.0, 100.0, 1000.0):
-            w = np.linalg.solve(
-                z[fit].T @ z[fit] + lam * np.eye(z.shape[1]), z[fit].T @ (cube[fit] - cube[fit].mean(0))
-            )
-            pred = z[test] @ w + cube[fit].mean(0)
+            # ridge in its dual form (an N x N solve): the feature map has up to 512 x 6 x 8 values
+            gram = z[fit] @ z[fit].T + lam * np.eye(fit.stop)
+            pred = z[test] @ z[fit].T @ np.linalg.solve(gram, cube[fit] - cube[fit].mean(0)) + cube[fit].mean(0)
             r2.append(1 - ((pred - cube[test]) ** 2).sum(0) / ((cube[test] - cube[test].mean(0)) ** 2).sum(0))
         best = max(r2, key=lambda r: float(r.mean()))
         share = got["weights"].mean((0, 1))

@@ -203,13 +203,80 @@ def test_the_cube_position_loss_targets_where_each_episode_put_the_cube_and_leav
     assert np.isfinite(out["final_loss"])
 
 
-@pytest.mark.parametrize("field, value", [("cube_position_loss", -1.0), ("state_dropout", 1.5)])
-def test_training_settings_out_of_range_are_refused_by_name(tmp_path, field, value):
+def test_start_share_draws_that_share_of_every_batch_from_the_first_frames_of_the_episodes(recording):
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from pai_core.sim.train import EpisodeFrames
+
+    root, summary = recording
+    frames = EpisodeFrames.load(LeRobotDataset("pai/so101_pick_cube", root=root / "ds"), progress=False)
+    first = summary["episodes"][0]["frames"]
+    frames.focus_on_start(3, 0.5)
+    assert frames.start.tolist() == [0, 1, 2, first, first + 1, first + 2]
+    early = {tuple(row) for row in frames.state[frames.start].tolist()}
+    generator = torch.Generator().manual_seed(0)
+    later = 0
+    for _ in range(20):
+        states = frames.batch(8, 5, generator)["observation.state"].tolist()
+        assert all(tuple(row) in early for row in states[:4])  # half of every batch
+        later += sum(tuple(row) not in early for row in states[4:])
+    assert later > 40  # the other half is drawn from every frame (6 of the frames are early ones)
+
+
+def test_the_l2_action_loss_is_the_mean_squared_error_over_the_steps_inside_the_episode(recording, tmp_path):
+    """Zero on the policy's own chunk; steps past the episode's end do not count; one step off by d adds
+    d^2 over the number of chunk values."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from pai_core.sim.train import EpisodeFrames, TrainConfig, action_loss, train_policy
+
+    root, _ = recording
+    out = train_policy(
+        TrainConfig(
+            root / "ds", tmp_path / "p", steps=2, batch_size=4, dim_model=32, dim_feedforward=64, action_loss="l2"
+        ),
+        progress=False,
+    )
+    assert np.isfinite(out["final_loss"])
+    policy = ACTPolicy.from_pretrained(out["policy_path"]).eval()
+    pre, _ = make_pre_post_processors(
+        policy.config,
+        pretrained_path=out["policy_path"],
+        preprocessor_overrides={"device_processor": {"device": "cpu"}},
+    )
+    frames = EpisodeFrames.load(LeRobotDataset("pai/so101_pick_cube", root=root / "ds"), progress=False)
+    batch = pre(frames.batch(3, policy.config.chunk_size, torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        batch["action"] = policy.predict_action_chunk(batch)  # normalised: the model's own output
+        assert float(action_loss(policy, batch)) < 1e-10
+        batch["action_is_pad"][0, -1] = True
+        batch["action"][0, -1] += 100.0  # past the end: ignored
+        assert float(action_loss(policy, batch)) < 1e-10
+        batch["action"][1, 0, 2] += 0.5
+        assert float(action_loss(policy, batch)) == pytest.approx(0.25 / batch["action"].numel(), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "field, value, extra",
+    [
+        ("cube_position_loss", -1.0, {}),
+        ("state_dropout", 1.5, {}),
+        ("start_share", 1.5, {}),
+        ("start_frames", 0, {"start_share": 0.5}),
+        ("action_loss", "l3", {}),
+        ("action_loss", "l2", {"use_vae": True}),
+    ],
+)
+def test_training_settings_out_of_range_are_refused_by_name(tmp_path, field, value, extra):
     from pai_core.errors import ConfigError
     from pai_core.sim.train import TrainConfig
 
     with pytest.raises(ConfigError, match=field):
-        TrainConfig(tmp_path, tmp_path / "out", **{field: value})
+        TrainConfig(tmp_path, tmp_path / "out", **{field: value}, **extra)
 
 
 def test_the_camera_effect_is_zero_for_a_policy_that_cannot_see_and_positive_for_one_that_can(tmp_path):

@@ -105,10 +105,19 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     )
 
     t.add_argument(
-        "--dilation",
-        action="store_true",
-        help="LeRobot's replace_final_stride_with_dilation: 6x8 image tokens from a 96x128 frame instead of 3x4",
+        "--start-share",
+        type=float,
+        default=0.0,
+        help="share of every batch drawn from the episodes' first --start-frames frames, where only the camera "
+        "tells where the cube is (default 0: frames drawn uniformly)",
     )
+    t.add_argument(
+        "--action-loss",
+        choices=["l1", "l2"],
+        default="l1",
+        help="loss on the action chunk (default l1, LeRobot's ACT; l2 needs no --use-vae)",
+    )
+    t.add_argument("--start-frames", type=int, default=8, help="frames that --start-share draws from (default 8)")
 
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
     flags.add_policy_path(e, help="LeRobot pretrained_model folder")
@@ -182,7 +191,9 @@ def run(args: argparse.Namespace) -> int:
                 use_vae=args.use_vae,
                 state_dropout=args.state_dropout,
                 cube_position_loss=args.cube_position_loss,
-                dilation=args.dilation,
+                start_share=args.start_share,
+                start_frames=args.start_frames,
+                action_loss=args.action_loss,
             )
         )
         print(

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigError, UsageError
 from ..policy import import_lerobot_policies
@@ -56,8 +56,11 @@ class TrainConfig:
         output predicts where the cube lies on the table (from each episode's seed in ``pai_sim.json``).
         Without it the ACT learned to replay the average trajectory and ignore the cube (docs/demo.md); the
         head is dropped when saving, so the saved policy is a plain LeRobot ACT.
-    dilation: LeRobot's ``replace_final_stride_with_dilation``: the ResNet's last stage keeps stride 16,
-        so a 96x128 frame gives 6x8 image tokens instead of 3x4 (the cube then falls in a token of its own).
+    start_share, start_frames: draw this share of every batch from the first ``start_frames`` frames of
+        the episodes. Only there must the policy find the cube from its camera alone (later the arm's own
+        motion tells where it is going), and those are 2.5 % of the frames otherwise.
+    action_loss: ``l1`` (LeRobot's) or ``l2``. Where the expert's first move goes either way (+1 or -1,
+        by the cube's side), L1 is flat between the two and gains only by the sign; L2 pulls by the error.
     """
 
     dataset_root: Path
@@ -81,7 +84,9 @@ class TrainConfig:
     use_vae: bool = False
     state_dropout: float = 0.0
     cube_position_loss: float = 0.0
-    dilation: bool = False
+    action_loss: Literal["l1", "l2"] = "l1"
+    start_share: float = 0.0
+    start_frames: int = 8
 
     def __post_init__(self) -> None:
         self.dataset_root, self.output_dir = Path(self.dataset_root), Path(self.output_dir)
@@ -97,6 +102,12 @@ class TrainConfig:
             raise ConfigError(f"save_every={self.save_every} must be 0 (no checkpoints) or a number of steps")
         if self.cube_position_loss < 0:
             raise ConfigError(f"cube_position_loss={self.cube_position_loss} must be >= 0 (0: off)")
+        if self.action_loss not in ("l1", "l2") or (self.action_loss == "l2" and self.use_vae):
+            raise ConfigError(f"action_loss={self.action_loss!r}: expected 'l1' or 'l2' ('l2' without the CVAE)")
+        if not 0.0 <= self.start_share <= 1.0 or self.start_frames < 1:
+            raise ConfigError(
+                f"start_share={self.start_share} must be in [0, 1] and start_frames={self.start_frames} >= 1"
+            )
         if not 0.0 <= self.state_dropout <= 1.0:
             raise ConfigError(f"state_dropout={self.state_dropout} must be a probability in [0, 1]")
         if self.steps < 1 or (self.max_minutes is not None and self.max_minutes <= 0):
@@ -118,7 +129,6 @@ def act_config(cfg: TrainConfig, features: dict) -> ACTConfig:
         dim_feedforward=cfg.dim_feedforward,
         n_encoder_layers=cfg.n_encoder_layers,
         n_decoder_layers=1,
-        replace_final_stride_with_dilation=cfg.dilation,
         chunk_size=cfg.chunk_size,
         n_action_steps=cfg.n_action_steps,
         use_vae=cfg.use_vae,
@@ -150,6 +160,8 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     frames = EpisodeFrames.load(dataset, progress)
     if cfg.cube_position_loss:
         frames.cube = cube_targets(cfg.dataset_root, frames)
+    if cfg.start_share:
+        frames.focus_on_start(cfg.start_frames, cfg.start_share)
     if frames.size < cfg.batch_size:
         raise UsageError(f"Dataset {cfg.dataset_root} has {frames.size} frames, fewer than batch_size={cfg.batch_size}")
     if cfg.init_from is not None:
@@ -184,7 +196,7 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
         if cfg.state_dropout:
             hidden = torch.rand(cfg.batch_size, generator=generator) < cfg.state_dropout
             batch["observation.state"][hidden] = 0.0  # normalised: the dataset mean
-        loss, _ = policy.forward(batch)
+        loss = action_loss(policy, batch) if cfg.action_loss == "l2" else policy.forward(batch)[0]
         losses.append(float(loss.detach()))
         if cube_head is not None:
             cube_loss = cube_head.loss(cube)
@@ -228,8 +240,20 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
     (cfg.output_dir / "training.json").write_text(
         json.dumps({**summary, "losses": losses, "cube_position_losses": cube_losses}, indent=2)
     )
-    plot_losses(losses, cfg.output_dir / "training_loss.png")
+    plot_losses(
+        losses,
+        cfg.output_dir / "training_loss.png",
+        "ACT loss (L2)" if cfg.action_loss == "l2" else "ACT loss (L1 + KL)",
+    )
     return summary
+
+
+def action_loss(policy: Any, batch: dict) -> torch.Tensor:
+    """Mean squared error of ACT's predicted chunk (no CVAE), past-the-end steps masked as in LeRobot's L1."""
+    batch = dict(batch)
+    batch["observation.images"] = [batch[key] for key in policy.config.image_features]
+    actions_hat, _ = policy.model(batch)
+    return ((actions_hat - batch["action"]) ** 2 * ~batch["action_is_pad"].unsqueeze(-1)).mean()
 
 
 def with_image_stats(stats: dict[str, dict[str, Any]], frames: EpisodeFrames) -> dict[str, dict[str, Any]]:
@@ -321,6 +345,17 @@ class EpisodeFrames:
         self.images, self.state, self.action, self.episode_end = images, state, action, episode_end
         self.size = int(action.shape[0])
         self.cube: torch.Tensor | None = None  # (N, 2) auxiliary target per frame (``cube_targets``)
+        self.start: torch.Tensor | None = None  # indices of the episodes' first frames (``focus_on_start``)
+        self.start_share = 0.0
+
+    def focus_on_start(self, frames: int, share: float) -> None:
+        """Draw ``share`` of every batch from the first ``frames`` frames of the episodes."""
+        import torch
+
+        _, counts = torch.unique_consecutive(self.episode_end, return_counts=True)
+        starts = (self.episode_end.unique_consecutive() - counts).tolist()
+        self.start = torch.cat([torch.arange(s, s + min(frames, int(c))) for s, c in zip(starts, counts.tolist())])
+        self.start_share = share
 
     @classmethod
     def load(cls, dataset: LeRobotDataset, progress: bool = True) -> EpisodeFrames:
@@ -345,6 +380,9 @@ class EpisodeFrames:
         import torch
 
         idx = torch.randint(0, self.size, (batch_size,), generator=generator)
+        if self.start is not None:
+            n = round(batch_size * self.start_share)
+            idx[:n] = self.start[torch.randint(0, len(self.start), (n,), generator=generator)]
         steps = idx[:, None] + torch.arange(chunk)[None]
         pad = steps >= self.episode_end[idx][:, None]
         steps = torch.minimum(steps, self.episode_end[idx][:, None] - 1)
@@ -410,7 +448,7 @@ class CubePositionHead:
         self._features = None
 
 
-def plot_losses(losses: list[float], path: Path) -> Path:
+def plot_losses(losses: list[float], path: Path, label: str = "ACT loss (L1 + KL)") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -420,7 +458,7 @@ def plot_losses(losses: list[float], path: Path) -> Path:
     ax.plot(losses, lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("ACT loss (L1 + KL)")
+    ax.set_ylabel(label)
     ax.set_title("policy training")
     fig.tight_layout()
     fig.savefig(path)
