@@ -29,7 +29,7 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
         "--train-steps",
         type=int,
         default=None,
-        help="policy training steps with --train-policy (default 1700; 60 with --quick)",
+        help="policy training steps with --train-policy (default 3000; 60 with --quick)",
     )
     p.add_argument(
         "--train-minutes",

@@ -48,9 +48,10 @@ class DemoConfig:
         replay_perturbation: the perturbed episode replayed offline and through ROS.
         policy: "shipped" copies the shipped demo policy (``SHIPPED_POLICY``, made by the same recording and
             ``pai sim train-policy`` command, pai_core/sim/demo_policy/README.md); "train" trains one here.
-        train_steps, batch_size: policy training with ``policy="train"`` (bounded by steps: the same command
-            gives the same policy; 1,669 steps took 605 s on an idle 2-core CPU); train_minutes: an optional
-            extra clock bound.
+        train_steps, batch_size: policy training with ``policy="train"``, with the shipped policy's recipe
+            (L2 action loss, half of every batch from the episodes' first 6 frames; bounded by steps: the
+            same command gives the same policy; 3,000 steps took 535 s on an idle 2-core CPU);
+            train_minutes: an optional extra clock bound.
         eval_episodes: closed-loop episodes for the success rate.
         sae_steps: SAE optimiser steps.
         alpha: target false-alarm rate per frame.
@@ -68,7 +69,7 @@ class DemoConfig:
     perturbations: list[str] = field(default_factory=lambda: [p for p in PERTURBATIONS if p != "none"])
     replay_perturbation: str = "distractor"
     policy: PolicySource = "shipped"
-    train_steps: int = 1700
+    train_steps: int = 3000
     train_minutes: float | None = None
     batch_size: int = 8
     eval_episodes: int = 20
@@ -148,6 +149,9 @@ def _train_policy(cfg: DemoConfig) -> None:
             cfg.train_steps,
             cfg.train_minutes or None,
             cfg.batch_size,
+            action_loss="l2",
+            start_share=0.5,
+            start_frames=6,
         )
     )
 
