@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from pai_core.sim.demo import SHIPPED_POLICY, DemoConfig, run_demo
+from pai_core.sim.demo import SHIPPED_POLICY, SHIPPED_RECIPE, DemoConfig, run_demo
 
 
 def test_the_shipped_policy_is_a_lerobot_act_for_the_simulations_camera_joints_and_actions():
@@ -23,7 +23,11 @@ def test_the_shipped_policy_is_a_lerobot_act_for_the_simulations_camera_joints_a
 def test_the_shipped_policy_records_how_it_was_made_and_what_it_measured():
     training = json.loads((SHIPPED_POLICY / "training.json").read_text())
     evaluation = json.loads((SHIPPED_POLICY / "evaluation.json").read_text())
-    assert training["steps"] >= 1 and training["episodes"] == DemoConfig.preset("x").train_episodes
+    demo = DemoConfig.preset("x")
+    assert training["episodes"] == demo.train_episodes
+    # `pai demo --train-policy` trains what was shipped
+    assert (training["steps"], training["config"]["batch_size"]) == (demo.train_steps, demo.batch_size)
+    assert {k: training["config"][k] for k in SHIPPED_RECIPE} == SHIPPED_RECIPE
     assert evaluation["episodes"] >= 20 and 0 <= evaluation["successes"] <= evaluation["episodes"]
     readme = (SHIPPED_POLICY / "README.md").read_text()
     assert "pai sim record" in readme and "pai sim train-policy" in readme  # the exact commands

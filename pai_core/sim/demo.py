@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..configs import OodSignal
 from ..errors import ObservationError, PaiError, StageSkipped
@@ -28,6 +28,9 @@ REPO_ID = "pai/so101_pick_cube"
 # longer than the demo can afford on a CPU; `pai demo --train-policy` trains one instead. Package data
 # (pyproject's package-data), found through importlib.resources in a source checkout and in an installed wheel
 # alike (both put it on the file system, which LeRobot's loader needs).
+# How the shipped policy was trained beyond steps and batch size (its training.json records them too);
+# ``pai demo --train-policy`` trains with the same.
+SHIPPED_RECIPE: dict[str, Any] = {"action_loss": "l2", "start_share": 0.5, "start_frames": 6}
 SHIPPED_POLICY = Path(str(resources.files("pai_core.sim") / "demo_policy"))
 
 
@@ -149,9 +152,7 @@ def _train_policy(cfg: DemoConfig) -> None:
             cfg.train_steps,
             cfg.train_minutes or None,
             cfg.batch_size,
-            action_loss="l2",
-            start_share=0.5,
-            start_frames=6,
+            **SHIPPED_RECIPE,
         )
     )
 
