@@ -2,7 +2,8 @@
 
 LeRobot's own pieces do the work: features from the dataset metadata, ``make_pre_post_processors``
 with the dataset statistics, ``resolve_delta_timestamps`` for action chunks, the ACT optimizer preset
-and ``ACTPolicy.forward`` for the loss. The result is a LeRobot ``pretrained_model`` folder.
+and ``ACTPolicy.forward`` for the loss (``--action-loss l2``: the squared error of the same chunk).
+The result is a LeRobot ``pretrained_model`` folder.
 """
 
 from __future__ import annotations
