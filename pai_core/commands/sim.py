@@ -111,13 +111,13 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
         help="share of every batch drawn from the episodes' first --start-frames frames, where only the camera "
         "tells where the cube is (default 0: frames drawn uniformly)",
     )
+    t.add_argument("--start-frames", type=int, default=8, help="frames that --start-share draws from (default 8)")
     t.add_argument(
         "--action-loss",
         choices=["l1", "l2"],
         default="l1",
         help="loss on the action chunk (default l1, LeRobot's ACT; l2 needs no --use-vae)",
     )
-    t.add_argument("--start-frames", type=int, default=8, help="frames that --start-share draws from (default 8)")
 
     e = ssub.add_parser("evaluate-policy", help="closed-loop success rate of a policy in the simulator")
     flags.add_policy_path(e, help="LeRobot pretrained_model folder")

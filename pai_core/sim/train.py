@@ -251,10 +251,12 @@ def train_policy(cfg: TrainConfig, progress: bool = True) -> dict:
 
 def action_loss(policy: Any, batch: dict) -> torch.Tensor:
     """Mean squared error of ACT's predicted chunk (no CVAE), past-the-end steps masked as in LeRobot's L1."""
+    from lerobot.utils.constants import ACTION, OBS_IMAGES
+
     batch = dict(batch)
-    batch["observation.images"] = [batch[key] for key in policy.config.image_features]
+    batch[OBS_IMAGES] = [batch[key] for key in policy.config.image_features]  # as ACTPolicy.forward does
     actions_hat, _ = policy.model(batch)
-    return ((actions_hat - batch["action"]) ** 2 * ~batch["action_is_pad"].unsqueeze(-1)).mean()
+    return ((actions_hat - batch[ACTION]) ** 2 * ~batch["action_is_pad"].unsqueeze(-1)).mean()
 
 
 def with_image_stats(stats: dict[str, dict[str, Any]], frames: EpisodeFrames) -> dict[str, dict[str, Any]]:
@@ -353,9 +355,9 @@ class EpisodeFrames:
         """Draw ``share`` of every batch from the first ``frames`` frames of the episodes."""
         import torch
 
-        _, counts = torch.unique_consecutive(self.episode_end, return_counts=True)
-        starts = (self.episode_end.unique_consecutive() - counts).tolist()
-        self.start = torch.cat([torch.arange(s, s + min(frames, int(c))) for s, c in zip(starts, counts.tolist())])
+        ends, counts = torch.unique_consecutive(self.episode_end, return_counts=True)
+        starts = ends - counts
+        self.start = torch.cat([torch.arange(s, s + min(frames, c)) for s, c in zip(starts.tolist(), counts.tolist())])
         self.start_share = share
 
     @classmethod
