@@ -152,7 +152,8 @@ class FailureBenchConfig:
     conditions: names from ``CONDITION_NAMES``.
     episodes: episodes per condition.
     seed: episode i uses cube seed ``seed + i`` in every condition (paired across conditions).
-    max_steps: control steps after which an episode has failed.
+    max_steps: control steps after which an episode has failed; frame_skip with "hold" gets twice as many,
+        so the policy sees as many frames as in clean (a robot that holds on lost frames is slower, not lost).
     disturb_step: step of push and appear (-1: ``disturb.DEFAULT_STEPS``); slip waits for the grasp.
     skipped_frame: what the robot does on a frame_skip tick without a frame: "hold" its pose (zero motion,
         same gripper command: what a controller does when no command arrives) or "repeat" the last action.
@@ -586,6 +587,11 @@ def _ratio(score: float, threshold: float) -> float:
     return score / threshold if threshold > 0 else (math.inf if score > threshold else 0.0)
 
 
+def step_limit(condition: Condition, cfg: FailureBenchConfig) -> int:
+    """Control steps the episode gets (``FailureBenchConfig.max_steps``)."""
+    return cfg.max_steps * (2 if condition.frames == "skip" and cfg.skipped_frame == "hold" else 1)
+
+
 def run_episode(
     pipe, sim, condition: Condition, seed: int, cfg: FailureBenchConfig, seed_rule: SeedRule | None = None
 ) -> EpisodeRecord:
@@ -607,7 +613,7 @@ def run_episode(
     frame_steps: list[int] = []
     signal_at_alarm, reason = None, ""
     last_image, last_action, success, step = None, None, False, 0
-    for step in range(cfg.max_steps):
+    for step in range(step_limit(condition, cfg)):
         if disturber is not None and disturber.maybe_apply(sim, step):
             obs = sim.observation()  # the first frame that shows it
         if condition.frames == "skip" and step % 2 == 1:
@@ -1003,7 +1009,7 @@ def run(cfg: FailureBenchConfig, output_dir: Path, setup: dict | None = None, pr
         "conditions": {c: build_conditions(cfg.disturb_step)[c].what for c in cfg.conditions},
         "definitions": {
             "onset_step": "first step whose frame shows the cause: the disturbance step, else 0",
-            "lost_step": "failed episodes: the last step (max_steps - 1)",
+            "lost_step": "failed episodes: the last step (max_steps - 1; frame_skip with hold: 2 max_steps - 1)",
             "false_stop": "a successful episode in which the alarm rose",
             "caught": "a failed episode whose alarm rose within [onset, lost]",
             "premature": "a failed episode whose alarm rose before the onset",

@@ -303,6 +303,8 @@ def test_each_tick_is_one_forward_whose_action_drives_the_sim_and_pai_alarm_is_t
     with PickCubeSim(SimConfig(height=48, width=64, max_steps=10)) as sim:
         r = fb.run_episode(pipe, sim, cond, 10_000, cfg)
         assert r.frame_steps == list(range(0, r.steps, 2)) and len(calls) == len(r.frame_steps)
+        # holding on lost frames is slower, not lost: the episode gets as many frames as a clean one
+        assert not r.success and r.steps == 2 * cfg.max_steps and len(r.frame_steps) == cfg.max_steps
         calls.clear()
         r = fb.run_episode(pipe, sim, fb.build_conditions()["clean"], 10_000, cfg)
     assert r.frame_steps == list(range(r.steps)) and len(calls) == r.steps

@@ -51,6 +51,26 @@ def test_chunks_that_agree_where_they_overlap_score_zero_and_a_change_of_mind_do
     assert np.allclose(scorer.score(ScoreBatch(res2, obs2, np.zeros((len(obs2), 1)))).scores, 0.0, atol=1e-10)
 
 
+def test_a_republished_image_with_a_fresh_stamp_holds_the_score_and_is_not_compared(policy_dir):
+    """A camera that sends its last buffer again beside fresh joint states: the policy predicts from a
+    picture of the past. That chunk must neither score nor spoil the next fresh frame's comparison."""
+    from pai_core import IntrospectionConfig, Introspector
+
+    engine = Introspector.from_pretrained(str(policy_dir), IntrospectionConfig(rollout=False))
+    scorer = ActionConsistency(np.ones(engine.action_dim), fps=10.0, lags=3, horizon=4)
+    steady, obs = chunks_of(engine, np.random.default_rng(2), lambda t, k, a: math.sin(0.3 * (t + k) + a))
+    for t in (3, 5):  # frames 3 and 5 repeat the image of 2 and 4, and their chunks lag behind
+        obs[t] = replace(obs[t], images={k: v.copy() for k, v in obs[t - 1].images.items()})
+        steady[t].action_chunk = steady[t - 1].action_chunk.copy()
+    s = scorer.score(ScoreBatch(steady, obs, np.zeros((len(obs), 1)))).scores
+    assert np.allclose(s, 0.0, atol=1e-10) and scorer.repeated_frames == 2
+    # the same chunks with fresh images: the lagging chunks are a change of mind
+    scorer.reset()
+    fresh = [replace(o, images={k: v ^ np.uint8(i) for k, v in o.images.items()}) for i, o in enumerate(obs)]
+    s = scorer.score(ScoreBatch(steady, fresh, np.zeros((len(obs), 1)))).scores
+    assert s[3] > 1e-3 and s[5] > 1e-3 and scorer.repeated_frames == 0
+
+
 def test_joint_thresholds_keep_one_false_alarm_rate_over_two_signals():
     rng = np.random.default_rng(1)
     a, b = rng.exponential(size=4000), rng.lognormal(size=4000)

@@ -8,6 +8,11 @@ t - l, of the mean squared difference between ``chunk_t[:h]`` and ``chunk_{t-l}[
 number of action steps between the two ticks, from the observation stamps and the policy's rate; h at
 most ``horizon``), each action dimension divided by its spread in the dataset. It needs no SAE and no
 reference frames, so camera nuisance that the policy tolerates does not move it.
+
+A frame whose images are the previous frame's again (a camera driver that republishes its last buffer
+with a fresh stamp, next to fresh joint states) is no new view of the world: its chunk is predicted from
+a picture of the past, so comparing it would measure the stale picture, not the policy. Such a frame keeps
+the previous score and its chunk is not compared later; ``repeated_frames`` counts them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class ActionConsistency:
     def reset(self) -> None:
         """New episode: no earlier chunk to compare with."""
         self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=self.lags)
+        self._last_images: dict[str, np.ndarray] | None = None
+        self._last_score = 0.0
+        self.repeated_frames = 0
 
     # ------------------------------------------------------------------ fitting and files
     @classmethod
@@ -80,10 +88,25 @@ class ActionConsistency:
         """Frames in time order (the history carries over from the previous batch until ``reset``)."""
         scores = np.empty(len(batch.results), np.float64)
         for i, (res, obs) in enumerate(zip(batch.results, batch.observations)):
+            repeated = self._same_images(obs.images)
+            self._last_images = obs.images
+            if repeated:
+                self.repeated_frames += 1
+                scores[i] = self._last_score
+                continue
             chunk = np.asarray(res.action_chunk, np.float64) / self.action_std  # (T, A) in spreads
-            scores[i] = self._disagreement(float(obs.timestamp), chunk)
+            scores[i] = self._last_score = self._disagreement(float(obs.timestamp), chunk)
             self._history.append((float(obs.timestamp), chunk))
         return ScoreOutput(scores, [{} for _ in scores])
+
+    def _same_images(self, images: dict[str, np.ndarray]) -> bool:
+        """Every camera's image equals the previous frame's (the same buffer again, not a new view)."""
+        last = self._last_images
+        return (
+            last is not None
+            and last.keys() == images.keys()
+            and all(np.array_equal(np.asarray(images[k]), np.asarray(last[k])) for k in images)
+        )
 
     def _disagreement(self, stamp: float, chunk: np.ndarray) -> float:
         diffs = []
