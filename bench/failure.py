@@ -155,8 +155,9 @@ class FailureBenchConfig:
     max_steps: control steps after which an episode has failed; frame_skip with "hold" gets twice as many,
         so the policy sees as many frames as in clean (a robot that holds on lost frames is slower, not lost).
     disturb_step: step of push and appear (-1: ``disturb.DEFAULT_STEPS``); slip waits for the grasp.
-    skipped_frame: what the robot does on a frame_skip tick without a frame: "hold" its pose (zero motion,
-        same gripper command: what a controller does when no command arrives) or "repeat" the last action.
+    skipped_frame: what the robot does on a frame_skip tick without a frame: "hold" (no new command: the
+        controller keeps its last joint targets and gripper command, ``PickCubeSim.hold``) or "repeat" the
+        last action.
     baseline: "seed" to train and run the seed's rule beside pai, "none" to leave it out.
     baseline_steps, baseline_l1, baseline_features, sigma: the seed's whole-frame SAE (``baselines.py``).
     train_root: clean dataset for the baseline's training tokens ("" : the SAE's activation recording).
@@ -616,10 +617,9 @@ def run_episode(
     for step in range(step_limit(condition, cfg)):
         if disturber is not None and disturber.maybe_apply(sim, step):
             obs = sim.observation()  # the first frame that shows it
-        if condition.frames == "skip" and step % 2 == 1:
-            action = last_action.copy()
-            if cfg.skipped_frame == "hold":
-                action[:3] = 0.0
+        lost_frame = condition.frames == "skip" and step % 2 == 1
+        if lost_frame:
+            action = last_action
         else:
             seen = obs
             if condition.nuisance is not None:
@@ -646,7 +646,7 @@ def run_episode(
                     traces[SEED_RULE].alarm_step = step
             action = np.asarray(frame.result.action, dtype=np.float64).reshape(-1)
         last_action = action
-        obs, success = sim.step(action)
+        obs, success = sim.hold() if lost_frame and cfg.skipped_frame == "hold" else sim.step(action)
         if success:
             break
     steps = step + 1

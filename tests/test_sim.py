@@ -39,6 +39,24 @@ def test_the_expert_picks_up_the_cube_in_most_seeds():
     assert all(len(e.steps) < sim.config.max_steps for e in lifted)
 
 
+def test_hold_keeps_the_last_joint_targets_where_a_zero_action_re_targets_the_sagging_arm():
+    """A lost frame means no new command: the controller keeps its targets (frame_skip in bench/failure.py)."""
+    up = np.array([0.0, 0.0, 0.5, 1.0])
+    with PickCubeSim(SimConfig(height=32, width=32)) as sim:
+        after = {}
+        for mode in ("hold", "zero"):
+            sim.reset(11)
+            for _ in range(3):
+                sim.step(up)
+            z, ctrl = sim.grasp_point[2], sim.env.data.ctrl.copy()
+            for _ in range(5):
+                obs, _ = sim.hold() if mode == "hold" else sim.step(np.array([0.0, 0.0, 0.0, 1.0]))
+            after[mode] = (sim.grasp_point[2] - z, np.abs(sim.env.data.ctrl - ctrl).max(), sim.steps, obs.timestamp)
+    assert after["hold"][1] == 0.0 and after["hold"][0] > 0.0  # same targets: the arm still converges upward
+    assert after["zero"][1] > 0.1 and after["zero"][0] < -0.01  # re-targeted where it stood, then sagged
+    assert after["hold"][2:] == after["zero"][2:] == (8, pytest.approx(8 / sim.config.fps))
+
+
 def test_dart_noise_moves_the_robot_off_the_expert_path_but_the_recorded_action_stays_the_experts():
     from pai_core.errors import ConfigError
     from pai_core.sim.record import RecordConfig, run_expert

@@ -142,6 +142,16 @@ class PickCubeSim:
         self.timestamp = self.steps / self.config.fps
         return self.observation(), bool(info["succeed"])
 
+    def hold(self) -> tuple[Observation, bool]:
+        """One control step without a new command: the arm's position actuators keep their last targets
+        and the gripper its command, as a robot's controller does when no command arrives. (A zero action
+        is not that: the package re-targets the arm at its current pose, which sags under the cube.)"""
+        for _ in range(self.env._n_substeps):
+            self._mujoco.mj_step(self.env.model, self.env.data)
+        self.steps += 1
+        self.timestamp = self.steps / self.config.fps
+        return self.observation(), bool(self.env._is_success())
+
     # ------------------------------------------------------------------ sensing
     def render(self) -> np.ndarray:
         """(H, W, 3) uint8 RGB frame of the front camera."""
