@@ -3,11 +3,13 @@ to one false-alarm rate."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from pai_core.cli import main
 from pai_core.ood import ActionConsistency, OODParams, ScoreBatch, joint_thresholds, score_episodes
@@ -37,18 +39,28 @@ def test_chunks_that_agree_where_they_overlap_score_zero_and_a_change_of_mind_do
     steady, obs = chunks_of(engine, rng, lambda t, k, a: math.sin(0.3 * (t + k) + a))
     s = scorer.score(ScoreBatch(steady, obs, np.zeros((len(obs), 1)))).scores
     assert s[0] == 0.0 and np.allclose(s, 0.0, atol=1e-10)
+    # only the chunks of the last `lags` actions count: a wild first plan is forgotten 3 frames later
+    scorer.reset()
+    wild = [copy.copy(r) for r in steady]
+    wild[0].action_chunk = wild[0].action_chunk + 5.0
+    s = scorer.score(ScoreBatch(wild, obs, np.zeros((len(obs), 1)))).scores
+    assert (s[1:4] > 1.0).all() and np.allclose(s[4:], 0.0, atol=1e-10)
     scorer.reset()
     flip, obs = chunks_of(engine, rng, lambda t, k, a: (t % 2) * 2.0)  # alternates between two plans
     s = scorer.score(ScoreBatch(flip, obs, np.zeros((len(obs), 1)))).scores
     assert s[0] == 0.0 and (s[1:] > 1.0).all()
-    # dropped frames: stamps two ticks apart compare with a shift of two steps, so steady stays steady
-    scorer.reset()
-    every_other = [
-        (r, o) for i, (r, o) in enumerate(zip(steady, chunks_of(engine, rng, lambda t, k, a: 0)[1])) if i % 2 == 0
-    ]
-    obs2 = [replace(o, timestamp=2 * i / 10.0) for i, (_, o) in enumerate(every_other)]
-    res2 = [steady[2 * i] for i in range(len(obs2))]
-    assert np.allclose(scorer.score(ScoreBatch(res2, obs2, np.zeros((len(obs2), 1)))).scores, 0.0, atol=1e-10)
+    # lost frames, stamps two steps apart. pai drives the robot ("frames"): no frame, no command, the arm
+    # holds, so the plan advanced by one action per frame. Another process drives it ("stamps"): by two.
+    fresh_obs = chunks_of(engine, rng, lambda t, k, a: 0)[1]
+    obs2 = [replace(o, timestamp=2 * i / 10.0) for i, o in enumerate(fresh_obs[:4])]
+    held, went_on = steady[:4], [steady[2 * i] for i in range(4)]
+    for clock, steady_plan, other_plan in (("frames", held, went_on), ("stamps", went_on, held)):
+        watcher = ActionConsistency(np.ones(engine.action_dim), fps=10.0, lags=3, horizon=4, step_clock=clock)
+        assert np.allclose(watcher.score(ScoreBatch(steady_plan, obs2, np.zeros((4, 1)))).scores, 0.0, atol=1e-10)
+        watcher.reset()
+        assert (watcher.score(ScoreBatch(other_plan, obs2, np.zeros((4, 1)))).scores[1:] > 1e-3).all()
+    with pytest.raises(ValueError, match="step_clock='wall'"):
+        ActionConsistency(np.ones(engine.action_dim), fps=10.0, step_clock="wall")  # type: ignore[arg-type]
 
 
 def test_a_republished_image_with_a_fresh_stamp_holds_the_score_and_is_not_compared(policy_dir):

@@ -3,10 +3,13 @@
 Every tick the engine predicts a whole chunk of T future actions. Where the policy is on familiar ground
 the chunk it predicts now agrees with the overlapping part of the chunks it predicted a few ticks ago
 (it learned one consistent behaviour per situation); where it is about to fail it keeps changing its
-mind. The score of the frame at time t is the mean, over the ``lags`` previous chunks predicted at
-t - l, of the mean squared difference between ``chunk_t[:h]`` and ``chunk_{t-l}[s:s + h]`` (s: the
-number of action steps between the two ticks, from the observation stamps and the policy's rate; h at
-most ``horizon``), each action dimension divided by its spread in the dataset. It needs no SAE and no
+mind. The score of a frame is the mean, over the chunks predicted l = 1 .. ``lags`` actions earlier (those
+of repeated frames left out, below), of the mean squared difference between ``chunk_now[:h]`` and
+``chunk_then[l:l + h]`` (h at most ``horizon``), each action dimension divided by its spread in the
+dataset. ``step_clock`` says how the actions between two frames are counted: "frames" (one per frame pai
+scored: pai drives the robot with one command per tick, and a lost frame means no command, so the arm
+holds) or "stamps" (the stamps times the policy's rate: pai watches a robot that another process drives
+on its own clock, so actions go on while frames are lost). It needs no SAE and no
 reference frames, so camera nuisance that the policy tolerates does not move it.
 
 A frame whose images are the previous frame's again (a camera driver that republishes its last buffer
@@ -21,13 +24,16 @@ from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 
 from .params import OODParams
 from .registry import register
 from .scorer import FitJob, Fitted, Scale, ScoreBatch, ScoreOutput
+
+StepClock = Literal["frames", "stamps"]
+STEP_CLOCKS: tuple[str, ...] = get_args(StepClock)
 
 
 @register
@@ -37,19 +43,29 @@ class ActionConsistency:
     Args:
         action_std: (A,) spread of each action dimension (the dataset's action statistics).
         fps: policy action rate (steps per second): turns the stamps between two ticks into chunk steps.
-        lags: earlier chunks compared with the current one.
+        lags: how many actions back earlier chunks are compared with the current one.
         horizon: leading steps of the overlap compared (the near future matters most).
+        step_clock: how the actions between two ticks are counted: "frames" or "stamps" (module docstring).
     """
 
     name: ClassVar[str] = "action_consistency"
     description: ClassVar[str] = "disagreement of the predicted action chunk with the chunks of the last ticks"
     needs_vision_features: ClassVar[bool] = False
 
-    def __init__(self, action_std: Sequence[float] | np.ndarray, fps: float, lags: int = 3, horizon: int = 10):
+    def __init__(
+        self,
+        action_std: Sequence[float] | np.ndarray,
+        fps: float,
+        lags: int = 3,
+        horizon: int = 10,
+        step_clock: StepClock = "frames",
+    ):
         self.action_std = np.maximum(np.asarray(action_std, np.float64).reshape(-1), 1e-6)
         if not fps > 0 or lags < 1 or horizon < 1:
             raise ValueError(f"fps={fps} must be > 0, lags={lags} and horizon={horizon} >= 1")
-        self.fps, self.lags, self.horizon = float(fps), int(lags), int(horizon)
+        if step_clock not in STEP_CLOCKS:
+            raise ValueError(f"step_clock={step_clock!r} is not one of {list(STEP_CLOCKS)}")
+        self.fps, self.lags, self.horizon, self.step_clock = float(fps), int(lags), int(horizon), step_clock
         self.reset()
 
     def reset(self) -> None:
@@ -57,6 +73,7 @@ class ActionConsistency:
         self._history: deque[tuple[float, np.ndarray]] = deque(maxlen=self.lags)
         self._last_images: dict[str, np.ndarray] | None = None
         self._last_score = 0.0
+        self._frames = 0  # frames scored since the reset, repeated ones included (each drove one action)
         self.repeated_frames = 0
 
     # ------------------------------------------------------------------ fitting and files
@@ -66,7 +83,8 @@ class ActionConsistency:
         stats = (job.dataset.meta.stats or {}).get("action", {})
         std = np.asarray(stats.get("std", np.ones(job.pipe.engine.action_dim)), np.float64)
         o = job.options
-        return Fitted(cls(std, float(job.dataset.fps), o.get("lags", 3), o.get("horizon", 10)), list(job.episodes))
+        scorer = cls(std, float(job.dataset.fps), o.get("lags", 3), o.get("horizon", 10), o.get("step_clock", "frames"))
+        return Fitted(scorer, list(job.episodes))
 
     def save(self, folder: Path) -> dict:
         return {
@@ -75,19 +93,22 @@ class ActionConsistency:
                 "fps": self.fps,
                 "lags": self.lags,
                 "horizon": self.horizon,
+                "step_clock": self.step_clock,
             }
         }
 
     @classmethod
     def load(cls, params: OODParams) -> ActionConsistency:
         p = params.signal_params
-        return cls(p["action_std"], p["fps"], p.get("lags", 3), p.get("horizon", 10))
+        return cls(p["action_std"], p["fps"], p.get("lags", 3), p.get("horizon", 10), p.get("step_clock", "frames"))
 
     # ------------------------------------------------------------------ scoring
     def score(self, batch: ScoreBatch) -> ScoreOutput:
         """Frames in time order (the history carries over from the previous batch until ``reset``)."""
         scores = np.empty(len(batch.results), np.float64)
         for i, (res, obs) in enumerate(zip(batch.results, batch.observations)):
+            at = float(self._frames) if self.step_clock == "frames" else float(obs.timestamp) * self.fps
+            self._frames += 1
             repeated = self._same_images(obs.images)
             self._last_images = obs.images
             if repeated:
@@ -95,8 +116,8 @@ class ActionConsistency:
                 scores[i] = self._last_score
                 continue
             chunk = np.asarray(res.action_chunk, np.float64) / self.action_std  # (T, A) in spreads
-            scores[i] = self._last_score = self._disagreement(float(obs.timestamp), chunk)
-            self._history.append((float(obs.timestamp), chunk))
+            scores[i] = self._last_score = self._disagreement(at, chunk)
+            self._history.append((at, chunk))
         return ScoreOutput(scores, [{} for _ in scores])
 
     def _same_images(self, images: dict[str, np.ndarray]) -> bool:
@@ -108,13 +129,14 @@ class ActionConsistency:
             and all(np.array_equal(np.asarray(images[k]), np.asarray(last[k])) for k in images)
         )
 
-    def _disagreement(self, stamp: float, chunk: np.ndarray) -> float:
+    def _disagreement(self, at: float, chunk: np.ndarray) -> float:
+        """``at``: the frame's position on the step clock, in action steps."""
         diffs = []
-        for earlier_stamp, earlier in self._history:
-            shift = int(round((stamp - earlier_stamp) * self.fps))
+        for earlier_at, earlier in self._history:
+            shift = int(round(at - earlier_at))
             h = min(self.horizon, chunk.shape[0], earlier.shape[0] - shift)
-            if shift < 1 or h < 1:
-                continue  # same tick, or no overlap left
+            if not 1 <= shift <= self.lags or h < 1:
+                continue  # same tick, further back than ``lags`` actions, or no overlap left
             diffs.append(float(np.mean((chunk[:h] - earlier[shift : shift + h]) ** 2)))
         return float(np.mean(diffs)) if diffs else 0.0
 
@@ -122,7 +144,7 @@ class ActionConsistency:
         return nullcontext(self)
 
     def describe(self) -> dict:
-        return {"lags": self.lags, "horizon": self.horizon, "fps": self.fps}
+        return {"lags": self.lags, "horizon": self.horizon, "fps": self.fps, "step_clock": self.step_clock}
 
     def map_scale(self, threshold: float) -> Scale | None:
         return None  # no image maps
