@@ -50,13 +50,7 @@ class ActionConsistency:
     description: ClassVar[str] = "disagreement of the predicted action chunk with the chunks of the last ticks"
     needs_vision_features: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        action_std: Sequence[float] | np.ndarray,
-        fps: float,
-        lags: int = 3,
-        horizon: int = 10,
-    ):
+    def __init__(self, action_std: Sequence[float] | np.ndarray, fps: float, lags: int = 3, horizon: int = 10):
         self.action_std = np.maximum(np.asarray(action_std, np.float64).reshape(-1), 1e-6)
         if not fps > 0 or lags < 1 or horizon < 1:
             raise ValueError(f"fps={fps} must be > 0, lags={lags} and horizon={horizon} >= 1")

@@ -138,9 +138,7 @@ class PickCubeSim:
             raise ValueError(f"action: expected 4 values [dx, dy, dz, grasp], got shape {action.shape}")
         action = np.clip(action, [-1, -1, -1, 0], [1, 1, 1, 1])
         _, _, _, _, info = self.env.step(action)
-        self.steps += 1
-        self.timestamp = self.steps / self.config.fps
-        return self.observation(), bool(info["succeed"])
+        return self._advanced(bool(info["succeed"]))
 
     def hold(self) -> tuple[Observation, bool]:
         """One control step without a new command: the arm's position actuators keep their last targets
@@ -148,9 +146,13 @@ class PickCubeSim:
         is not that: the package re-targets the arm at its current pose, which sags under the cube.)"""
         for _ in range(self.env._n_substeps):
             self._mujoco.mj_step(self.env.model, self.env.data)
+        return self._advanced(bool(self.env._is_success()))
+
+    def _advanced(self, success: bool) -> tuple[Observation, bool]:
+        """One control step done: the clock moves on; the new observation and whether the cube is picked."""
         self.steps += 1
         self.timestamp = self.steps / self.config.fps
-        return self.observation(), bool(self.env._is_success())
+        return self.observation(), success
 
     # ------------------------------------------------------------------ sensing
     def render(self) -> np.ndarray:
