@@ -83,11 +83,13 @@ def _parse_ood(specs: list[str]) -> dict[str, Path]:
 
 
 def resolve_setup(args) -> Setup:
-    from pai_core.sim.demo import REPO_ID, DemoConfig, _pai, build_stages
+    from pai_core.ood.calibration import CalibrationJob, calibrate_ood
+    from pai_core.sim.demo import REPO_ID, DemoConfig, build_stages, record_episodes, train_demo_policy, train_demo_sae
     from pai_core.sim.scene import PERTURBATIONS
 
     demo, work = Path(args.demo_dir), Path(args.work_dir)
     cfg = DemoConfig.preset(work, quick=args.quick)
+    cfg.calibration = "expert"  # what this bench calibrates when it builds the SAE: held-out expert episodes
     cfg.perturbations = list(args.perturbations)
     cfg.test_episodes, cfg.ood_episodes = args.clean_episodes, args.ood_episodes
     if args.train_minutes is not None:
@@ -126,20 +128,8 @@ def resolve_setup(args) -> Setup:
     elif (demo / "policy/pretrained_model/model.safetensors").is_file():
         policy, origin["policy"] = demo / "policy/pretrained_model", f"demo {demo}"
     else:
-        stages["train_policy"].run = lambda: _pai(
-            "sim",
-            "train-policy",
-            "--root",
-            dataset("train"),
-            "--output-dir",
-            work / "policy",
-            "--steps",
-            cfg.train_steps,
-            "--max-minutes",
-            cfg.train_minutes,
-            "--batch-size",
-            cfg.batch_size,
-        )
+        if cfg.policy == "train":  # on the demo's training episodes when it has them
+            stages["train_policy"].run = lambda: train_demo_policy(cfg, dataset("train"))
         ensure("train_policy")
         policy, origin["policy"] = work / "policy/pretrained_model", f"built in {work}"
     if args.sae_path:
@@ -154,33 +144,11 @@ def resolve_setup(args) -> Setup:
             raise InputError(f"{sae} holds an SAE of policy {trained_for}, not {policy}: delete it or pass --work-dir")
         if not (sae / "model.safetensors").is_file():
             print("[bench] train_sae: activations + TopK SAE", flush=True)
-            _pai(
-                "train-sae",
-                "--dataset-repo-id",
-                REPO_ID,
-                "--root",
-                dataset("train"),
-                "--policy-path",
-                policy,
-                "--output-dir",
-                sae,
-                "--steps",
-                cfg.sae_steps,
-            )
+            train_demo_sae(policy, dataset("train"), sae, cfg.sae_steps)
         if not (sae / "ood_params.json").is_file():
             print("[bench] calibrate_ood: conformal threshold on held-out clean episodes", flush=True)
-            _pai(
-                "calibrate-ood",
-                "--sae-path",
-                sae,
-                "--policy-path",
-                policy,
-                "--dataset-repo-id",
-                REPO_ID,
-                "--root",
-                dataset("calibration"),
-                "--alpha",
-                args.alpha,
+            calibrate_ood(
+                CalibrationJob(sae, policy, REPO_ID, dataset("calibration"), sae / "ood_params.json", alpha=args.alpha)
             )
         origin["sae"] = f"built in {work}"
     ood_params = Path(args.ood_params_path) if args.ood_params_path else sae / "ood_params.json"
@@ -206,16 +174,7 @@ def resolve_setup(args) -> Setup:
                 extra = work / "datasets/test_clean_extra"
                 if not (extra / "pai_sim.json").is_file():
                     print(f"[bench] recording {args.clean_episodes - have} more clean episodes", flush=True)
-                    _pai(
-                        "sim",
-                        "record",
-                        "--output-dir",
-                        extra,
-                        "--num-episodes",
-                        args.clean_episodes - have,
-                        "--seed",
-                        8000,
-                    )
+                    record_episodes(extra, args.clean_episodes - have, 8000, "none", None)
                 clean.append(extra)
                 origin["clean"] += f" + {n_episodes(extra)} recorded in {extra}"
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
-from pai_core.sim.demo import SHIPPED_POLICY, SHIPPED_RECIPE, DemoConfig, run_demo
+import pytest
+
+from pai_core.errors import PaiError
+from pai_core.sim.demo import SHIPPED_POLICY, SHIPPED_RECIPE, DemoConfig, build_stages, run_demo
 
 
 def test_the_shipped_policy_is_a_lerobot_act_for_the_simulations_camera_joints_and_actions():
@@ -46,3 +49,14 @@ def test_the_demo_uses_the_shipped_policy_by_default_and_trains_one_on_request(t
     shipped = Introspector.from_pretrained(str(SHIPPED_POLICY / "pretrained_model"))
     assert copied.fingerprint == shipped.fingerprint
     assert (cfg.output_dir / "policy" / "training.json").is_file()
+
+
+def test_the_demo_calibrates_the_alarm_on_the_policys_own_rollouts_recorded_once_the_policy_exists(tmp_path):
+    stages = build_stages(DemoConfig.preset(tmp_path))
+    names = [s.name for s in stages]
+    assert names.index("evaluate_policy") < names.index("record_calibration") < names.index("calibrate_ood")
+    assert stages[names.index("record_calibration")].outputs[0].parent == tmp_path / "datasets" / "calibration_rollouts"
+    expert = build_stages(DemoConfig(tmp_path, calibration="expert"))
+    assert [s.outputs[0].parent.name for s in expert if s.name == "record_calibration"] == ["calibration"]
+    with pytest.raises(PaiError, match="calibration='policy'"):
+        DemoConfig(tmp_path, calibration="policy")  # type: ignore[arg-type]

@@ -78,6 +78,38 @@ def test_dart_noise_moves_the_robot_off_the_expert_path_but_the_recorded_action_
         RecordConfig("unused", action_noise=-0.1)
 
 
+def test_a_policy_recording_holds_the_frames_the_policy_saw_and_the_actions_it_chose(tmp_path):
+    """``pai sim record --policy-path``: the policy drives; replaying its dataset through a fresh engine gives
+    back every recorded action (what calibrating the alarm on a policy's rollouts relies on)."""
+    from pai_core.engine import IntrospectionConfig, Introspector
+    from pai_core.errors import ConfigError
+    from pai_core.sim.demo import SHIPPED_POLICY
+    from pai_core.sim.record import RecordConfig, record, run_expert
+    from pai_core.sources.dataset import episode_bounds, iter_episode, open_dataset
+
+    policy = str(SHIPPED_POLICY / "pretrained_model")
+    sim = SimConfig(max_steps=12)
+    summary = record(
+        RecordConfig(tmp_path / "ds", episodes=2, seed=10_000, keep_failed=True, policy_path=policy, sim=sim),
+        progress=False,
+    )
+    assert summary["actor"] == policy and [e["frames"] for e in summary["episodes"]] == [12, 12]
+    dataset = open_dataset("pai/so101_pick_cube", tmp_path / "ds")
+    engine = Introspector.from_pretrained(policy, IntrospectionConfig(rollout=False, keep_tokens=False))
+    recorded = {}
+    for episode in range(2):
+        engine.reset()
+        replayed = np.stack([np.asarray(engine.step(obs).action) for obs in iter_episode(dataset, episode)])
+        lo, hi = episode_bounds(dataset, episode)
+        recorded[episode] = np.stack([dataset.hf_dataset[i]["action"].numpy() for i in range(lo, hi)])
+        np.testing.assert_allclose(replayed, recorded[episode], atol=1e-5)
+    with PickCubeSim(sim) as env:  # the policy's actions, not the expert's
+        expert = np.stack([s.action for s in run_expert(env, 10_000, hold_steps=0).steps])
+    assert not np.allclose(expert[:12], recorded[0][: len(expert)], atol=1e-3)
+    with pytest.raises(ConfigError, match="noise injection is for the expert"):
+        RecordConfig("unused", policy_path=policy, action_noise=0.2)
+
+
 def test_the_recorded_dataset_loads_with_lerobot_and_matches_its_summary(recording):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -354,6 +386,7 @@ def test_the_demo_runs_end_to_end_on_tiny_settings_and_a_second_run_reuses_every
         policy="train",
         train_episodes=3,
         calib_episodes=2,
+        calibration="expert",  # a 3-step policy succeeds in none; rollouts: test_demo_policy.py
         test_episodes=1,
         ood_episodes=1,
         perturbations=["lighting"],

@@ -38,7 +38,10 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
     )
     ssub = p.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", required=True)
 
-    r = ssub.add_parser("record", help="record scripted-expert episodes as a LeRobot dataset (+ one rosbag2)")
+    r = ssub.add_parser(
+        "record",
+        help="record scripted-expert (or a policy's closed-loop) episodes as a LeRobot dataset (+ one rosbag2)",
+    )
     flags.add_output_dir(r, "dataset folder to create (must not exist)", old=["--output"])
     flags.add(r, "--dataset-repo-id", old=["--repo-id"], default=REPO_ID, help="LeRobot repo id in the metadata")
     flags.add(r, "--num-episodes", old=["--episodes"], type=int, default=20, help="episodes to record (default 20)")
@@ -54,6 +57,13 @@ def register(sub: flags.Subparsers) -> argparse.ArgumentParser:
         metavar="SCALE",
         help="DART noise injection: execute the expert's action plus Gaussian noise (scale drawn per episode "
         "from [0, SCALE] action units) while approaching the cube, record the clean action (default 0: none)",
+    )
+    flags.add_policy_path(
+        r,
+        required=False,
+        default="",
+        help="record this LeRobot policy driving the robot (its own actions) instead of the expert: the frames "
+        "to calibrate its alarm on (`pai calibrate-ood --root`)",
     )
     _sim_args(r)
 
@@ -160,12 +170,13 @@ def run(args: argparse.Namespace) -> int:
                 bag_path=Path(args.bag) if args.bag else None,
                 action_noise=args.action_noise,
                 sim=_sim_config(args),
+                policy_path=args.policy_path,
             )
         )
         print(
             f"recorded {len(summary['episodes'])} episodes ({summary['frames']} frames) in scene "
-            f"{summary['perturbation']!r} to {summary['root']}; expert success "
-            f"{summary['expert_success_rate']:.0%}, {len(summary['skipped_failed'])} failed episodes skipped"
+            f"{summary['perturbation']!r} to {summary['root']}; {summary['actor']} succeeded in "
+            f"{summary['success_rate']:.0%}, {len(summary['skipped_failed'])} failed episodes skipped"
             + (f"; bag {summary['bag']} ({summary['bag_frames']} frames)" if summary["bag"] else "")
         )
         return 0

@@ -35,6 +35,11 @@ SHIPPED_POLICY = Path(str(resources.files("pai_core.sim") / "demo_policy"))
 
 
 PolicySource = Literal["shipped", "train"]
+CalibrationSource = Literal["rollouts", "expert"]
+CALIBRATION_SEEDS = {
+    "rollouts": 20_000,
+    "expert": 5000,
+}  # apart from training (0..), tests (7000..) and evaluation (10000..)
 
 
 @dataclass
@@ -44,7 +49,11 @@ class DemoConfig:
     Args:
         output_dir: everything goes here.
         train_episodes: clean expert episodes for the policy and the SAE.
-        calib_episodes: clean held-out episodes for the conformal threshold.
+        calib_episodes: clean held-out episodes for the conformal threshold (with ``calibration="rollouts"``:
+            episodes the policy attempts; its successful ones are kept).
+        calibration: "rollouts" calibrates on the policy's own successful closed-loop episodes (the frames
+            it sees when it drives the robot: ``pai sim record --policy-path``; docs/trainer.md), "expert" on
+            the expert's.
         test_episodes: clean held-out episodes for the OOD evaluation (false alarms).
         ood_episodes: episodes per perturbation.
         perturbations: perturbations recorded and evaluated.
@@ -66,7 +75,8 @@ class DemoConfig:
 
     output_dir: Path
     train_episodes: int = 120
-    calib_episodes: int = 8
+    calib_episodes: int = 16
+    calibration: CalibrationSource = "rollouts"
     test_episodes: int = 4
     ood_episodes: int = 3
     perturbations: list[str] = field(default_factory=lambda: [p for p in PERTURBATIONS if p != "none"])
@@ -85,6 +95,10 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.policy not in get_args(PolicySource):
             raise PaiError(f"DemoConfig.policy={self.policy!r}: expected one of {get_args(PolicySource)}")
+        if self.calibration not in get_args(CalibrationSource):
+            raise PaiError(
+                f"DemoConfig.calibration={self.calibration!r}: expected one of {get_args(CalibrationSource)}"
+            )
 
     @classmethod
     def preset(cls, output_dir: str | Path, quick: bool = False) -> DemoConfig:
@@ -95,6 +109,7 @@ class DemoConfig:
             policy="train",
             train_episodes=6,
             calib_episodes=3,
+            calibration="expert",  # a 60-step policy rarely succeeds
             test_episodes=1,
             ood_episodes=1,
             perturbations=["lighting", "distractor", "occlusion"],
@@ -131,22 +146,43 @@ def demo_settings(policy: Path, sae: Path) -> PaiSettings:
     )
 
 
-def _record(root: Path, episodes: int, seed: int, perturbation: str, bag: Path | None) -> None:
+def record_episodes(
+    root: Path, episodes: int, seed: int, perturbation: str, bag: Path | None, policy: Path | None = None
+) -> None:
     from .env import SimConfig
     from .record import RecordConfig, record
 
-    print(f"[pai demo] sim record: {episodes} episodes, scene {perturbation} -> {root}", flush=True)
-    record(RecordConfig(root, REPO_ID, episodes, seed, bag_path=bag, sim=SimConfig(perturbation=perturbation)))
+    who = f"policy {policy}" if policy else "expert"
+    print(f"[pai demo] sim record: {episodes} {who} episodes, scene {perturbation} -> {root}", flush=True)
+    summary = record(
+        RecordConfig(
+            root,
+            REPO_ID,
+            episodes,
+            seed,
+            bag_path=bag,
+            sim=SimConfig(perturbation=perturbation),
+            policy_path=str(policy or ""),
+        )
+    )
+    print(f"[pai demo] kept {len(summary['episodes'])} episodes, {summary['frames']} frames", flush=True)
 
 
-def _train_policy(cfg: DemoConfig) -> None:
+def calibration_root(cfg: DemoConfig) -> Path:
+    """The calibration dataset's folder (one name per source, so a cached one is never the other kind)."""
+    return cfg.output_dir / "datasets" / ("calibration_rollouts" if cfg.calibration == "rollouts" else "calibration")
+
+
+def train_demo_policy(cfg: DemoConfig, train_root: Path | None = None) -> None:
+    """``pai sim train-policy`` with the shipped recipe on ``train_root`` (default: the demo's training
+    episodes) -> ``cfg.output_dir/policy``."""
     from .train import TrainConfig, train_policy
 
     out = cfg.output_dir
     print(f"[pai demo] sim train-policy: {cfg.train_steps} steps -> {out / 'policy'}", flush=True)
     train_policy(
         TrainConfig(
-            out / "datasets" / "train",
+            train_root or out / "datasets" / "train",
             out / "policy",
             REPO_ID,
             cfg.train_steps,
@@ -191,19 +227,26 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
     stages: list[Stage] = []
 
     def rec(
-        name: str, root: Path, episodes: int, seed: int, perturbation: str = "none", bag: Path | None = None
+        name: str,
+        root: Path,
+        episodes: int,
+        seed: int,
+        perturbation: str = "none",
+        bag: Path | None = None,
+        policy: Path | None = None,
     ) -> None:
         stages.append(
             Stage(
                 name,
                 [root / "pai_sim.json"] + ([bag / "metadata.yaml"] if bag else []),
-                lambda: _record(root, episodes, seed, perturbation, bag),
-                f"expert episodes, scene {perturbation}",
+                lambda: record_episodes(root, episodes, seed, perturbation, bag, policy),
+                f"{'the policy driving, successful' if policy else 'expert'} episodes, scene {perturbation}",
             )
         )
 
     rec("record_train", ds / "train", cfg.train_episodes, 0)
-    rec("record_calibration", ds / "calibration", cfg.calib_episodes, 5000)
+    if cfg.calibration == "expert":
+        rec("record_calibration", calibration_root(cfg), cfg.calib_episodes, CALIBRATION_SEEDS["expert"])
     rec("record_test_clean", ds / "test_clean", cfg.test_episodes, 7000, bag=bags / "clean")
     # the replayed perturbation is recorded (with its bag) even when it is not among the evaluated ones
     for p in dict.fromkeys([*cfg.perturbations, cfg.replay_perturbation]):
@@ -229,7 +272,7 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             Stage(
                 "train_policy",
                 [policy / "model.safetensors"],
-                lambda: _train_policy(cfg),
+                lambda: train_demo_policy(cfg),
                 "small ACT on the clean episodes",
             )
         )
@@ -241,11 +284,19 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             "closed-loop success rate",
         )
     )
+    if cfg.calibration == "rollouts":
+        rec(
+            "record_calibration",
+            calibration_root(cfg),
+            cfg.calib_episodes,
+            CALIBRATION_SEEDS["rollouts"],
+            policy=policy,
+        )
     stages.append(
         Stage(
             "train_sae",
             [sae / "model.safetensors"],
-            lambda: _train_sae(cfg),
+            lambda: train_demo_sae(policy, ds / "train", sae, cfg.sae_steps),
             "activations + TopK SAE",
         )
     )
@@ -254,7 +305,8 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             "calibrate_ood",
             [sae / "ood_params.json"],
             lambda: _calibrate_ood(cfg),
-            "conformal threshold on held-out clean episodes (patch_knn + action consistency, docs/demo.md)",
+            f"conformal threshold on held-out clean {cfg.calibration} episodes (patch_knn + action consistency, "
+            "docs/demo.md)",
         )
     )
     stages.append(
@@ -352,19 +404,17 @@ def _replay_ros(cfg: DemoConfig) -> None:
         )
 
 
-def _train_sae(cfg: DemoConfig) -> None:
+def train_demo_sae(policy: Path, train_root: Path, sae: Path, steps: int) -> None:
     """``pai train-sae --dataset-repo-id ... --expansion-factor 8 --k 16 --aux-k 64 --batch-size 1024``: record
     the policy's tokens on the clean training episodes, then train the SAE on them."""
     from ..activations import ActivationStore, open_datasets, record_activations
     from ..distributed import train_on_recording
     from ..sae.train import TrainConfig
 
-    out = cfg.output_dir
-    sae, acts = out / "sae", out / "sae" / "activations"
-    datasets = open_datasets(REPO_ID, str(out / "datasets" / "train"))
-    record_activations(datasets, str(out / "policy" / "pretrained_model"), acts)
+    acts = sae / "activations"
+    record_activations(open_datasets(REPO_ID, str(train_root)), str(policy), acts)
     layer = int(ActivationStore(acts).manifest["layer"])
-    config = TrainConfig(expansion_factor=8, k=16, aux_k=64, steps=cfg.sae_steps, batch_size=1024, layer=layer)
+    config = TrainConfig(expansion_factor=8, k=16, aux_k=64, steps=steps, batch_size=1024, layer=layer)
     train_on_recording(acts, sae, config)
 
 
@@ -376,7 +426,7 @@ def _calibrate_ood(cfg: DemoConfig) -> None:
         out / "sae",
         out / "policy" / "pretrained_model",
         REPO_ID,
-        out / "datasets" / "calibration",
+        calibration_root(cfg),
         out / "sae" / "ood_params.json",
         alpha=cfg.alpha,
         score="patch_knn",

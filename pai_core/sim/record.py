@@ -1,8 +1,11 @@
-"""``pai sim record``: scripted-expert episodes written as a LeRobot dataset (image mode) and, for one
-episode, as a rosbag2 recording.
+"""``pai sim record``: scripted-expert episodes, or a policy's own closed-loop episodes, written as a
+LeRobot dataset (image mode) and, for one episode, as a rosbag2 recording.
 
-The dataset holds what the policy may use (front camera, six joint positions) and the expert's action;
-``pai_sim.json`` beside the LeRobot metadata records each episode's seed, perturbation and success.
+The dataset holds what the policy may use (front camera, six joint positions) and the action taken (the
+expert's, or the policy's as ``lerobot-record --policy.path`` records it); ``pai_sim.json`` beside the
+LeRobot metadata records each episode's seed, perturbation and success. A policy's recordings are what
+the alarm is best calibrated on: the frames it sees when it drives the robot itself, which an expert's
+recordings only approximate (docs/trainer.md).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -40,6 +43,8 @@ class RecordConfig:
         expert action, so the policy also learns how to recover from states just off the expert's path.
         Each episode draws its noise scale uniformly from ``[0, action_noise]`` (action units; 0: none).
     sim: simulation settings (image size, perturbation, ...).
+    policy_path: record closed-loop episodes of this LeRobot policy (its own actions, one per frame)
+        instead of the expert's ("": the expert).
     """
 
     root: Path
@@ -51,9 +56,12 @@ class RecordConfig:
     bag_path: Path | None = None
     action_noise: float = 0.0
     sim: SimConfig = field(default_factory=SimConfig)
+    policy_path: str = ""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        if self.policy_path and self.action_noise:
+            raise ConfigError(f"action_noise={self.action_noise}: noise injection is for the expert, not a policy")
         if self.episodes < 1:
             raise ConfigError(f"episodes={self.episodes}: record at least one episode")
         if not (math.isfinite(self.action_noise) and 0.0 <= self.action_noise <= 1.0):
@@ -107,6 +115,23 @@ def run_expert(sim: PickCubeSim, seed: int, hold_steps: int = 5, action_noise: f
     return Episode(seed, steps, success)
 
 
+def run_policy(sim: PickCubeSim, engine: Any, seed: int, hold_steps: int = 5) -> Episode:
+    """One closed-loop episode of ``engine`` (an ``Introspector``): every frame with the action the policy
+    chose for it, until the cube is held up for ``hold_steps`` frames or ``sim.config.max_steps`` run out."""
+    obs = sim.reset(seed)
+    engine.reset()
+    steps: list[Step] = []
+    success, after = False, 0
+    while len(steps) < sim.config.max_steps and after <= hold_steps:
+        action = np.asarray(engine.step(obs).action, np.float32).reshape(-1)
+        state = cast(np.ndarray, obs.state)
+        steps.append(Step(obs.images[CAMERA], state, joint_velocities(sim), action, obs.timestamp, action))
+        obs, picked = sim.step(action)
+        success = success or picked
+        after += int(success)
+    return Episode(seed, steps, success)
+
+
 def joint_velocities(sim: PickCubeSim) -> np.ndarray:
     model = sim.env.model
     return np.asarray([sim.env.data.qvel[model.joint(n).dofadr[0]] for n in JOINT_NAMES], dtype=np.float32)
@@ -121,9 +146,16 @@ def dataset_features(sim: SimConfig) -> dict:
 
 
 def record(config: RecordConfig, progress: bool = True) -> dict:
-    """Run the expert and write the dataset (and bag); returns a summary (also in ``pai_sim.json``)."""
+    """Run the expert (or the policy) and write the dataset (and bag); returns a summary (also in
+    ``pai_sim.json``)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
+
+    engine = None
+    if config.policy_path:
+        from ..engine import IntrospectionConfig, Introspector
+
+        engine = Introspector.from_pretrained(config.policy_path, IntrospectionConfig(rollout=False, keep_tokens=False))
 
     if config.root.exists():
         raise UsageError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
@@ -135,10 +167,14 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     written: list[dict] = []
     skipped: list[dict] = []
     bag_frames = 0
-    bar = tqdm(range(config.episodes), desc=f"record {config.sim.perturbation}", unit="ep", disable=not progress)
+    who = "policy" if engine is not None else "expert"
+    bar = tqdm(range(config.episodes), desc=f"record {who} {config.sim.perturbation}", unit="ep", disable=not progress)
     with PickCubeSim(config.sim) as sim:
         for i in bar:
-            episode = run_expert(sim, config.seed + i, config.hold_steps, config.action_noise)
+            if engine is not None:
+                episode = run_policy(sim, engine, config.seed + i, config.hold_steps)
+            else:
+                episode = run_expert(sim, config.seed + i, config.hold_steps, config.action_noise)
             info = {"seed": episode.seed, "success": episode.success, "frames": len(episode.steps)}
             if not episode.success and not config.keep_failed:
                 skipped.append(info)
@@ -166,7 +202,8 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
         "sim": asdict(config.sim),
         "episodes": written,
         "skipped_failed": skipped,
-        "expert_success_rate": sum(e["success"] for e in attempted) / len(attempted),
+        "actor": config.policy_path or "expert",
+        "success_rate": sum(e["success"] for e in attempted) / len(attempted),
         "frames": sum(e["frames"] for e in written),
         "bag": str(config.bag_path) if config.bag_path else None,
         "bag_frames": bag_frames,
@@ -176,7 +213,7 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     (config.root / SIDECAR).write_text(json.dumps(summary, indent=2))
     if not written:
         raise UsageError(
-            f"The expert failed all {len(skipped)} episodes in scene {config.sim.perturbation!r}; "
+            f"The {who} failed all {len(skipped)} episodes in scene {config.sim.perturbation!r}; "
             "nothing to write (use keep_failed to keep them)"
         )
     return summary
