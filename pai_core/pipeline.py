@@ -183,7 +183,8 @@ class Pipeline:
 
     def ood_summary(self) -> dict:
         """What the OOD alarm runs on, for diagnostics and reports: score, alpha, threshold and, for the kNN
-        scores, the reference's size and where it lives (memory-mapped from disk or on the GPU)."""
+        scores, the reference's size and where it lives (memory-mapped from disk or on the GPU); per further
+        signal its threshold and state (``action_consistency``: the repeated frames it held)."""
         if self.ood is None:
             return {"ood": "none"}
         out = {
@@ -191,6 +192,9 @@ class Pipeline:
             "ood_alpha": self.ood.alpha,
             "ood_threshold": None if self.threshold is None else round(float(self.threshold), 6),
         }
+        for name, (scorer, thr) in self.signals.items():
+            out |= {f"signal_{name}_threshold": round(float(thr), 6)}
+            out |= {f"signal_{name}_{k}": v for k, v in scorer.describe().items()}
         return out | {f"reference_{k}": v for k, v in self.scorer.describe().items()}
 
     @property

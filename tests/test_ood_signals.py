@@ -111,6 +111,9 @@ def test_calibrate_ood_with_the_consistency_signal_saves_joint_thresholds_and_th
     assert [s["score"] for s in params.signals] == ["action_consistency"] and params.signals[0]["threshold"] > 0
     pipe = Pipeline.load(str(policy), str(sae))
     assert set(pipe.signals) == {"action_consistency"}
+    summary = pipe.ood_summary()  # what /diagnostics shows of the signal
+    assert summary["signal_action_consistency_threshold"] == round(params.signals[0]["threshold"], 6)
+    assert summary["signal_action_consistency_repeated_frames"] == 0
     fresh = score_episodes(pipe, open_dataset("pai/synthetic", base / "fresh"), progress=False)
     assert all(set(e.signals) == {"action_consistency"} and e.signals["action_consistency"][0] == 0.0 for e in fresh)
     frames = np.concatenate([e.scores / params.threshold for e in fresh])

@@ -133,7 +133,7 @@ class ActionConsistency:
         return nullcontext(self)
 
     def describe(self) -> dict:
-        return {"lags": self.lags, "horizon": self.horizon, "fps": self.fps}
+        return {"lags": self.lags, "horizon": self.horizon, "fps": self.fps, "repeated_frames": self.repeated_frames}
 
     def map_scale(self, threshold: float) -> Scale | None:
         return None  # no image maps
