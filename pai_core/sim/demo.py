@@ -36,10 +36,8 @@ SHIPPED_POLICY = Path(str(resources.files("pai_core.sim") / "demo_policy"))
 
 PolicySource = Literal["shipped", "train"]
 CalibrationSource = Literal["rollouts", "expert"]
-CALIBRATION_SEEDS = {
-    "rollouts": 20_000,
-    "expert": 5000,
-}  # apart from training (0..), tests (7000..) and evaluation (10000..)
+# first cube seeds of the calibration episodes, apart from training (0..), tests (7000..) and evaluation (10000..)
+CALIBRATION_SEEDS = {"rollouts": 20_000, "expert": 5000}
 
 
 @dataclass
@@ -245,8 +243,6 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
         )
 
     rec("record_train", ds / "train", cfg.train_episodes, 0)
-    if cfg.calibration == "expert":
-        rec("record_calibration", calibration_root(cfg), cfg.calib_episodes, CALIBRATION_SEEDS["expert"])
     rec("record_test_clean", ds / "test_clean", cfg.test_episodes, 7000, bag=bags / "clean")
     # the replayed perturbation is recorded (with its bag) even when it is not among the evaluated ones
     for p in dict.fromkeys([*cfg.perturbations, cfg.replay_perturbation]):
@@ -284,14 +280,13 @@ def build_stages(cfg: DemoConfig) -> list[Stage]:
             "closed-loop success rate",
         )
     )
-    if cfg.calibration == "rollouts":
-        rec(
-            "record_calibration",
-            calibration_root(cfg),
-            cfg.calib_episodes,
-            CALIBRATION_SEEDS["rollouts"],
-            policy=policy,
-        )
+    rec(  # after the policy: rollouts need it
+        "record_calibration",
+        calibration_root(cfg),
+        cfg.calib_episodes,
+        CALIBRATION_SEEDS[cfg.calibration],
+        policy=policy if cfg.calibration == "rollouts" else None,
+    )
     stages.append(
         Stage(
             "train_sae",
