@@ -65,6 +65,7 @@ def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from ..engine import IntrospectionConfig, Introspector
+    from .record import run_policy
 
     engine = Introspector.from_pretrained(cfg.policy_path, IntrospectionConfig(rollout=False, keep_tokens=False))
     results, video, first_frames = [], [], []
@@ -72,18 +73,12 @@ def evaluate_policy(cfg: EvalConfig, progress: bool = True) -> dict:
     bar = tqdm(range(cfg.episodes), desc="evaluate policy", unit="ep", disable=not progress)
     with PickCubeSim(cfg.sim) as sim:
         for i in bar:
-            seed = cfg.seed + i
-            obs = sim.reset(seed)
-            first_frames.append(obs)
-            engine.reset()
-            success = False
-            for _ in range(cfg.sim.max_steps):
-                if i < cfg.video_episodes:
-                    video.append(obs.images[CAMERA])
-                obs, success = sim.step(engine.step(obs).action)
-                if success:
-                    break
-            results.append({"seed": seed, "success": success, "steps": sim.steps})
+            episode = run_policy(sim, engine, cfg.seed + i, hold_steps=0)  # stop at the pick
+            first = episode.steps[0]
+            first_frames.append(Observation({CAMERA: first.image}, first.state, first.timestamp, frame_index=0))
+            if i < cfg.video_episodes:
+                video += [s.image for s in episode.steps]
+            results.append({"seed": episode.seed, "success": episode.success, "steps": len(episode.steps)})
             bar.set_postfix(success=f"{sum(r['success'] for r in results)}/{len(results)}")
     rate = sum(r["success"] for r in results) / len(results)
     summary = {

@@ -151,14 +151,13 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
 
+    if config.root.exists():
+        raise UsageError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
     engine = None
     if config.policy_path:
         from ..engine import IntrospectionConfig, Introspector
 
         engine = Introspector.from_pretrained(config.policy_path, IntrospectionConfig(rollout=False, keep_tokens=False))
-
-    if config.root.exists():
-        raise UsageError(f"Dataset folder {config.root} already exists; LeRobot needs a new folder")
     config.root.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     dataset = LeRobotDataset.create(
